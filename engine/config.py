@@ -1,0 +1,115 @@
+"""The run configuration: every choice of a run as one plain dataclass, and how its parts are built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from engine.auxnets import RULES, STRATEGIES, build_aux_nets
+from engine.data import DATASETS, build_dataset
+from engine.models import build_model, model_names
+from engine.schedule import LRSchedule, OptimConfig, default_warmup
+
+
+class UsageError(ValueError):
+    """Bad input from the user: the CLI prints it and exits with code 2."""
+
+
+@dataclass
+class RunConfig:
+    """All settings of one run. Saved as config.json; a worker rebuilds its modules from it alone."""
+
+    model: str = "resnet32"
+    rule: str = "auglocal"
+    d: int = 4
+    tau: float | None = None          # None: the family default (0.5 CIFAR convention, 0 ImageNet)
+    strategy: str = "uniform"
+    convention: str | None = None     # None: the model's default
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    num_classes: int | None = None    # None: the data set's
+    input_size: int | None = None     # None: the data set's
+    epochs: int = 3
+    batch_size: int | None = None     # None: the data set's default
+    lr: float | None = None           # None: the data set's default
+    warmup: int | None = None         # None: 10 of 400 epochs, scaled
+    schedule: str = "cifar"
+    seed: int = 1234
+    max_steps: int | None = None
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject impossible settings early, with the allowed values in the message."""
+    if cfg.model not in model_names():
+        raise UsageError(f"unknown model {cfg.model!r}; choose one of: {', '.join(model_names())}")
+    if cfg.rule not in RULES:
+        raise UsageError(f"unknown rule {cfg.rule!r}; choose one of: {', '.join(RULES)}")
+    if cfg.strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {cfg.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+    if cfg.dataset not in DATASETS:
+        raise UsageError(f"unknown data set {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    if cfg.d < 2:
+        raise UsageError(f"--d must be >= 2 (the paper's d counts the aux classifier), got {cfg.d}")
+    if cfg.tau is not None and not 0.0 <= cfg.tau <= 1.0:
+        raise UsageError(f"--tau must lie in [0, 1], got {cfg.tau}")
+    if cfg.convention not in (None, "cifar", "imagenet"):
+        raise UsageError(f"--convention must be cifar or imagenet, got {cfg.convention!r}")
+    for name in ("epochs", "batch_size", "max_steps", "num_classes", "input_size"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if cfg.lr is not None and cfg.lr <= 0:
+        raise UsageError(f"--lr must be > 0, got {cfg.lr}")
+
+
+def build_data(cfg: RunConfig):
+    """The data source; missing or malformed data directories become UsageErrors naming the file."""
+    try:
+        return build_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, input_size=cfg.input_size,
+                             num_classes=cfg.num_classes)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+
+def resolve(cfg: RunConfig, data) -> RunConfig:
+    """Fill the data-set dependent defaults (classes, input size, batch, lr, warm-up, tau)."""
+    cfg.num_classes = cfg.num_classes or data.num_classes
+    cfg.input_size = cfg.input_size or data.input_size
+    cfg.batch_size = cfg.batch_size or data.default_batch_size
+    cfg.lr = cfg.lr or data.default_lr
+    if cfg.warmup is None:
+        cfg.warmup = default_warmup(cfg.epochs) if cfg.schedule == "cifar" else 0
+    return cfg
+
+
+def build_network(cfg: RunConfig, data=None):
+    """Primary network and aux nets, seeded, so that every process builds identical initial weights.
+
+    `data` supplies the input normalisation that InfoPro's reconstruction target needs to undo."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.num_classes or 10, cfg.input_size or 32)
+    convention = cfg.convention or model.convention
+    if cfg.tau is None:
+        cfg.tau = 0.5 if convention == "cifar" and cfg.rule == "auglocal" else 0.0
+    try:
+        extra = {"input_mean": data.mean, "input_std": data.std} if data is not None else {}
+        aux = build_aux_nets(model, cfg.rule, d=cfg.d, tau=cfg.tau, strategy=cfg.strategy,
+                             convention=convention, **extra)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    return model, aux
+
+
+def optim_and_schedule(cfg: RunConfig) -> tuple[OptimConfig, LRSchedule]:
+    lr = cfg.lr if cfg.lr is not None else 0.1
+    return OptimConfig(lr=lr), LRSchedule(cfg.schedule, lr, cfg.epochs, cfg.warmup or 0)

@@ -1,0 +1,117 @@
+"""A stage: consecutive local modules with their optimizer; the unit of work of trainer and worker alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from engine.rules import LocalModule
+from engine.schedule import LRSchedule, OptimConfig
+
+_MASK64 = (1 << 63) - 1
+
+
+def step_seed(seed: int, epoch: int, step: int, layer: int) -> int:
+    """Seed of the torch RNG for one module at one step: dropout in any layer is reproducible no matter
+    which process runs the layer, so a pipelined run draws exactly the masks the sequential one draws."""
+    h = seed & _MASK64
+    for v in (epoch, step, layer):
+        h = (h * 6364136223846793005 + v + 1442695040888963407) & _MASK64
+    return h
+
+
+@dataclass
+class StepResult:
+    """What one training step of a stage produced; tensors stay on the device until someone asks."""
+
+    output: torch.Tensor
+    losses: dict[int, torch.Tensor] = field(default_factory=dict)   # first layer id of module -> loss
+    correct: torch.Tensor | None = None                                # top stage only
+    batch_size: int = 0
+
+    def loss_values(self) -> dict[int, float]:
+        return {k: float(v) for k, v in self.losses.items()}
+
+
+class Stage:
+    """Runs `modules` in order with the paper's simultaneous scheme (method.md 4.1) and one optimizer.
+
+    For each module: primary forward, local (or global) loss, backward at once (which frees that module's
+    graph), then detach the output and go on; one optimizer step after the last module. Because modules
+    touch disjoint parameters and SGD updates each parameter independently, splitting a network into
+    several stages changes nothing in the arithmetic: the sequential trainer is simply one stage holding
+    every module, and a pipeline worker holds a slice. `emit` is called with the stage output as soon as the
+    last module's primary forward is done, before its aux work, so a worker can send it downstream early.
+    """
+
+    def __init__(self, modules: list[LocalModule], optim: OptimConfig, schedule: LRSchedule, seed: int = 0,
+                 device: torch.device | str = "cpu"):
+        if not modules:
+            raise ValueError("a stage needs at least one local module")
+        self.modules = nn.ModuleList(modules)
+        self.device = torch.device(device)
+        self.modules.to(self.device)
+        self.schedule = schedule
+        self.seed = seed
+        self.optimizer = optim.build(self.modules.parameters())
+        self.update_counts = {i: 0 for m in modules for i in m.layer_ids}
+        self.epoch = -1
+        self.set_epoch(0)
+
+    @property
+    def layer_ids(self) -> list[int]:
+        return [i for m in self.modules for i in m.layer_ids]
+
+    @property
+    def is_top(self) -> bool:
+        return self.modules[-1].is_top
+
+    @property
+    def needs_input(self) -> bool:
+        return any(m.needs_input for m in self.modules)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the learning rate of this epoch (the schedule is per epoch, as in the paper)."""
+        self.epoch = epoch
+        lr = self.schedule(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self, h: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None, *, step: int = 0,
+                   emit: Callable[[torch.Tensor], None] | None = None) -> StepResult:
+        """One minibatch through every module of the stage, then one optimizer step."""
+        self.modules.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        h = h.to(self.device, non_blocking=True).detach()
+        y = y.to(self.device, non_blocking=True)
+        x = x.to(self.device, non_blocking=True) if x is not None else None
+        result = StepResult(output=h, batch_size=int(y.shape[0]))
+        last = len(self.modules) - 1
+        for i, module in enumerate(self.modules):
+            torch.manual_seed(step_seed(self.seed, self.epoch, step, module.layer_ids[0]))
+            out = module(h)
+            if i == last and emit is not None and not module.is_top:
+                emit(out.detach())
+            loss = module.loss(out, y, x)
+            loss.backward()
+            result.losses[module.layer_ids[0]] = loss.detach()
+            if module.is_top:
+                result.correct = (out.detach().argmax(1) == y).sum()
+            h = out.detach()
+        self.optimizer.step()
+        for i in self.update_counts:
+            self.update_counts[i] += 1
+        result.output = h
+        return result
+
+    @torch.no_grad()
+    def eval_step(self, h: torch.Tensor) -> torch.Tensor:
+        """Primary network only, in eval mode (BN running statistics); aux nets are not run."""
+        self.modules.eval()
+        h = h.to(self.device, non_blocking=True)
+        for module in self.modules:
+            h = module(h)
+        return h

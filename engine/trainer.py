@@ -1,0 +1,110 @@
+"""The sequential trainers: the paper's simultaneous scheme and end-to-end BP, in one process.
+
+This is the oracle of the project: every pipelined run must end with the weights this trainer computes.
+BP is the same trainer with no aux nets (one module, the whole network trained by the global loss).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from engine.models.base import LayeredModel
+from engine.rules import build_local_modules
+from engine.schedule import LRSchedule, OptimConfig
+from engine.stage import Stage, StepResult
+
+
+@dataclass
+class StepRecord:
+    """Metrics of one training minibatch, as written to the metrics JSON lines."""
+
+    epoch: int
+    step: int
+    global_step: int
+    loss: float
+    accuracy: float
+    lr: float
+    images_per_s: float
+    local_losses: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float
+    best_accuracy: float
+    seconds: float
+
+
+def evaluate(model: nn.Module, batches, device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy (%) of the primary network alone, in eval mode."""
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model(x.to(device))
+            correct += int((logits.argmax(1).cpu() == y).sum())
+            total += int(y.shape[0])
+    model.train()
+    return 100.0 * correct / max(total, 1)
+
+
+class SequentialTrainer:
+    """One Stage holding every local module: layer l's aux forward/backward completes before layer l+1."""
+
+    def __init__(self, model: LayeredModel, aux_nets: list[nn.Module], optim: OptimConfig,
+                 schedule: LRSchedule, seed: int = 0, device: torch.device | str = "cpu"):
+        self.model = model
+        self.aux_nets = nn.ModuleList(aux_nets)
+        self.device = torch.device(device)
+        self.stage = Stage(build_local_modules(model, list(aux_nets)), optim, schedule, seed, self.device)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> StepResult:
+        if self.stage.epoch != epoch:
+            self.stage.set_epoch(epoch)
+        return self.stage.train_step(x, y, x if self.stage.needs_input else None, step=step)
+
+    def fit(self, data, epochs: int, batch_size: int, *, max_steps: int | None = None,
+            on_step: Callable[[StepRecord], None] | None = None,
+            on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
+        """Train for `epochs` (or until `max_steps` minibatches), evaluating after every epoch."""
+        history: list[EpochRecord] = []
+        best = 0.0
+        global_step = 0
+        steps = data.steps_per_epoch(batch_size)
+        for epoch in range(epochs):
+            t_epoch = time.perf_counter()
+            loss_sum = correct = seen = 0.0
+            for step in range(steps):
+                if max_steps is not None and global_step >= max_steps:
+                    break
+                t0 = time.perf_counter()
+                x, y = data.train_batch(self.stage.seed, epoch, step, batch_size)
+                res = self.train_step(x, y, epoch, step)
+                top_loss = float(res.losses[max(res.losses)])
+                n = res.batch_size
+                loss_sum += top_loss * n
+                correct += float(res.correct)
+                seen += n
+                global_step += 1
+                if on_step is not None:
+                    on_step(StepRecord(epoch, step, global_step, top_loss, 100.0 * float(res.correct) / n,
+                                       self.stage.schedule(epoch), n / (time.perf_counter() - t0),
+                                       res.loss_values()))
+            if seen == 0:
+                break
+            acc = evaluate(self.model, data.test_batches(batch_size), self.device)
+            best = max(best, acc)
+            record = EpochRecord(epoch, loss_sum / seen, 100.0 * correct / seen, acc, best,
+                                 time.perf_counter() - t_epoch)
+            history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+        return history

@@ -1,0 +1,134 @@
+"""`auglocal-launch`: plan, train and evaluate a local-learning run from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from engine.config import RunConfig, UsageError, build_data, build_network, resolve, validate
+
+EPILOG = """examples:
+  auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, in-process trainer
+  auglocal-launch --model resnet110 --rule auglocal --d 4 --dry-run
+  auglocal-launch --dataset cifar10 --data-dir ~/data --model resnet110 --d 4 --epochs 400
+
+exit codes: 0 success, 1 training failed, 2 bad input (unknown model/rule/data set, impossible d,
+missing data directory)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="auglocal-launch",
+        description="Train deep networks with supervised local learning (AugLocal, DGL, PredSim, InfoPro) "
+                    "or end-to-end BP. Without a data set it trains on the embedded MNIST-5k digits.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model and learning rule")
+    m.add_argument("--model", default="resnet32",
+                   help="primary network: resnet20/32/56/110 (CIFAR), vgg19, vgg13, resnet34, resnet101, "
+                        "mobilenetv2, efficientnet_b0, regnetx_400mf (default resnet32)")
+    m.add_argument("--rule", default="auglocal", help="bp, auglocal, dgl, predsim or infopro (default auglocal)")
+    m.add_argument("--d", type=int, default=4,
+                   help="AugLocal aux-net depth in the paper's convention (hidden layers + classifier), >= 2")
+    m.add_argument("--tau", type=float, default=None,
+                   help="pyramidal decay rate in [0, 1]; default 0.5 for CIFAR-convention models, 0 otherwise")
+    m.add_argument("--strategy", default="uniform",
+                   help="aux layer choice: uniform (AugLocal), sequential, repetitive, conv1x1, conv3x3")
+    m.add_argument("--convention", choices=("cifar", "imagenet"), default=None,
+                   help="which layers are local (method.md 2): cifar = top d layers trained globally, "
+                        "imagenet = every hidden layer local; default: the model family's")
+    m.add_argument("--num-classes", type=int, default=None, help="output classes (default: the data set's)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="mnist5k",
+                   help="mnist5k (embedded, default), digits (embedded), synthetic, cifar10, svhn, stl10, "
+                        "imagenet")
+    d.add_argument("--data-dir", default=None, help="folder holding the real data set (never downloaded)")
+    d.add_argument("--input-size", type=int, default=None, help="image side (synthetic data; ImageNet resize)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    t.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data set's)")
+    t.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the data set's)")
+    t.add_argument("--warmup-epochs", type=int, default=None,
+                   help="linear warm-up epochs (default 10 per 400 epochs, as in the paper)")
+    t.add_argument("--seed", type=int, default=1234, help="seed of weights, batch order and augmentation")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many minibatches")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads of the in-process trainer")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=None, help="run folder (default runs/<model>-<rule>-<time>)")
+    o.add_argument("--dry-run", action="store_true",
+                   help="build everything, print the per-layer plan (aux nets, params, MACs) and exit")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    x = p.add_argument_group("execution")
+    x.add_argument("--sequential", action="store_true",
+                   help="train in this process with the sequential (reference) trainer instead of the pipeline")
+    x.add_argument("--workers", default="auto",
+                   help="pipeline workers: auto (one per GPU, or per CPU core), layer (one per local module) "
+                        "or a number K (modules grouped into K balanced workers); default auto")
+    x.add_argument("--gpus", default=None,
+                   help="GPU ids for the workers, e.g. 0-9 or 0,2,3; 'cpu' for CPU cores (the default "
+                        "when CUDA is absent)")
+    x.add_argument("--balance", choices=("time", "flops"), default="time",
+                   help="balance worker groups by measured module time (default) or by FLOPs")
+    x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
+    x.add_argument("--trace", action="store_true",
+                   help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(model=args.model, rule=args.rule, d=args.d, tau=args.tau, strategy=args.strategy,
+                     convention=args.convention, dataset=args.dataset, data_dir=args.data_dir,
+                     num_classes=args.num_classes, input_size=args.input_size, epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, seed=args.seed,
+                     max_steps=args.max_steps)
+
+
+def dry_run(cfg: RunConfig, data) -> int:
+    from engine.planning import format_plan_table, layer_costs
+
+    model, aux = build_network(cfg, data)
+    print(f"model {cfg.model} (L = {model.num_layers}), rule {cfg.rule}, d = {cfg.d}, tau = {cfg.tau}, "
+          f"strategy {cfg.strategy}, {cfg.num_classes} classes, input {cfg.input_size}x{cfg.input_size}")
+    print(format_plan_table(model, layer_costs(model, aux)))
+    return 0
+
+
+def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
+    from launch.pipeline import PipelineOptions, parse_gpus, train_pipeline
+
+    if args.gpus is None:
+        import torch
+
+        if torch.cuda.is_available():
+            args.gpus = ",".join(str(i) for i in range(torch.cuda.device_count()))
+        else:
+            print("auglocal-launch: no CUDA device found; workers run on CPU cores (--gpus cpu)")
+    opts = PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
+                           threads=args.worker_threads, trace=args.trace)
+    return train_pipeline(cfg, data, opts, out=args.out, progress=not args.no_progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        validate(cfg)
+        data = build_data(cfg)
+        resolve(cfg, data)
+        if args.dry_run:
+            return dry_run(cfg, data)
+        if args.sequential:
+            from launch.sequential import train_sequential
+
+            return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads)
+        return run_pipeline(args, cfg, data)
+    except UsageError as err:
+        print(f"auglocal-launch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nauglocal-launch: interrupted at {time.strftime('%H:%M:%S')}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

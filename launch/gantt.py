@@ -1,0 +1,61 @@
+"""Gantt chart of a traced run: one row per worker, a bar per span, a few steady-state minibatches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"forward": "tab:blue", "send": "tab:orange", "aux+update": "tab:green",
+          "forward+backward+update": "tab:purple", "idle": "lightgrey"}
+
+
+def read_traces(run_dir: Path) -> list[dict]:
+    spans = []
+    for path in sorted(Path(run_dir).glob("trace_worker*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            spans.extend(json.loads(line) for line in f if line.strip())
+    return spans
+
+
+def steady_window(spans: list[dict], steps: int = 4) -> tuple[float, float]:
+    """Time window covering `steps` minibatches after the pipeline has filled (skip the first quarter)."""
+    train = sorted({(s["epoch"], s["step"]) for s in spans if s["span"] != "idle"})
+    if not train:
+        return 0.0, 0.0
+    start = train[min(len(train) // 4, max(len(train) - steps, 0))]
+    chosen = set(train[train.index(start): train.index(start) + steps])
+    sel = [s for s in spans if (s["epoch"], s["step"]) in chosen and s["span"] != "idle"]
+    return min(s["t0"] for s in sel), max(s["t1"] for s in sel)
+
+
+def draw_gantt(run_dir: Path, out: Path, steps: int = 4) -> Path | None:
+    """Draw the chart; returns None when the run has no trace files."""
+    spans = read_traces(run_dir)
+    if not spans:
+        return None
+    t_lo, t_hi = steady_window(spans, steps)
+    ranks = sorted({s["rank"] for s in spans})
+    fig, ax = plt.subplots(figsize=(12, 1 + 0.6 * len(ranks)))
+    for s in spans:
+        if s["t1"] < t_lo or s["t0"] > t_hi:
+            continue
+        t0, t1 = max(s["t0"], t_lo), min(s["t1"], t_hi)
+        ax.barh(s["rank"], (t1 - t0) * 1e3, left=(t0 - t_lo) * 1e3, color=COLORS.get(s["span"], "black"),
+                edgecolor="white", linewidth=0.3)
+        if s["span"] == "forward" and (t1 - t0) > 0.05 * (t_hi - t_lo):
+            ax.text((t0 - t_lo) * 1e3, s["rank"], f" {s['step']}", va="center", fontsize=7, color="white")
+    ax.set_yticks(ranks, [f"worker {r}" for r in ranks])
+    ax.invert_yaxis()
+    ax.set_xlabel("time (ms)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
+    ax.legend(handles, list(COLORS), ncol=len(COLORS), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    ax.set_title(f"pipeline spans of {steps} steady-state minibatches (numbers: step)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

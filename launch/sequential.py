@@ -1,0 +1,58 @@
+"""The in-process reference run: sequential trainer, progress bar, run folder."""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from engine.config import RunConfig, build_network, optim_and_schedule
+from engine.trainer import EpochRecord, SequentialTrainer, StepRecord
+from launch.plots import plot_curves
+from launch.run_dir import RunDir, default_run_dir
+
+
+def save_networks(run: RunDir, model, aux_nets) -> None:
+    """model.pt: the bare primary network's state_dict; aux.pt: {layer index: aux net state_dict}."""
+    run.save_state("model.pt", model.state_dict())
+    run.save_state("aux.pt", {int(a.layer): a.state_dict() for a in aux_nets})
+
+
+def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
+                     threads: int | None = None) -> int:
+    """Train with the sequential trainer and write the run folder; returns the exit code."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, aux = build_network(cfg, data)
+    optim, schedule = optim_and_schedule(cfg)
+    trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device=cfg.device)
+    run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
+    run.write_json("config.json", {**cfg.to_dict(), "trainer": "sequential"})
+    steps = data.steps_per_epoch(cfg.batch_size) * cfg.epochs
+    total = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    bar = tqdm(total=total, disable=not progress, unit="batch", dynamic_ncols=True)
+
+    def on_step(r: StepRecord) -> None:
+        run.log("step", r)
+        bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
+        bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%", img_s=f"{r.images_per_s:.0f}")
+        bar.update(1)
+
+    def on_epoch(r: EpochRecord) -> None:
+        run.log("epoch", r)
+        bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
+                  f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
+
+    try:
+        history = trainer.fit(data, cfg.epochs, cfg.batch_size, max_steps=cfg.max_steps,
+                              on_step=on_step, on_epoch=on_epoch)
+    finally:
+        bar.close()
+        save_networks(run, model, aux)
+        run.close()
+    if history:
+        plot_curves(run.read_metrics(), run.path / "curves.png",
+                    f"{cfg.model} {cfg.rule} d={cfg.d} on {cfg.dataset}")
+        last = history[-1]
+        print(f"done: best test accuracy {last.best_accuracy:.2f}%, last {last.test_accuracy:.2f}%; "
+              f"run folder {run.path}")
+    return 0

@@ -1,0 +1,54 @@
+"""The paper's learning-rate schedules (method.md 4.2) and optimiser settings."""
+
+import math
+
+import pytest
+import torch
+
+from engine.schedule import LRSchedule, OptimConfig, default_warmup
+
+
+def paper_cifar_lr(e: int, lr0: float, total: int) -> float:
+    """method.md 4.2 written out literally, e = 1..E."""
+    if e <= 10:
+        return 0.5 * lr0 * (1 + math.cos(math.pi * e / total)) * (e - 1) / 10 + 0.01 * (11 - e) / 10
+    return 0.5 * lr0 * (1 + math.cos(math.pi * e / total))
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 5, 9, 10, 11, 200, 399])
+def test_cifar_schedule_matches_paper_formula(epoch):
+    s = LRSchedule("cifar", 0.8, 400, 10)
+    assert s(epoch) == pytest.approx(paper_cifar_lr(epoch + 1, 0.8, 400), rel=1e-12)
+
+
+def test_cifar_schedule_starts_at_001_and_ends_at_zero():
+    s = LRSchedule("cifar", 0.8, 400, 10)
+    assert s(0) == pytest.approx(0.01)
+    assert s(399) == pytest.approx(0.0, abs=1e-12)
+    assert max(s(e) for e in range(400)) < 0.8
+
+
+def test_imagenet_schedule_is_cosine_from_epoch_zero():
+    s = LRSchedule("imagenet", 0.4, 200, 0)
+    assert s(0) == pytest.approx(0.4)
+    assert s(100) == pytest.approx(0.2)
+
+
+def test_default_warmup_keeps_the_paper_fraction():
+    assert default_warmup(400) == 10
+    assert default_warmup(3) == 0
+    assert default_warmup(40) == 1
+
+
+def test_bad_schedule_rejected():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        LRSchedule("step", 0.1, 10)
+
+
+def test_optimizer_is_sgd_nesterov_with_decay_on_everything():
+    p = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+    opt = OptimConfig(lr=0.1).build(p)
+    g = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD)
+    assert (g["momentum"], g["nesterov"], g["weight_decay"]) == (0.9, True, 1e-4)
+    assert len(g["params"]) == 2

@@ -1,0 +1,439 @@
+"""Tests for the wire format (workers.messages) and the credit-windowed ZeroMQ links (workers.transport)."""
+
+import multiprocessing
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+
+import msgpack
+import pytest
+import torch
+import zmq
+
+from workers.messages import (
+    MAX_HEADER_BYTES,
+    Codec,
+    Kind,
+    Message,
+    MessageError,
+    TensorSpec,
+)
+from workers.transport import Link, Receiver, Sender, ipc_address, tcp_address
+
+RUN, SECRET = "run-1", "s3cret"
+WAIT_MS = 5000
+
+
+@pytest.fixture
+def codec():
+    return Codec(RUN, SECRET)
+
+
+@pytest.fixture
+def short_dir():
+    # pytest's tmp_path can exceed the ~100-character limit of a Unix socket path
+    directory = tempfile.mkdtemp(prefix="al-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["ipc", "tcp"])
+def address(request, short_dir):
+    return ipc_address("link", short_dir) if request.param == "ipc" else tcp_address()
+
+
+@pytest.fixture
+def link_pair(address, codec):
+    """A bound Receiver and a connected Sender (window 2) over the parametrised transport."""
+    receiver = Receiver(address, codec, "w1", window=2)
+    sender = Sender(receiver.address, codec, window=2)
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+
+
+def all_kinds_of_tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 6, generator=g)
+    return {
+        "f32": torch.randn(2, 3, 4, generator=g),
+        "f16": torch.randn(5, generator=g).half(),
+        "bf16": torch.randn(3, 2, generator=g).bfloat16(),
+        "f64": torch.randn(2, 2, generator=g, dtype=torch.float64),
+        "i64": torch.arange(-3, 7),
+        "i32": torch.arange(6, dtype=torch.int32).reshape(2, 3),
+        "u8": torch.arange(250, 256, dtype=torch.uint8),
+        "i8": torch.arange(-4, 4, dtype=torch.int8),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(3.5),
+        "scalar_int": torch.tensor(7),
+        "empty": torch.empty(0, 3),
+        "empty_bf16": torch.empty(2, 0, dtype=torch.bfloat16),
+        "transposed": base.t(),
+        "sliced": base[:, ::2],
+        "needs_grad": torch.ones(3, requires_grad=True) * 2,
+    }
+
+
+def sample_message(**tensors: torch.Tensor) -> Message:
+    return Message(
+        Kind.TRAIN,
+        "w0",
+        epoch=2,
+        step=17,
+        layer=5,
+        tensors=tensors,
+        meta={"lr": 0.05, "ids": [1, 2, 3], "note": "hi", "nested": {"ok": True, "none": None}},
+    )
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(want)
+    for name, tensor in want.items():
+        assert got[name].dtype == tensor.dtype, name
+        assert got[name].shape == tensor.shape, name
+        assert torch.equal(got[name], tensor.detach()), name
+        assert got[name].data_ptr() % got[name].element_size() == 0, f"{name} is misaligned"
+
+
+def header_of(frames) -> dict:
+    return msgpack.unpackb(frames[0], raw=False)
+
+
+def with_header(frames, **changes) -> list:
+    header = header_of(frames)
+    header.update(changes)
+    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
+
+
+# ---------------------------------------------------------------- round trips
+
+
+def test_round_trip_every_dtype_and_layout_over_socket(link_pair):
+    sender, receiver = link_pair
+    tensors = all_kinds_of_tensors()
+    sender.send(sample_message(**tensors), WAIT_MS)
+    got = receiver.recv(WAIT_MS)
+    assert (got.kind, got.sender, got.epoch, got.step, got.layer) == (Kind.TRAIN, "w0", 2, 17, 5)
+    assert got.meta == {"lr": 0.05, "ids": [1, 2, 3], "note": "hi", "nested": {"ok": True, "none": None}}
+    assert_same_tensors(got.tensors, tensors)
+
+
+def test_received_tensors_outlive_their_frames_and_are_writable(link_pair):
+    sender, receiver = link_pair
+    big = torch.arange(100_000, dtype=torch.float32)  # above pyzmq's copy threshold: a true zero-copy frame
+    sender.send(sample_message(x=big), WAIT_MS)
+    got = receiver.recv(WAIT_MS).tensors["x"]
+    sender.send(sample_message(x=torch.zeros(100_000)), WAIT_MS)
+    receiver.recv(WAIT_MS)
+    import gc
+
+    gc.collect()
+    assert torch.equal(got, big)
+    got.add_(1)  # a worker may apply in-place ops to what it received
+    assert got[0].item() == 1.0
+
+
+def test_metrics_and_control_messages_without_tensors(link_pair):
+    sender, receiver = link_pair
+    sender.send(Message(Kind.METRICS, "w3", epoch=1, step=9, meta={"loss": 1.25, "acc": 0.5}), WAIT_MS)
+    sender.send(Message(Kind.CONTROL, "coordinator", meta={"command": "stop"}), WAIT_MS)
+    first, second = receiver.recv(WAIT_MS), receiver.recv(WAIT_MS)
+    assert (first.kind, first.meta, first.tensors) == (Kind.METRICS, {"loss": 1.25, "acc": 0.5}, {})
+    assert (second.kind, second.sender, second.layer) == (Kind.CONTROL, "coordinator", -1)
+
+
+def echo_child(inbound: Link, outbound: Link, count: int) -> None:
+    """Child process: receive `count` messages and send each back with its tensor doubled."""
+    codec = Codec(RUN, SECRET)
+    with inbound.receiver(codec, "child") as receiver, outbound.sender(codec) as sender:
+        for _ in range(count):
+            message = receiver.recv(30_000)
+            reply = Message(Kind.ACK, "child", step=message.step, tensors={"y": message.tensors["x"] * 2})
+            sender.send(reply, 30_000)
+        sender.wait_all(30_000)
+
+
+def test_round_trip_across_a_spawned_process(short_dir, codec):
+    to_child = Link(ipc_address("to-child", short_dir), window=2)
+    with Receiver(tcp_address(), codec, "parent") as receiver:
+        from_child = Link(receiver.address, window=2)
+        child = multiprocessing.get_context("spawn").Process(target=echo_child, args=(to_child, from_child, 3))
+        child.start()
+        try:
+            with to_child.sender(codec) as sender:
+                xs = [torch.randn(4, 8, dtype=torch.float64) for _ in range(3)]
+                for step, x in enumerate(xs):
+                    sender.send(Message(Kind.TRAIN, "parent", step=step, tensors={"x": x}), 60_000)
+                for step, x in enumerate(xs):
+                    reply = receiver.recv(60_000)
+                    assert (reply.kind, reply.sender, reply.step) == (Kind.ACK, "child", step)
+                    assert torch.equal(reply.tensors["y"], x * 2)
+                sender.wait_all(WAIT_MS)
+            child.join(30)
+            assert child.exitcode == 0
+        finally:
+            if child.is_alive():
+                child.kill()
+
+
+def test_decode_from_read_only_bytes_copies_without_warning(codec):
+    tensors = all_kinds_of_tensors()
+    frames = [bytes(frame) for frame in codec.encode(sample_message(**tensors))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same_tensors(codec.decode(frames).tensors, tensors)
+
+
+# ---------------------------------------------------------------- rejections (codec level)
+
+
+def encoded(codec, **tensors):
+    return codec.encode(sample_message(**tensors))
+
+
+def rejected(codec, frames, expect=None) -> MessageError:
+    with pytest.raises(MessageError) as info:
+        codec.decode(frames, expect, peer="<peer 01>")
+    assert info.value.sender in str(info.value) and info.value.field in str(info.value)
+    return info.value
+
+
+def test_truncated_frame_is_rejected(codec):
+    frames = encoded(codec, x=torch.ones(10))
+    error = rejected(codec, [frames[0], bytes(frames[1])[:-4]])
+    assert (error.sender, error.field) == ("w0", "tensors[x].nbytes")
+    assert "truncated" in str(error)
+
+
+def test_wrong_frame_count_is_rejected(codec):
+    frames = encoded(codec, x=torch.ones(2), y=torch.ones(3))
+    error = rejected(codec, frames[:2])
+    assert (error.sender, error.field) == ("w0", "frames")
+    assert rejected(codec, [*frames, b"extra"]).field == "frames"
+    assert rejected(codec, []).field == "frames"
+
+
+def test_oversized_message_is_rejected(codec):
+    small = Codec(RUN, SECRET, max_message_bytes=1000)
+    error = rejected(small, encoded(codec, a=torch.ones(150), b=torch.ones(150)))
+    assert (error.sender, error.field) == ("w0", "size")
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        small.encode(sample_message(a=torch.ones(300)))
+
+
+def test_wrong_schema_version_is_rejected(codec):
+    error = rejected(codec, with_header(encoded(codec, x=torch.ones(1)), v=99))
+    assert (error.sender, error.field) == ("w0", "version")
+    assert rejected(codec, with_header(encoded(codec), v=True)).field == "version"
+
+
+def test_foreign_run_and_wrong_secret_are_rejected(codec):
+    error = rejected(codec, encoded(Codec("run-0", SECRET), x=torch.ones(1)))
+    assert (error.sender, error.field) == ("w0", "run_id")
+    error = rejected(codec, encoded(Codec(RUN, "stale"), x=torch.ones(1)))
+    assert (error.sender, error.field) == ("w0", "secret")
+
+
+def test_unknown_dtype_and_kind_are_rejected(codec):
+    frames = encoded(codec, x=torch.ones(2))
+    spec = dict(header_of(frames)["tensors"][0], dtype="complex64")
+    error = rejected(codec, with_header(frames, tensors=[spec]))
+    assert (error.sender, error.field) == ("w0", "tensors[x].dtype")
+    assert rejected(codec, with_header(frames, kind="gossip")).field == "kind"
+    assert rejected(codec, with_header(frames, kind=["train"])).field == "kind"
+
+
+def test_shape_inconsistent_with_nbytes_is_rejected(codec):
+    frames = encoded(codec, x=torch.ones(2, 3))
+    spec = dict(header_of(frames)["tensors"][0], shape=[3, 3])
+    error = rejected(codec, with_header(frames, tensors=[spec]))
+    assert (error.sender, error.field) == ("w0", "tensors[x].nbytes")
+    spec = dict(header_of(frames)["tensors"][0], shape=[2, -3])
+    assert rejected(codec, with_header(frames, tensors=[spec])).field == "tensors[x].shape"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xc1\xff\x00garbage",  # 0xc1 is never valid msgpack
+        b"\xdd\x7f\xff\xff\xff",  # an array claiming 2**31 elements
+        b"\xdb\x7f\xff\xff\xff",  # a string claiming 2 GiB
+        msgpack.packb([1, 2, 3]),  # valid msgpack, not a map
+        b"\x91" * 5000,  # deep nesting
+        b"\x80" + b"\x00" * MAX_HEADER_BYTES,  # over the header size cap
+    ],
+)
+def test_garbage_header_is_rejected_naming_the_peer(codec, garbage):
+    error = rejected(codec, [garbage])
+    assert (error.sender, error.field) == ("<peer 01>", "header")
+
+
+def test_header_with_missing_or_extra_keys_is_rejected(codec):
+    frames = encoded(codec)
+    assert rejected(codec, with_header(frames, extra=1)).field == "header"
+    header = header_of(frames)
+    del header["step"]
+    assert rejected(codec, [msgpack.packb(header)]).field == "header"
+    assert rejected(codec, with_header(frames, step="3")).field == "step"
+
+
+def test_expect_checks_kind_names_dtypes_and_shape_but_not_batch(codec):
+    expect = {
+        Kind.TRAIN: {"x": TensorSpec("float32", (None, 3)), "y": TensorSpec("int64", (None,))},
+        Kind.CONTROL: {},
+    }
+    ok = codec.decode(encoded(codec, x=torch.ones(5, 3), y=torch.zeros(5, dtype=torch.int64)), expect)
+    assert ok.tensors["x"].shape == (5, 3)
+    assert (
+        rejected(codec, encoded(codec, x=torch.ones(5, 4), y=torch.zeros(5, dtype=torch.int64)), expect).field
+        == "tensors[x].shape"
+    )
+    assert (
+        rejected(codec, encoded(codec, x=torch.ones(5, 3).double(), y=torch.zeros(5, dtype=torch.int64)), expect).field
+        == "tensors[x].dtype"
+    )
+    assert rejected(codec, encoded(codec, x=torch.ones(5, 3)), expect).field == "tensors"
+    metrics = codec.encode(Message(Kind.METRICS, "w2"))
+    assert rejected(codec, metrics, expect).field == "kind"
+
+
+def test_encode_refuses_what_the_wire_cannot_carry(codec):
+    with pytest.raises(ValueError, match="unsupported dtype"):
+        codec.encode(sample_message(z=torch.ones(2, dtype=torch.complex64)))
+    with pytest.raises(ValueError, match="plain"):
+        codec.encode(Message(Kind.METRICS, "w0", meta={"loss": torch.tensor(1.0)}))
+    with pytest.raises(ValueError, match="sender"):
+        codec.encode(Message(Kind.METRICS, ""))
+    with pytest.raises(ValueError, match="header"):
+        codec.encode(Message(Kind.METRICS, "w0", meta={"blob": ["x" * 1000] * 100}))
+
+
+# ---------------------------------------------------------------- rejections on a live link
+
+
+def test_receiver_rejects_garbage_and_stays_usable(link_pair, codec):
+    sender, receiver = link_pair
+    with zmq.Context.instance().socket(zmq.DEALER) as raw:
+        raw.connect(receiver.address)
+        raw.send_multipart([b"\xc1 not msgpack", b"x"])
+        with pytest.raises(MessageError) as info:
+            receiver.recv(WAIT_MS)
+        assert info.value.field == "header" and "<peer" in info.value.sender
+    sender.send(sample_message(x=torch.ones(3)), WAIT_MS)
+    assert torch.equal(receiver.recv(WAIT_MS).tensors["x"], torch.ones(3))
+
+
+def test_oversized_message_on_a_live_link(address, codec):
+    with (
+        Receiver(address, Codec(RUN, SECRET, max_message_bytes=1000), "w1") as receiver,
+        Sender(receiver.address, codec) as sender,
+    ):
+        sender.send(sample_message(a=torch.ones(150), b=torch.ones(150)), WAIT_MS)
+        with pytest.raises(MessageError) as info:
+            receiver.recv(WAIT_MS)
+        assert (info.value.sender, info.value.field) == ("w0", "size")
+
+
+def test_stray_process_with_wrong_secret_is_rejected_and_gets_no_credit(link_pair):
+    _, receiver = link_pair
+    with Sender(receiver.address, Codec(RUN, "old-secret"), window=1) as stray:
+        stray.send(sample_message(x=torch.ones(1)), WAIT_MS)
+        with pytest.raises(MessageError) as info:
+            receiver.recv(WAIT_MS)
+        assert (info.value.sender, info.value.field) == ("w0", "secret")
+        with pytest.raises(TimeoutError):
+            stray.send(sample_message(x=torch.ones(1)), 200)
+
+
+# ---------------------------------------------------------------- backpressure and timeouts
+
+
+def test_window_blocks_third_send_until_receiver_consumes(link_pair):
+    sender, receiver = link_pair
+    for step in range(2):
+        sender.send(Message(Kind.TRAIN, "w0", step=step, tensors={"x": torch.full((1000,), step)}), WAIT_MS)
+    third = Message(Kind.TRAIN, "w0", step=2, tensors={"x": torch.full((1000,), 2)})
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="2 of 2"):
+        sender.send(third, 200)
+    assert time.monotonic() - start >= 0.19
+    assert sender.in_flight == 2
+
+    got = []
+    consumer = threading.Thread(target=lambda: (time.sleep(0.3), got.append(receiver.recv(WAIT_MS))))
+    start = time.monotonic()
+    consumer.start()
+    sender.send(third, WAIT_MS)  # blocks until the consumer has taken one message
+    blocked_for = time.monotonic() - start
+    consumer.join()
+    assert blocked_for >= 0.25
+    assert got[0].step == 0
+    assert [receiver.recv(WAIT_MS).step for _ in range(2)] == [1, 2]
+    sender.wait_all(WAIT_MS)
+    assert sender.in_flight == 0
+
+
+def test_recv_times_out(link_pair):
+    _, receiver = link_pair
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="no message"):
+        receiver.recv(100)
+    assert 0.09 <= time.monotonic() - start < 2
+
+
+def test_wait_all_times_out_while_unconsumed(link_pair):
+    sender, _ = link_pair
+    sender.send(sample_message(), WAIT_MS)
+    with pytest.raises(TimeoutError, match="unconsumed"):
+        sender.wait_all(100)
+
+
+def test_many_senders_have_separate_windows(address, codec):
+    with (
+        Receiver(address, codec, "coordinator", window=1) as receiver,
+        Sender(receiver.address, codec, window=1) as a,
+        Sender(receiver.address, codec, window=1) as b,
+    ):
+        a.send(Message(Kind.METRICS, "a"), WAIT_MS)
+        b.send(Message(Kind.METRICS, "b"), WAIT_MS)
+        first = receiver.recv(WAIT_MS).sender
+        credited, waiting = (a, b) if first == "a" else (b, a)
+        credited.send(Message(Kind.HEARTBEAT, first), WAIT_MS)  # its credit came back to it alone
+        with pytest.raises(TimeoutError):
+            waiting.send(Message(Kind.HEARTBEAT, "other"), 200)
+        assert {receiver.recv(WAIT_MS).sender for _ in range(2)} == {"a", "b"}
+
+
+# ---------------------------------------------------------------- addresses and lifecycle
+
+
+@pytest.mark.parametrize("bad", ["tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://10.1.2.3:5555", "udp://x"])
+def test_receiver_refuses_non_loopback_binds(codec, bad):
+    with pytest.raises(ValueError, match="address|loopback"):
+        Receiver(bad, codec, "w1")
+
+
+def test_ipc_path_too_long_is_refused():
+    with pytest.raises(ValueError, match="tcp://"):
+        ipc_address("x" * 120, "/tmp")
+
+
+def test_ipc_address_defaults_to_a_private_temp_dir():
+    address = ipc_address("w0")
+    directory = address.removeprefix("ipc://").rsplit("/", 1)[0]
+    try:
+        assert address.startswith("ipc:///") and "auglocal-" in directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_close_is_idempotent_and_context_managed(address, codec):
+    with Receiver(address, codec, "w1") as receiver, Sender(receiver.address, codec) as sender:
+        pass
+    assert sender.socket.closed
+    assert receiver.socket.closed
+    receiver.close()
+    assert receiver.socket.closed

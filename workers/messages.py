@@ -1,0 +1,367 @@
+"""Wire format of worker messages: a msgpack header frame plus one raw frame per tensor, validated on receipt.
+
+A message travels as ``[header, tensor_0, tensor_1, ...]``. The header is a msgpack map (never pickle) that
+names the run, carries the run's secret, says who sent it and what it is, and describes every tensor frame
+(name, dtype, shape, nbytes). Tensor frames are the tensors' raw little-endian bytes, sent without copying
+and rebuilt on receipt with ``torch.frombuffer`` on the received buffer (the tensor keeps that buffer alive).
+
+Decoding trusts nothing: the header is size-capped before it is parsed and parsed with tight msgpack limits,
+and every field, frame count and byte count is checked. Any inconsistency raises `MessageError`, which names
+the sender and the offending field, so a truncated, foreign or stale message is never trained on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import msgpack
+import torch
+
+SCHEMA_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+MAX_TENSORS = 64
+MAX_NDIM = 8
+MAX_NAME_CHARS = 128
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
+
+# Wire name -> torch dtype. bfloat16 needs no numpy detour: frames are raw bytes on both ends.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "bool": torch.bool,
+}
+_DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+_HEADER_KEYS = frozenset({"v", "kind", "run", "secret", "sender", "epoch", "step", "layer", "tensors", "meta"})
+_UNPACK_LIMITS = dict(
+    raw=False,
+    strict_map_key=True,
+    use_list=True,
+    max_str_len=16 * 1024,
+    max_bin_len=0,
+    max_ext_len=0,
+    max_array_len=4096,
+    max_map_len=256,
+)
+
+
+class Kind(str, Enum):
+    """What a message is for; the receiving loop dispatches on it."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+    METRICS = "metrics"
+    CONTROL = "control"
+    ACK = "ack"
+    HEARTBEAT = "heartbeat"
+    CREDIT = "credit"  # transport-internal: a receiver returns one per consumed message (see transport.py)
+
+
+_KIND_VALUES = frozenset(k.value for k in Kind)
+
+
+@dataclass
+class Message:
+    """One unit on the wire: a kind, its position in training, named CPU tensors and plain metadata.
+
+    ``layer`` is a global layer index or -1 when the message is not about one layer. ``meta`` holds only
+    plain values (int, float, str, bool, None, lists and string-keyed dicts of them): metrics and control
+    arguments, never objects.
+    """
+
+    kind: Kind
+    sender: str
+    epoch: int = 0
+    step: int = 0
+    layer: int = -1
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a receiver expects of one tensor: dtype name and shape, None marking a free dim (the batch)."""
+
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TensorSpec dtype {self.dtype!r} is not one of {list(DTYPES)}")
+
+
+# Accepted kinds mapped to their expected tensors ({} means none, None means not checked).
+Expect = Mapping[Kind, Mapping[str, TensorSpec] | None]
+
+
+class MessageError(ValueError):
+    """A received message was rejected; names who sent it and which field was wrong."""
+
+    def __init__(self, sender: str, field: str, detail: str):
+        self.sender = sender
+        self.field = field
+        self.detail = detail
+        super().__init__(f"message from {sender!r} rejected, field {field!r}: {detail}")
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
+    """Raw bytes of a tensor as a zero-copy view (a contiguous copy first only if it is not contiguous)."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"tensor {name!r} is on {tensor.device}; move it to the CPU before sending")
+    tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    if tensor.numel() == 0:
+        return memoryview(b"")
+    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def _tensor_from_frame(buffer: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """Rebuild a tensor on the received bytes; copies only a read-only or misaligned buffer.
+
+    ZeroMQ frames are writable and aligned for messages of any size worth avoiding a copy for.
+    """
+    if len(buffer) == 0:
+        return torch.empty(shape, dtype=dtype)
+    flat = torch.frombuffer(bytearray(buffer) if buffer.readonly else buffer, dtype=torch.uint8)
+    if flat.data_ptr() % dtype.itemsize:
+        flat = flat.clone()
+    return flat.view(dtype).reshape(shape)
+
+
+class Codec:
+    """Encodes and decodes messages for one run; holds the run's identity and the receive size limit.
+
+    Every process of a run builds its Codec from the same ``run_id`` and ``secret``; a message from another
+    run (or a stale process of an earlier one) fails decoding. ``max_message_bytes`` bounds the tensor bytes
+    of one message in both directions, so a sender finds out before it sends what a receiver would refuse.
+    """
+
+    def __init__(self, run_id: str, secret: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        if not run_id or not secret:
+            raise ValueError("Codec needs a non-empty run_id and secret (e.g. secrets.token_hex(16) per run)")
+        if max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
+        self.run_id = run_id
+        self.secret = secret
+        self.max_message_bytes = max_message_bytes
+
+    def encode(self, message: Message) -> list[bytes | memoryview]:
+        """Frames for `message`: header bytes then one zero-copy view per tensor, in the tensors' order."""
+        if not isinstance(message.kind, Kind):
+            raise ValueError(f"message kind must be a Kind, got {message.kind!r}")
+        if not message.sender or len(message.sender) > MAX_NAME_CHARS:
+            raise ValueError(f"message sender must be 1..{MAX_NAME_CHARS} characters, got {message.sender!r}")
+        if len(message.tensors) > MAX_TENSORS:
+            raise ValueError(f"a message carries at most {MAX_TENSORS} tensors, got {len(message.tensors)}")
+        frames: list[bytes | memoryview] = []
+        specs = []
+        for name, tensor in message.tensors.items():
+            if tensor.dtype not in _DTYPE_NAMES:
+                raise ValueError(f"tensor {name!r} has unsupported dtype {tensor.dtype}; use one of {list(DTYPES)}")
+            if not name or len(name) > MAX_NAME_CHARS or tensor.dim() > MAX_NDIM:
+                raise ValueError(f"tensor {name!r}: names are 1..{MAX_NAME_CHARS} characters, at most {MAX_NDIM} dims")
+            frame = _tensor_frame(name, tensor)
+            frames.append(frame)
+            specs.append(
+                {
+                    "name": name,
+                    "dtype": _DTYPE_NAMES[tensor.dtype],
+                    "shape": list(tensor.shape),
+                    "nbytes": frame.nbytes,
+                }
+            )
+        total = sum(spec["nbytes"] for spec in specs)
+        if total > self.max_message_bytes:
+            raise ValueError(
+                f"message of {total} tensor bytes exceeds max_message_bytes={self.max_message_bytes}; "
+                "split the batch or raise the limit on both ends"
+            )
+        header = {
+            "v": SCHEMA_VERSION,
+            "kind": message.kind.value,
+            "run": self.run_id,
+            "secret": self.secret,
+            "sender": message.sender,
+            "epoch": message.epoch,
+            "step": message.step,
+            "layer": message.layer,
+            "tensors": specs,
+            "meta": message.meta,
+        }
+        for key in ("epoch", "step", "layer"):
+            if not _is_int(header[key]):
+                raise ValueError(f"message {key} must be an int, got {header[key]!r}")
+        try:
+            packed = msgpack.packb(header, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(
+                f"message meta must hold only plain int/float/str/bool/None/list/dict values: {exc}"
+            ) from exc
+        if len(packed) > MAX_HEADER_BYTES:
+            raise ValueError(f"message header is {len(packed)} bytes, above {MAX_HEADER_BYTES}; shrink meta")
+        return [packed, *frames]
+
+    def decode(self, frames: Sequence[Any], expect: Expect | None = None, peer: str = "<unknown sender>") -> Message:
+        """Validate received frames and rebuild the message; raises MessageError naming sender and field.
+
+        `frames` are buffers (bytes, memoryview or zmq.Frame); tensors are views on them, not copies.
+        `peer` names the sender in errors raised before the header's own sender field could be read.
+        """
+        if len(frames) < 1:
+            raise MessageError(peer, "frames", "empty message, expected a header frame")
+        header = self._parse_header(memoryview(frames[0]), peer)
+        sender = header["sender"]
+        self._check_identity(header, sender)
+        kind = Kind(header["kind"])
+        tensor_frames = [memoryview(f) for f in frames[1:]]
+        specs = header["tensors"]
+        if len(tensor_frames) != len(specs):
+            raise MessageError(
+                sender,
+                "frames",
+                f"header describes {len(specs)} tensors but {len(tensor_frames)} tensor frames arrived",
+            )
+        declared = sum(s["nbytes"] for s in specs if isinstance(s, dict) and _is_int(s.get("nbytes")))
+        received = sum(f.nbytes for f in tensor_frames)
+        if max(declared, received) > self.max_message_bytes:
+            raise MessageError(
+                sender,
+                "size",
+                f"{max(declared, received)} tensor bytes exceed the limit of {self.max_message_bytes}",
+            )
+        tensors: dict[str, torch.Tensor] = {}
+        for index, (spec, frame) in enumerate(zip(specs, tensor_frames, strict=True)):
+            name, dtype, shape = self._check_spec(spec, index, sender, frame.nbytes)
+            if name in tensors:
+                raise MessageError(sender, "tensors", f"tensor name {name!r} appears twice")
+            tensors[name] = _tensor_from_frame(frame, dtype, shape)
+        message = Message(kind, sender, header["epoch"], header["step"], header["layer"], tensors, header["meta"])
+        if expect is not None:
+            check_expected(message, expect)
+        return message
+
+    def _parse_header(self, raw: memoryview, peer: str) -> dict[str, Any]:
+        if raw.nbytes > MAX_HEADER_BYTES:
+            raise MessageError(peer, "header", f"{raw.nbytes} bytes, above the {MAX_HEADER_BYTES}-byte header limit")
+        try:
+            header = msgpack.unpackb(raw, **_UNPACK_LIMITS)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise MessageError(peer, "header", f"not a valid msgpack header ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(header, dict):
+            raise MessageError(peer, "header", f"expected a msgpack map, got {type(header).__name__}")
+        sender = header.get("sender")
+        if not isinstance(sender, str) or not 0 < len(sender) <= MAX_NAME_CHARS:
+            raise MessageError(peer, "sender", f"expected a name of 1..{MAX_NAME_CHARS} characters, got {sender!r}")
+        if not _is_int(header.get("v")) or header["v"] != SCHEMA_VERSION:
+            raise MessageError(
+                sender,
+                "version",
+                f"schema version {header.get('v')!r}, this build speaks "
+                f"{SCHEMA_VERSION}; run one auglocal version in all processes",
+            )
+        if set(header) != _HEADER_KEYS:
+            raise MessageError(sender, "header", f"keys {sorted(header)}, expected {sorted(_HEADER_KEYS)}")
+        return header
+
+    def _check_identity(self, header: dict[str, Any], sender: str) -> None:
+        if header["run"] != self.run_id:
+            raise MessageError(
+                sender,
+                "run_id",
+                f"message belongs to run {header['run']!r}, this is run {self.run_id!r} (a stray or stale process?)",
+            )
+        if not isinstance(header["secret"], str) or not hmac.compare_digest(header["secret"], self.secret):
+            raise MessageError(sender, "secret", "wrong run secret (a stray or stale process?)")
+        if not isinstance(header["kind"], str) or header["kind"] not in _KIND_VALUES:
+            raise MessageError(
+                sender, "kind", f"unknown kind {header['kind']!r}, expected one of {[k.value for k in Kind]}"
+            )
+        for key in ("epoch", "step", "layer"):
+            if not _is_int(header[key]):
+                raise MessageError(sender, key, f"expected an int, got {header[key]!r}")
+        if not isinstance(header["meta"], dict):
+            raise MessageError(sender, "meta", f"expected a map, got {type(header['meta']).__name__}")
+        if not isinstance(header["tensors"], list) or len(header["tensors"]) > MAX_TENSORS:
+            raise MessageError(sender, "tensors", f"expected a list of at most {MAX_TENSORS} tensor descriptions")
+
+    def _check_spec(
+        self, spec: Any, index: int, sender: str, frame_bytes: int
+    ) -> tuple[str, torch.dtype, tuple[int, ...]]:
+        where = f"tensors[{index}]"
+        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape", "nbytes"}:
+            raise MessageError(sender, where, "expected a map with keys name, dtype, shape, nbytes")
+        name, dtype_name, shape, nbytes = spec["name"], spec["dtype"], spec["shape"], spec["nbytes"]
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+            raise MessageError(sender, f"{where}.name", f"expected 1..{MAX_NAME_CHARS} characters, got {name!r}")
+        where = f"tensors[{name}]"
+        if dtype_name not in DTYPES:
+            raise MessageError(
+                sender, f"{where}.dtype", f"unknown dtype {dtype_name!r}, expected one of {list(DTYPES)}"
+            )
+        if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape):
+            raise MessageError(
+                sender, f"{where}.shape", f"expected at most {MAX_NDIM} non-negative ints, got {shape!r}"
+            )
+        dtype = DTYPES[dtype_name]
+        expected = math.prod(shape) * dtype.itemsize
+        if not _is_int(nbytes) or nbytes != expected:
+            raise MessageError(
+                sender,
+                f"{where}.nbytes",
+                f"declared {nbytes!r} bytes but shape {shape} of {dtype_name} needs {expected}",
+            )
+        if frame_bytes != nbytes:
+            raise MessageError(
+                sender,
+                f"{where}.nbytes",
+                f"frame has {frame_bytes} bytes, header declares {nbytes} (truncated or corrupted frame)",
+            )
+        return name, dtype, tuple(shape)
+
+
+def check_expected(message: Message, expect: Expect) -> None:
+    """Raise MessageError unless `message` has an expected kind and, where given, exactly those tensors.
+
+    Each expected tensor must match in dtype and in every dim of its spec that is not None.
+    """
+    if message.kind not in expect:
+        raise MessageError(
+            message.sender, "kind", f"got {message.kind.value!r}, expected one of {[k.value for k in expect]}"
+        )
+    specs = expect[message.kind]
+    if specs is None:
+        return
+    if set(message.tensors) != set(specs):
+        raise MessageError(
+            message.sender, "tensors", f"got tensors {sorted(message.tensors)}, expected {sorted(specs)}"
+        )
+    for name, spec in specs.items():
+        tensor = message.tensors[name]
+        if tensor.dtype != DTYPES[spec.dtype]:
+            raise MessageError(
+                message.sender,
+                f"tensors[{name}].dtype",
+                f"got {_DTYPE_NAMES[tensor.dtype]}, expected {spec.dtype}",
+            )
+        shape = tuple(tensor.shape)
+        if len(shape) != len(spec.shape) or any(
+            e is not None and e != d for d, e in zip(shape, spec.shape, strict=True)
+        ):
+            free = tuple("*" if e is None else e for e in spec.shape)
+            raise MessageError(message.sender, f"tensors[{name}].shape", f"got {shape}, expected {free}")

@@ -1,0 +1,272 @@
+"""ZeroMQ links between worker processes: zero-copy tensor frames, credit-bounded in flight, with timeouts.
+
+Design
+------
+A *link* is one directed edge, e.g. worker i -> worker i+1. The receiving process owns the address: its
+`Receiver` binds a ROUTER socket there (ipc:// in a private directory by default, or tcp://127.0.0.1;
+binding a non-loopback interface must be asked for explicitly). The sending process's `Sender` connects a
+DEALER socket. Messages are encoded by `workers.messages.Codec` (msgpack header + raw tensor frames, no
+pickle) and sent with ``copy=False``, so large tensors go from the tensor's memory to the socket without a
+Python-side copy; received tensors are views on the received ZeroMQ frames.
+
+Backpressure is a credit window, not just ZeroMQ's high-water marks. A Sender may have at most ``window``
+messages that the receiving *application* has not yet taken with `Receiver.recv`; each recv returns one
+CREDIT message (a validated header-only message of the same run) over the same connection to exactly the
+peer that sent the consumed message. A sender at its window waits for a credit, up to its timeout. So the
+bytes buffered per sender are at most ``window`` messages however ZeroMQ and the kernel buffer internally,
+and a slow worker slows its upstream instead of growing queues. The high-water marks are set to window + 1
+as a second fence, so they never bite before the credit check does. A message rejected by validation earns
+no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls visibly (TimeoutError).
+
+Every wait takes ``timeout_ms`` and is a `zmq.Poller` wait, never a spin; on expiry it raises TimeoutError
+so the caller can check for shutdown or a dead peer and decide. Credits cannot survive a peer restart:
+after one, close both ends and open a fresh link.
+
+Many-to-one and one-to-many need no separate class. A Receiver accepts any number of Senders, each with its
+own window and credits, fair-queued: workers -> coordinator metrics/acks/heartbeats is one coordinator
+Receiver with one Sender per worker. Coordinator -> workers control is one Sender per worker, to that
+worker's Receiver (which may be the same one its upstream activations arrive at: the worker then waits on a
+single socket, and ``expect`` lists the kinds it accepts).
+
+Limits: a Receiver sets ZMQ_MAXMSGSIZE to the codec's max_message_bytes, so ZeroMQ disconnects a peer that
+sends a larger frame before buffering it (that sender sees a TimeoutError); a message whose frames together
+exceed the limit is received and rejected with MessageError. Binding an ipc:// path that exists replaces it
+(libzmq unlinks stale socket files), so give each Receiver its own path in the run's private directory.
+
+Contract: do not modify a sent tensor in place until the receiver has consumed it (`Sender.wait_all`, or the
+next credit); ZeroMQ reads it asynchronously. Sockets are not thread-safe: use each end from one thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message
+
+_IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+_CREDIT_ONLY: Expect = {Kind.CREDIT: {}}
+
+
+def ipc_address(name: str, directory: str | None = None) -> str:
+    """An ipc:// address for a link named `name` in `directory` (a fresh private temp directory if None).
+
+    The caller owns the directory. A private (0700) directory keeps other users from connecting.
+    """
+    if directory is None:
+        directory = tempfile.mkdtemp(prefix="auglocal-")
+    path = os.path.join(os.path.abspath(directory), f"{name}.sock")
+    if len(path) > _IPC_PATH_MAX:
+        raise ValueError(
+            f"ipc socket path {path!r} is {len(path)} characters, above the {_IPC_PATH_MAX} that "
+            "Unix sockets allow; use a shorter run directory or a tcp:// address"
+        )
+    return f"ipc://{path}"
+
+
+def tcp_address(port: int | None = None) -> str:
+    """A loopback tcp:// address; without a port the Receiver binds an ephemeral one (see its .address)."""
+    return f"tcp://127.0.0.1:{'*' if port is None else port}"
+
+
+def _check_bind_address(address: str, allow_remote: bool) -> None:
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in {"ipc", "tcp", "inproc"}:
+        raise ValueError(f"address {address!r} must start with ipc://, tcp:// or inproc://")
+    if scheme == "tcp" and not allow_remote:
+        host = rest.rpartition(":")[0]
+        if host not in _LOOPBACK_HOSTS:
+            raise ValueError(
+                f"refusing to bind {address!r}: not a loopback interface. Use tcp://127.0.0.1:PORT, "
+                "or pass allow_remote=True when the run really spans machines"
+            )
+
+
+def _wait(poller: zmq.Poller, socket: zmq.Socket, deadline: float) -> bool:
+    """Wait until `socket` is ready for the registered events or `deadline` (time.monotonic) passes."""
+    while True:
+        remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+        if socket in dict(poller.poll(remaining_ms)):
+            return True
+        if remaining_ms == 0 or time.monotonic() >= deadline:  # re-wait only after an early wake-up
+            return False
+
+
+def _deadline(timeout_ms: float) -> float:
+    if timeout_ms < 0:
+        raise ValueError(f"timeout_ms must be >= 0, got {timeout_ms}")
+    return time.monotonic() + timeout_ms / 1000
+
+
+class _Endpoint:
+    """Socket ownership shared by both ends: close with linger 0, context-manager support."""
+
+    _socket: zmq.Socket
+
+    def close(self) -> None:
+        """Close the socket now, dropping anything unsent (linger 0). Safe to call twice."""
+        if not self._socket.closed:
+            self._socket.close(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The underlying socket, for registering in a caller's own zmq.Poller (do not send or recv on it)."""
+        return self._socket
+
+
+class Receiver(_Endpoint):
+    """The bound end of one or more links: validates each message and returns one credit per consumed message.
+
+    `name` is this process's name; it signs the credits. `window` must be at least the senders' window.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        codec: Codec,
+        name: str,
+        *,
+        window: int = 2,
+        context: zmq.Context | None = None,
+        allow_remote: bool = False,
+    ):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        _check_bind_address(address, allow_remote)
+        self._codec = codec
+        self._credit = codec.encode(Message(Kind.CREDIT, name))
+        self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, window + 1)
+        self._socket.setsockopt(zmq.SNDHWM, window + 1)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A frame above the limit makes ZeroMQ drop that peer before buffering it: memory stays bounded even
+        # against a hostile peer; the legitimate sender would already have refused to encode it.
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max(codec.max_message_bytes, MAX_HEADER_BYTES))
+        try:
+            self._socket.bind(address)
+        except zmq.ZMQError as exc:
+            self._socket.close(linger=0)
+            raise ValueError(f"cannot bind link address {address!r}: {exc} (in use by another process?)") from exc
+        self.address: str = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        """The bound address, with the actual port when an ephemeral tcp port was asked for."""
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def recv(self, timeout_ms: float, expect: Expect | None = None) -> Message:
+        """Next validated message from any connected sender; returns its sender a credit.
+
+        Raises TimeoutError when nothing arrives within `timeout_ms`, MessageError when what arrived is
+        malformed, foreign or not in `expect` (the receiver stays usable; the sender gets no credit).
+        """
+        if not _wait(self._poller, self._socket, _deadline(timeout_ms)):
+            raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
+        identity, *frames = self._socket.recv_multipart(copy=False)
+        message = self._codec.decode(frames, expect, peer=f"<peer {identity.bytes.hex()} at {self.address}>")
+        try:
+            self._socket.send_multipart([identity, *self._credit], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
+                raise
+        return message
+
+
+class Sender(_Endpoint):
+    """The connecting end of a link: sends at most `window` messages ahead of what the receiver consumed."""
+
+    def __init__(self, address: str, codec: Codec, *, window: int = 2, context: zmq.Context | None = None):
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.address = address
+        self.window = window
+        self._codec = codec
+        self._in_flight = 0
+        self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, window + 1)
+        self._socket.setsockopt(zmq.RCVHWM, window + 1)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)  # only credits come back
+        self._socket.connect(address)
+        self._credits = zmq.Poller()
+        self._credits.register(self._socket, zmq.POLLIN)
+        self._writable = zmq.Poller()
+        self._writable.register(self._socket, zmq.POLLOUT)
+
+    @property
+    def in_flight(self) -> int:
+        """Messages sent whose credit has not been collected yet (an upper bound on those unconsumed)."""
+        return self._in_flight
+
+    def send(self, message: Message, timeout_ms: float) -> None:
+        """Encode and send `message` without copying its tensors; waits for a credit if the window is full.
+
+        Raises ValueError for a message that cannot be encoded (nothing is sent), TimeoutError when the window
+        stays full for `timeout_ms` (the receiver is slow, stuck or dead), MessageError for a forged credit.
+        """
+        frames = self._codec.encode(message)
+        deadline = _deadline(timeout_ms)
+        self._collect_credits(deadline=None)
+        while self._in_flight >= self.window:
+            if not self._collect_credits(deadline):
+                raise TimeoutError(
+                    f"send to {self.address} timed out after {timeout_ms} ms: {self._in_flight} of "
+                    f"{self.window} messages still unconsumed by the receiver (slow or dead?)"
+                )
+        if not _wait(self._writable, self._socket, deadline):
+            raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
+        self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        self._in_flight += 1
+
+    def wait_all(self, timeout_ms: float) -> None:
+        """Block until the receiver has consumed every message sent so far; TimeoutError otherwise."""
+        deadline = _deadline(timeout_ms)
+        self._collect_credits(deadline=None)
+        while self._in_flight > 0:
+            if not self._collect_credits(deadline):
+                raise TimeoutError(
+                    f"{self._in_flight} messages to {self.address} still unconsumed after {timeout_ms} ms"
+                )
+
+    def _collect_credits(self, deadline: float | None) -> bool:
+        """Take every credit that has arrived, first waiting until `deadline` if given; True if any came."""
+        if deadline is not None and not _wait(self._credits, self._socket, deadline):
+            return False
+        got = False
+        while True:
+            try:
+                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return got
+            self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
+            self._in_flight = max(0, self._in_flight - 1)
+            got = True
+
+
+@dataclass(frozen=True)
+class Link:
+    """One directed edge as plain data (picklable into a spawned worker): where it lives and its window."""
+
+    address: str
+    window: int = 2
+
+    def receiver(
+        self, codec: Codec, name: str, *, context: zmq.Context | None = None, allow_remote: bool = False
+    ) -> Receiver:
+        """Bind the receiving end (in the downstream process, before or after the sender connects)."""
+        return Receiver(self.address, codec, name, window=self.window, context=context, allow_remote=allow_remote)
+
+    def sender(self, codec: Codec, *, context: zmq.Context | None = None) -> Sender:
+        """Connect the sending end (in the upstream process)."""
+        return Sender(self.address, codec, window=self.window, context=context)

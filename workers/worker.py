@@ -1,0 +1,207 @@
+"""One pipeline worker process: receive a minibatch, run its stage, send the output on early, report metrics."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+
+from workers.messages import Codec, Kind, Message
+from workers.trace import Tracer
+from workers.transport import Link, Receiver, Sender
+
+POLL_MS = 1000          # how often a blocked worker checks that its coordinator is still alive
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, as plain data handed to the new process (never sent over the wire)."""
+
+    rank: int
+    num_workers: int
+    modules: list[int]            # indices into the run's list of local modules
+    config: dict                  # engine.config.RunConfig.to_dict(), fully resolved
+    inbox: Link                   # this worker binds it; activations (or the coordinator's batches) arrive
+    outbox: Link | None           # the next worker's inbox; None for the last worker
+    results: Link                 # the coordinator's inbox for metrics and acknowledgements
+    run_id: str
+    secret: str
+    out_dir: str                  # per-layer files of the final state go to out_dir/layers/
+    coordinator_pid: int
+    threads: int = 1
+    device: str = "cpu"
+    send_input: bool = False      # forward the network input x downstream (a later stage needs it)
+    trace_path: str | None = None
+    data_stats: dict = field(default_factory=dict)   # {"mean": [...], "std": [...]} for InfoPro
+
+    @property
+    def name(self) -> str:
+        return f"worker{self.rank}"
+
+
+class CoordinatorGone(RuntimeError):
+    """The coordinator died: a worker must not linger as an orphan."""
+
+
+def return_freed_memory() -> None:
+    """Tell glibc to serve large blocks by mmap so freed activations go back to the OS (see README)."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 65536)
+    except (OSError, AttributeError):
+        pass
+
+
+def build_stage(spec: WorkerSpec):
+    """Rebuild the run's network from its config (same seed, so the same initial weights) and keep a slice."""
+    from engine.config import RunConfig, build_network, optim_and_schedule
+    from engine.rules import build_local_modules
+    from engine.stage import Stage
+
+    cfg = RunConfig.from_dict(spec.config)
+    stats = _Stats(**spec.data_stats) if spec.data_stats else None
+    model, aux = build_network(cfg, stats)
+    modules = build_local_modules(model, aux)
+    optim, schedule = optim_and_schedule(cfg)
+    mine = [modules[i] for i in spec.modules]
+    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device)
+
+
+@dataclass
+class _Stats:
+    mean: list
+    std: list
+
+
+class Worker:
+    """The receive-compute-send loop of one worker; see `run` for the message protocol."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.codec = Codec(spec.run_id, spec.secret)
+        self.stage = build_stage(spec)
+        self.inbox: Receiver = spec.inbox.receiver(self.codec, spec.name)
+        self.outbox: Sender | None = spec.outbox.sender(self.codec) if spec.outbox else None
+        self.results: Sender = spec.results.sender(self.codec)
+        self.tracer = Tracer(spec.rank, spec.trace_path)
+        self.is_last = spec.outbox is None
+
+    # --- waiting without becoming an orphan -------------------------------------------------------------
+    def _check_coordinator(self) -> None:
+        if not psutil.pid_exists(self.spec.coordinator_pid):
+            raise CoordinatorGone(f"{self.spec.name}: coordinator {self.spec.coordinator_pid} is gone")
+
+    def _recv(self) -> Message:
+        while True:
+            try:
+                return self.inbox.recv(POLL_MS)
+            except TimeoutError:
+                self._check_coordinator()
+
+    def _send(self, sender: Sender, message: Message) -> None:
+        while True:
+            try:
+                sender.send(message, POLL_MS)
+                return
+            except TimeoutError:
+                self._check_coordinator()
+
+    # --- message handlers --------------------------------------------------------------------------------
+    def _train(self, msg: Message) -> None:
+        h, y = msg.tensors["h"], msg.tensors["y"]
+        x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
+        if self.stage.epoch != msg.epoch:
+            self.stage.set_epoch(msg.epoch)
+        t0 = time.perf_counter()
+        sent = {}
+
+        def emit(out: torch.Tensor) -> None:
+            t_emit = time.perf_counter()
+            self.tracer.span("forward", msg.epoch, msg.step, t0, t_emit)
+            tensors = {"h": out.to("cpu"), "y": y}
+            if self.spec.send_input and x is not None:
+                tensors["x"] = x
+            self._send(self.outbox, Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step,
+                                            layer=self.stage.layer_ids[-1], tensors=tensors))
+            sent["t"], sent["t_emit"] = time.perf_counter(), t_emit
+            self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
+
+        stage_input = x if self.stage.needs_input else None
+        result = self.stage.train_step(h, y, stage_input, step=msg.step,
+                                       emit=None if self.is_last else emit)
+        t1 = time.perf_counter()
+        self.tracer.span("aux+update" if sent else "forward+backward+update", msg.epoch, msg.step,
+                         sent.get("t", t0), t1)
+        send_s = sent["t"] - sent["t_emit"] if sent else 0.0
+        busy = (t1 - t0) - send_s
+        meta = {"rank": self.spec.rank, "busy": busy, "n": result.batch_size,
+                "losses": {str(k): v for k, v in result.loss_values().items()}}
+        if result.correct is not None:
+            meta["correct"] = int(result.correct)
+        self._send(self.results, Message(Kind.METRICS, self.spec.name, msg.epoch, msg.step, meta=meta))
+
+    def _eval(self, msg: Message) -> None:
+        out = self.stage.eval_step(msg.tensors["h"])
+        if self.is_last:
+            correct = int((out.argmax(1).cpu() == msg.tensors["y"]).sum())
+            self._send(self.results, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
+                                             meta={"correct": correct, "n": int(msg.tensors["y"].shape[0])}))
+        else:
+            self._send(self.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
+                                            tensors={"h": out.to("cpu"), "y": msg.tensors["y"]}))
+
+    def _stop(self, msg: Message) -> None:
+        from workers.layer_files import save_stage_layers
+
+        save_stage_layers(self.stage, self.spec.out_dir)
+        self.tracer.close()
+        if self.outbox is not None:
+            self._send(self.outbox, Message(Kind.CONTROL, self.spec.name, msg.epoch, msg.step,
+                                            meta={"op": "stop"}))
+            self.outbox.wait_all(60_000)
+        self._send(self.results, Message(Kind.ACK, self.spec.name, msg.epoch, msg.step,
+                                         meta={"op": "stop", "rank": self.spec.rank,
+                                               "updates": {str(k): v for k, v in
+                                                           self.stage.update_counts.items()}}))
+        self.results.wait_all(60_000)
+
+    def run(self) -> None:
+        """TRAIN: stage step, output sent downstream before the local aux work; EVAL: primary forward in
+        eval mode; CONTROL stop: save this worker's layers, pass the stop on, acknowledge, exit."""
+        self._send(self.results, Message(Kind.ACK, self.spec.name, meta={"op": "ready", "rank": self.spec.rank}))
+        while True:
+            t_wait = time.perf_counter()
+            msg = self._recv()
+            self.tracer.span("idle", msg.epoch, msg.step, t_wait, time.perf_counter())
+            if msg.kind is Kind.TRAIN:
+                self._train(msg)
+            elif msg.kind is Kind.EVAL:
+                self._eval(msg)
+            elif msg.kind is Kind.CONTROL and msg.meta.get("op") == "stop":
+                self._stop(msg)
+                return
+
+    def close(self) -> None:
+        for end in (self.inbox, self.outbox, self.results):
+            if end is not None:
+                end.close()
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Process entry point. Ctrl-C is the coordinator's to handle: workers ignore SIGINT and are stopped by it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return_freed_memory()
+    torch.set_num_threads(spec.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
+    worker = Worker(spec)
+    try:
+        worker.run()
+    except CoordinatorGone:
+        pass
+    finally:
+        worker.close()
