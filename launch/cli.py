@@ -83,18 +83,27 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      max_steps=args.max_steps)
 
 
-def dry_run(cfg: RunConfig, data) -> int:
+def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
+    """Print the per-layer table and, unless --sequential, the worker partition and its prediction."""
     from engine.planning import format_plan_table, layer_costs
 
     model, aux = build_network(cfg, data)
     print(f"model {cfg.model} (L = {model.num_layers}), rule {cfg.rule}, d = {cfg.d}, tau = {cfg.tau}, "
           f"strategy {cfg.strategy}, {cfg.num_classes} classes, input {cfg.input_size}x{cfg.input_size}")
     print(format_plan_table(model, layer_costs(model, aux)))
+    if not args.sequential:
+        from launch.pipeline import plan_pipeline
+
+        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args))
+        print()
+        print(plan.format())
+        print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
     return 0
 
 
-def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
-    from launch.pipeline import PipelineOptions, parse_gpus, train_pipeline
+def pipeline_options(args: argparse.Namespace):
+    """--workers/--gpus/--balance/--worker-threads/--trace as PipelineOptions; CPU when CUDA is absent."""
+    from launch.pipeline import PipelineOptions, parse_gpus
 
     if args.gpus is None:
         import torch
@@ -103,9 +112,14 @@ def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
             args.gpus = ",".join(str(i) for i in range(torch.cuda.device_count()))
         else:
             print("auglocal-launch: no CUDA device found; workers run on CPU cores (--gpus cpu)")
-    opts = PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
+    return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
                            threads=args.worker_threads, trace=args.trace)
-    return train_pipeline(cfg, data, opts, out=args.out, progress=not args.no_progress)
+
+
+def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
+    from launch.pipeline import train_pipeline
+
+    return train_pipeline(cfg, data, pipeline_options(args), out=args.out, progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         data = build_data(cfg)
         resolve(cfg, data)
         if args.dry_run:
-            return dry_run(cfg, data)
+            return dry_run(cfg, data, args)
         if args.sequential:
             from launch.sequential import train_sequential
 

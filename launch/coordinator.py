@@ -49,6 +49,15 @@ class PipelineStats:
     steps_done: int = 0
     images_done: int = 0
     updates: dict[int, int] = field(default_factory=dict)
+    max_in_flight: dict[int, int] = field(default_factory=dict)   # link into worker r -> most unconsumed
+    step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
+
+    def steady_images_per_s(self, batch_size: int, skip: int = 2) -> float | None:
+        """Throughput after the pipeline has filled: steps skip.. end, timed between completions."""
+        t = self.step_done_at[skip:]
+        if len(t) < 2:
+            return None
+        return (len(t) - 1) * batch_size / (t[-1] - t[0])
 
     def busy_fractions(self, now: float) -> list[float]:
         elapsed = max(now - self.started, 1e-9)
@@ -66,7 +75,7 @@ class Coordinator:
     """Runs one pipelined training run. Use as a context manager: leaving it always stops every worker."""
 
     def __init__(self, cfg: RunConfig, data, placement: Placement, out_dir: str, *, needs_input: list[bool],
-                 trace_dir: str | None = None, window: int = 2):
+                 trace_dir: str | None = None, window: int = 2, delays: dict[int, float] | None = None):
         self.cfg = cfg
         self.data = data
         self.placement = placement
@@ -79,6 +88,7 @@ class Coordinator:
         self.results_link = Link(ipc_address("results", self.tmp), window=64)
         self.needs_input = needs_input
         self.trace_dir = trace_dir
+        self.delays = delays or {}
         self.procs: list[mp.Process] = []
         self.results: Receiver | None = None
         self.feed: Sender | None = None
@@ -104,7 +114,8 @@ class Coordinator:
                 inbox=self.inboxes[r], outbox=self.inboxes[r + 1] if r + 1 < k else None,
                 results=self.results_link, run_id=self.run_id, secret=self.codec.secret, out_dir=self.out_dir,
                 coordinator_pid=os.getpid(), threads=self.placement.threads[r],
-                device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats))
+                device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
+                delay_s=self.delays.get(r, 0.0)))
         return out
 
     def start(self) -> None:
@@ -162,6 +173,7 @@ class Coordinator:
         while True:
             try:
                 self.feed.send(message, POLL_MS)
+                self.stats.max_in_flight[0] = max(self.stats.max_in_flight.get(0, 0), self.feed.in_flight)
                 return
             except TimeoutError:
                 self.check_workers()
@@ -187,6 +199,9 @@ class Coordinator:
             if msg.kind is Kind.ACK and msg.meta.get("op") == "stop":
                 self.stopped.add(int(msg.meta["rank"]))
                 self.stats.updates.update({int(k): int(v) for k, v in msg.meta["updates"].items()})
+                rank = int(msg.meta["rank"])
+                if rank + 1 < len(self.procs):
+                    self.stats.max_in_flight[rank + 1] = int(msg.meta["max_in_flight"])
             else:
                 tracker.handle(msg)
 
@@ -270,6 +285,7 @@ class _EpochTracker:
         prev = self.last_step_t if self.last_step_t is not None else self.stats.started
         self.last_step_t = now
         self.stats.steps_done += 1
+        self.stats.step_done_at.append(now)
         self.stats.images_done += n
         if self.stats.first_step_done is None:
             self.stats.first_step_done = now

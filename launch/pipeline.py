@@ -29,6 +29,7 @@ class PipelineOptions:
     threads: int = 1               # intra-op threads per CPU worker
     trace: bool = False
     window: int = 2
+    delays: dict[int, float] | None = None   # rank -> extra seconds per step (a deliberately slow worker)
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -112,7 +113,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
     bar = tqdm(total=total, disable=not progress, unit="batch", dynamic_ncols=True)
     t0 = time.perf_counter()
     with Coordinator(cfg, data, placement, str(run.path), needs_input=needs_input, trace_dir=trace_dir,
-                     window=opts.window) as coord:
+                     window=opts.window, delays=opts.delays) as coord:
 
         def on_step(r: StepRecord) -> None:
             run.log("step", r)
@@ -142,10 +143,14 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
         busy = coord.stats.busy_fractions(time.perf_counter())
         images = coord.stats.images_done
         updates = coord.stats.updates
+        in_flight = coord.stats.max_in_flight
+        steady = coord.stats.steady_images_per_s(cfg.batch_size)
     model, aux, _ = assemble(cfg, data, str(run.path))
     save_networks(run, model, aux)
     run.write_json("summary.json", {"images_per_s": images / max(elapsed, 1e-9), "busy_fractions": busy,
-                                    "wall_s": time.perf_counter() - t0, "updates": updates})
+                                    "wall_s": time.perf_counter() - t0, "updates": updates,
+                                    "max_in_flight": in_flight, "window": opts.window,
+                                    "steady_images_per_s": steady, "plan": plan.to_dict()})
     run.close()
     if history:
         plot_curves(run.read_metrics(), run.path / "curves.png", f"{cfg.model} {cfg.rule} d={cfg.d} on "

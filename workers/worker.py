@@ -39,6 +39,7 @@ class WorkerSpec:
     send_input: bool = False      # forward the network input x downstream (a later stage needs it)
     trace_path: str | None = None
     data_stats: dict = field(default_factory=dict)   # {"mean": [...], "std": [...]} for InfoPro
+    delay_s: float = 0.0          # extra seconds per training step: a deliberately slow worker (tests, demos)
 
     @property
     def name(self) -> str:
@@ -90,6 +91,7 @@ class Worker:
         self.results: Sender = spec.results.sender(self.codec)
         self.tracer = Tracer(spec.rank, spec.trace_path)
         self.is_last = spec.outbox is None
+        self.max_in_flight = 0
 
     # --- waiting without becoming an orphan -------------------------------------------------------------
     def _check_coordinator(self) -> None:
@@ -129,11 +131,14 @@ class Worker:
             self._send(self.outbox, Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step,
                                             layer=self.stage.layer_ids[-1], tensors=tensors))
             sent["t"], sent["t_emit"] = time.perf_counter(), t_emit
+            self.max_in_flight = max(self.max_in_flight, self.outbox.in_flight)
             self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
 
         stage_input = x if self.stage.needs_input else None
         result = self.stage.train_step(h, y, stage_input, step=msg.step,
                                        emit=None if self.is_last else emit)
+        if self.spec.delay_s:
+            time.sleep(self.spec.delay_s)
         t1 = time.perf_counter()
         self.tracer.span("aux+update" if sent else "forward+backward+update", msg.epoch, msg.step,
                          sent.get("t", t0), t1)
@@ -166,6 +171,7 @@ class Worker:
             self.outbox.wait_all(60_000)
         self._send(self.results, Message(Kind.ACK, self.spec.name, msg.epoch, msg.step,
                                          meta={"op": "stop", "rank": self.spec.rank,
+                                               "max_in_flight": self.max_in_flight,
                                                "updates": {str(k): v for k, v in
                                                            self.stage.update_counts.items()}}))
         self.results.wait_all(60_000)
