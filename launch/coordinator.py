@@ -51,6 +51,7 @@ class PipelineStats:
     updates: dict[int, int] = field(default_factory=dict)
     max_in_flight: dict[int, int] = field(default_factory=dict)   # link into worker r -> most unconsumed
     step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
+    gpu_peak_bytes: dict[int, int] = field(default_factory=dict)      # worker -> torch max_memory_allocated
 
     def steady_images_per_s(self, batch_size: int, skip: int = 2) -> float | None:
         """Throughput after the pipeline has filled: steps skip.. end, timed between completions."""
@@ -200,6 +201,7 @@ class Coordinator:
                 self.stopped.add(int(msg.meta["rank"]))
                 self.stats.updates.update({int(k): int(v) for k, v in msg.meta["updates"].items()})
                 rank = int(msg.meta["rank"])
+                self.stats.gpu_peak_bytes[rank] = int(msg.meta.get("gpu_peak_bytes", 0))
                 if rank + 1 < len(self.procs):
                     self.stats.max_in_flight[rank + 1] = int(msg.meta["max_in_flight"])
             else:

@@ -10,8 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"forward": "tab:blue", "send": "tab:orange", "aux+update": "tab:green",
-          "forward+backward+update": "tab:purple", "idle": "lightgrey"}
+# compute: everything of the minibatch up to the stage output (earlier modules' full local steps, the last
+# module's forward); send: handing the output downstream; aux+update: the last module's aux net, backward
+# and the optimizer step, which overlap with the downstream worker's compute.
+COLORS = {"compute": "tab:blue", "send": "tab:orange", "aux+update": "tab:green", "idle": "lightgrey"}
 
 
 def read_traces(run_dir: Path) -> list[dict]:
@@ -47,7 +49,7 @@ def draw_gantt(run_dir: Path, out: Path, steps: int = 4) -> Path | None:
         t0, t1 = max(s["t0"], t_lo), min(s["t1"], t_hi)
         ax.barh(s["rank"], (t1 - t0) * 1e3, left=(t0 - t_lo) * 1e3, color=COLORS.get(s["span"], "black"),
                 edgecolor="white", linewidth=0.3)
-        if s["span"] == "forward" and (t1 - t0) > 0.05 * (t_hi - t_lo):
+        if s["span"] == "compute" and (t1 - t0) > 0.05 * (t_hi - t_lo):
             ax.text((t0 - t_lo) * 1e3, s["rank"], f" {s['step']}", va="center", fontsize=7, color="white")
     ax.set_yticks(ranks, [f"worker {r}" for r in ranks])
     ax.invert_yaxis()
@@ -59,3 +61,25 @@ def draw_gantt(run_dir: Path, out: Path, steps: int = 4) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+TEXT_MARKS = {"compute": "#", "send": ">", "aux+update": "a", "idle": "."}
+
+
+def text_gantt(run_dir: Path, width: int = 100, steps: int = 4) -> str:
+    """The same chart as characters, for terminals and the README."""
+    spans = read_traces(run_dir)
+    if not spans:
+        return ""
+    t_lo, t_hi = steady_window(spans, steps)
+    scale = width / max(t_hi - t_lo, 1e-9)
+    rows = []
+    for rank in sorted({s["rank"] for s in spans}):
+        line = [" "] * width
+        for s in (s for s in spans if s["rank"] == rank):
+            a, b = int((s["t0"] - t_lo) * scale), int((s["t1"] - t_lo) * scale)
+            for i in range(max(a, 0), min(max(b, a + 1), width)):
+                line[i] = TEXT_MARKS.get(s["span"], "?")
+        rows.append(f"worker {rank} |{''.join(line)}|")
+    rows.append(f"{'':9}0{'':{width - 12}}{(t_hi - t_lo) * 1e3:8.0f} ms")
+    return "\n".join(rows)

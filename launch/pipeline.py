@@ -145,20 +145,23 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
         updates = coord.stats.updates
         in_flight = coord.stats.max_in_flight
         steady = coord.stats.steady_images_per_s(cfg.batch_size)
+        gpu_peak = coord.stats.gpu_peak_bytes
     model, aux, _ = assemble(cfg, data, str(run.path))
     save_networks(run, model, aux)
     run.write_json("summary.json", {"images_per_s": images / max(elapsed, 1e-9), "busy_fractions": busy,
                                     "wall_s": time.perf_counter() - t0, "updates": updates,
                                     "max_in_flight": in_flight, "window": opts.window,
-                                    "steady_images_per_s": steady, "plan": plan.to_dict()})
+                                    "steady_images_per_s": steady, "plan": plan.to_dict(),
+                                    "gpu_peak_bytes": gpu_peak})
     run.close()
     if history:
         plot_curves(run.read_metrics(), run.path / "curves.png", f"{cfg.model} {cfg.rule} d={cfg.d} on "
                     f"{cfg.dataset}, {len(placement.groups)} workers")
     if opts.trace:
-        from launch.gantt import draw_gantt
+        from launch.gantt import draw_gantt, text_gantt
 
         draw_gantt(run.path, run.path / "gantt.png")
+        print(text_gantt(run.path))
     if history:
         last = history[-1]
         print(f"done: best test accuracy {last.best_accuracy:.2f}%, last {last.test_accuracy:.2f}%, "

@@ -9,6 +9,7 @@ from engine.config import RunConfig, build_network, optim_and_schedule
 from engine.trainer import EpochRecord, SequentialTrainer, StepRecord
 from launch.plots import plot_curves
 from launch.run_dir import RunDir, default_run_dir
+from workers.worker import return_freed_memory
 
 
 def save_networks(run: RunDir, model, aux_nets) -> None:
@@ -20,6 +21,7 @@ def save_networks(run: RunDir, model, aux_nets) -> None:
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
                      threads: int | None = None) -> int:
     """Train with the sequential trainer and write the run folder; returns the exit code."""
+    return_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     model, aux = build_network(cfg, data)

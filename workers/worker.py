@@ -124,7 +124,7 @@ class Worker:
 
         def emit(out: torch.Tensor) -> None:
             t_emit = time.perf_counter()
-            self.tracer.span("forward", msg.epoch, msg.step, t0, t_emit)
+            self.tracer.span("compute", msg.epoch, msg.step, t0, t_emit)
             tensors = {"h": out.to("cpu"), "y": y}
             if self.spec.send_input and x is not None:
                 tensors["x"] = x
@@ -140,7 +140,7 @@ class Worker:
         if self.spec.delay_s:
             time.sleep(self.spec.delay_s)
         t1 = time.perf_counter()
-        self.tracer.span("aux+update" if sent else "forward+backward+update", msg.epoch, msg.step,
+        self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step,
                          sent.get("t", t0), t1)
         send_s = sent["t"] - sent["t_emit"] if sent else 0.0
         busy = (t1 - t0) - send_s
@@ -172,9 +172,14 @@ class Worker:
         self._send(self.results, Message(Kind.ACK, self.spec.name, msg.epoch, msg.step,
                                          meta={"op": "stop", "rank": self.spec.rank,
                                                "max_in_flight": self.max_in_flight,
+                                               "gpu_peak_bytes": self._gpu_peak(),
                                                "updates": {str(k): v for k, v in
                                                            self.stage.update_counts.items()}}))
         self.results.wait_all(60_000)
+
+    def _gpu_peak(self) -> int:
+        device = torch.device(self.spec.device)
+        return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
 
     def run(self) -> None:
         """TRAIN: stage step, output sent downstream before the local aux work; EVAL: primary forward in

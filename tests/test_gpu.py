@@ -1,0 +1,49 @@
+"""GPU checks (run by benchmarks/gpu_check.sh on a CUDA machine; skipped where CUDA is absent)."""
+
+import copy
+
+import pytest
+import torch
+
+from engine.auxnets import build_aux_nets
+from engine.models import build_model
+from engine.rules import build_local_modules
+from engine.schedule import LRSchedule, OptimConfig
+from engine.stage import Stage
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_stage_on_gpu_matches_cpu_to_float_tolerance():
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10)
+    aux = build_aux_nets(model, "auglocal", d=3, tau=0.5)
+    model_gpu, aux_gpu = copy.deepcopy(model), copy.deepcopy(aux)
+    sched = LRSchedule("constant", 0.05, 1, 0)
+    cpu = Stage(build_local_modules(model, aux), OptimConfig(0.05), sched)
+    gpu = Stage(build_local_modules(model_gpu, aux_gpu), OptimConfig(0.05), sched, device="cuda:0")
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    for step in range(2):
+        a = cpu.train_step(x, y, step=step)
+        b = gpu.train_step(x, y, step=step)
+        torch.testing.assert_close(b.losses[max(b.losses)].cpu(), a.losses[max(a.losses)], rtol=1e-3, atol=1e-3)
+    for (name, p), (_, q) in zip(model.state_dict().items(), model_gpu.state_dict().items(), strict=True):
+        torch.testing.assert_close(q.cpu().float(), p.float(), rtol=1e-2, atol=1e-3, msg=name)
+
+
+def test_pipeline_on_one_gpu_runs_and_counts_updates(tmp_path):
+    import json
+
+    from engine.config import RunConfig, resolve
+    from engine.data import build_dataset
+    from launch.pipeline import PipelineOptions, train_pipeline
+
+    data = build_dataset("synthetic", seed=1, input_size=32, num_classes=10, train_size=64, test_size=32)
+    cfg = resolve(RunConfig(model="resnet32", d=4, dataset="synthetic", epochs=1, batch_size=32, lr=0.05,
+                            warmup=0, seed=1, input_size=32, num_classes=10, device="cuda:0"), data)
+    opts = PipelineOptions(workers="2", gpus=["cuda:0"], balance="flops")
+    assert train_pipeline(cfg, data, opts, out=str(tmp_path / "run"), progress=False) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["updates"].values()) == {2}
+    assert all(v > 0 for v in summary["gpu_peak_bytes"].values())
