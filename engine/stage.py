@@ -58,6 +58,7 @@ class Stage:
         self.seed = seed
         self.optimizer = optim.build(self.modules.parameters())
         self.update_counts = {i: 0 for m in modules for i in m.layer_ids}
+        self.last_applied: tuple[int, int] | None = None   # (epoch, step) of the last minibatch trained on
         self.epoch = -1
         self.set_epoch(0)
 
@@ -104,6 +105,7 @@ class Stage:
         self.optimizer.step()
         for i in self.update_counts:
             self.update_counts[i] += 1
+        self.last_applied = (self.epoch, step)
         result.output = h
         return result
 

@@ -72,7 +72,53 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
+    f = p.add_argument_group("failures and resuming")
+    f.add_argument("--checkpoint-every", type=int, default=0,
+                   help="commit a checkpoint every N minibatches (always at epoch ends); default 0 = epoch ends")
+    f.add_argument("--heartbeat-timeout", type=float, default=120.0,
+                   help="seconds a busy worker may stay silent before it counts as hung (default 120)")
+    f.add_argument("--max-restarts", type=int, default=3,
+                   help="restarts from the last committed checkpoint before giving up (default 3)")
+    f.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue RUN_DIR from its last committed checkpoint (any --workers/--gpus)")
+    f.add_argument("--inject-fault", metavar="FAULT", default=None,
+                   help="fault injection for tests and demos, e.g. kill:worker=1:step=3, hang:worker=0:step=2, "
+                        "slow:worker=1:delay=0.5, corrupt|truncated|foreign:worker=0:step=2, "
+                        "kill-checkpoint:worker=1:checkpoint=2, kill-coordinator:step=4 (append :always to "
+                        "repeat after restarts)")
     return p
+
+
+#: settings that define what a run computes: --resume refuses a different value for any of them
+RUN_IDENTITY = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
+                "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps")
+
+
+def explicit_args(argv: list[str] | None) -> set[str]:
+    """Names of the options the user actually typed (argparse defaults hide that)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig:
+    """The saved config of --resume RUN_DIR; refuses flags that would change what the run computes."""
+    import json
+    from pathlib import Path
+
+    path = Path(args.resume) / "config.json"
+    if not path.exists():
+        raise UsageError(f"--resume {args.resume}: no run folder there (expected {path})")
+    saved = RunConfig.from_dict(json.loads(path.read_text()))
+    given = explicit_args(argv)
+    field_of = {"warmup_epochs": "warmup"}
+    for name in RUN_IDENTITY & given:
+        value, old = getattr(args, name), getattr(saved, field_of.get(name, name))
+        if value != old:
+            raise UsageError(f"--resume {args.resume}: that run has --{name.replace('_', '-')} {old}, not {value}; "
+                             "a checkpoint only continues the run it belongs to")
+    return saved
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -112,20 +158,39 @@ def pipeline_options(args: argparse.Namespace):
             args.gpus = ",".join(str(i) for i in range(torch.cuda.device_count()))
         else:
             print("auglocal-launch: no CUDA device found; workers run on CPU cores (--gpus cpu)")
+    from workers.faults import fault_from_env, parse_fault
+
+    try:
+        fault = parse_fault(args.inject_fault) if args.inject_fault else fault_from_env()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    for name in ("checkpoint_every", "max_restarts"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+    if args.heartbeat_timeout <= 0:
+        raise UsageError("--heartbeat-timeout must be > 0 seconds")
     return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
-                           threads=args.worker_threads, trace=args.trace)
+                           threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
+                           heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault)
 
 
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
     from launch.pipeline import train_pipeline
 
-    return train_pipeline(cfg, data, pipeline_options(args), out=args.out, progress=not args.no_progress)
+    return train_pipeline(cfg, data, pipeline_options(args), out=args.out, progress=not args.no_progress,
+                          resume=bool(args.resume))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
+        if args.resume:
+            if args.sequential or args.dry_run:
+                raise UsageError("--resume continues a pipelined run; it does not combine with --sequential/--dry-run")
+            cfg = resume_config(args, argv)
+            args.out = args.resume
+        else:
+            cfg = config_from_args(args)
         validate(cfg)
         data = build_data(cfg)
         resolve(cfg, data)

@@ -1,4 +1,9 @@
-"""The coordinator: spawn workers, feed minibatches, collect metrics, stop cleanly, assemble the result."""
+"""The coordinator of one attempt: spawn workers, feed minibatches, place checkpoint markers, collect metrics.
+
+One `Coordinator` runs one attempt from a start position (the beginning, or the position after a committed
+checkpoint). Any failure (a worker exits, hangs, or reports a rejected message) raises `WorkerFailed`;
+`launch.supervisor` then stops everything and starts a new attempt from the last committed checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,12 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
-
 from engine.config import RunConfig
-from engine.trainer import EpochRecord, StepRecord
+from launch.checkpoints import CheckpointStore
+from launch.progress import EpochTracker
+from workers.faults import Fault, die
 from workers.messages import Codec, Kind, Message
 from workers.transport import Link, Receiver, Sender, ipc_address
 from workers.worker import WorkerSpec, worker_main
@@ -26,7 +29,11 @@ READY_TIMEOUT_S = 300.0
 
 
 class WorkerFailed(RuntimeError):
-    """A worker process died or stopped answering; the message names it and its layers."""
+    """A worker process died, hung or rejected a message; the text names it and its layers."""
+
+    def __init__(self, rank: int, layers: list[int], what: str):
+        self.rank, self.layers, self.what = rank, layers, what
+        super().__init__(f"worker {rank} (layers {layers[0]}..{layers[-1]}) {what}")
 
 
 @dataclass
@@ -40,29 +47,25 @@ class Placement:
 
 
 @dataclass
-class PipelineStats:
-    """What the coordinator learned while the run went: per-worker busy time and the wall clock."""
+class Position:
+    """Where feeding (re)starts: the next minibatch and how many were fed before it."""
 
-    busy_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
-    started: float = 0.0
-    first_step_done: float | None = None
-    steps_done: int = 0
-    images_done: int = 0
-    updates: dict[int, int] = field(default_factory=dict)
-    max_in_flight: dict[int, int] = field(default_factory=dict)   # link into worker r -> most unconsumed
-    step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
-    gpu_peak_bytes: dict[int, int] = field(default_factory=dict)      # worker -> torch max_memory_allocated
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
 
-    def steady_images_per_s(self, batch_size: int, skip: int = 2) -> float | None:
-        """Throughput after the pipeline has filled: steps skip.. end, timed between completions."""
-        t = self.step_done_at[skip:]
-        if len(t) < 2:
-            return None
-        return (len(t) - 1) * batch_size / (t[-1] - t[0])
 
-    def busy_fractions(self, now: float) -> list[float]:
-        elapsed = max(now - self.started, 1e-9)
-        return [self.busy_s[r] / elapsed for r in sorted(self.busy_s)]
+@dataclass
+class AttemptOptions:
+    """Knobs of the runtime that do not change what is computed."""
+
+    window: int = 2
+    trace_dir: str | None = None
+    delays: dict[int, float] = field(default_factory=dict)
+    checkpoint_every: int = 0            # steps between checkpoints; 0 = only at epoch ends
+    heartbeat_timeout: float = 120.0     # seconds without any message from a busy worker = hung
+    fault: Fault | None = None
+    resume_dir: str | None = None        # committed checkpoint folder the workers load
 
 
 def forkserver_context() -> mp.context.BaseContext:
@@ -73,28 +76,30 @@ def forkserver_context() -> mp.context.BaseContext:
 
 
 class Coordinator:
-    """Runs one pipelined training run. Use as a context manager: leaving it always stops every worker."""
+    """Runs one attempt. Use as a context manager: leaving it always stops every worker (no orphans)."""
 
-    def __init__(self, cfg: RunConfig, data, placement: Placement, out_dir: str, *, needs_input: list[bool],
-                 trace_dir: str | None = None, window: int = 2, delays: dict[int, float] | None = None):
-        self.cfg = cfg
-        self.data = data
-        self.placement = placement
-        self.out_dir = out_dir
+    def __init__(self, cfg: RunConfig, data, placement: Placement, run_dir: str, *, needs_input: list[bool],
+                 opts: AttemptOptions, store: CheckpointStore, tracker: EpochTracker,
+                 start: Position | None = None, next_checkpoint_id: int = 1):
+        self.cfg, self.data, self.placement, self.run_dir = cfg, data, placement, run_dir
+        self.opts, self.store, self.tracker = opts, store, tracker
+        self.start_at = start or Position()
+        self.next_ckpt = next_checkpoint_id
         self.run_id = uuid.uuid4().hex[:12]
         self.codec = Codec(self.run_id, secrets.token_hex(16))
         self.tmp = tempfile.mkdtemp(prefix="auglocal-")
         k = len(placement.groups)
-        self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), window) for r in range(k)]
+        self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), opts.window) for r in range(k)]
         self.results_link = Link(ipc_address("results", self.tmp), window=64)
         self.needs_input = needs_input
-        self.trace_dir = trace_dir
-        self.delays = delays or {}
         self.procs: list[mp.Process] = []
         self.results: Receiver | None = None
         self.feed: Sender | None = None
-        self.stats = PipelineStats()
+        self.stats = tracker.stats
         self.stopped: set[int] = set()
+        self.last_seen: dict[int, float] = {}
+        self.pending: dict[int, dict] = {}          # checkpoint id -> {"acks": set, "snapshot": ..., "pos": ...}
+        self.committed: list[int] = []
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> Coordinator:
@@ -103,20 +108,24 @@ class Coordinator:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
+    def _fault_for(self, rank: int) -> dict | None:
+        f = self.opts.fault
+        return f.to_dict() if f is not None and f.kind != "kill-coordinator" and f.worker == rank else None
+
     def specs(self) -> list[WorkerSpec]:
         k = len(self.placement.groups)
         stats = {"mean": list(self.data.mean), "std": list(self.data.std)}
         out = []
         for r, group in enumerate(self.placement.groups):
             later_needs_x = any(self.needs_input[j] for g in self.placement.groups[r + 1:] for j in g)
-            trace = os.path.join(self.trace_dir, f"trace_worker{r}.jsonl") if self.trace_dir else None
+            trace = os.path.join(self.opts.trace_dir, f"trace_worker{r}.jsonl") if self.opts.trace_dir else None
             out.append(WorkerSpec(
                 rank=r, num_workers=k, modules=list(group), config=self.cfg.to_dict(),
                 inbox=self.inboxes[r], outbox=self.inboxes[r + 1] if r + 1 < k else None,
-                results=self.results_link, run_id=self.run_id, secret=self.codec.secret, out_dir=self.out_dir,
+                results=self.results_link, run_id=self.run_id, secret=self.codec.secret, out_dir=self.run_dir,
                 coordinator_pid=os.getpid(), threads=self.placement.threads[r],
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
-                delay_s=self.delays.get(r, 0.0)))
+                delay_s=self.opts.delays.get(r, 0.0), resume_dir=self.opts.resume_dir, fault=self._fault_for(r)))
         return out
 
     def start(self) -> None:
@@ -132,15 +141,17 @@ class Coordinator:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while len(ready) < len(self.procs):
             if time.monotonic() > deadline:
-                raise WorkerFailed(f"workers {sorted(set(range(len(self.procs))) - ready)} not ready after "
-                                   f"{READY_TIMEOUT_S:.0f} s")
-            msg = self._poll_results(POLL_MS)
+                r = min(set(range(len(self.procs))) - ready)
+                raise WorkerFailed(r, self.placement.layer_ids[r], f"not ready after {READY_TIMEOUT_S:.0f} s")
+            msg = self._poll(POLL_MS)
             if msg is not None and msg.kind is Kind.ACK and msg.meta.get("op") == "ready":
                 ready.add(int(msg.meta["rank"]))
-        self.stats.started = time.perf_counter()
+        now = time.perf_counter()
+        self.stats.started = now
+        self.last_seen = {r: now for r in range(len(self.procs))}
 
     def shutdown(self) -> None:
-        """Stop whatever still runs (no orphans), close sockets, remove the ipc folder."""
+        """Stop whatever still runs, close sockets, remove the ipc folder."""
         for p in self.procs:
             if p.is_alive():
                 p.terminate()
@@ -155,183 +166,133 @@ class Coordinator:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- failure detection -------------------------------------------------------------------------------
+    def _fail(self, rank: int, what: str) -> WorkerFailed:
+        return WorkerFailed(rank, self.placement.layer_ids[rank], what)
+
     def check_workers(self) -> None:
+        """A worker that exited (unless after its stop), or that was silent too long while busy, has failed."""
+        now = time.perf_counter()
         for r, p in enumerate(self.procs):
             if not p.is_alive() and not (r in self.stopped and p.exitcode == 0):
-                layers = self.placement.layer_ids[r]
-                raise WorkerFailed(f"worker {r} (layers {layers[0]}..{layers[-1]}) died with exit code "
-                                   f"{p.exitcode}")
+                raise self._fail(r, f"died with exit code {p.exitcode}")
+            silent = now - self.last_seen.get(r, now)
+            if r not in self.stopped and silent > self.opts.heartbeat_timeout:
+                raise self._fail(r, f"hung: no heartbeat or progress for {silent:.0f} s "
+                                    f"(--heartbeat-timeout {self.opts.heartbeat_timeout:g})")
 
-    def _poll_results(self, timeout_ms: float) -> Message | None:
+    def _poll(self, timeout_ms: float) -> Message | None:
         try:
-            return self.results.recv(timeout_ms)
+            msg = self.results.recv(timeout_ms)
         except TimeoutError:
             self.check_workers()
             return None
+        rank = msg.meta.get("rank")
+        if isinstance(rank, int):
+            self.last_seen[rank] = time.perf_counter()
+        return msg
 
-    # --- the run -----------------------------------------------------------------------------------------
-    def _send(self, message: Message, handle: Callable[[Message], None]) -> None:
+    # --- message handling --------------------------------------------------------------------------------
+    def handle(self, msg: Message) -> None:
+        op = msg.meta.get("op")
+        if msg.kind is Kind.ACK and op == "stop":
+            rank = int(msg.meta["rank"])
+            self.stopped.add(rank)
+            self.stats.updates.update({int(k): int(v) for k, v in msg.meta["updates"].items()})
+            self.stats.gpu_peak_bytes[rank] = int(msg.meta.get("gpu_peak_bytes", 0))
+            self.stats.rejected += int(msg.meta.get("rejected", 0))
+            if rank + 1 < len(self.procs):
+                self.stats.max_in_flight[rank + 1] = int(msg.meta["max_in_flight"])
+        elif msg.kind is Kind.ACK and op == "checkpoint":
+            self._checkpoint_ack(int(msg.meta["id"]), int(msg.meta["rank"]))
+        elif msg.kind is Kind.CONTROL and op == "error":
+            raise self._fail(int(msg.meta["rank"]), f"stopped: {msg.meta.get('detail', '')}")
+        elif msg.kind is Kind.CONTROL and op == "rejected":
+            pass   # counted by the worker, reported with its stop acknowledgement
+        elif msg.kind is Kind.HEARTBEAT:
+            pass
+        else:
+            self.tracker.handle(msg)
+
+    def _checkpoint_ack(self, ckpt_id: int, rank: int) -> None:
+        entry = self.pending[ckpt_id]
+        entry["acks"].add(rank)
+        if rank == len(self.procs) - 1:
+            # the last worker reports every minibatch before the marker ahead of its ack, and none after it
+            entry["snapshot"] = self.tracker.snapshot()
+        if len(entry["acks"]) == len(self.procs):
+            pos: Position = entry["pos"]
+            self.store.commit(ckpt_id, {"id": ckpt_id, "next_epoch": pos.epoch, "next_step": pos.step,
+                                        "global_step": pos.global_step, "tracker": entry["snapshot"].to_dict(),
+                                        "config": self.cfg.to_dict(), "created": time.time()})
+            self.committed.append(ckpt_id)
+            del self.pending[ckpt_id]
+
+    # --- feeding -----------------------------------------------------------------------------------------
+    def _send(self, message: Message) -> None:
         while True:
             try:
                 self.feed.send(message, POLL_MS)
                 self.stats.max_in_flight[0] = max(self.stats.max_in_flight.get(0, 0), self.feed.in_flight)
-                return
+                break
             except TimeoutError:
                 self.check_workers()
-            self._drain(handle)
+            self._drain()
+        self._drain()
 
-    def _drain(self, handle: Callable[[Message], None]) -> None:
-        while True:
-            msg = self._poll_results(0)
-            if msg is None:
-                return
-            handle(msg)
+    def _drain(self) -> None:
+        while (msg := self._poll(0)) is not None:
+            self.handle(msg)
 
-    def run(self, on_step: Callable[[StepRecord], None], on_epoch: Callable[[EpochRecord], None]
-            ) -> list[EpochRecord]:
-        """Feed every minibatch of every epoch, then that epoch's test batches, then a stop marker."""
+    def _marker(self, pos: Position) -> None:
+        ckpt_id = self.next_ckpt
+        self.next_ckpt += 1
+        directory = self.store.prepare(ckpt_id)
+        self.pending[ckpt_id] = {"acks": set(), "snapshot": None, "pos": pos}
+        self._send(Message(Kind.CONTROL, "coordinator", pos.epoch, pos.step,
+                           meta={"op": "checkpoint", "id": ckpt_id, "dir": str(directory)}))
+
+    def run(self) -> None:
+        """Feed minibatches from the start position, each epoch's test batches behind its last training
+        batch, checkpoint markers every `checkpoint_every` steps and at epoch ends, then the stop marker."""
         cfg, data = self.cfg, self.data
         bs = cfg.batch_size
         steps = data.steps_per_epoch(bs)
         n_test = data.num_test_batches(bs)
-        tracker = _EpochTracker(cfg, steps, n_test, self.stats, on_step, on_epoch, self.placement)
-
-        def handle(msg: Message) -> None:
-            if msg.kind is Kind.ACK and msg.meta.get("op") == "stop":
-                self.stopped.add(int(msg.meta["rank"]))
-                self.stats.updates.update({int(k): int(v) for k, v in msg.meta["updates"].items()})
-                rank = int(msg.meta["rank"])
-                self.stats.gpu_peak_bytes[rank] = int(msg.meta.get("gpu_peak_bytes", 0))
-                if rank + 1 < len(self.procs):
-                    self.stats.max_in_flight[rank + 1] = int(msg.meta["max_in_flight"])
-            else:
-                tracker.handle(msg)
-
-        global_step = 0
-        for epoch in range(cfg.epochs):
-            fed = 0
-            for step in range(steps):
-                if cfg.max_steps is not None and global_step >= cfg.max_steps:
+        g = self.start_at.global_step
+        fault = self.opts.fault
+        for epoch in range(self.start_at.epoch, cfg.epochs):
+            first = self.start_at.step if epoch == self.start_at.epoch else 0
+            fed = first
+            for step in range(first, steps):
+                if cfg.max_steps is not None and g >= cfg.max_steps:
                     break
                 x, y = data.train_batch(cfg.seed, epoch, step, bs)
-                self._send(Message(Kind.TRAIN, "coordinator", epoch, step, tensors={"h": x, "y": y}),
-                           handle)
+                self._send(Message(Kind.TRAIN, "coordinator", epoch, step, tensors={"h": x, "y": y},
+                                   meta={"g": g}))
+                g += 1
                 fed += 1
-                global_step += 1
+                if fault is not None and fault.kind == "kill-coordinator" and g - 1 == fault.step:
+                    die()
+                every = self.opts.checkpoint_every
+                if every and g % every == 0 and step + 1 < steps:
+                    self._marker(Position(epoch, step + 1, g))
             if fed == 0:
                 break
-            tracker.expect_epoch(epoch, fed)
+            self.tracker.expect_epoch(epoch, fed)
             for i in range(n_test):
                 x, y = data.test_batch(i, bs)
-                self._send(Message(Kind.EVAL, "coordinator", epoch, i, tensors={"h": x, "y": y}), handle)
-        self._send(Message(Kind.CONTROL, "coordinator", meta={"op": "stop"}), handle)
+                self._send(Message(Kind.EVAL, "coordinator", epoch, i, tensors={"h": x, "y": y}))
+            self._marker(Position(epoch + 1, 0, g))
+        self._send(Message(Kind.CONTROL, "coordinator", meta={"op": "stop"}))
         while len(self.stopped) < len(self.procs):
-            msg = self._poll_results(POLL_MS)
+            msg = self._poll(POLL_MS)
             if msg is not None:
-                handle(msg)
+                self.handle(msg)
         for p in self.procs:
             p.join(timeout=30)
-        return tracker.history
-
-
-class _EpochTracker:
-    """Turns worker reports into step and epoch records as they complete (in whatever order they arrive)."""
-
-    def __init__(self, cfg: RunConfig, steps: int, n_test: int, stats: PipelineStats,
-                 on_step: Callable[[StepRecord], None], on_epoch: Callable[[EpochRecord], None],
-                 placement: Placement):
-        self.cfg, self.steps, self.n_test, self.stats = cfg, steps, n_test, stats
-        self.on_step, self.on_epoch = on_step, on_epoch
-        self.last_rank = len(placement.groups) - 1
-        self.local_losses: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
-        self.train: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])  # loss*n, correct, n
-        self.test: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])           # correct, n, batches
-        self.fed: dict[int, int] = {}
-        self.done_train: dict[int, int] = defaultdict(int)
-        self.history: list[EpochRecord] = []
-        self.best = 0.0
-        self.epoch_started: dict[int, float] = {}
-        self.last_step_t: float | None = None
-
-    def expect_epoch(self, epoch: int, fed: int) -> None:
-        self.fed[epoch] = fed
-        self._maybe_close(epoch)
-
-    def handle(self, msg: Message) -> None:
-        if msg.kind is Kind.METRICS:
-            self._metrics(msg)
-        elif msg.kind is Kind.EVAL:
-            t = self.test[msg.epoch]
-            t[0] += int(msg.meta["correct"])
-            t[1] += int(msg.meta["n"])
-            t[2] += 1
-            self._maybe_close(msg.epoch)
-
-    def _metrics(self, msg: Message) -> None:
-        rank = int(msg.meta["rank"])
-        self.stats.busy_s[rank] += float(msg.meta["busy"])
-        key = (msg.epoch, msg.step)
-        self.local_losses[key].update({int(k): float(v) for k, v in msg.meta["losses"].items()})
-        if rank != self.last_rank:
-            return
-        now = time.perf_counter()
-        n = int(msg.meta["n"])
-        losses = self.local_losses.pop(key)
-        top = losses[max(losses)]
-        correct = int(msg.meta["correct"])
-        tr = self.train[msg.epoch]
-        tr[0] += top * n
-        tr[1] += correct
-        tr[2] += n
-        self.epoch_started.setdefault(msg.epoch, now)
-        prev = self.last_step_t if self.last_step_t is not None else self.stats.started
-        self.last_step_t = now
-        self.stats.steps_done += 1
-        self.stats.step_done_at.append(now)
-        self.stats.images_done += n
-        if self.stats.first_step_done is None:
-            self.stats.first_step_done = now
-        self.done_train[msg.epoch] += 1
-        lr = _lr(self.cfg, msg.epoch)
-        self.on_step(StepRecord(msg.epoch, msg.step, self.stats.steps_done, top, 100.0 * correct / n, lr,
-                                n / max(now - prev, 1e-9), losses))
-
-    def _maybe_close(self, epoch: int) -> None:
-        if epoch not in self.fed or self.done_train[epoch] < self.fed[epoch] or self.test[epoch][2] < self.n_test:
-            return
-        if any(r.epoch == epoch for r in self.history):
-            return
-        loss_n, correct, n = self.train[epoch]
-        t_correct, t_n, _ = self.test[epoch]
-        acc = 100.0 * t_correct / max(t_n, 1)
-        self.best = max(self.best, acc)
-        started = self.epoch_started.get(epoch, time.perf_counter())
-        record = EpochRecord(epoch, loss_n / max(n, 1), 100.0 * correct / max(n, 1), acc, self.best,
-                             time.perf_counter() - started)
-        self.history.append(record)
-        self.on_epoch(record)
-
-
-def _lr(cfg: RunConfig, epoch: int) -> float:
-    from engine.config import optim_and_schedule
-
-    return optim_and_schedule(cfg)[1](epoch)
-
-
-def assemble(cfg: RunConfig, data, out_dir: str):
-    """Rebuild the network and load every worker's per-layer files into it: the trained model and aux nets."""
-    from engine.config import build_network
-    from workers.layer_files import load_layers_into
-
-    model, aux = build_network(cfg, data)
-    updates = load_layers_into(model, aux, out_dir)
-    return model, aux, updates
 
 
 def default_devices(k: int, gpus: list[str]) -> list[str]:
     """Worker r goes to gpus[r % len(gpus)]; 'cpu' everywhere when no GPU is named."""
     return [gpus[r % len(gpus)] for r in range(k)] if gpus else ["cpu"] * k
 
-
-def cuda_available() -> bool:
-    return torch.cuda.is_available()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -13,15 +14,18 @@ from engine.config import RunConfig, UsageError, build_network
 from engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
 from engine.rules import build_local_modules
 from engine.trainer import EpochRecord, StepRecord
-from launch.coordinator import Coordinator, Placement, WorkerFailed, assemble, default_devices
+from launch.checkpoints import CheckpointStore
+from launch.coordinator import AttemptOptions, Coordinator, Placement, Position, WorkerFailed, default_devices
 from launch.plots import plot_curves
+from launch.progress import EpochTracker, TrackerState
 from launch.run_dir import RunDir, default_run_dir
 from launch.sequential import save_networks
+from workers.faults import Fault
 
 
 @dataclass
 class PipelineOptions:
-    """How the run is spread over processes: --workers, --gpus, --balance, --threads, --trace."""
+    """How the run is spread over processes and how it survives failures (flags of the same names)."""
 
     workers: str = "auto"          # 'auto' | 'layer' | an integer K as a string
     gpus: list[str] | None = None  # e.g. ['cuda:0', 'cuda:1']; None or [] = CPU
@@ -30,6 +34,10 @@ class PipelineOptions:
     trace: bool = False
     window: int = 2
     delays: dict[int, float] | None = None   # rank -> extra seconds per step (a deliberately slow worker)
+    checkpoint_every: int = 0      # steps between checkpoints (0: only at epoch ends)
+    heartbeat_timeout: float = 120.0
+    max_restarts: int = 3
+    fault: Fault | None = None
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -78,6 +86,15 @@ def number_of_workers(spec: str, num_modules: int, gpus: list[str]) -> int:
     return k
 
 
+def assemble(cfg: RunConfig, data, run_dir: str):
+    """Rebuild the network and load every worker's final per-layer files: the trained model and aux nets."""
+    from workers.layer_files import load_layers_into
+
+    model, aux = build_network(cfg, data)
+    updates = load_layers_into(model, aux, os.path.join(run_dir, "layers"))
+    return model, aux, updates
+
+
 def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions) -> tuple[PipelinePlan, Placement, list[bool]]:
     """Partition the local modules onto workers, balanced by measured time (or FLOPs)."""
     gpus = opts.gpus or []
@@ -96,63 +113,114 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions) -> tuple[Pipeline
     return plan, placement, [m.needs_input for m in modules]
 
 
+def _progress_bar(cfg: RunConfig, data, progress: bool, done: int) -> tqdm:
+    steps = data.steps_per_epoch(cfg.batch_size) * cfg.epochs
+    total = min(steps, cfg.max_steps) if cfg.max_steps else steps
+    return tqdm(total=total, initial=done, disable=not progress, unit="batch", dynamic_ncols=True)
+
+
+def _expected_updates(cfg: RunConfig, data) -> int:
+    steps = data.steps_per_epoch(cfg.batch_size) * cfg.epochs
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def _note_recovery(restarts: list[dict], coord: Coordinator, t_failed: float | None) -> None:
+    """Recovery time of the last failure: from its detection to the first minibatch finished afterwards."""
+    if restarts and "recovery_s" not in restarts[-1]:
+        done = coord.stats.first_step_done
+        restarts[-1]["recovery_s"] = (done - t_failed) if (done is not None and t_failed is not None) else None
+
+
 def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None = None,
-                   progress: bool = True) -> int:
-    """Train with worker processes; returns the exit code (1 when a worker failed)."""
+                   progress: bool = True, resume: bool = False) -> int:
+    """Train with worker processes, restarting from the last committed checkpoint after a failure.
+
+    Returns the exit code: 0 done, 1 failed after --max-restarts restarts (or update counters disagree)."""
     if not opts.gpus:
         cfg.device = "cpu"
     plan, placement, needs_input = plan_pipeline(cfg, data, opts)
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
-    run.write_json("config.json", {**cfg.to_dict(), "trainer": "pipeline", "workers": len(placement.groups),
-                                   "devices": placement.devices, "threads": placement.threads})
-    run.write_json("plan.json", plan.to_dict())
+    store = CheckpointStore(run.path)
+    if not resume:
+        run.write_json("config.json", cfg.to_dict())
+    run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads})
     print(plan.format())
-    trace_dir = str(run.path) if opts.trace else None
-    steps = data.steps_per_epoch(cfg.batch_size) * cfg.epochs
-    total = min(steps, cfg.max_steps) if cfg.max_steps else steps
-    bar = tqdm(total=total, disable=not progress, unit="batch", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    with Coordinator(cfg, data, placement, str(run.path), needs_input=needs_input, trace_dir=trace_dir,
-                     window=opts.window, delays=opts.delays) as coord:
+    latest = store.latest() if resume else None
+    restarts: list[dict] = []
+    t_failed: float | None = None
+    attempt = 0
+    while True:
+        state = TrackerState.from_dict(latest[1]["tracker"]) if latest else TrackerState()
+        run.truncate_metrics(state.metrics_lines)
+        start = (Position(latest[1]["next_epoch"], latest[1]["next_step"], latest[1]["global_step"])
+                 if latest else Position())
+        bar = _progress_bar(cfg, data, progress, state.steps_done)
+        coord_box: dict = {}
 
-        def on_step(r: StepRecord) -> None:
+        def on_step(r: StepRecord, bar=bar, coord_box=coord_box) -> None:
             run.log("step", r)
-            busy = coord.stats.busy_fractions(time.perf_counter())
+            stats = coord_box["c"].stats
+            busy = stats.busy_fractions(time.perf_counter())
             bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
             bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%",
-                            img_s=f"{coord.stats.images_done / (time.perf_counter() - coord.stats.started):.0f}",
+                            img_s=f"{stats.images_done / max(time.perf_counter() - stats.started, 1e-9):.0f}",
                             busy="/".join(f"{100 * b:.0f}" for b in busy))
             bar.update(1)
 
-        def on_epoch(r: EpochRecord) -> None:
+        def on_epoch(r: EpochRecord, bar=bar) -> None:
             run.log("epoch", r)
             bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
                       f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
 
+        tracker = EpochTracker(cfg, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
+                               len(placement.groups), on_step, on_epoch, lambda: run.lines, state)
+        attempt_opts = AttemptOptions(
+            window=opts.window, trace_dir=str(run.path) if opts.trace else None, delays=opts.delays or {},
+            checkpoint_every=opts.checkpoint_every, heartbeat_timeout=opts.heartbeat_timeout,
+            fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
+            resume_dir=str(store.dir_for(latest[0])) if latest else None)
+        coord = Coordinator(cfg, data, placement, str(run.path), needs_input=needs_input, opts=attempt_opts,
+                            store=store, tracker=tracker, start=start,
+                            next_checkpoint_id=(latest[0] + 1) if latest else 1)
+        coord_box["c"] = coord
         try:
-            coord.start()
-            history = coord.run(on_step, on_epoch)
+            with coord:
+                coord.start()
+                coord.run()
+            break
         except WorkerFailed as err:
-            bar.close()
-            print(f"auglocal-launch: {err}; all workers stopped. Run folder: {run.path}")
-            run.close()
-            return 1
+            _note_recovery(restarts, coord, t_failed)
+            t_failed = time.perf_counter()
+            latest = store.latest()
+            where = f"checkpoint {latest[0]} (next minibatch: epoch {latest[1]['next_epoch'] + 1}, step " \
+                    f"{latest[1]['next_step']})" if latest else "no checkpoint yet (restart from the beginning)"
+            restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
+                             "restart_from": latest[0] if latest else None})
+            bar.write(f"auglocal-launch: {err}; all workers stopped; last committed: {where}")
+            attempt += 1
+            if attempt > opts.max_restarts:
+                bar.close()
+                print(f"auglocal-launch: giving up after {opts.max_restarts} restart(s). Failed: {err}. "
+                      f"Last committed {where}. Resume with: auglocal-launch --resume {run.path}", file=sys.stderr)
+                run.write_json("failure.json", {"restarts": restarts, "last_checkpoint": latest[0] if latest else None})
+                run.close()
+                return 1
         finally:
             bar.close()
-        elapsed = time.perf_counter() - coord.stats.started
-        busy = coord.stats.busy_fractions(time.perf_counter())
-        images = coord.stats.images_done
-        updates = coord.stats.updates
-        in_flight = coord.stats.max_in_flight
-        steady = coord.stats.steady_images_per_s(cfg.batch_size)
-        gpu_peak = coord.stats.gpu_peak_bytes
-    model, aux, _ = assemble(cfg, data, str(run.path))
+    _note_recovery(restarts, coord, t_failed)
+    stats = coord.stats
+    elapsed = time.perf_counter() - stats.started
+    busy = stats.busy_fractions(time.perf_counter())
+    expected = _expected_updates(cfg, data)
+    model, aux, updates = assemble(cfg, data, str(run.path))
     save_networks(run, model, aux)
-    run.write_json("summary.json", {"images_per_s": images / max(elapsed, 1e-9), "busy_fractions": busy,
-                                    "wall_s": time.perf_counter() - t0, "updates": updates,
-                                    "max_in_flight": in_flight, "window": opts.window,
-                                    "steady_images_per_s": steady, "plan": plan.to_dict(),
-                                    "gpu_peak_bytes": gpu_peak})
+    run.write_json("summary.json", {
+        "images_per_s": stats.images_done / max(elapsed, 1e-9), "busy_fractions": busy,
+        "steady_images_per_s": stats.steady_images_per_s(cfg.batch_size), "updates": updates,
+        "expected_updates": expected, "max_in_flight": stats.max_in_flight, "window": opts.window,
+        "gpu_peak_bytes": stats.gpu_peak_bytes, "rejected_messages": stats.rejected, "restarts": restarts,
+        "plan": plan.to_dict()})
+    history = tracker.history
     run.close()
     if history:
         plot_curves(run.read_metrics(), run.path / "curves.png", f"{cfg.model} {cfg.rule} d={cfg.d} on "
@@ -162,9 +230,13 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
 
         draw_gantt(run.path, run.path / "gantt.png")
         print(text_gantt(run.path))
+    bad = {layer: n for layer, n in updates.items() if n != expected}
+    if bad:
+        print(f"auglocal-launch: update counters disagree: expected {expected} per layer, got {bad}", file=sys.stderr)
+        return 1
     if history:
         last = history[-1]
         print(f"done: best test accuracy {last.best_accuracy:.2f}%, last {last.test_accuracy:.2f}%, "
-              f"{images / max(elapsed, 1e-9):.1f} images/s, busy {' '.join(f'{100 * b:.0f}%' for b in busy)}; "
-              f"run folder {run.path}")
+              f"{stats.images_done / max(elapsed, 1e-9):.1f} images/s, "
+              f"busy {' '.join(f'{100 * b:.0f}%' for b in busy)}; run folder {run.path}")
     return 0

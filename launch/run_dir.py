@@ -35,6 +35,15 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._metrics = open(self.path / "metrics.jsonl", "a", encoding="utf-8")
+        self.lines = len(self.read_metrics())
+
+    def truncate_metrics(self, lines: int) -> None:
+        """Forget records written after a checkpoint: a restarted attempt writes them again."""
+        self._metrics.close()
+        rows = (self.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
+        atomic_write_bytes(self.path / "metrics.jsonl", "".join(rows).encode())
+        self._metrics = open(self.path / "metrics.jsonl", "a", encoding="utf-8")
+        self.lines = lines
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_bytes(self.path / name, json.dumps(obj, indent=2, default=_plain).encode())
@@ -45,12 +54,16 @@ class RunDir:
         row = {"kind": kind, **row}
         self._metrics.write(json.dumps(row, default=_plain) + "\n")
         self._metrics.flush()
+        self.lines += 1
 
     def save_state(self, name: str, state: dict) -> None:
         atomic_torch_save(state, self.path / name)
 
     def read_metrics(self) -> list[dict]:
-        with open(self.path / "metrics.jsonl", encoding="utf-8") as f:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
 
     def close(self) -> None:

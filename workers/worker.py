@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
-from workers.messages import Codec, Kind, Message
+from workers.faults import Fault, die, hang
+from workers.messages import Codec, Kind, Message, MessageError
 from workers.trace import Tracer
 from workers.transport import Link, Receiver, Sender
 
@@ -40,6 +41,8 @@ class WorkerSpec:
     trace_path: str | None = None
     data_stats: dict = field(default_factory=dict)   # {"mean": [...], "std": [...]} for InfoPro
     delay_s: float = 0.0          # extra seconds per training step: a deliberately slow worker (tests, demos)
+    resume_dir: str | None = None  # a committed checkpoint folder to start from (per-layer files)
+    fault: dict | None = None     # workers.faults.Fault as a dict, for this worker only
 
     @property
     def name(self) -> str:
@@ -48,6 +51,14 @@ class WorkerSpec:
 
 class CoordinatorGone(RuntimeError):
     """The coordinator died: a worker must not linger as an orphan."""
+
+
+class WorkerError(RuntimeError):
+    """This worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice)."""
+
+
+#: Rejections that say "not from this run" (a stray or stale process): count and drop, keep training.
+FOREIGN_FIELDS = ("secret", "run")
 
 
 def return_freed_memory() -> None:
@@ -92,6 +103,12 @@ class Worker:
         self.tracer = Tracer(spec.rank, spec.trace_path)
         self.is_last = spec.outbox is None
         self.max_in_flight = 0
+        self.rejected = 0
+        self.fault = Fault(**spec.fault) if spec.fault else None
+        if spec.resume_dir:
+            from workers.layer_files import load_stage_layers
+
+            load_stage_layers(self.stage, spec.resume_dir)
 
     # --- waiting without becoming an orphan -------------------------------------------------------------
     def _check_coordinator(self) -> None:
@@ -99,11 +116,33 @@ class Worker:
             raise CoordinatorGone(f"{self.spec.name}: coordinator {self.spec.coordinator_pid} is gone")
 
     def _recv(self) -> Message:
+        """Next message; while idle, prove liveness with heartbeats; drop foreign messages, fail on corrupt."""
         while True:
             try:
                 return self.inbox.recv(POLL_MS)
             except TimeoutError:
                 self._check_coordinator()
+                self._heartbeat()
+            except MessageError as err:
+                if err.field in FOREIGN_FIELDS:
+                    self.rejected += 1
+                    self._report("rejected", f"{err}")
+                    continue
+                self._report("error", f"{self.spec.name} rejected a message: {err}")
+                raise WorkerError(str(err)) from err
+
+    def _heartbeat(self) -> None:
+        try:
+            self.results.send(Message(Kind.HEARTBEAT, self.spec.name, meta={"rank": self.spec.rank}), 0)
+        except TimeoutError:
+            pass   # the coordinator is busy; it will see our next message
+
+    def _report(self, op: str, detail: str) -> None:
+        try:
+            self.results.send(Message(Kind.CONTROL, self.spec.name, meta={"op": op, "rank": self.spec.rank,
+                                                                           "detail": detail[:2000]}), POLL_MS)
+        except TimeoutError:
+            pass
 
     def _send(self, sender: Sender, message: Message) -> None:
         while True:
@@ -114,7 +153,35 @@ class Worker:
                 self._check_coordinator()
 
     # --- message handlers --------------------------------------------------------------------------------
+    def _fault_at(self, msg: Message, *kinds: str) -> bool:
+        f = self.fault
+        return f is not None and f.kind in kinds and int(msg.meta.get("g", -1)) == f.step
+
+    def _send_faulty(self, msg: Message) -> None:
+        """Instead of (corrupt, truncated) or before (foreign) the real message, put a bad one on the link."""
+        kind = self.fault.kind
+        if kind == "foreign":
+            stranger = Codec("another-run", "not-the-secret")
+            with self.spec.outbox.sender(stranger) as sender:
+                sender.send(Message(Kind.TRAIN, "stranger", msg.epoch, msg.step, tensors=dict(msg.tensors)), POLL_MS)
+                time.sleep(0.2)   # linger 0 would drop the message on close
+            return
+        frames = self.codec.encode(msg)
+        if kind == "truncated":
+            frames[-1] = bytes(frames[-1])[: max(1, len(frames[-1]) // 2)]
+        else:
+            frames = [b"\xc1 not a msgpack header", *frames[1:]]
+        self.outbox.socket.send_multipart(frames)
+
     def _train(self, msg: Message) -> None:
+        if self._fault_at(msg, "kill"):
+            die()
+        if self._fault_at(msg, "hang"):
+            hang()
+        position = (msg.epoch, msg.step)
+        if self.stage.last_applied is not None and position <= self.stage.last_applied:
+            self._report("error", f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}")
+            raise WorkerError(f"minibatch {position} would be applied twice")
         h, y = msg.tensors["h"], msg.tensors["y"]
         x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
         if self.stage.epoch != msg.epoch:
@@ -128,8 +195,13 @@ class Worker:
             tensors = {"h": out.to("cpu"), "y": y}
             if self.spec.send_input and x is not None:
                 tensors["x"] = x
-            self._send(self.outbox, Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step,
-                                            layer=self.stage.layer_ids[-1], tensors=tensors))
+            out_msg = Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step, layer=self.stage.layer_ids[-1],
+                              tensors=tensors, meta={"g": msg.meta.get("g", -1)})
+            if self._fault_at(msg, "corrupt", "truncated", "foreign"):
+                self._send_faulty(out_msg)
+                if self.fault.kind != "foreign":
+                    return
+            self._send(self.outbox, out_msg)
             sent["t"], sent["t_emit"] = time.perf_counter(), t_emit
             self.max_in_flight = max(self.max_in_flight, self.outbox.in_flight)
             self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
@@ -137,8 +209,9 @@ class Worker:
         stage_input = x if self.stage.needs_input else None
         result = self.stage.train_step(h, y, stage_input, step=msg.step,
                                        emit=None if self.is_last else emit)
-        if self.spec.delay_s:
-            time.sleep(self.spec.delay_s)
+        delay = self.spec.delay_s or (self.fault.delay if self.fault and self.fault.kind == "slow" else 0.0)
+        if delay:
+            time.sleep(delay)
         t1 = time.perf_counter()
         self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step,
                          sent.get("t", t0), t1)
@@ -160,10 +233,32 @@ class Worker:
             self._send(self.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
                                             tensors={"h": out.to("cpu"), "y": msg.tensors["y"]}))
 
+    def _checkpoint(self, msg: Message) -> None:
+        """Save this worker's layers into the checkpoint folder, pass the marker on, acknowledge.
+
+        Dependencies only point forward, so saving when the marker passes gives a consistent cut: every layer
+        has applied exactly the minibatches fed before the marker."""
+        from workers.layer_files import save_stage_layers
+
+        ckpt_id = int(msg.meta["id"])
+        written = []
+
+        def before_each(layer_id: int) -> None:
+            f = self.fault
+            if f is not None and f.kind == "kill-checkpoint" and f.checkpoint == ckpt_id and len(written) == 1:
+                die()
+            written.append(layer_id)
+
+        save_stage_layers(self.stage, msg.meta["dir"], before_each)
+        if self.outbox is not None:
+            self._send(self.outbox, Message(Kind.CONTROL, self.spec.name, msg.epoch, msg.step, meta=dict(msg.meta)))
+        self._send(self.results, Message(Kind.ACK, self.spec.name, msg.epoch, msg.step,
+                                         meta={"op": "checkpoint", "id": ckpt_id, "rank": self.spec.rank}))
+
     def _stop(self, msg: Message) -> None:
         from workers.layer_files import save_stage_layers
 
-        save_stage_layers(self.stage, self.spec.out_dir)
+        save_stage_layers(self.stage, os.path.join(self.spec.out_dir, "layers"))
         self.tracer.close()
         if self.outbox is not None:
             self._send(self.outbox, Message(Kind.CONTROL, self.spec.name, msg.epoch, msg.step,
@@ -173,6 +268,7 @@ class Worker:
                                          meta={"op": "stop", "rank": self.spec.rank,
                                                "max_in_flight": self.max_in_flight,
                                                "gpu_peak_bytes": self._gpu_peak(),
+                                               "rejected": self.rejected,
                                                "updates": {str(k): v for k, v in
                                                            self.stage.update_counts.items()}}))
         self.results.wait_all(60_000)
@@ -193,6 +289,8 @@ class Worker:
                 self._train(msg)
             elif msg.kind is Kind.EVAL:
                 self._eval(msg)
+            elif msg.kind is Kind.CONTROL and msg.meta.get("op") == "checkpoint":
+                self._checkpoint(msg)
             elif msg.kind is Kind.CONTROL and msg.meta.get("op") == "stop":
                 self._stop(msg)
                 return
@@ -214,5 +312,7 @@ def worker_main(spec: WorkerSpec) -> None:
         worker.run()
     except CoordinatorGone:
         pass
+    except WorkerError:
+        os._exit(3)
     finally:
         worker.close()

@@ -29,3 +29,20 @@ def build_model(name: str, num_classes: int = 10, input_size: int = 32) -> Layer
 
 
 __all__ = ["LayeredModel", "LayerInfo", "build_model", "model_names", "register"]
+
+# --- VGG and torchvision-derived networks (imported last: they import the modules above) --------------------
+from engine.models.torchvision_cuts import (  # noqa: E402
+    EfficientNetB0Cut,
+    ImageNetResNet,
+    MobileNetV2Cut,
+    RegNetX400MFCut,
+)
+from engine.models.vgg import Vgg13, Vgg19  # noqa: E402
+
+register("vgg19", lambda num_classes, input_size: Vgg19(num_classes, input_size))
+register("vgg13", lambda num_classes, input_size: Vgg13(num_classes, input_size))
+register("resnet34", lambda num_classes, input_size: ImageNetResNet("resnet34", num_classes, input_size))
+register("resnet101", lambda num_classes, input_size: ImageNetResNet("resnet101", num_classes, input_size))
+register("mobilenetv2", lambda num_classes, input_size: MobileNetV2Cut(num_classes, input_size))
+register("efficientnet_b0", lambda num_classes, input_size: EfficientNetB0Cut(num_classes, input_size))
+register("regnetx_400mf", lambda num_classes, input_size: RegNetX400MFCut(num_classes, input_size))

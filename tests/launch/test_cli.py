@@ -49,7 +49,7 @@ def test_dry_run_prints_every_layer_and_totals(capsys):
     code, out, _ = run_cli(["--model", "resnet110", "--rule", "auglocal", "--d", "4", "--dry-run"], capsys)
     assert code == 0
     assert "L = 55" in out
-    assert "64R" in out and "16Rs2" in out
+    assert "16R-32Rs2-64Rs2-AP-10FC" in out      # layer 0 selects 18, 36, 54 (method.md 3.6)
     assert "total" in out.lower()
 
 

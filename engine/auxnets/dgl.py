@@ -1,0 +1,40 @@
+"""DGL aux net as re-implemented in the AugLocal code ("MLP-SR-aux", method.md 5.1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from engine.auxnets.base import AuxNet
+
+
+class DGLAux(AuxNet):
+    """AP to ceil(S/4) -> 3 x [1x1 conv C->C, BN, ReLU] -> AP to m x m -> 2 x [FC, BN1d, ReLU] -> FC.
+
+    m = min(ceil(S/4), 2). The hidden FC width equals the flattened size C*m*m (4C whenever S > 4, as in the
+    paper's "AP-16C1-16C1-16C1-AP-64FC-64FC-10FC"); for S <= 4 (m = 1, e.g. VGG's last layers) it is C.
+    S is the layer's actual output size (LayerInfo.spatial). Loss: mean cross-entropy, weight 1.
+    """
+
+    def __init__(self, layer: int, channels: int, spatial: int, num_classes: int):
+        first = math.ceil(spatial / 4)
+        m = min(first, 2)
+        flat = channels * m * m
+        convs: list[nn.Module] = []
+        for _ in range(3):
+            convs += [nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels),
+                      nn.ReLU(inplace=True)]
+        parts = ["AP"] + [f"{channels}C1"] * 3 + ["AP", f"{flat}FC", f"{flat}FC", f"{num_classes}FC"]
+        super().__init__(layer, "-".join(parts))
+        self.features = nn.Sequential(nn.AdaptiveAvgPool2d(first), *convs, nn.AdaptiveAvgPool2d(m),
+                                      nn.Flatten())
+        self.classifier = nn.Sequential(
+            nn.Linear(flat, flat, bias=False), nn.BatchNorm1d(flat), nn.ReLU(inplace=True),
+            nn.Linear(flat, flat, bias=False), nn.BatchNorm1d(flat), nn.ReLU(inplace=True),
+            nn.Linear(flat, num_classes),
+        )
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(h))

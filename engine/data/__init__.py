@@ -1,0 +1,59 @@
+"""Data sets as DataSources whose training batches are pure functions of (seed, epoch, step, batch size)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.data.embedded import load_digits_source, load_mnist5k
+from engine.data.imagenet import ImageFolderSource
+from engine.data.source import DataSource, TensorSource
+from engine.data.synthetic import make_synthetic
+from engine.data.torchvision_sets import load_cifar10, load_stl10, load_svhn
+
+DATASETS = ("mnist5k", "digits", "synthetic", "cifar10", "svhn", "stl10", "imagenet")
+
+_IN_MEMORY = {
+    "mnist5k": lambda data_dir: load_mnist5k(),
+    "digits": lambda data_dir: load_digits_source(),
+    "cifar10": load_cifar10,
+    "svhn": load_svhn,
+    "stl10": load_stl10,
+}
+
+
+def build_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 0,
+                  input_size: int | None = None, num_classes: int | None = None,
+                  train_size: int | None = None, test_size: int | None = None) -> DataSource:
+    """Build a data set by name.
+
+    - synthetic: generated from `seed` with the given input_size, num_classes, train_size, test_size
+      (defaults 32, 10, 2048, 512).
+    - cifar10, svhn, stl10, imagenet: read from `data_dir` in the official on-disk formats (nothing is ever
+      downloaded). imagenet accepts any input_size (default 224).
+    - mnist5k, digits: embedded in installed packages; data_dir is ignored.
+    For every set but synthetic, train_size/test_size shrink the set to that many evenly spaced images (for
+    quick runs), and input_size/num_classes, if given, must match the data set; `seed` only affects synthetic
+    (the splits of the embedded sets are fixed, and the run seed goes to `train_batch`).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name == "synthetic":
+        return make_synthetic(seed, input_size=32 if input_size is None else input_size,
+                              num_classes=10 if num_classes is None else num_classes,
+                              train_size=2048 if train_size is None else train_size,
+                              test_size=512 if test_size is None else test_size)
+    if name == "imagenet":
+        return ImageFolderSource(data_dir, input_size=224 if input_size is None else input_size,
+                                 num_classes=num_classes, train_size=train_size, test_size=test_size)
+    source = _IN_MEMORY[name](data_dir)
+    for what, asked, actual in (("input_size", input_size, source.input_size),
+                                ("num_classes", num_classes, source.num_classes)):
+        if asked is not None and asked != actual:
+            raise ValueError(f"{name} has {what} {actual}, got {what}={asked}; only synthetic (and imagenet "
+                             "for input_size) can change it")
+    if train_size is None and test_size is None:
+        return source
+    return source.subset(train_size, test_size)
+
+
+__all__ = ["DATASETS", "DataSource", "ImageFolderSource", "TensorSource", "build_dataset"]

@@ -1,0 +1,34 @@
+"""Planning: per-layer costs, the dry-run table, partitioning modules onto workers, predicted throughput."""
+
+from engine.planning.costs import (
+    CostTotals,
+    HeadCost,
+    LayerCost,
+    cost_totals,
+    count_macs,
+    head_cost,
+    layer_costs,
+    module_costs_flops,
+)
+from engine.planning.partition import group_costs, partition
+from engine.planning.plan import PipelinePlan, format_ids, make_plan
+from engine.planning.table import format_plan_table
+from engine.planning.timing import module_costs_timed
+
+__all__ = [
+    "CostTotals",
+    "HeadCost",
+    "LayerCost",
+    "PipelinePlan",
+    "cost_totals",
+    "count_macs",
+    "format_ids",
+    "format_plan_table",
+    "group_costs",
+    "head_cost",
+    "layer_costs",
+    "make_plan",
+    "module_costs_flops",
+    "module_costs_timed",
+    "partition",
+]

@@ -1,0 +1,149 @@
+"""Turning worker reports into step and epoch records, and the part of that state a checkpoint keeps."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from engine.config import RunConfig, optim_and_schedule
+from engine.trainer import EpochRecord, StepRecord
+from workers.messages import Kind, Message
+
+
+@dataclass
+class PipelineStats:
+    """What the coordinator learned while the run went (per attempt, except where noted)."""
+
+    busy_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    started: float = 0.0
+    first_step_done: float | None = None
+    steps_done: int = 0
+    images_done: int = 0
+    updates: dict[int, int] = field(default_factory=dict)
+    max_in_flight: dict[int, int] = field(default_factory=dict)   # link into worker r -> most unconsumed
+    step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
+    gpu_peak_bytes: dict[int, int] = field(default_factory=dict)
+    rejected: int = 0                                               # foreign messages dropped by workers
+
+    def busy_fractions(self, now: float) -> list[float]:
+        elapsed = max(now - self.started, 1e-9)
+        return [self.busy_s[r] / elapsed for r in sorted(self.busy_s)]
+
+    def steady_images_per_s(self, batch_size: int, skip: int = 2) -> float | None:
+        """Throughput after the pipeline has filled: steps skip.. end, timed between completions."""
+        t = self.step_done_at[skip:]
+        if len(t) < 2:
+            return None
+        return (len(t) - 1) * batch_size / (t[-1] - t[0])
+
+
+@dataclass
+class TrackerState:
+    """The metrics state at a checkpoint: closed epochs, the open epoch's sums, lines in metrics.jsonl."""
+
+    history: list[dict] = field(default_factory=list)
+    best: float = 0.0
+    train: dict[str, list[float]] = field(default_factory=dict)    # epoch -> [loss * n, correct, n]
+    done_train: dict[str, int] = field(default_factory=dict)
+    steps_done: int = 0
+    metrics_lines: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrackerState:
+        return cls(**d)
+
+
+class EpochTracker:
+    """Collects the last worker's per-step metrics and the eval results into records, in arrival order."""
+
+    def __init__(self, cfg: RunConfig, steps: int, n_test: int, num_workers: int,
+                 on_step: Callable[[StepRecord], None], on_epoch: Callable[[EpochRecord], None],
+                 lines: Callable[[], int], state: TrackerState | None = None):
+        self.cfg, self.steps, self.n_test = cfg, steps, n_test
+        self.on_step, self.on_epoch, self.lines = on_step, on_epoch, lines
+        self.last_rank = num_workers - 1
+        self.schedule = optim_and_schedule(cfg)[1]
+        self.stats = PipelineStats()
+        self.local_losses: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
+        self.test: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])   # correct, n, batches
+        self.fed: dict[int, int] = {}
+        self.epoch_started: dict[int, float] = {}
+        self.last_step_t: float | None = None
+        state = state or TrackerState()
+        self.history = [EpochRecord(**h) for h in state.history]
+        self.best = state.best
+        self.train: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        self.train.update({int(k): list(v) for k, v in state.train.items()})
+        self.done_train: dict[int, int] = defaultdict(int)
+        self.done_train.update({int(k): v for k, v in state.done_train.items()})
+        self.steps_done = state.steps_done
+
+    def snapshot(self) -> TrackerState:
+        return TrackerState([asdict(h) for h in self.history], self.best,
+                            {str(k): list(v) for k, v in self.train.items()},
+                            {str(k): v for k, v in self.done_train.items()}, self.steps_done, self.lines())
+
+    def expect_epoch(self, epoch: int, fed: int) -> None:
+        """All training batches of `epoch` are fed (`fed` = how many, counted from the epoch's start)."""
+        self.fed[epoch] = fed
+        self._maybe_close(epoch)
+
+    def handle(self, msg: Message) -> None:
+        if msg.kind is Kind.METRICS:
+            self._metrics(msg)
+        elif msg.kind is Kind.EVAL:
+            t = self.test[msg.epoch]
+            t[0] += int(msg.meta["correct"])
+            t[1] += int(msg.meta["n"])
+            t[2] += 1
+            self._maybe_close(msg.epoch)
+
+    def _metrics(self, msg: Message) -> None:
+        rank = int(msg.meta["rank"])
+        self.stats.busy_s[rank] += float(msg.meta["busy"])
+        key = (msg.epoch, msg.step)
+        self.local_losses[key].update({int(k): float(v) for k, v in msg.meta["losses"].items()})
+        if rank != self.last_rank:
+            return
+        now = time.perf_counter()
+        n = int(msg.meta["n"])
+        losses = self.local_losses.pop(key)
+        top = losses[max(losses)]
+        correct = int(msg.meta["correct"])
+        tr = self.train[msg.epoch]
+        tr[0] += top * n
+        tr[1] += correct
+        tr[2] += n
+        self.epoch_started.setdefault(msg.epoch, now)
+        prev = self.last_step_t if self.last_step_t is not None else self.stats.started
+        self.last_step_t = now
+        self.steps_done += 1
+        self.stats.steps_done += 1
+        self.stats.images_done += n
+        self.stats.step_done_at.append(now)
+        if self.stats.first_step_done is None:
+            self.stats.first_step_done = now
+        self.done_train[msg.epoch] += 1
+        self.on_step(StepRecord(msg.epoch, msg.step, self.steps_done, top, 100.0 * correct / n,
+                                self.schedule(msg.epoch), n / max(now - prev, 1e-9), losses))
+
+    def _maybe_close(self, epoch: int) -> None:
+        fed = self.fed.get(epoch)
+        if fed is None or self.done_train[epoch] < fed or self.test[epoch][2] < self.n_test:
+            return
+        if any(r.epoch == epoch for r in self.history):
+            return
+        loss_n, correct, n = self.train[epoch]
+        t_correct, t_n, _ = self.test[epoch]
+        acc = 100.0 * t_correct / max(t_n, 1)
+        self.best = max(self.best, acc)
+        started = self.epoch_started.get(epoch, time.perf_counter())
+        record = EpochRecord(epoch, loss_n / max(n, 1), 100.0 * correct / max(n, 1), acc, self.best,
+                             time.perf_counter() - started)
+        self.history.append(record)
+        self.on_epoch(record)
