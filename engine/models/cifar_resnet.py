@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from engine.models.base import LayerInfo, LayeredModel
+from engine.models.base import LayeredModel, LayerInfo
 
 CIFAR_DEPTHS = {20: 3, 32: 5, 56: 9, 110: 18}
 

@@ -37,7 +37,7 @@ def hand_step(model, aux_nets, x, y):
         if i < len(aux_nets):
             loss = aux_nets[i](h, y, x)
             params = list(layer.parameters()) + list(aux_nets[i].parameters())
-            for p, g in zip(params, torch.autograd.grad(loss, params)):
+            for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
                 grads[p] = g
             losses.append(loss.detach())
             h = h.detach()
@@ -45,7 +45,7 @@ def hand_step(model, aux_nets, x, y):
     top = F.cross_entropy(logits, y)
     n = len(aux_nets)
     params = [p for layer in model.layers[n:] for p in layer.parameters()] + list(model.head.parameters())
-    for p, g in zip(params, torch.autograd.grad(top, params)):
+    for p, g in zip(params, torch.autograd.grad(top, params), strict=True):
         grads[p] = g
     losses.append(top.detach())
     with torch.no_grad():
@@ -67,10 +67,10 @@ def test_one_sequential_step_equals_hand_computed_step(rule):
     got = [result.losses[k] for k in sorted(result.losses)]
     assert len(got) == len(aux) + 1
     torch.testing.assert_close(torch.stack(got), torch.stack(ref_losses), rtol=1e-5, atol=1e-6)
-    for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters()):
+    for (name, p), (_, q) in zip(model.named_parameters(), ref_model.named_parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=f"primary parameter {name}")
-    for a, b in zip(aux, ref_aux):
-        for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+    for a, b in zip(aux, ref_aux, strict=True):
+        for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=f"aux parameter {name}")
     # every parameter really moved (a skipped module would leave its weights untouched)
     before = dict(make(rule)[0].named_parameters())
@@ -121,7 +121,7 @@ def test_split_stages_equal_one_stage_bitwise():
         for s in two:
             s.set_epoch(epoch)
             h = s.train_step(h, y, step=step).output
-    for (name, p), (_, q) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+    for (name, p), (_, q) in zip(model_a.state_dict().items(), model_b.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
     assert one.update_counts == {**two[0].update_counts, **two[1].update_counts}
 
@@ -129,7 +129,10 @@ def test_split_stages_equal_one_stage_bitwise():
 def test_evaluate_uses_primary_network_in_eval_mode():
     model, _ = make("bp")
     x, y = batch(8)
+    with torch.no_grad():
+        expected = 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
+    model.train()
     acc = evaluate(model, [(x, y)])
-    expected = 100.0 * float((model.eval()(x).argmax(1) == y).float().mean())
     assert acc == pytest.approx(expected)
-    assert model.training
+    assert model.training            # evaluate restores training mode
+
