@@ -13,9 +13,14 @@ from workers.worker import return_freed_memory
 
 
 def save_networks(run: RunDir, model, aux_nets) -> None:
-    """model.pt: the bare primary network's state_dict; aux.pt: {layer index: aux net state_dict}."""
+    """model.pt: the bare primary network's state_dict; aux.pt: {layer index: aux net state_dict};
+    for models cut from torchvision also torchvision.pt, which loads into the torchvision model itself."""
+    from engine.models.torchvision_cuts import TorchvisionCut, to_torchvision_state_dict
+
     run.save_state("model.pt", model.state_dict())
     run.save_state("aux.pt", {int(a.layer): a.state_dict() for a in aux_nets})
+    if isinstance(model, TorchvisionCut):
+        run.save_state("torchvision.pt", to_torchvision_state_dict(model))
 
 
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,

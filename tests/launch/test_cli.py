@@ -84,3 +84,19 @@ def test_console_script_help_explains_flags():
     assert out.returncode == 0
     for flag in ("--model", "--rule", "--d", "--tau", "--dry-run", "--dataset", "--data-dir", "--max-steps"):
         assert flag in out.stdout
+
+
+def test_imagenet_model_run_also_saves_a_torchvision_state_dict(tmp_path, capsys):
+    import torchvision
+
+    out_dir = tmp_path / "run"
+    code, _, _ = run_cli(["--model", "resnet34", "--rule", "auglocal", "--d", "3", "--dataset", "synthetic",
+                          "--input-size", "32", "--epochs", "1", "--max-steps", "1", "--batch-size", "64",
+                          "--out", str(out_dir), "--no-progress", "--sequential"], capsys)
+    assert code == 0
+    tv = torchvision.models.resnet34(weights=None, num_classes=10)
+    tv.load_state_dict(torch.load(out_dir / "torchvision.pt", weights_only=True))   # strict
+    ours = build_model("resnet34", num_classes=10)
+    ours.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(tv.eval()(x), ours.eval()(x))
