@@ -6,6 +6,7 @@ import copy
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,17 +88,22 @@ def _twin(modules: Sequence[nn.Module], meta: bool) -> nn.ModuleList:
     return copy.deepcopy(nn.ModuleList(modules), memo).eval()
 
 
-def count_macs(fn: Callable[[], object], batch: int) -> int:
-    """Forward MACs per image of `fn()` run on a batch of `batch`: torch counts FLOPs = 2 x MACs."""
+def _counted(fn: Callable[[], Any], batch: int) -> tuple[int, Any]:
+    """Run `fn()` under FlopCounterMode: (forward MACs per image, what fn returned); FLOPs = 2 x MACs."""
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            fn()
+            result = fn()
     except (NotImplementedError, RuntimeError) as e:
         if "meta" not in str(e).lower():
             raise
         raise RuntimeError(f"a module cannot run on the meta device ({e}); count on its real device "
                            "instead by passing meta=False") from e
-    return round(counter.get_total_flops() / (2 * batch))
+    return round(counter.get_total_flops() / (2 * batch)), result
+
+
+def count_macs(fn: Callable[[], Any], batch: int) -> int:
+    """Forward MACs per image of `fn()` run on a batch of `batch` (torch counts FLOPs = 2 x MACs)."""
+    return _counted(fn, batch)[0]
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -121,45 +127,44 @@ def _check_aux_nets(model: LayeredModel, aux_nets: Sequence[nn.Module]) -> None:
                              "(pass the list build_aux_nets returns, in layer order)")
 
 
-def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module]) -> list[LayerCost]:
+def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool = True) -> list[LayerCost]:
     """Parameters and per-image forward MACs of every local layer and of the aux net attached to it.
 
     Aux net i belongs to layer i (as in `build_local_modules`); layers from len(aux_nets) on form the
     global top group and get no aux net. The primary forward runs layer by layer on a dummy input of the
     model's input size, and each aux net runs on its layer's output, so every count is of the real
-    modules, not of a formula. The model's and aux nets' train/eval flags are left as they were.
+    modules, not of a formula. Counting runs on an eval-mode copy (on the meta device unless `meta` is
+    False), so the caller's modules are left exactly as they were.
     """
     _check_aux_nets(model, aux_nets)
-    x, y = _dummy_batch(model, COUNT_BATCH)
+    twin = _twin([model, *aux_nets], meta)
+    twin_model, twin_aux = twin[0], list(twin[1:])
+    x, y = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
     costs: list[LayerCost] = []
-    with _eval_no_grad([model, *aux_nets]):
-        h = x
-        for i, (layer, info) in enumerate(zip(model.layers, model.info, strict=True)):
-            inp = h
-            primary = count_macs(lambda layer=layer, inp=inp: layer(inp), COUNT_BATCH)
-            h = layer(inp)
-            cost = LayerCost(index=i, width=info.width, out_channels=info.out_channels, spatial=info.spatial,
-                             primary_params=num_params(layer), primary_macs=primary, top=i >= len(aux_nets))
-            if i < len(aux_nets):
-                aux = aux_nets[i]
-                xin = x if getattr(aux, "needs_input", False) else None
-                cost.aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), COUNT_BATCH)
-                cost.aux_params = num_params(aux)
-                cost.selected = [int(j) for j in getattr(aux, "selected", [])]
-                cost.notation = str(getattr(aux, "notation", type(aux).__name__))
-            costs.append(cost)
+    h = x
+    for i, (layer, info) in enumerate(zip(twin_model.layers, model.info, strict=True)):
+        primary, h = _counted(lambda layer=layer, inp=h: layer(inp), COUNT_BATCH)
+        cost = LayerCost(index=i, width=info.width, out_channels=info.out_channels, spatial=info.spatial,
+                         primary_params=num_params(layer), primary_macs=primary, top=i >= len(aux_nets))
+        if i < len(aux_nets):
+            aux = twin_aux[i]
+            xin = x if getattr(aux, "needs_input", False) else None
+            cost.aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), COUNT_BATCH)
+            cost.aux_params = num_params(aux)
+            cost.selected = [int(j) for j in getattr(aux, "selected", [])]
+            cost.notation = str(getattr(aux, "notation", type(aux).__name__))
+        costs.append(cost)
     return costs
 
 
-def head_cost(model: LayeredModel) -> HeadCost:
-    """Parameters and per-image forward MACs of the classifier head, on the last layer's real output."""
-    x, _ = _dummy_batch(model, COUNT_BATCH)
-    with _eval_no_grad([model]):
-        h = x
-        for layer in model.layers:
+def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
+    """Parameters and per-image forward MACs of the classifier head, on the last layer's output."""
+    twin_model = _twin([model], meta)[0]
+    h, _ = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
+    with torch.no_grad():
+        for layer in twin_model.layers:
             h = layer(h)
-        macs = count_macs(lambda: model.head(h), COUNT_BATCH)
-    return HeadCost(params=num_params(model.head), macs=macs)
+    return HeadCost(params=num_params(model.head), macs=count_macs(lambda: twin_model.head(h), COUNT_BATCH))
 
 
 def cost_totals(costs: Sequence[LayerCost], head: HeadCost) -> CostTotals:
@@ -172,31 +177,31 @@ def cost_totals(costs: Sequence[LayerCost], head: HeadCost) -> CostTotals:
     )
 
 
-def module_costs_flops(modules: Sequence[nn.Module], x: torch.Tensor,
-                       y: torch.Tensor | None = None) -> list[float]:
+def module_costs_flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor | None = None,
+                       meta: bool = True) -> list[float]:
     """Training-work proxy per local module and image: 3 x (primary + aux forward MACs).
 
     Backward costs about twice the forward, hence the 3. `x` is a sample input batch (any batch size; the
-    result is per image) and `y` its labels (zeros when omitted). Modules run in order, each on the
-    previous module's output, exactly as a Stage chains them; train/eval flags are restored afterwards.
+    result is per image; only its shape matters when `meta`) and `y` its labels (zeros when omitted).
+    Modules run in order, each on the previous module's output, exactly as a Stage chains them, on an
+    eval-mode copy as in `layer_costs`.
     """
     if not modules:
         raise ValueError("no local modules to cost; pass the list build_local_modules returns")
     batch = int(x.shape[0])
     if batch < 1:
         raise ValueError("the sample batch x is empty; pass at least one input")
-    y = torch.zeros(batch, dtype=torch.long, device=x.device) if y is None else y
+    device = torch.device("meta") if meta else x.device
+    x = x.to(device)
+    y = torch.zeros(batch, dtype=torch.long, device=device) if y is None else y.to(device)
     out: list[float] = []
-    with _eval_no_grad(list(modules)):
-        h = x
-        for m in modules:
-            inp = h
-            primary = count_macs(lambda m=m, inp=inp: m(inp), batch)
-            h = m(inp)
-            aux = getattr(m, "aux", None)
-            aux_macs = 0
-            if aux is not None:
-                xin = x if getattr(aux, "needs_input", False) else None
-                aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), batch)
-            out.append(3.0 * (primary + aux_macs))
+    h = x
+    for m in _twin(list(modules), meta):
+        primary, h = _counted(lambda m=m, inp=h: m(inp), batch)
+        aux = getattr(m, "aux", None)
+        aux_macs = 0
+        if aux is not None:
+            xin = x if getattr(aux, "needs_input", False) else None
+            aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), batch)
+        out.append(3.0 * (primary + aux_macs))
     return out

@@ -118,26 +118,25 @@ class PipelinePlan:
                    transport_s=float(data.get("transport_s", 0.0)))
 
     def format(self) -> str:
-        """The partition next to each worker's cost and busy fraction, then the predicted throughput."""
+        """The partition with each worker's time (compute + transport) and busy fraction, then throughput."""
         seconds = self.unit == SECONDS
         cost_head = "ms/batch" if seconds else f"{self.unit}"
         lines = [f"pipeline plan: {self.k} worker(s), {len(self.module_costs)} local modules, "
                  f"batch {self.batch_size}",
                  f"{'worker':>6}  {'modules':<10} {'layers':<12} {cost_head:>14} {'busy':>6}"]
-        for w, (g, ids, cost, busy) in enumerate(zip(self.groups, self.layer_ids, self.group_costs,
+        for w, (g, ids, cost, busy) in enumerate(zip(self.groups, self.layer_ids, self.group_times,
                                                      self.busy_fractions, strict=True)):
             shown = f"{cost * 1e3:.3f}" if seconds else f"{cost:.4g}"
             lines.append(f"{w:>6}  {format_ids(g):<10} {format_ids(ids):<12} {shown:>14} {busy:>6.0%}")
         if seconds:
-            transport = ""
             if self.k > 1 and self.transport_s:
-                transport = f" (incl. {self.transport_s * 1e3:.3f} ms transport per link)"
-            lines.append(f"bottleneck {self.bottleneck * 1e3:.3f} ms/batch{transport}; "
-                         f"predicted {self.predicted_images_per_s:,.1f} images/s; "
-                         f"sequential {self.sequential_images_per_s:,.1f} images/s; "
-                         f"speedup {self.speedup:.2f}x")
+                lines.append(f"worker times include {self.transport_s * 1e3:.3f} ms per message sent "
+                             "downstream (all workers but the last)")
+            lines.append(f"bottleneck {self.bottleneck * 1e3:.3f} ms/batch: predicted "
+                         f"{self.predicted_images_per_s:,.1f} images/s, sequential "
+                         f"{self.sequential_images_per_s:,.1f} images/s, speedup {self.speedup:.2f}x")
         else:
-            lines.append(f"bottleneck {self.bottleneck:.4g} {self.unit}; speedup over one worker "
+            lines.append(f"bottleneck {self.bottleneck:.4g} {self.unit}, speedup over one worker "
                          f"{self.speedup:.2f}x (costs are not in seconds: no images/s predicted)")
         return "\n".join(lines)
 

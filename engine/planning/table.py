@@ -69,7 +69,8 @@ def format_plan_table(model: LayeredModel, costs: Sequence[LayerCost], head: Hea
     lines = [title] if title else []
     size = model.input_size
     lines.append(f"{model.name}: {model.num_layers} local layers at input {size}x{size}, "
-                 f"{n_aux} with an aux net; top group (global loss) = layers {format_ids(top_ids)} + head")
+                 f"{n_aux} with an aux net")
+    lines.append(f"top group (global loss): layers {format_ids(top_ids)} + head")
     header = _line(rows[0], widths)
     rule = "-" * len(header)
     lines += [header, rule] + [_line(r, widths) for r in rows[1:]] + [rule]

@@ -1,5 +1,6 @@
 """Planning: MAC counts against the paper, the dry-run table, exact partitioning and throughput prediction."""
 
+import copy
 import itertools
 import json
 import math
@@ -25,6 +26,8 @@ from engine.planning import (
 )
 from engine.rules import build_local_modules
 
+SEEN_X: list[tuple[int, tuple[int, ...]]] = []
+
 
 class StandInAux(nn.Module):
     """Tiny aux net with the AuxNet call shape: 1x1 conv -> GAP -> Linear -> CE (MACs in closed form)."""
@@ -35,12 +38,11 @@ class StandInAux(nn.Module):
         self.notation, self.selected = f"{hidden}C1-AP-{classes}FC", [layer + 1]
         self.conv = nn.Conv2d(channels, hidden, 1, bias=False)
         self.fc = nn.Linear(hidden, classes)
-        self.seen_x: list[tuple[int, ...]] = []
 
     def forward(self, h, y, x=None):
         if self.needs_input:
             assert x is not None
-            self.seen_x.append(tuple(x.shape))
+            SEEN_X.append((self.layer, tuple(x.shape)))   # module-level: counting runs on a copy
         return F.cross_entropy(self.fc(self.conv(h).mean((2, 3))), y)
 
 
@@ -57,14 +59,17 @@ def mac_totals(model, aux_nets):
 
 @pytest.mark.parametrize("name,gmacs", [("resnet32", 0.069), ("resnet110", 0.253)])
 def test_primary_forward_macs_match_method_md(name, gmacs):
+    from engine.auxnets import build_aux_nets
+
     model = build_model(name)
-    totals = mac_totals(model, [])           # BP: no aux nets, everything is the top group
+    totals = mac_totals(model, build_aux_nets(model, "bp"))     # BP: no aux nets, all is the top group
     assert totals.primary_macs / 1e9 == pytest.approx(gmacs, rel=0.02)
     assert totals.aux_macs == 0 and totals.aux_params == 0
     assert totals.total_macs == totals.primary_macs
     assert totals.primary_params == sum(p.numel() for p in model.parameters())
     # layer by layer + head adds up to the whole network's forward
-    whole = count_macs(lambda: model.eval()(torch.zeros(2, 3, 32, 32)), 2)
+    on_meta = copy.deepcopy(model).to("meta").eval()
+    whole = count_macs(lambda: on_meta(torch.zeros(2, 3, 32, 32, device="meta")), 2)
     assert totals.primary_macs == whole
 
 
@@ -72,6 +77,7 @@ def test_layer_costs_describe_layers_aux_nets_and_top_group():
     model = build_model("resnet20", num_classes=5)
     model.train()
     aux = stand_in_aux(model, 6)
+    SEEN_X.clear()
     costs = layer_costs(model, aux)
     assert [c.index for c in costs] == list(range(model.num_layers))
     for c, info in zip(costs, model.info, strict=True):
@@ -85,7 +91,7 @@ def test_layer_costs_describe_layers_aux_nets_and_top_group():
         assert c.notation == "8C1-AP-5FC" and c.selected == [c.index + 1]
     assert all(c.aux_macs == 0 and c.aux_params == 0 and c.notation == "" for c in costs[6:])
     assert costs[0].primary_macs == 3 * 16 * 9 * 32 * 32             # stem: 3x3 conv 3 -> 16 at 32x32
-    assert aux[0].seen_x == [(2, 3, 32, 32)] and not aux[1].seen_x    # x only for needs_input
+    assert SEEN_X == [(0, (2, 3, 32, 32))]                            # x only for needs_input
     assert model.training and all(m.training for m in model.modules())  # flags restored
 
 
@@ -97,6 +103,23 @@ def test_layer_costs_reject_too_many_or_misplaced_aux_nets():
     aux[1].layer = 2
     with pytest.raises(ValueError, match="attached to layer 2"):
         layer_costs(model, aux)
+
+
+@pytest.mark.parametrize("rule", ["auglocal", "dgl", "predsim", "infopro"])
+def test_counting_on_meta_equals_counting_on_real_tensors(rule):
+    from engine.auxnets import build_aux_nets
+
+    model = build_model("resnet20", num_classes=10)
+    aux = build_aux_nets(model, rule, d=3, tau=0.5)
+    model.train()
+    meta, real = layer_costs(model, aux), layer_costs(model, aux, meta=False)
+    assert meta == real and any(c.aux_macs > 0 for c in meta)
+    assert head_cost(model) == head_cost(model, meta=False)
+    modules = build_local_modules(model, aux)
+    x = torch.randn(2, 3, 32, 32)
+    assert module_costs_flops(modules, x) == module_costs_flops(modules, x, meta=False)
+    assert all(m.training for m in model.modules()) and all(m.training for a in aux for m in a.modules())
+    assert all(p.device.type == "cpu" for p in model.parameters())
 
 
 @pytest.mark.parametrize("d,paper", [(2, 0.63), (3, 0.69), (4, 0.80), (5, 0.98), (6, 1.13)])
@@ -132,9 +155,9 @@ def test_module_costs_timed_measures_each_module_without_side_effects():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4,))
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
-    times = module_costs_timed(modules, x, y, steps=2, warmup=1)
+    times = module_costs_timed(modules, x, y, steps=3, warmup=1)
     assert len(times) == len(modules) and all(t > 0 for t in times)
-    # the top module runs 14 blocks, a hidden module one: it must take longer
+    # the top module runs five blocks and the head, a hidden module one block: it must take longer
     assert times[-1] > max(times[1:5])
     assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())   # BN stats untouched
@@ -157,7 +180,7 @@ def test_format_plan_table_lists_every_layer_and_the_totals():
     assert sorted(map(int, rows)) == list(range(model.num_layers))
     assert all("top: global loss" in rows[str(i)] for i in range(12, 16))
     assert not any("top: global loss" in rows[str(i)] for i in range(12))
-    assert "layers 12-15 + head" in table
+    assert "top group (global loss): layers 12-15 + head" in table
     total_line = next(line for line in lines if line.startswith("total MACs"))
     assert f"primary {totals.primary_macs / 1e9:.3f} G" in total_line
     assert f"aux {totals.aux_macs / 1e9:.3f} G" in total_line
@@ -238,6 +261,9 @@ def test_plan_predicts_throughput_from_the_slowest_worker():
     assert slow_link.group_times == pytest.approx([0.65, 0.4])      # the last worker sends nothing
     assert slow_link.predicted_images_per_s == pytest.approx(32 / 0.65)
     assert slow_link.sequential_images_per_s == pytest.approx(32 / 1.0)
+    text = slow_link.format()
+    assert "650.000" in text and "50.000 ms per message" in text
+    assert max(len(line) for line in text.splitlines()) <= 110
 
 
 def test_plan_in_flop_units_balances_but_predicts_no_images_per_s():
