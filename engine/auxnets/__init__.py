@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from engine.auxnets.auglocal import AugLocalAux, build_auglocal_nets
 from engine.auxnets.base import AuxNet
 from engine.auxnets.convwide import build_conv_nets
@@ -26,7 +28,7 @@ def _check_args(model: LayeredModel, rule: str, d: int, tau: float, strategy: st
                          f"(rule {rule!r} takes strategy 'uniform')")
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention!r}; choose one of: {', '.join(CONVENTIONS)}")
-    if isinstance(d, bool) or not isinstance(d, int) or d < 2:
+    if isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 2:
         raise ValueError(f"aux-net depth d counts the aux classifier and must be an integer >= 2, got {d!r}")
     if not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau (pyramid decay rate) must be in [0, 1], got {tau}")
@@ -42,18 +44,20 @@ def _check_args(model: LayeredModel, rule: str, d: int, tau: float, strategy: st
 def build_aux_nets(model: LayeredModel, rule: str, d: int = 4, tau: float = 0.0, strategy: str = "uniform",
                    convention: str | None = None, *, input_mean: tuple[float, ...] = CIFAR10_MEAN,
                    input_std: tuple[float, ...] = CIFAR10_STD) -> list[AuxNet]:
-    """Aux nets for layers 0..n-1 of `model` (n = num_local_layers); layer n..L-1 + head train globally.
+    """Aux nets for layers 0..n-1 of `model` (n = num_local_layers); layers n..L-1 + head train globally.
 
-    d (paper depth, k = d - 1 selected layers) and tau (pyramid decay) matter only for 'auglocal', whose
-    `strategy` picks uniform selection or an ablation (method.md 5.5). `convention` None means
-    model.convention (method.md section 2). input_mean / input_std (per image channel, of the data
-    normalisation) let InfoPro rebuild the raw image it reconstructs; defaults are CIFAR-10's.
-    Returned aux nets are freshly initialised (model.init_aux) and in train mode.
+    d (paper depth, k = d - 1 selected layers) and tau (pyramid decay; the paper's CIFAR runs use 0.5, the
+    default 0 means constant depth) shape only 'auglocal' aux nets, but are range-checked for every rule so
+    a bad value never passes silently. `strategy` picks uniform selection or an ablation (method.md 5.5) and
+    must stay 'uniform' for the other rules. `convention` None means model.convention (method.md section 2).
+    input_mean / input_std (per image channel, of the data normalisation) let InfoPro rebuild the raw image
+    it reconstructs; defaults are CIFAR-10's. Aux nets come freshly initialised (model.init_aux), in train
+    mode, on the CPU; building them consumes the global torch RNG, so a seeded build is reproducible.
     """
     convention = model.convention if convention is None else convention
     _check_args(model, rule, d, tau, strategy, convention)
-    num_layers = model.num_layers
-    n = num_local_layers(num_layers, d - 1, convention, rule)
+    d = int(d)
+    n = num_local_layers(model.num_layers, d - 1, convention, rule)
     if rule == "bp":
         return []
     if rule == "auglocal":
@@ -61,24 +65,25 @@ def build_aux_nets(model: LayeredModel, rule: str, d: int = 4, tau: float = 0.0,
         if strategy in ("conv1x1", "conv3x3"):
             return list(build_conv_nets(model, ks, kernel_size=1 if strategy == "conv1x1" else 3))
         return list(build_auglocal_nets(model, ks, strategy))
-    nets: list[AuxNet] = []
-    for i in range(n):
-        info = model.info[i]
-        if rule == "dgl":
-            aux: AuxNet = DGLAux(i, info.out_channels, info.spatial, model.num_classes)
-        elif rule == "predsim":
-            aux = PredSimAux(i, info.out_channels, info.spatial, model.num_classes)
-        else:
-            recon_weight, ce_weight = infopro_weights(num_layers, i, n)
-            widest = max(x.out_channels for x in model.info)
-            aux = InfoProAux(i, info.out_channels, widest, model.num_classes, input_mean, input_std,
-                             recon_weight, ce_weight)
+    nets = [_baseline_aux(model, rule, i, n, input_mean, input_std) for i in range(n)]
+    for aux in nets:
         model.init_aux(aux)
-        nets.append(aux)
     return nets
 
 
+def _baseline_aux(model: LayeredModel, rule: str, i: int, n: int, mean: tuple[float, ...],
+                  std: tuple[float, ...]) -> AuxNet:
+    info = model.info[i]
+    if rule == "dgl":
+        return DGLAux(i, info.out_channels, info.spatial, model.num_classes)
+    if rule == "predsim":
+        return PredSimAux(i, info.out_channels, info.spatial, model.num_classes)
+    recon_weight, ce_weight = infopro_weights(model.num_layers, i, n)
+    widest = max(x.out_channels for x in model.info)
+    return InfoProAux(i, info.out_channels, widest, model.num_classes, mean, std, recon_weight, ce_weight)
+
+
 __all__ = [
-    "RULES", "STRATEGIES", "AugLocalAux", "AuxNet", "DGLAux", "InfoProAux", "PredSimAux", "build_aux_nets",
-    "forward_macs", "num_local_layers", "pyramid_ks", "select_layers",
+    "CIFAR10_MEAN", "CIFAR10_STD", "RULES", "STRATEGIES", "AugLocalAux", "AuxNet", "DGLAux", "InfoProAux",
+    "PredSimAux", "build_aux_nets", "forward_macs", "num_local_layers", "pyramid_ks", "select_layers",
 ]

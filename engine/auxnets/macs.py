@@ -13,17 +13,18 @@ def forward_macs(module: nn.Module, input_shape: tuple[int, ...], method: str = 
     """MACs (= FLOPs / 2, conv + linear + matmul) of `module.<method>(x)` on a zero x of `input_shape`.
 
     `method="logits"` counts an AuxNet's classifier path (its `forward` is a loss needing labels).
-    The module runs in eval mode (so BatchNorm1d accepts batch 1) and its training flag is restored after.
+    The module runs in eval mode (so BatchNorm1d accepts batch 1); every submodule's mode is restored after.
     Works on meta-device modules, which is how the width search counts thousands of candidates cheaply.
     """
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             getattr(module, method)(torch.zeros(input_shape, device=device))
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
     return counter.get_total_flops() // 2
 
 
