@@ -31,6 +31,7 @@ class StepRecord:
     lr: float
     images_per_s: float
     local_losses: dict[int, float] = field(default_factory=dict)
+    images: int = 0
 
 
 @dataclass
@@ -97,7 +98,7 @@ class SequentialTrainer:
                 if on_step is not None:
                     on_step(StepRecord(epoch, step, global_step, top_loss, 100.0 * float(res.correct) / n,
                                        self.stage.schedule(epoch), n / (time.perf_counter() - t0),
-                                       res.loss_values()))
+                                       res.loss_values(), n))
             if seen == 0:
                 break
             acc = evaluate(self.model, data.test_batches(batch_size), self.device)

@@ -130,7 +130,7 @@ class EpochTracker:
             self.stats.first_step_done = now
         self.done_train[msg.epoch] += 1
         self.on_step(StepRecord(msg.epoch, msg.step, self.steps_done, top, 100.0 * correct / n,
-                                self.schedule(msg.epoch), n / max(now - prev, 1e-9), losses))
+                                self.schedule(msg.epoch), n / max(now - prev, 1e-9), losses, n))
 
     def _maybe_close(self, epoch: int) -> None:
         fed = self.fed.get(epoch)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from tqdm import tqdm
 
@@ -21,6 +23,15 @@ def save_networks(run: RunDir, model, aux_nets) -> None:
     run.save_state("aux.pt", {int(a.layer): a.state_dict() for a in aux_nets})
     if isinstance(model, TorchvisionCut):
         run.save_state("torchvision.pt", to_torchvision_state_dict(model))
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM), the figure a whole run is judged by on CPU."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
@@ -49,13 +60,27 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
         bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
                   f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
 
+    t0 = time.perf_counter()
+    images, train_s = [0], [0.0]
+
+    def counting_on_step(r: StepRecord) -> None:
+        images[0] += r.images
+        train_s[0] += r.images / max(r.images_per_s, 1e-9)
+        on_step(r)
+
     try:
         history = trainer.fit(data, cfg.epochs, cfg.batch_size, max_steps=cfg.max_steps,
-                              on_step=on_step, on_epoch=on_epoch)
+                              on_step=counting_on_step, on_epoch=on_epoch)
     finally:
         bar.close()
         save_networks(run, model, aux)
-        run.close()
+    run.write_json("summary.json", {
+        "trainer": "sequential", "best_accuracy": history[-1].best_accuracy if history else None,
+        "last_accuracy": history[-1].test_accuracy if history else None,
+        "images_per_s": images[0] / max(train_s[0], 1e-9), "train_s": train_s[0],
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(), "updates": trainer.stage.update_counts})
+    run.close()
     if history:
         plot_curves(run.read_metrics(), run.path / "curves.png",
                     f"{cfg.model} {cfg.rule} d={cfg.d} on {cfg.dataset}")
