@@ -12,6 +12,7 @@ EPILOG = """examples:
   auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, in-process trainer
   auglocal-launch --model resnet110 --rule auglocal --d 4 --dry-run
   auglocal-launch --dataset cifar10 --data-dir ~/data --model resnet110 --d 4 --epochs 400
+  auglocal-launch --preset cifar10-resnet32-auglocal-d4 --data-dir ~/data
 
 exit codes: 0 success, 1 training failed, 2 bad input (unknown model/rule/data set, impossible d,
 missing data directory)."""
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-classes", type=int, default=None, help="output classes (default: the data set's)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="mnist5k",
-                   help="mnist5k (embedded, default), digits (embedded), synthetic, cifar10, svhn, stl10, "
+                   help="mnist5k (embedded, default), digits (embedded), animal-mnist (embedded), synthetic, cifar10, "
+                        "svhn, stl10, "
                         "imagenet")
     d.add_argument("--data-dir", default=None, help="folder holding the real data set (never downloaded)")
     d.add_argument("--input-size", type=int, default=None, help="image side (synthetic data; ImageNet resize)")
@@ -72,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
+    e = p.add_argument_group("experiment presets")
+    e.add_argument("--preset", metavar="NAME", default=None,
+                   help="the paper's settings for one experiment, e.g. cifar10-resnet110-auglocal-d4; "
+                        "flags given as well override it (see --list-presets)")
+    e.add_argument("--list-presets", action="store_true", help="list the presets with their settings and exit")
     f = p.add_argument_group("failures and resuming")
     f.add_argument("--checkpoint-every", type=int, default=0,
                    help="commit a checkpoint every N minibatches (always at epoch ends); default 0 = epoch ends")
@@ -113,7 +120,7 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig
     saved = RunConfig.from_dict(json.loads(path.read_text()))
     given = explicit_args(argv)
     field_of = {"warmup_epochs": "warmup"}
-    for name in RUN_IDENTITY & given:
+    for name in (n for n in RUN_IDENTITY if n in given):
         value, old = getattr(args, name), getattr(saved, field_of.get(name, name))
         if value != old:
             raise UsageError(f"--resume {args.resume}: that run has --{name.replace('_', '-')} {old}, not {value}; "
@@ -184,6 +191,11 @@ def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.list_presets:
+            from launch.presets import format_presets
+
+            print(format_presets())
+            return 0
         if args.resume:
             if args.sequential or args.dry_run:
                 raise UsageError("--resume continues a pipelined run; it does not combine with --sequential/--dry-run")
@@ -191,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out = args.resume
         else:
             cfg = config_from_args(args)
+            if args.preset:
+                from launch.presets import apply_preset
+
+                cfg = apply_preset(args.preset, cfg, explicit_args(argv))
         validate(cfg)
         data = build_data(cfg)
         resolve(cfg, data)

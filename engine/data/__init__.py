@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.data.animal_mnist import load_animal_mnist
 from engine.data.embedded import load_digits_source, load_mnist5k
 from engine.data.imagenet import ImageFolderSource
 from engine.data.source import DataSource, TensorSource
 from engine.data.synthetic import make_synthetic
 from engine.data.torchvision_sets import load_cifar10, load_stl10, load_svhn
 
-DATASETS = ("mnist5k", "digits", "synthetic", "cifar10", "svhn", "stl10", "imagenet")
+DATASETS = ("mnist5k", "digits", "animal-mnist", "synthetic", "cifar10", "svhn", "stl10", "imagenet")
 
 _IN_MEMORY = {
     "mnist5k": lambda data_dir: load_mnist5k(),
     "digits": lambda data_dir: load_digits_source(),
+    "animal-mnist": lambda data_dir: load_animal_mnist(),
     "cifar10": load_cifar10,
     "svhn": load_svhn,
     "stl10": load_stl10,
@@ -30,7 +32,7 @@ def build_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 
       (defaults 32, 10, 2048, 512).
     - cifar10, svhn, stl10, imagenet: read from `data_dir` in the official on-disk formats (nothing is ever
       downloaded). imagenet accepts any input_size (default 224).
-    - mnist5k, digits: embedded in installed packages; data_dir is ignored.
+    - mnist5k, digits, animal-mnist: embedded in installed packages; data_dir is ignored.
     For every set but synthetic, train_size/test_size shrink the set to that many evenly spaced images (for
     quick runs), and input_size/num_classes, if given, must match the data set; `seed` only affects synthetic
     (the splits of the embedded sets are fixed, and the run seed goes to `train_batch`).

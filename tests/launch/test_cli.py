@@ -100,3 +100,14 @@ def test_imagenet_model_run_also_saves_a_torchvision_state_dict(tmp_path, capsys
     ours.load_state_dict(torch.load(out_dir / "model.pt", weights_only=True))
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(tv.eval()(x), ours.eval()(x))
+
+
+def test_presets_listed_and_applied_with_overrides(capsys):
+    code, out, _ = run_cli(["--list-presets"], capsys)
+    assert code == 0 and "cifar10-resnet110-auglocal-d4" in out
+    code, out, _ = run_cli(["--preset", "svhn-resnet32-dgl", "--dataset", "digits", "--dry-run", "--sequential"],
+                           capsys)
+    assert code == 0                      # the preset's SVHN is overridden by --dataset digits
+    assert "model resnet32" in out and "rule dgl" in out
+    code, _, err = run_cli(["--preset", "no-such-preset", "--dry-run"], capsys)
+    assert code == 2 and "no-such-preset" in err
