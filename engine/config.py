@@ -30,6 +30,8 @@ class RunConfig:
     data_dir: str | None = None
     num_classes: int | None = None    # None: the data set's
     input_size: int | None = None     # None: the data set's
+    train_size: int | None = None     # None: the whole training set; else that many evenly spaced images
+    test_size: int | None = None      # likewise for the test set (quick runs, grids)
     epochs: int = 3
     batch_size: int | None = None     # None: the data set's default
     lr: float | None = None           # None: the data set's default
@@ -64,7 +66,7 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"--tau must lie in [0, 1], got {cfg.tau}")
     if cfg.convention not in (None, "cifar", "imagenet"):
         raise UsageError(f"--convention must be cifar or imagenet, got {cfg.convention!r}")
-    for name in ("epochs", "batch_size", "max_steps", "num_classes", "input_size"):
+    for name in ("epochs", "batch_size", "max_steps", "num_classes", "input_size", "train_size", "test_size"):
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -76,7 +78,7 @@ def build_data(cfg: RunConfig):
     """The data source; missing or malformed data directories become UsageErrors naming the file."""
     try:
         return build_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, input_size=cfg.input_size,
-                             num_classes=cfg.num_classes)
+                             num_classes=cfg.num_classes, train_size=cfg.train_size, test_size=cfg.test_size)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
 

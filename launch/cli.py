@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "imagenet")
     d.add_argument("--data-dir", default=None, help="folder holding the real data set (never downloaded)")
     d.add_argument("--input-size", type=int, default=None, help="image side (synthetic data; ImageNet resize)")
+    d.add_argument("--train-size", type=int, default=None,
+                   help="use only this many evenly spaced training images (quick runs, grids)")
+    d.add_argument("--test-size", type=int, default=None, help="likewise for the test set")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
     t.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data set's)")
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: settings that define what a run computes: --resume refuses a different value for any of them
 RUN_IDENTITY = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
+                "train_size", "test_size",
                 "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps")
 
 
@@ -131,7 +135,8 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(model=args.model, rule=args.rule, d=args.d, tau=args.tau, strategy=args.strategy,
                      convention=args.convention, dataset=args.dataset, data_dir=args.data_dir,
-                     num_classes=args.num_classes, input_size=args.input_size, epochs=args.epochs,
+                     num_classes=args.num_classes, input_size=args.input_size, train_size=args.train_size,
+                     test_size=args.test_size, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, seed=args.seed,
                      max_steps=args.max_steps)
 

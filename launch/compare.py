@@ -56,7 +56,8 @@ def run_cell(cell: Cell, seed: int, args: argparse.Namespace, folder: Path) -> d
                "--rule", cell.rule, "--d", str(cell.d), "--dataset", args.dataset, "--epochs", str(args.epochs),
                "--seed", str(seed), "--out", str(folder), "--threads", str(args.threads)]
         for flag, value in (("--tau", cell.tau), ("--batch-size", args.batch_size), ("--lr", args.lr),
-                            ("--max-steps", args.max_steps), ("--data-dir", args.data_dir)):
+                            ("--max-steps", args.max_steps), ("--data-dir", args.data_dir),
+                            ("--train-size", args.train_size), ("--test-size", args.test_size)):
             if value is not None:
                 cmd += [flag, str(value)]
         print(f"[{cell.name} seed {seed}] {' '.join(cmd[2:])}", flush=True)
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--train-size", type=int, default=None, help="evenly spaced training subset per run")
+    p.add_argument("--test-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True, help="grid folder (runs/, table.md, table.csv, accuracy.png)")
     return p
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(f"auglocal-compare: {err}\nrun the same command again to resume the grid", file=sys.stderr)
         return 1
-    title = f"{args.model} on {args.dataset}, {args.epochs} epochs, seeds {args.seeds}"
+    subset = f", {args.train_size or 'all'} train / {args.test_size or 'all'} test images"
+    title = f"{args.model} on {args.dataset}{subset}, {args.epochs} epochs, seeds {args.seeds}"
     rows = summarise(results)
     write_table(rows, out, title)
     plot(rows, out, title)

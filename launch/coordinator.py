@@ -33,6 +33,7 @@ class WorkerFailed(RuntimeError):
 
     def __init__(self, rank: int, layers: list[int], what: str):
         self.rank, self.layers, self.what = rank, layers, what
+        self.detected_at = time.perf_counter()   # recovery time counts from here, stopping the workers included
         super().__init__(f"worker {rank} (layers {layers[0]}..{layers[-1]}) {what}")
 
 
@@ -175,9 +176,13 @@ class Coordinator:
         for r, p in enumerate(self.procs):
             if not p.is_alive() and not (r in self.stopped and p.exitcode == 0):
                 raise self._fail(r, f"died with exit code {p.exitcode}")
-            silent = now - self.last_seen.get(r, now)
-            if r not in self.stopped and silent > self.opts.heartbeat_timeout:
-                raise self._fail(r, f"hung: no heartbeat or progress for {silent:.0f} s "
+        # Workers upstream of a hung one fall silent too (blocked on a full link), but only after it did:
+        # blame the one silent longest, not the first in rank order.
+        silent = {r: now - self.last_seen.get(r, now) for r in range(len(self.procs)) if r not in self.stopped}
+        if silent:
+            r = max(silent, key=silent.get)
+            if silent[r] > self.opts.heartbeat_timeout:
+                raise self._fail(r, f"hung: no heartbeat or progress for {silent[r]:.0f} s "
                                     f"(--heartbeat-timeout {self.opts.heartbeat_timeout:g})")
 
     def _poll(self, timeout_ms: float) -> Message | None:

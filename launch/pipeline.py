@@ -190,7 +190,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
             break
         except WorkerFailed as err:
             _note_recovery(restarts, coord, t_failed)
-            t_failed = time.perf_counter()
+            t_failed = err.detected_at
             latest = store.latest()
             where = f"checkpoint {latest[0]} (next minibatch: epoch {latest[1]['next_epoch'] + 1}, step " \
                     f"{latest[1]['next_step']})" if latest else "no checkpoint yet (restart from the beginning)"

@@ -58,7 +58,8 @@ class WorkerError(RuntimeError):
 
 
 #: Rejections that say "not from this run" (a stray or stale process): count and drop, keep training.
-FOREIGN_FIELDS = ("secret", "run")
+#: (MessageError.field values of Codec._check_identity)
+FOREIGN_FIELDS = ("secret", "run_id")
 
 
 def return_freed_memory() -> None:
@@ -105,6 +106,7 @@ class Worker:
         self.max_in_flight = 0
         self.rejected = 0
         self.fault = Fault(**spec.fault) if spec.fault else None
+        self._coordinator = psutil.Process(spec.coordinator_pid)   # keeps its start time: pid reuse shows
         if spec.resume_dir:
             from workers.layer_files import load_stage_layers
 
@@ -112,7 +114,13 @@ class Worker:
 
     # --- waiting without becoming an orphan -------------------------------------------------------------
     def _check_coordinator(self) -> None:
-        if not psutil.pid_exists(self.spec.coordinator_pid):
+        """A dead coordinator stays a zombie until its parent reaps it (a parent that may itself wait for our
+        output to end): count a zombie, or a new process that reused its pid, as gone."""
+        try:
+            alive = self._coordinator.is_running() and self._coordinator.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
+        if not alive:
             raise CoordinatorGone(f"{self.spec.name}: coordinator {self.spec.coordinator_pid} is gone")
 
     def _recv(self) -> Message:
@@ -313,6 +321,10 @@ def worker_main(spec: WorkerSpec) -> None:
     except CoordinatorGone:
         pass
     except WorkerError:
+        try:
+            worker.results.wait_all(POLL_MS)   # the coordinator must read why we stop before it sees us exit
+        except TimeoutError:
+            pass
         os._exit(3)
     finally:
         worker.close()

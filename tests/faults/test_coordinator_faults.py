@@ -1,0 +1,100 @@
+"""The command line in its own process: the coordinator dies and --resume finishes the run; resume refuses a
+different run; a worker that always dies exhausts --max-restarts. No process of a run may outlive it.
+
+Runs are `python -m launch.cli` on the suite's small run (--train-size 48), so they compare with the same
+sequential reference as the in-process tests. The subprocess's output is captured through pipes that its
+workers inherit: had the workers not noticed their coordinator's death (a zombie until this process reaps it,
+which `subprocess.run` does only after the pipes close), the run would hang here instead of returning.
+"""
+
+import contextlib
+import io
+import json
+import shutil
+import signal
+
+import pytest
+
+from tests.faults.support import (
+    CHECKPOINT_EVERY,
+    SMALL_FLAGS,
+    assert_complete,
+    assert_no_tagged,
+    new_tag,
+    run_cli,
+)
+
+
+def small_flags(out, *extra: str) -> list[str]:
+    return [*SMALL_FLAGS, "--checkpoint-every", str(CHECKPOINT_EVERY), "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def coordinator_killed(tmp_path_factory):
+    """A run whose coordinator (the CLI process) is SIGKILLed after feeding minibatch 8 of 12 (2 workers)."""
+    out = tmp_path_factory.mktemp("coordinator") / "run"
+    tag = new_tag()
+    proc = run_cli(small_flags(out, "--workers", "2", "--inject-fault", "kill-coordinator:step=8"), tag)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert_no_tagged(tag)        # its workers noticed and exited; the forkserver went with the coordinator
+    return out
+
+
+@pytest.mark.parametrize("workers", ["3", "layer"])
+def test_resume_after_coordinator_death_ends_equal(coordinator_killed, workers, reference, tmp_path):
+    """--resume continues from the last committed checkpoint, also with another number of workers."""
+    out = tmp_path / "run"
+    shutil.copytree(coordinator_killed, out)
+    latest = int((out / "checkpoints" / "LATEST").read_text())
+    manifest = json.loads((out / "checkpoints" / f"ckpt-{latest:06d}" / "manifest.json").read_text())
+    assert 0 < manifest["global_step"] <= 9
+    assert not (out / "summary.json").exists()
+    tag = new_tag()
+    proc = run_cli(["--resume", str(out), "--workers", workers, "--no-progress"], tag)
+    assert proc.returncode == 0, proc.stderr
+    assert_complete(reference, out, restarts=0)
+    plan = json.loads((out / "plan.json").read_text())
+    assert len(plan["groups"]) == (int(workers) if workers.isdigit() else 8)
+    assert_no_tagged(tag)
+    # resuming the finished run applies nothing twice: same weights, counters and metrics
+    again = run_cli(["--resume", str(out), "--workers", "2", "--no-progress"], tag)
+    assert again.returncode == 0, again.stderr
+    assert_complete(reference, out, restarts=0)
+    assert_no_tagged(tag)
+
+
+@pytest.mark.parametrize("flag, value, saved", [
+    ("--model", "resnet32", "resnet20"),
+    ("--d", "4", "3"),
+    ("--dataset", "digits", "synthetic"),
+    ("--train-size", "64", "48"),
+])
+def test_resume_refuses_another_run(coordinator_killed, flag, value, saved):
+    from launch.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--resume", str(coordinator_killed), flag, value, "--no-progress"])
+    assert code == 2
+    message = err.getvalue()
+    assert f"that run has {flag} {saved}, not {value}" in message
+    assert "only continues the run it belongs to" in message
+
+
+def test_restart_budget_exhausted_exits_1_naming_the_worker(tmp_path):
+    out = tmp_path / "run"
+    tag = new_tag()
+    proc = run_cli(small_flags(out, "--workers", "2", "--max-restarts", "2",
+                               "--inject-fault", "kill:worker=1:step=5:always"), tag)
+    assert proc.returncode == 1, proc.stderr
+    latest = int((out / "checkpoints" / "LATEST").read_text())
+    assert "giving up after 2 restart(s)" in proc.stderr
+    assert "worker 1 (layers 4..9) died with exit code -9" in proc.stderr
+    assert f"Last committed checkpoint {latest} " in proc.stderr
+    assert f"auglocal-launch --resume {out}" in proc.stderr
+    failure = json.loads((out / "failure.json").read_text())
+    assert failure["last_checkpoint"] == latest
+    assert [r["attempt"] for r in failure["restarts"]] == [0, 1, 2]
+    assert {r["worker"] for r in failure["restarts"]} == {1}
+    assert not (out / "summary.json").exists()
+    assert_no_tagged(tag)
