@@ -240,8 +240,8 @@ class Coordinator:
                 self.stats.max_in_flight[0] = max(self.stats.max_in_flight.get(0, 0), self.feed.in_flight)
                 break
             except TimeoutError:
+                self._drain()            # read queued acknowledgements first: a finished checkpoint commits
                 self.check_workers()
-            self._drain()
         self._drain()
 
     def _drain(self) -> None:

@@ -124,6 +124,17 @@ def _expected_updates(cfg: RunConfig, data) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
+def check_fault_target(fault: Fault | None, k: int) -> None:
+    """A fault aimed at a worker that does not exist (or at a link the last worker lacks) would never fire."""
+    if fault is None or fault.kind == "kill-coordinator":
+        return
+    if not 0 <= fault.worker < k:
+        raise UsageError(f"--inject-fault {fault.kind}: worker {fault.worker} does not exist (this run has {k})")
+    if fault.kind in ("corrupt", "truncated", "foreign") and fault.worker == k - 1:
+        raise UsageError(f"--inject-fault {fault.kind}: worker {fault.worker} is the last one and has no outgoing "
+                         "link; choose an earlier worker")
+
+
 def _note_recovery(restarts: list[dict], coord: Coordinator, t_failed: float | None) -> None:
     """Recovery time of the last failure: from its detection to the first minibatch finished afterwards."""
     if restarts and "recovery_s" not in restarts[-1]:
@@ -139,6 +150,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
     if not opts.gpus:
         cfg.device = "cpu"
     plan, placement, needs_input = plan_pipeline(cfg, data, opts)
+    check_fault_target(opts.fault, len(placement.groups))
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
     store = CheckpointStore(run.path)
     if not resume:
@@ -234,7 +246,9 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
     if bad:
         print(f"auglocal-launch: update counters disagree: expected {expected} per layer, got {bad}", file=sys.stderr)
         return 1
-    if history:
+    if stats.steps_done == 0:
+        print(f"nothing left to train: run folder {run.path} is complete")
+    elif history:
         last = history[-1]
         print(f"done: best test accuracy {last.best_accuracy:.2f}%, last {last.test_accuracy:.2f}%, "
               f"{stats.images_done / max(elapsed, 1e-9):.1f} images/s, "

@@ -62,6 +62,17 @@ class WorkerError(RuntimeError):
 FOREIGN_FIELDS = ("secret", "run_id")
 
 
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """CPU copy for the wire. A GPU tensor goes through pinned host memory (torch's caching host allocator,
+    so the pinned block is reused), copied asynchronously and waited for: the DMA path without a staging copy."""
+    if t.device.type != "cuda":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host
+
+
 def return_freed_memory() -> None:
     """Tell glibc to serve large blocks by mmap so freed activations go back to the OS (see README)."""
     try:
@@ -200,7 +211,7 @@ class Worker:
         def emit(out: torch.Tensor) -> None:
             t_emit = time.perf_counter()
             self.tracer.span("compute", msg.epoch, msg.step, t0, t_emit)
-            tensors = {"h": out.to("cpu"), "y": y}
+            tensors = {"h": to_host(out), "y": y}
             if self.spec.send_input and x is not None:
                 tensors["x"] = x
             out_msg = Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step, layer=self.stage.layer_ids[-1],
@@ -239,7 +250,7 @@ class Worker:
                                              meta={"correct": correct, "n": int(msg.tensors["y"].shape[0])}))
         else:
             self._send(self.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
-                                            tensors={"h": out.to("cpu"), "y": msg.tensors["y"]}))
+                                            tensors={"h": to_host(out), "y": msg.tensors["y"]}))
 
     def _checkpoint(self, msg: Message) -> None:
         """Save this worker's layers into the checkpoint folder, pass the marker on, acknowledge.
