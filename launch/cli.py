@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--balance", choices=("time", "flops"), default="time",
                    help="balance worker groups by measured module time (default) or by FLOPs")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
+    x.add_argument("--worker-malloc", choices=("return", "keep"), default="return",
+                   help="return: workers give freed activations back to the OS (glibc mmap threshold 64 KiB; "
+                        "lowest memory, but on CPU about 2x slower from page faults); keep: glibc's default "
+                        "heap reuse (fastest). Default return")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
     e = p.add_argument_group("experiment presets")
@@ -183,7 +187,8 @@ def pipeline_options(args: argparse.Namespace):
         raise UsageError("--heartbeat-timeout must be > 0 seconds")
     return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
-                           heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault)
+                           heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
+                           malloc=args.worker_malloc)
 
 
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:

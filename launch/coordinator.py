@@ -67,6 +67,7 @@ class AttemptOptions:
     heartbeat_timeout: float = 120.0     # seconds without any message from a busy worker = hung
     fault: Fault | None = None
     resume_dir: str | None = None        # committed checkpoint folder the workers load
+    malloc: str = "return"               # worker allocator policy, see WorkerSpec.malloc
 
 
 def forkserver_context() -> mp.context.BaseContext:
@@ -126,7 +127,8 @@ class Coordinator:
                 results=self.results_link, run_id=self.run_id, secret=self.codec.secret, out_dir=self.run_dir,
                 coordinator_pid=os.getpid(), threads=self.placement.threads[r],
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
-                delay_s=self.opts.delays.get(r, 0.0), resume_dir=self.opts.resume_dir, fault=self._fault_for(r)))
+                delay_s=self.opts.delays.get(r, 0.0), resume_dir=self.opts.resume_dir, fault=self._fault_for(r),
+                malloc=self.opts.malloc))
         return out
 
     def start(self) -> None:

@@ -38,6 +38,7 @@ class PipelineOptions:
     heartbeat_timeout: float = 120.0
     max_restarts: int = 3
     fault: Fault | None = None
+    malloc: str = "return"         # 'return' freed memory to the OS, or 'keep' it in the heap (faster on CPU)
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -102,7 +103,7 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions) -> tuple[Pipeline
     modules = build_local_modules(model, aux)
     k = number_of_workers(opts.workers, len(modules), gpus)
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
-    if opts.balance == "flops" or k == len(modules) or k == 1:
+    if opts.balance == "flops" or k == len(modules):
         costs = module_costs_flops(modules, x[:2], y[:2])
         plan = make_plan(modules, k, cfg.batch_size, costs, unit="MAC")
     else:
@@ -190,7 +191,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
             window=opts.window, trace_dir=str(run.path) if opts.trace else None, delays=opts.delays or {},
             checkpoint_every=opts.checkpoint_every, heartbeat_timeout=opts.heartbeat_timeout,
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
-            resume_dir=str(store.dir_for(latest[0])) if latest else None)
+            resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc)
         coord = Coordinator(cfg, data, placement, str(run.path), needs_input=needs_input, opts=attempt_opts,
                             store=store, tracker=tracker, start=start,
                             next_checkpoint_id=(latest[0] + 1) if latest else 1)
