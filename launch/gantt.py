@@ -55,7 +55,7 @@ def draw_gantt(run_dir: Path, out: Path, steps: int = 4) -> Path | None:
     ax.invert_yaxis()
     ax.set_xlabel("time (ms)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
-    ax.legend(handles, list(COLORS), ncol=len(COLORS), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    ax.legend(handles, list(COLORS), ncol=len(COLORS), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.45))
     ax.set_title(f"pipeline spans of {steps} steady-state minibatches (numbers: step)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
