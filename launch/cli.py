@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="balance worker groups by measured module time (default) or by FLOPs")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
     x.add_argument("--worker-malloc", choices=("return", "keep"), default="return",
-                   help="return: workers give freed activations back to the OS (glibc mmap threshold 64 KiB; "
+                   help="(also for --sequential) return: workers give freed activations back to the OS (glibc mmap threshold 64 KiB; "
                         "lowest memory, but on CPU about 2x slower from page faults); keep: glibc's default "
                         "heap reuse (fastest). Default return")
     x.add_argument("--trace", action="store_true",
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sequential:
             from launch.sequential import train_sequential
 
-            return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads)
+            return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads,
+                                    malloc=args.worker_malloc)
         return run_pipeline(args, cfg, data)
     except UsageError as err:
         print(f"auglocal-launch: error: {err}", file=sys.stderr)

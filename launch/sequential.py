@@ -35,9 +35,10 @@ def peak_rss_mb() -> float | None:
 
 
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
-                     threads: int | None = None) -> int:
+                     threads: int | None = None, malloc: str = "return") -> int:
     """Train with the sequential trainer and write the run folder; returns the exit code."""
-    return_freed_memory()
+    if malloc == "return":
+        return_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     model, aux = build_network(cfg, data)
