@@ -45,6 +45,7 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
     optim, schedule = optim_and_schedule(cfg)
     trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device=cfg.device)
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
+    run.truncate_metrics(0)          # a fresh run: records of an earlier, interrupted one in this folder go
     run.write_json("config.json", {**cfg.to_dict(), "trainer": "sequential"})
     steps = data.steps_per_epoch(cfg.batch_size) * cfg.epochs
     total = min(steps, cfg.max_steps) if cfg.max_steps else steps
