@@ -300,3 +300,22 @@ def test_largest_d_and_bp():
     assert len(build_aux_nets(model, "auglocal", d=15)) == 1
     assert len(build_aux_nets(model, "auglocal", d=16, convention="imagenet")) == 15
     assert build_aux_nets(model, "bp") == []
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_model_every_d_shapes_on_meta(name):
+    """Every model x d in 2..6: each aux net takes its layer's output and ends in (batch, classes) logits.
+
+    Shapes only, on the meta device (no memory, no arithmetic), so the whole grid stays cheap; the real
+    forward/backward of each model is covered by the tests above."""
+    model = build_model(name, num_classes=CLASSES).to("meta")   # torchvision's RegNet cannot be built on meta
+    for d in range(2, 7):
+        with torch.device("meta"):
+            aux = build_aux_nets(model, "auglocal", d=d, tau=TAU)
+            h = torch.empty(BATCH, 3, 32, 32)
+            assert len(aux) > 0
+            for i, layer in enumerate(model.layers):
+                h = layer(h)
+                if i < len(aux):
+                    assert aux[i].logits(h).shape == (BATCH, CLASSES), f"{name} d={d} layer {i}"
+            assert model.head(h).shape == (BATCH, CLASSES)
