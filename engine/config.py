@@ -9,7 +9,7 @@ import torch
 from engine.auxnets import RULES, STRATEGIES, build_aux_nets
 from engine.data import DATASETS, build_dataset
 from engine.models import build_model, model_names
-from engine.schedule import LRSchedule, OptimConfig, default_warmup
+from engine.schedule import SCHEDULES, SHORT_RUN_EPOCHS, LRSchedule, OptimConfig, default_warmup
 
 
 class UsageError(ValueError):
@@ -36,7 +36,7 @@ class RunConfig:
     batch_size: int | None = None     # None: the data set's default
     lr: float | None = None           # None: the data set's default
     warmup: int | None = None         # None: 10 of 400 epochs, scaled
-    schedule: str = "cifar"
+    schedule: str = "auto"           # auto: the paper's 'cifar' schedule from 50 epochs on, else 'cosine'
     seed: int = 1234
     max_steps: int | None = None
     device: str = "cpu"
@@ -64,6 +64,8 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"--d must be >= 2 (the paper's d counts the aux classifier), got {cfg.d}")
     if cfg.tau is not None and not 0.0 <= cfg.tau <= 1.0:
         raise UsageError(f"--tau must lie in [0, 1], got {cfg.tau}")
+    if cfg.schedule not in (*SCHEDULES, "auto"):
+        raise UsageError(f"--schedule must be auto or one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
     if cfg.convention not in (None, "cifar", "imagenet"):
         raise UsageError(f"--convention must be cifar or imagenet, got {cfg.convention!r}")
     for name in ("epochs", "batch_size", "max_steps", "num_classes", "input_size", "train_size", "test_size"):
@@ -89,6 +91,8 @@ def resolve(cfg: RunConfig, data) -> RunConfig:
     cfg.input_size = cfg.input_size or data.input_size
     cfg.batch_size = cfg.batch_size or data.default_batch_size
     cfg.lr = cfg.lr or data.default_lr
+    if cfg.schedule == "auto":
+        cfg.schedule = "cifar" if cfg.epochs >= SHORT_RUN_EPOCHS else "cosine"
     if cfg.warmup is None:
         cfg.warmup = default_warmup(cfg.epochs) if cfg.schedule == "cifar" else 0
     return cfg

@@ -25,13 +25,20 @@ class OptimConfig:
                                weight_decay=self.weight_decay, foreach=False)
 
 
+SCHEDULES = ("cifar", "imagenet", "cosine", "constant")
+
+#: below this many epochs the default schedule is 'cosine': the paper's CIFAR schedule spends its last epoch
+#: at lr 0 (cos(pi E/E) = -1), harmless in 400 epochs, but a 1-epoch run would not train at all
+SHORT_RUN_EPOCHS = 50
+
+
 @dataclass(frozen=True)
 class LRSchedule:
     """Learning rate as a pure function of the 0-based epoch.
 
     kind 'cifar': cosine over e = 1..E with a linear warm-up from 0.01 over the first `warmup` epochs
     (the paper's code uses warmup = 10 for its 400-epoch runs; see `default_warmup`).
-    kind 'imagenet': cosine over e = 0..E-1, no warm-up. kind 'constant': lr0 always.
+    kind 'imagenet' (alias 'cosine'): cosine over e = 0..E-1, no warm-up. kind 'constant': lr0 always.
     """
 
     kind: str = "cifar"
@@ -40,15 +47,15 @@ class LRSchedule:
     warmup: int = 10
 
     def __post_init__(self) -> None:
-        if self.kind not in ("cifar", "imagenet", "constant"):
-            raise ValueError(f"unknown schedule {self.kind!r}; expected cifar, imagenet or constant")
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 
     def __call__(self, epoch: int) -> float:
         if self.kind == "constant":
             return self.lr0
-        if self.kind == "imagenet":
+        if self.kind in ("imagenet", "cosine"):
             return 0.5 * self.lr0 * (1 + math.cos(math.pi * epoch / self.epochs))
         e = epoch + 1
         cosine = 0.5 * self.lr0 * (1 + math.cos(math.pi * e / self.epochs))

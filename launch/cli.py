@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
     t.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data set's)")
     t.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the data set's)")
+    t.add_argument("--schedule", default="auto", choices=("auto", "cifar", "cosine", "imagenet", "constant"),
+                   help="learning-rate schedule per epoch: cifar = the paper's warm-up + cosine (its last epoch "
+                        "runs at lr 0), cosine = cosine from lr0 without reaching 0, imagenet = the same as "
+                        "cosine; auto (default) = cifar from 50 epochs on, else cosine")
     t.add_argument("--warmup-epochs", type=int, default=None,
                    help="linear warm-up epochs (default 10 per 400 epochs, as in the paper)")
     t.add_argument("--seed", type=int, default=1234, help="seed of weights, batch order and augmentation")
@@ -106,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: settings that define what a run computes: --resume refuses a different value for any of them
 RUN_IDENTITY = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
-                "train_size", "test_size",
+                "train_size", "test_size", "schedule",
                 "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps")
 
 
@@ -142,7 +146,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      convention=args.convention, dataset=args.dataset, data_dir=args.data_dir,
                      num_classes=args.num_classes, input_size=args.input_size, train_size=args.train_size,
                      test_size=args.test_size, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, seed=args.seed,
+                     batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, schedule=args.schedule,
+                     seed=args.seed,
                      max_steps=args.max_steps)
 
 

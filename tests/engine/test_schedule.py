@@ -52,3 +52,18 @@ def test_optimizer_is_sgd_nesterov_with_decay_on_everything():
     assert isinstance(opt, torch.optim.SGD)
     assert (g["momentum"], g["nesterov"], g["weight_decay"]) == (0.9, True, 1e-4)
     assert len(g["params"]) == 2
+
+
+def test_short_runs_default_to_a_cosine_that_trains_every_epoch():
+    from engine.config import RunConfig, resolve
+    from engine.data import build_dataset
+
+    data = build_dataset("synthetic", train_size=8, test_size=4)
+    short = resolve(RunConfig(dataset="synthetic", epochs=1), data)
+    assert short.schedule == "cosine"
+    assert LRSchedule(short.schedule, 0.1, 1, short.warmup)(0) == pytest.approx(0.1)   # the paper's would be 0
+    assert LRSchedule("cifar", 0.1, 1, 0)(0) == pytest.approx(0.0)
+    long = resolve(RunConfig(dataset="synthetic", epochs=400), data)
+    assert (long.schedule, long.warmup) == ("cifar", 10)
+    explicit = resolve(RunConfig(dataset="synthetic", epochs=3, schedule="cifar"), data)
+    assert explicit.schedule == "cifar"
