@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import zmq
 
+from benchmarks.memory import cpu_model
 from workers.messages import Codec, Kind, Message
 from workers.transport import Receiver, Sender, ipc_address, tcp_address
 
@@ -145,12 +146,7 @@ def measure_copy(reps: int) -> dict[str, dict[str, float]]:
 
 def describe_machine() -> list[str]:
     """CPU model, core counts, load and library versions: the figures mean nothing without them."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return [
