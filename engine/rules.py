@@ -48,12 +48,6 @@ class LocalModule(nn.Module):
             return self.aux(out, y, x)
         return F.cross_entropy(out, y)
 
-    def primary_parameters(self) -> list[nn.Parameter]:
-        params = [p for layer in self.layers for p in layer.parameters()]
-        if self.head is not None:
-            params += list(self.head.parameters())
-        return params
-
 
 def build_local_modules(model: LayeredModel, aux_nets: list[nn.Module]) -> list[LocalModule]:
     """Layer i < n = len(aux_nets) becomes its own module with aux net i; layers n..L-1 + head form the top.

@@ -67,10 +67,6 @@ class Stage:
         return [i for m in self.modules for i in m.layer_ids]
 
     @property
-    def is_top(self) -> bool:
-        return self.modules[-1].is_top
-
-    @property
     def needs_input(self) -> bool:
         return any(m.needs_input for m in self.modules)
 

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.config import RunConfig
 from launch.checkpoints import CheckpointStore
@@ -62,7 +62,6 @@ class AttemptOptions:
 
     window: int = 2
     trace_dir: str | None = None
-    delays: dict[int, float] = field(default_factory=dict)
     checkpoint_every: int = 0            # steps between checkpoints; 0 = only at epoch ends
     heartbeat_timeout: float = 120.0     # seconds without any message from a busy worker = hung
     fault: Fault | None = None
@@ -122,12 +121,12 @@ class Coordinator:
             later_needs_x = any(self.needs_input[j] for g in self.placement.groups[r + 1:] for j in g)
             trace = os.path.join(self.opts.trace_dir, f"trace_worker{r}.jsonl") if self.opts.trace_dir else None
             out.append(WorkerSpec(
-                rank=r, num_workers=k, modules=list(group), config=self.cfg.to_dict(),
+                rank=r, modules=list(group), config=self.cfg.to_dict(),
                 inbox=self.inboxes[r], outbox=self.inboxes[r + 1] if r + 1 < k else None,
                 results=self.results_link, run_id=self.run_id, secret=self.codec.secret, out_dir=self.run_dir,
                 coordinator_pid=os.getpid(), threads=self.placement.threads[r],
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
-                delay_s=self.opts.delays.get(r, 0.0), resume_dir=self.opts.resume_dir, fault=self._fault_for(r),
+                resume_dir=self.opts.resume_dir, fault=self._fault_for(r),
                 malloc=self.opts.malloc))
         return out
 

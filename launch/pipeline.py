@@ -17,7 +17,7 @@ from engine.trainer import EpochRecord, StepRecord
 from launch.checkpoints import CheckpointStore
 from launch.coordinator import AttemptOptions, Coordinator, Placement, Position, WorkerFailed, default_devices
 from launch.plots import plot_curves
-from launch.progress import EpochTracker, TrackerState
+from launch.progress import EpochTracker, PipelineStats, TrackerState
 from launch.run_dir import RunDir, default_run_dir
 from launch.sequential import save_networks
 from workers.faults import Fault
@@ -33,7 +33,6 @@ class PipelineOptions:
     threads: int = 1               # intra-op threads per CPU worker
     trace: bool = False
     window: int = 2
-    delays: dict[int, float] | None = None   # rank -> extra seconds per step (a deliberately slow worker)
     checkpoint_every: int = 0      # steps between checkpoints (0: only at epoch ends)
     heartbeat_timeout: float = 120.0
     max_restarts: int = 3
@@ -168,11 +167,11 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
         start = (Position(latest[1]["next_epoch"], latest[1]["next_step"], latest[1]["global_step"])
                  if latest else Position())
         bar = _progress_bar(cfg, data, progress, state.steps_done)
-        coord_box: dict = {}
 
-        def on_step(r: StepRecord, bar=bar, coord_box=coord_box) -> None:
+        stats = PipelineStats()
+
+        def on_step(r: StepRecord, bar=bar, stats=stats) -> None:
             run.log("step", r)
-            stats = coord_box["c"].stats
             busy = stats.busy_fractions(time.perf_counter())
             bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
             bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%",
@@ -186,16 +185,15 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
                       f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
 
         tracker = EpochTracker(cfg, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
-                               len(placement.groups), on_step, on_epoch, lambda: run.lines, state)
+                               len(placement.groups), on_step, on_epoch, lambda: run.lines, state, stats)
         attempt_opts = AttemptOptions(
-            window=opts.window, trace_dir=str(run.path) if opts.trace else None, delays=opts.delays or {},
+            window=opts.window, trace_dir=str(run.path) if opts.trace else None,
             checkpoint_every=opts.checkpoint_every, heartbeat_timeout=opts.heartbeat_timeout,
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
             resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc)
         coord = Coordinator(cfg, data, placement, str(run.path), needs_input=needs_input, opts=attempt_opts,
                             store=store, tracker=tracker, start=start,
                             next_checkpoint_id=(latest[0] + 1) if latest else 1)
-        coord_box["c"] = coord
         try:
             with coord:
                 coord.start()

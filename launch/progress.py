@@ -63,12 +63,13 @@ class EpochTracker:
 
     def __init__(self, cfg: RunConfig, steps: int, n_test: int, num_workers: int,
                  on_step: Callable[[StepRecord], None], on_epoch: Callable[[EpochRecord], None],
-                 lines: Callable[[], int], state: TrackerState | None = None):
+                 lines: Callable[[], int], state: TrackerState | None = None,
+                 stats: PipelineStats | None = None):
         self.cfg, self.steps, self.n_test = cfg, steps, n_test
         self.on_step, self.on_epoch, self.lines = on_step, on_epoch, lines
         self.last_rank = num_workers - 1
         self.schedule = optim_and_schedule(cfg)[1]
-        self.stats = PipelineStats()
+        self.stats = stats or PipelineStats()
         self.local_losses: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
         self.test: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])   # correct, n, batches
         self.fed: dict[int, int] = {}

@@ -25,7 +25,6 @@ class WorkerSpec:
     """Everything a worker needs, as plain data handed to the new process (never sent over the wire)."""
 
     rank: int
-    num_workers: int
     modules: list[int]            # indices into the run's list of local modules
     config: dict                  # engine.config.RunConfig.to_dict(), fully resolved
     inbox: Link                   # this worker binds it; activations (or the coordinator's batches) arrive
@@ -40,7 +39,6 @@ class WorkerSpec:
     send_input: bool = False      # forward the network input x downstream (a later stage needs it)
     trace_path: str | None = None
     data_stats: dict = field(default_factory=dict)   # {"mean": [...], "std": [...]} for InfoPro
-    delay_s: float = 0.0          # extra seconds per training step: a deliberately slow worker (tests, demos)
     resume_dir: str | None = None  # a committed checkpoint folder to start from (per-layer files)
     fault: dict | None = None     # workers.faults.Fault as a dict, for this worker only
     malloc: str = "return"        # 'return': freed activations go back to the OS (less memory, ~2x slower on
@@ -230,9 +228,8 @@ class Worker:
         stage_input = x if self.stage.needs_input else None
         result = self.stage.train_step(h, y, stage_input, step=msg.step,
                                        emit=None if self.is_last else emit)
-        delay = self.spec.delay_s or (self.fault.delay if self.fault and self.fault.kind == "slow" else 0.0)
-        if delay:
-            time.sleep(delay)
+        if self.fault is not None and self.fault.kind == "slow":
+            time.sleep(self.fault.delay)
         t1 = time.perf_counter()
         self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step,
                          sent.get("t", t0), t1)

@@ -7,6 +7,7 @@ from engine.config import RunConfig, build_network, optim_and_schedule, resolve
 from engine.data import build_dataset
 from engine.trainer import SequentialTrainer
 from launch.pipeline import PipelineOptions, train_pipeline
+from workers.faults import Fault
 
 
 def small_run(rule: str, epochs: int = 2, max_steps: int | None = None) -> tuple[RunConfig, object]:
@@ -70,7 +71,8 @@ def test_slow_worker_keeps_queues_bounded_and_weights_equal(tmp_path):
     cfg, data = small_run("auglocal", epochs=1)
     model, aux, _, _ = sequential_reference(cfg, data)
     out = tmp_path / "slow"
-    opts = PipelineOptions(workers="3", balance="flops", threads=1, window=2, delays={1: 0.3})
+    opts = PipelineOptions(workers="3", balance="flops", threads=1, window=2,
+                           fault=Fault("slow", worker=1, delay=0.3))
     assert train_pipeline(cfg, data, opts, out=str(out), progress=False) == 0
     assert_same_weights(model, aux, out)
     summary = json.loads((out / "summary.json").read_text())
