@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from engine.feed import EpochEnd, EvalBatch, FeedShape, TrainStep, feed_plan
 from engine.models.base import LayeredModel
 from engine.rules import build_local_modules
 from engine.schedule import LRSchedule, OptimConfig
@@ -75,37 +76,44 @@ class SequentialTrainer:
     def fit(self, data, epochs: int, batch_size: int, *, max_steps: int | None = None,
             on_step: Callable[[StepRecord], None] | None = None,
             on_epoch: Callable[[EpochRecord], None] | None = None) -> list[EpochRecord]:
-        """Train for `epochs` (or until `max_steps` minibatches), evaluating after every epoch."""
+        """Train for `epochs` (or until `max_steps` minibatches), evaluating after every epoch.
+
+        The order of steps and evaluations is the feed plan's (engine/feed.py), the same the pipeline's
+        coordinator feeds; checkpoint markers mean nothing in one process and are skipped."""
+        shape = FeedShape(epochs, data.steps_per_epoch(batch_size), data.num_test_batches(batch_size), max_steps)
         history: list[EpochRecord] = []
         best = 0.0
-        global_step = 0
-        steps = data.steps_per_epoch(batch_size)
-        for epoch in range(epochs):
-            t_epoch = time.perf_counter()
-            loss_sum = correct = seen = 0.0
-            for step in range(steps):
-                if max_steps is not None and global_step >= max_steps:
-                    break
+        t_epoch = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        hits = tested = 0
+        for event in feed_plan(shape):
+            if isinstance(event, TrainStep):
                 t0 = time.perf_counter()
-                x, y = data.train_batch(self.stage.seed, epoch, step, batch_size)
-                res = self.train_step(x, y, epoch, step)
+                x, y = data.train_batch(self.stage.seed, event.epoch, event.step, batch_size)
+                res = self.train_step(x, y, event.epoch, event.step)
                 top_loss = float(res.losses[max(res.losses)])
                 n = res.batch_size
                 loss_sum += top_loss * n
                 correct += float(res.correct)
                 seen += n
-                global_step += 1
                 if on_step is not None:
-                    on_step(StepRecord(epoch, step, global_step, top_loss, 100.0 * float(res.correct) / n,
-                                       self.stage.schedule(epoch), n / (time.perf_counter() - t0),
-                                       res.loss_values(), n))
-            if seen == 0:
-                break
-            acc = evaluate(self.model, data.test_batches(batch_size), self.device)
-            best = max(best, acc)
-            record = EpochRecord(epoch, loss_sum / seen, 100.0 * correct / seen, acc, best,
-                                 time.perf_counter() - t_epoch)
-            history.append(record)
-            if on_epoch is not None:
-                on_epoch(record)
+                    on_step(StepRecord(event.epoch, event.step, event.global_step + 1, top_loss,
+                                       100.0 * float(res.correct) / n, self.stage.schedule(event.epoch),
+                                       n / (time.perf_counter() - t0), res.loss_values(), n))
+            elif isinstance(event, EvalBatch):
+                x, y = data.test_batch(event.index, batch_size)
+                logits = self.stage.eval_step(x)
+                hits += int((logits.argmax(1).cpu() == y).sum())
+                tested += int(y.shape[0])
+            elif isinstance(event, EpochEnd):
+                acc = 100.0 * hits / max(tested, 1)
+                best = max(best, acc)
+                record = EpochRecord(event.epoch, loss_sum / seen, 100.0 * correct / seen, acc, best,
+                                     time.perf_counter() - t_epoch)
+                history.append(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+                loss_sum = correct = seen = 0.0
+                hits = tested = 0
+                t_epoch = time.perf_counter()
         return history

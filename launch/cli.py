@@ -18,6 +18,12 @@ exit codes: 0 success, 1 training failed, 2 bad input (unknown model/rule/data s
 missing data directory)."""
 
 
+def fault_help() -> str:
+    from workers.faults import help_text
+
+    return help_text().replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="auglocal-launch",
@@ -101,10 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue RUN_DIR from its last committed checkpoint (any --workers/--gpus)")
     f.add_argument("--inject-fault", metavar="FAULT", default=None,
-                   help="fault injection for tests and demos, e.g. kill:worker=1:step=3, hang:worker=0:step=2, "
-                        "slow:worker=1:delay=0.5, corrupt|truncated|foreign:worker=0:step=2, "
-                        "kill-checkpoint:worker=1:checkpoint=2, kill-coordinator:step=4 (append :always to "
-                        "repeat after restarts)")
+                   help="fault injection for tests and demos (or AUGLOCAL_INJECT_FAULT): " + fault_help())
     return p
 
 
@@ -166,6 +169,12 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
         print()
         print(plan.format())
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
+    from engine.feed import FeedShape, format_feed
+
+    shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
+                      cfg.max_steps, getattr(args, "checkpoint_every", 0))
+    print("\nfeed plan (the order both trainers follow), first events:")
+    print(format_feed(shape))
     return 0
 
 
@@ -229,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return dry_run(cfg, data, args)
         if args.sequential:
-            from launch.sequential import train_sequential
+            from launch.sequential import sequential_device, train_sequential
+
+            cfg.device = sequential_device(args.gpus)
 
             return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads,
                                     malloc=args.worker_malloc)

@@ -1,8 +1,10 @@
-"""The coordinator of one attempt: spawn workers, feed minibatches, place checkpoint markers, collect metrics.
+"""The coordinator of one attempt: spawn workers, feed the feed plan, collect reports, commit checkpoints.
 
 One `Coordinator` runs one attempt from a start position (the beginning, or the position after a committed
-checkpoint). Any failure (a worker exits, hangs, or reports a rejected message) raises `WorkerFailed`;
-`launch.supervisor` then stops everything and starts a new attempt from the last committed checkpoint.
+checkpoint). Any failure (a worker exits, hangs, or reports that it cannot go on) raises `WorkerFailed`; the
+attempt loop (`launch.pipeline.run_attempts`) then stops everything and starts a new attempt from the last
+committed checkpoint. The coordinator takes its links, its worker launcher and its clock from outside, so a
+test can drive it in one process with in-memory links (workers/memlink.py).
 """
 
 from __future__ import annotations
@@ -14,46 +16,59 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import psutil
+
 from engine.config import RunConfig
+from engine.feed import (
+    CheckpointMarker,
+    EpochEnd,
+    EpochFed,
+    EvalBatch,
+    FeedShape,
+    Position,
+    Stop,
+    TrainStep,
+    feed_plan,
+)
 from launch.checkpoints import CheckpointStore
 from launch.progress import EpochTracker
+from workers import protocol
 from workers.faults import Fault, die
-from workers.messages import Codec, Kind, Message
-from workers.transport import Link, Receiver, Sender, ipc_address
-from workers.worker import WorkerSpec, worker_main
+from workers.messages import Codec, Kind, Message, MessageError
+from workers.protocol import CheckpointMeta, InboxSchema, NoMeta, Route, TrainMeta, activation_spec
+from workers.transport import Link, ipc_address
+from workers.worker import WorkerSpec, worker_main, worker_name
 
 POLL_MS = 50
 READY_TIMEOUT_S = 300.0
 
+__all__ = ["AttemptOptions", "Coordinator", "Placement", "Position", "RunCounters", "WorkerFailed"]
+
 
 class WorkerFailed(RuntimeError):
-    """A worker process died, hung or rejected a message; the text names it and its layers."""
+    """A worker process died, hung or could not go on; the text names it and its layers.
 
-    def __init__(self, rank: int, layers: list[int], what: str):
-        self.rank, self.layers, self.what = rank, layers, what
+    `restartable` is False when a new attempt would fail the same way (a full disk): the run stops."""
+
+    def __init__(self, rank: int | None, layers: list[int], what: str, restartable: bool = True):
+        self.rank, self.layers, self.what, self.restartable = rank, layers, what, restartable
         self.detected_at = time.perf_counter()   # recovery time counts from here, stopping the workers included
-        super().__init__(f"worker {rank} (layers {layers[0]}..{layers[-1]}) {what}")
+        who = f"worker {rank} (layers {layers[0]}..{layers[-1]})" if rank is not None else "a process of this run"
+        super().__init__(f"{who} {what}")
 
 
 @dataclass
 class Placement:
-    """Which local modules each worker runs, where, with how many threads."""
+    """Which local modules each worker runs, where, with how many threads, and the shape of its input."""
 
     groups: list[list[int]]
     layer_ids: list[list[int]]
     devices: list[str]
     threads: list[int]
-
-
-@dataclass
-class Position:
-    """Where feeding (re)starts: the next minibatch and how many were fed before it."""
-
-    epoch: int = 0
-    step: int = 0
-    global_step: int = 0
+    input_shapes: list[tuple[int, ...]] | None = None   # per worker: one input activation's shape (no batch)
 
 
 @dataclass
@@ -63,10 +78,17 @@ class AttemptOptions:
     window: int = 2
     trace_dir: str | None = None
     checkpoint_every: int = 0            # steps between checkpoints; 0 = only at epoch ends
-    heartbeat_timeout: float = 120.0     # seconds without any message from a busy worker = hung
+    heartbeat_timeout: float = 120.0     # seconds without any message from a worker that is not waiting = hung
     fault: Fault | None = None
     resume_dir: str | None = None        # committed checkpoint folder the workers load
     malloc: str = "return"               # worker allocator policy, see WorkerSpec.malloc
+
+
+@dataclass
+class RunCounters:
+    """What the whole run counts across attempts (the attempt loop owns it, attempts add to it)."""
+
+    rejected: int = 0                    # strangers' messages dropped, by the workers and by the coordinator
 
 
 def forkserver_context() -> mp.context.BaseContext:
@@ -76,31 +98,87 @@ def forkserver_context() -> mp.context.BaseContext:
     return ctx
 
 
+class WorkerProcess:
+    """A worker process started from the forkserver, watched by its pid as well.
+
+    If the forkserver dies, multiprocessing reports its children as exited (code 255) although they run on,
+    reparented to init: `orphaned` tells that case apart and `stop` ends them through their pid."""
+
+    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext):
+        self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
+        self.process.start()
+        self._ps = psutil.Process(self.process.pid)
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.process.exitcode
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def orphaned(self) -> bool:
+        try:
+            return self._ps.is_running() and self._ps.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=10)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=5)
+        if self.orphaned():
+            try:
+                self._ps.terminate()
+                self._ps.wait(timeout=10)
+            except psutil.TimeoutExpired:
+                self._ps.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def join(self, timeout: float) -> None:
+        self.process.join(timeout=timeout)
+
+
 class Coordinator:
     """Runs one attempt. Use as a context manager: leaving it always stops every worker (no orphans)."""
 
     def __init__(self, cfg: RunConfig, data, placement: Placement, run_dir: str, *, needs_input: list[bool],
                  opts: AttemptOptions, store: CheckpointStore, tracker: EpochTracker,
-                 start: Position | None = None, next_checkpoint_id: int = 1):
+                 start: Position | None = None, next_checkpoint_id: int = 1, counters: RunCounters | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         self.cfg, self.data, self.placement, self.run_dir = cfg, data, placement, run_dir
         self.opts, self.store, self.tracker = opts, store, tracker
         self.start_at = start or Position()
         self.next_ckpt = next_checkpoint_id
+        self.counters = counters or RunCounters()
+        self.clock = clock
         self.run_id = uuid.uuid4().hex[:12]
         self.codec = Codec(self.run_id, secrets.token_hex(16))
         self.tmp = tempfile.mkdtemp(prefix="auglocal-")
-        k = len(placement.groups)
-        self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), opts.window) for r in range(k)]
+        self.k = len(placement.groups)
+        self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), opts.window) for r in range(self.k)]
         self.results_link = Link(ipc_address("results", self.tmp), window=64)
         self.needs_input = needs_input
-        self.procs: list[mp.Process] = []
-        self.results: Receiver | None = None
-        self.feed: Sender | None = None
+        self.ranks = {worker_name(r): r for r in range(self.k)}
+        self.workers: list = []
+        self.results = None
+        self.feed = None
         self.stats = tracker.stats
+        self.ready: set[int] = set()
         self.stopped: set[int] = set()
         self.last_seen: dict[int, float] = {}
-        self.pending: dict[int, dict] = {}          # checkpoint id -> {"acks": set, "snapshot": ..., "pos": ...}
+        self.waiting: dict[int, str | None] = {}
+        self.pending: dict[int, dict] = {}          # checkpoint id -> {"acks": set, "pos": Position}
         self.committed: list[int] = []
+        self.handlers: dict[Kind, Callable[[Message], None]] = {
+            Kind.READY: self._on_ready, Kind.HEARTBEAT: lambda msg: None, Kind.METRICS: self._on_metrics,
+            Kind.EVAL_RESULT: self._on_eval_result, Kind.CHECKPOINT_ACK: self._on_checkpoint_ack,
+            Kind.STOPPED: self._on_stopped, Kind.ERROR: self._on_error, Kind.REJECTED: self._on_rejected,
+        }
+        protocol.check_handlers(self.handlers, Route.REPORT, "coordinator")
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> Coordinator:
@@ -111,124 +189,162 @@ class Coordinator:
 
     def _fault_for(self, rank: int) -> dict | None:
         f = self.opts.fault
-        return f.to_dict() if f is not None and f.kind != "kill-coordinator" and f.worker == rank else None
+        return f.to_dict() if f is not None and f.for_worker(rank) else None
+
+    def _schema(self, rank: int) -> InboxSchema | None:
+        if self.placement.input_shapes is None:
+            return None
+        size = self.cfg.input_size
+        return InboxSchema(activation=activation_spec(self.placement.input_shapes[rank]),
+                           image=activation_spec((3, size, size)))
 
     def specs(self) -> list[WorkerSpec]:
-        k = len(self.placement.groups)
         stats = {"mean": list(self.data.mean), "std": list(self.data.std)}
+        heartbeat_s = min(1.0, self.opts.heartbeat_timeout / 4)
         out = []
         for r, group in enumerate(self.placement.groups):
             later_needs_x = any(self.needs_input[j] for g in self.placement.groups[r + 1:] for j in g)
             trace = os.path.join(self.opts.trace_dir, f"trace_worker{r}.jsonl") if self.opts.trace_dir else None
             out.append(WorkerSpec(
                 rank=r, modules=list(group), config=self.cfg.to_dict(),
-                inbox=self.inboxes[r], outbox=self.inboxes[r + 1] if r + 1 < k else None,
+                inbox=self.inboxes[r], outbox=self.inboxes[r + 1] if r + 1 < self.k else None,
                 results=self.results_link, run_id=self.run_id, secret=self.codec.secret, out_dir=self.run_dir,
-                coordinator_pid=os.getpid(), threads=self.placement.threads[r],
+                coordinator_pid=os.getpid(), schema=self._schema(r), threads=self.placement.threads[r],
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
-                resume_dir=self.opts.resume_dir, fault=self._fault_for(r),
+                resume_dir=self.opts.resume_dir, fault=self._fault_for(r), heartbeat_s=heartbeat_s,
                 malloc=self.opts.malloc))
         return out
 
+    def attach(self, results, feed, workers: list) -> None:
+        """Use these links and worker handles (tests: in-memory links and stand-in processes)."""
+        self.results, self.feed, self.workers = results, feed, list(workers)
+        self.results.on_foreign = self._count_stranger
+        now = self.clock()
+        self.last_seen = {r: now for r in range(self.k)}
+
     def start(self) -> None:
         """Bind the results inbox, spawn the workers and wait until each reports ready."""
-        self.results = self.results_link.receiver(self.codec, "coordinator")
+        results = self.results_link.receiver(self.codec, "coordinator")
         ctx = forkserver_context()
-        for spec in self.specs():
-            p = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
-            p.start()
-            self.procs.append(p)
-        self.feed = self.inboxes[0].sender(self.codec)
-        ready: set[int] = set()
+        workers = []
+        try:
+            for spec in self.specs():
+                workers.append(WorkerProcess(spec, ctx))
+        finally:
+            self.attach(results, self.inboxes[0].sender(self.codec), workers)
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while len(ready) < len(self.procs):
+        while len(self.ready) < self.k:
             if time.monotonic() > deadline:
-                r = min(set(range(len(self.procs))) - ready)
-                raise WorkerFailed(r, self.placement.layer_ids[r], f"not ready after {READY_TIMEOUT_S:.0f} s")
-            msg = self._poll(POLL_MS)
-            if msg is not None and msg.kind is Kind.ACK and msg.meta.get("op") == "ready":
-                ready.add(int(msg.meta["rank"]))
+                r = min(set(range(self.k)) - self.ready)
+                raise self._fail(r, f"not ready after {READY_TIMEOUT_S:.0f} s")
+            self._drain(POLL_MS)
         now = time.perf_counter()
         self.stats.started = now
-        self.last_seen = {r: now for r in range(len(self.procs))}
+        self.last_seen = {r: self.clock() for r in range(self.k)}
 
     def shutdown(self) -> None:
         """Stop whatever still runs, close sockets, remove the ipc folder."""
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-        for p in self.procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=5)
+        for w in self.workers:
+            w.stop()
         for end in (self.feed, self.results):
             if end is not None:
                 end.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # --- failure detection -------------------------------------------------------------------------------
-    def _fail(self, rank: int, what: str) -> WorkerFailed:
-        return WorkerFailed(rank, self.placement.layer_ids[rank], what)
+    def _fail(self, rank: int | None, what: str, restartable: bool = True) -> WorkerFailed:
+        layers = self.placement.layer_ids[rank] if rank is not None else []
+        return WorkerFailed(rank, layers, what, restartable)
 
     def check_workers(self) -> None:
-        """A worker that exited (unless after its stop), or that was silent too long while busy, has failed."""
-        now = time.perf_counter()
-        for r, p in enumerate(self.procs):
-            if not p.is_alive() and not (r in self.stopped and p.exitcode == 0):
-                raise self._fail(r, f"died with exit code {p.exitcode}")
-        # Workers upstream of a hung one fall silent too (blocked on a full link), but only after it did:
-        # blame the one silent longest, not the first in rank order.
-        silent = {r: now - self.last_seen.get(r, now) for r in range(len(self.procs)) if r not in self.stopped}
-        if silent:
-            r = max(silent, key=silent.get)
-            if silent[r] > self.opts.heartbeat_timeout:
-                raise self._fail(r, f"hung: no heartbeat or progress for {silent[r]:.0f} s "
-                                    f"(--heartbeat-timeout {self.opts.heartbeat_timeout:g})")
+        """A worker that exited (unless after its stop) has failed; so has one silent too long while not waiting.
+
+        Workers heartbeat inside every wait, also while blocked on a full link, so silence means computing
+        or stuck. Should several be silent, the one not blocked on a peer, then the one silent longest,
+        is blamed."""
+        for r, w in enumerate(self.workers):
+            if not w.is_alive() and not (r in self.stopped and w.exitcode == 0):
+                if w.orphaned():
+                    raise self._fail(r, "lost its launcher: the forkserver died (its workers were stopped)")
+                raise self._fail(r, f"died with exit code {w.exitcode}")
+        now = self.clock()
+        timeout = self.opts.heartbeat_timeout
+        silent = {r: now - self.last_seen.get(r, now) for r in self.ready if r not in self.stopped}
+        over = {r: s for r, s in silent.items() if s > timeout}
+        if over:
+            unblocked = {r: s for r, s in over.items() if self.waiting.get(r) != "send"}
+            pool = unblocked or over
+            r = max(pool, key=pool.get)
+            raise self._fail(r, f"hung: no heartbeat or progress for {pool[r]:.0f} s "
+                                f"(--heartbeat-timeout {timeout:g})")
 
     def _poll(self, timeout_ms: float) -> Message | None:
+        """Next report of this run, validated and attributed to its worker; strangers are counted and dropped."""
         try:
-            msg = self.results.recv(timeout_ms)
+            msg = protocol.validate(self.results.recv(timeout_ms), Route.REPORT)
         except TimeoutError:
             self.check_workers()
             return None
-        rank = msg.meta.get("rank")
-        if isinstance(rank, int):
-            self.last_seen[rank] = time.perf_counter()
+        except MessageError as err:
+            raise self._fail(self.ranks.get(err.sender), f"sent a malformed report: {err}") from err
+        rank = self.ranks.get(msg.sender)
+        if rank is None:
+            raise self._fail(None, f"reported as unknown sender {msg.sender!r}")
+        self.last_seen[rank] = self.clock()
+        self.waiting[rank] = msg.meta.waiting if msg.kind is Kind.HEARTBEAT else None
         return msg
 
-    # --- message handling --------------------------------------------------------------------------------
-    def handle(self, msg: Message) -> None:
-        op = msg.meta.get("op")
-        if msg.kind is Kind.ACK and op == "stop":
-            rank = int(msg.meta["rank"])
-            self.stopped.add(rank)
-            self.stats.updates.update({int(k): int(v) for k, v in msg.meta["updates"].items()})
-            self.stats.gpu_peak_bytes[rank] = int(msg.meta.get("gpu_peak_bytes", 0))
-            self.stats.rejected += int(msg.meta.get("rejected", 0))
-            if rank + 1 < len(self.procs):
-                self.stats.max_in_flight[rank + 1] = int(msg.meta["max_in_flight"])
-        elif msg.kind is Kind.ACK and op == "checkpoint":
-            self._checkpoint_ack(int(msg.meta["id"]), int(msg.meta["rank"]))
-        elif msg.kind is Kind.CONTROL and op == "error":
-            raise self._fail(int(msg.meta["rank"]), f"stopped: {msg.meta.get('detail', '')}")
-        elif msg.kind is Kind.CONTROL and op == "rejected":
-            pass   # counted by the worker, reported with its stop acknowledgement
-        elif msg.kind is Kind.HEARTBEAT:
-            pass
-        else:
-            self.tracker.handle(msg)
+    def _drain(self, timeout_ms: float = 0) -> None:
+        msg = self._poll(timeout_ms)
+        while msg is not None:
+            protocol.dispatch(self.handlers, msg)
+            msg = self._poll(0)
 
-    def _checkpoint_ack(self, ckpt_id: int, rank: int) -> None:
-        entry = self.pending[ckpt_id]
+    # --- report handlers ---------------------------------------------------------------------------------
+    def _count_stranger(self, err: MessageError) -> None:
+        self.counters.rejected += 1
+
+    def _on_ready(self, msg: Message) -> None:
+        self.ready.add(self.ranks[msg.sender])
+
+    def _on_metrics(self, msg: Message) -> None:
+        self.tracker.metrics(self.ranks[msg.sender], msg.epoch, msg.step, msg.meta)
+
+    def _on_eval_result(self, msg: Message) -> None:
+        if self.ranks[msg.sender] != self.k - 1:
+            raise self._fail(self.ranks[msg.sender], "reported a test result although it is not the last worker")
+        self.tracker.eval_result(msg.epoch, msg.meta)
+
+    def _on_rejected(self, msg: Message) -> None:
+        self.counters.rejected += 1
+
+    def _on_error(self, msg: Message) -> None:
+        raise self._fail(self.ranks[msg.sender], f"stopped: {msg.meta.detail}", msg.meta.restartable)
+
+    def _on_stopped(self, msg: Message) -> None:
+        rank = self.ranks[msg.sender]
+        self.stopped.add(rank)
+        self.stats.updates.update({int(k): int(v) for k, v in msg.meta.updates.items()})
+        self.stats.gpu_peak_bytes[rank] = msg.meta.gpu_peak_bytes
+        if rank + 1 < self.k:
+            self.stats.max_in_flight[rank + 1] = msg.meta.max_in_flight
+
+    def _on_checkpoint_ack(self, msg: Message) -> None:
+        """Commit a checkpoint once every worker has written its layers. At that moment exactly the steps
+        before the marker are complete (see EpochTracker), so the tracker's snapshot belongs to it."""
+        ckpt_id, rank = msg.meta.id, self.ranks[msg.sender]
+        entry = self.pending.get(ckpt_id)
+        if entry is None or rank in entry["acks"]:
+            raise self._fail(rank, f"acknowledged checkpoint {ckpt_id}, which is not pending for it")
         entry["acks"].add(rank)
-        if rank == len(self.procs) - 1:
-            # the last worker reports every minibatch before the marker ahead of its ack, and none after it
-            entry["snapshot"] = self.tracker.snapshot()
-        if len(entry["acks"]) == len(self.procs):
+        if len(entry["acks"]) == self.k:
             pos: Position = entry["pos"]
             self.store.commit(ckpt_id, {"id": ckpt_id, "next_epoch": pos.epoch, "next_step": pos.step,
-                                        "global_step": pos.global_step, "tracker": entry["snapshot"].to_dict(),
+                                        "global_step": pos.global_step,
+                                        "tracker": self.tracker.snapshot().to_dict(),
                                         "config": self.cfg.to_dict(), "created": time.time()})
             self.committed.append(ckpt_id)
             del self.pending[ckpt_id]
@@ -245,60 +361,49 @@ class Coordinator:
                 self.check_workers()
         self._drain()
 
-    def _drain(self) -> None:
-        while (msg := self._poll(0)) is not None:
-            self.handle(msg)
+    def _feed_train(self, event: TrainStep) -> None:
+        x, y = self.data.train_batch(self.cfg.seed, event.epoch, event.step, self.cfg.batch_size)
+        self._send(Message(Kind.TRAIN, "coordinator", event.epoch, event.step, tensors={"h": x, "y": y},
+                           meta=TrainMeta(event.global_step)))
+        f = self.opts.fault
+        if f is not None and f.fires("feed", g=event.global_step):
+            die()
 
-    def _marker(self, pos: Position) -> None:
+    def _feed_eval(self, event: EvalBatch) -> None:
+        x, y = self.data.test_batch(event.index, self.cfg.batch_size)
+        self._send(Message(Kind.EVAL, "coordinator", event.epoch, event.index, tensors={"h": x, "y": y},
+                           meta=NoMeta()))
+
+    def _feed_marker(self, event: CheckpointMarker) -> None:
         ckpt_id = self.next_ckpt
         self.next_ckpt += 1
         directory = self.store.prepare(ckpt_id)
-        self.pending[ckpt_id] = {"acks": set(), "snapshot": None, "pos": pos}
-        self._send(Message(Kind.CONTROL, "coordinator", pos.epoch, pos.step,
-                           meta={"op": "checkpoint", "id": ckpt_id, "dir": str(directory)}))
+        pos = event.resume_at
+        self.pending[ckpt_id] = {"acks": set(), "pos": pos}
+        self._send(Message(Kind.CHECKPOINT, "coordinator", pos.epoch, pos.step,
+                           meta=CheckpointMeta(ckpt_id, str(directory))))
+
+    def _feed_stop(self, event: Stop) -> None:
+        self._send(Message(Kind.STOP, "coordinator", meta=NoMeta()))
+        while len(self.stopped) < self.k:
+            self._drain(POLL_MS)
+        for w in self.workers:
+            w.join(timeout=30)
+
+    def feed_shape(self) -> FeedShape:
+        bs = self.cfg.batch_size
+        return FeedShape(self.cfg.epochs, self.data.steps_per_epoch(bs), self.data.num_test_batches(bs),
+                         self.cfg.max_steps, self.opts.checkpoint_every)
 
     def run(self) -> None:
-        """Feed minibatches from the start position, each epoch's test batches behind its last training
-        batch, checkpoint markers every `checkpoint_every` steps and at epoch ends, then the stop marker."""
-        cfg, data = self.cfg, self.data
-        bs = cfg.batch_size
-        steps = data.steps_per_epoch(bs)
-        n_test = data.num_test_batches(bs)
-        g = self.start_at.global_step
-        fault = self.opts.fault
-        for epoch in range(self.start_at.epoch, cfg.epochs):
-            first = self.start_at.step if epoch == self.start_at.epoch else 0
-            fed = first
-            for step in range(first, steps):
-                if cfg.max_steps is not None and g >= cfg.max_steps:
-                    break
-                x, y = data.train_batch(cfg.seed, epoch, step, bs)
-                self._send(Message(Kind.TRAIN, "coordinator", epoch, step, tensors={"h": x, "y": y},
-                                   meta={"g": g}))
-                g += 1
-                fed += 1
-                if fault is not None and fault.kind == "kill-coordinator" and g - 1 == fault.step:
-                    die()
-                every = self.opts.checkpoint_every
-                if every and g % every == 0 and step + 1 < steps:
-                    self._marker(Position(epoch, step + 1, g))
-            if fed == 0:
-                break
-            self.tracker.expect_epoch(epoch, fed)
-            for i in range(n_test):
-                x, y = data.test_batch(i, bs)
-                self._send(Message(Kind.EVAL, "coordinator", epoch, i, tensors={"h": x, "y": y}))
-            self._marker(Position(epoch + 1, 0, g))
-        self._send(Message(Kind.CONTROL, "coordinator", meta={"op": "stop"}))
-        while len(self.stopped) < len(self.procs):
-            msg = self._poll(POLL_MS)
-            if msg is not None:
-                self.handle(msg)
-        for p in self.procs:
-            p.join(timeout=30)
+        """Feed the feed plan from the start position, then wait for every worker's stop report."""
+        feeders = {TrainStep: self._feed_train, EvalBatch: self._feed_eval, CheckpointMarker: self._feed_marker,
+                   EpochFed: lambda e: self.tracker.expect_epoch(e.epoch, e.steps), EpochEnd: lambda e: None,
+                   Stop: self._feed_stop}
+        for event in feed_plan(self.feed_shape(), self.start_at):
+            feeders[type(event)](event)
 
 
 def default_devices(k: int, gpus: list[str]) -> list[str]:
     """Worker r goes to gpus[r % len(gpus)]; 'cpu' everywhere when no GPU is named."""
     return [gpus[r % len(gpus)] for r in range(k)] if gpus else ["cpu"] * k
-

@@ -11,16 +11,24 @@ import torch
 from tqdm import tqdm
 
 from engine.config import RunConfig, UsageError, build_network
-from engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
+from engine.planning import PipelinePlan, layer_output_shapes, make_plan, module_costs_flops, module_costs_timed
 from engine.rules import build_local_modules
 from engine.trainer import EpochRecord, StepRecord
 from launch.checkpoints import CheckpointStore
-from launch.coordinator import AttemptOptions, Coordinator, Placement, Position, WorkerFailed, default_devices
+from launch.coordinator import (
+    AttemptOptions,
+    Coordinator,
+    Placement,
+    Position,
+    RunCounters,
+    WorkerFailed,
+    default_devices,
+)
 from launch.plots import plot_curves
 from launch.progress import EpochTracker, PipelineStats, TrackerState
 from launch.run_dir import RunDir, default_run_dir
 from launch.sequential import save_networks
-from workers.faults import Fault
+from workers.faults import Fault, check_target
 
 
 @dataclass
@@ -108,8 +116,11 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions) -> tuple[Pipeline
     else:
         costs = module_costs_timed(modules, x, y, steps=2)
         plan = make_plan(modules, k, cfg.batch_size, costs)
+    shapes = layer_output_shapes(model)
+    inputs = [shapes[plan.layer_ids[r][0] - 1] if plan.layer_ids[r][0] > 0 else (3, cfg.input_size, cfg.input_size)
+              for r in range(k)]
     placement = Placement(groups=plan.groups, layer_ids=plan.layer_ids, devices=default_devices(k, gpus),
-                          threads=[opts.threads] * k)
+                          threads=[opts.threads] * k, input_shapes=inputs)
     return plan, placement, [m.needs_input for m in modules]
 
 
@@ -125,14 +136,11 @@ def _expected_updates(cfg: RunConfig, data) -> int:
 
 
 def check_fault_target(fault: Fault | None, k: int) -> None:
-    """A fault aimed at a worker that does not exist (or at a link the last worker lacks) would never fire."""
-    if fault is None or fault.kind == "kill-coordinator":
-        return
-    if not 0 <= fault.worker < k:
-        raise UsageError(f"--inject-fault {fault.kind}: worker {fault.worker} does not exist (this run has {k})")
-    if fault.kind in ("corrupt", "truncated", "foreign") and fault.worker == k - 1:
-        raise UsageError(f"--inject-fault {fault.kind}: worker {fault.worker} is the last one and has no outgoing "
-                         "link; choose an earlier worker")
+    """A fault that could never fire in a run of `k` workers is bad input (see workers.faults.check_target)."""
+    try:
+        check_target(fault, k)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _note_recovery(restarts: list[dict], coord: Coordinator, t_failed: float | None) -> None:
@@ -142,23 +150,84 @@ def _note_recovery(restarts: list[dict], coord: Coordinator, t_failed: float | N
         restarts[-1]["recovery_s"] = (done - t_failed) if (done is not None and t_failed is not None) else None
 
 
-def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None = None,
-                   progress: bool = True, resume: bool = False) -> int:
-    """Train with worker processes, restarting from the last committed checkpoint after a failure.
+@dataclass
+class PreparedRun:
+    """What every attempt shares: the config, data, plan, run folder and checkpoint store."""
 
-    Returns the exit code: 0 done, 1 failed after --max-restarts restarts (or update counters disagree)."""
+    cfg: RunConfig
+    data: object
+    opts: PipelineOptions
+    plan: PipelinePlan
+    placement: Placement
+    needs_input: list[bool]
+    run: RunDir
+    store: CheckpointStore
+    progress: bool
+
+
+@dataclass
+class Outcome:
+    """How the attempts ended: the last coordinator's stats, every restart, and the error if they ran out."""
+
+    stats: PipelineStats
+    tracker: EpochTracker
+    restarts: list[dict]
+    counters: RunCounters
+    error: WorkerFailed | None = None
+    last_checkpoint: int | None = None
+
+
+def prepare_run(cfg: RunConfig, data, opts: PipelineOptions, out: str | None, progress: bool,
+                resume: bool) -> PreparedRun:
+    """Plan the partition, open the run folder and write its config and plan."""
     if not opts.gpus:
         cfg.device = "cpu"
     plan, placement, needs_input = plan_pipeline(cfg, data, opts)
     check_fault_target(opts.fault, len(placement.groups))
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
-    store = CheckpointStore(run.path)
     if not resume:
         run.write_json("config.json", cfg.to_dict())
     run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads})
     print(plan.format())
+    return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, CheckpointStore(run.path), progress)
+
+
+def _attempt_callbacks(p: PreparedRun, bar: tqdm, stats: PipelineStats):
+    """The progress bar and metrics.jsonl writers of one attempt."""
+    cfg, run = p.cfg, p.run
+
+    def on_step(r: StepRecord) -> None:
+        run.log("step", r)
+        busy = stats.busy_fractions(time.perf_counter())
+        bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
+        bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%",
+                        img_s=f"{stats.images_done / max(time.perf_counter() - stats.started, 1e-9):.0f}",
+                        busy="/".join(f"{100 * b:.0f}" for b in busy))
+        bar.update(1)
+
+    def on_epoch(r: EpochRecord) -> None:
+        run.log("epoch", r)
+        bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
+                  f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
+
+    return on_step, on_epoch
+
+
+def _describe_checkpoint(latest) -> str:
+    if not latest:
+        return "no checkpoint yet (restart from the beginning)"
+    return (f"checkpoint {latest[0]} (next minibatch: epoch {latest[1]['next_epoch'] + 1}, step "
+            f"{latest[1]['next_step']})")
+
+
+def run_attempts(p: PreparedRun, resume: bool) -> Outcome:
+    """Attempts until one finishes: after a failure, stop every worker and restart from the last committed
+    checkpoint, at most --max-restarts times. The fault (if any) fires in the first attempt only, unless
+    it says `always`."""
+    cfg, data, opts, run, store = p.cfg, p.data, p.opts, p.run, p.store
     latest = store.latest() if resume else None
     restarts: list[dict] = []
+    counters = RunCounters()
     t_failed: float | None = None
     attempt = 0
     while True:
@@ -166,60 +235,56 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
         run.truncate_metrics(state.metrics_lines)
         start = (Position(latest[1]["next_epoch"], latest[1]["next_step"], latest[1]["global_step"])
                  if latest else Position())
-        bar = _progress_bar(cfg, data, progress, state.steps_done)
-
+        bar = _progress_bar(cfg, data, p.progress, state.steps_done)
         stats = PipelineStats()
-
-        def on_step(r: StepRecord, bar=bar, stats=stats) -> None:
-            run.log("step", r)
-            busy = stats.busy_fractions(time.perf_counter())
-            bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
-            bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%",
-                            img_s=f"{stats.images_done / max(time.perf_counter() - stats.started, 1e-9):.0f}",
-                            busy="/".join(f"{100 * b:.0f}" for b in busy))
-            bar.update(1)
-
-        def on_epoch(r: EpochRecord, bar=bar) -> None:
-            run.log("epoch", r)
-            bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
-                      f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
-
+        on_step, on_epoch = _attempt_callbacks(p, bar, stats)
         tracker = EpochTracker(cfg, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
-                               len(placement.groups), on_step, on_epoch, lambda: run.lines, state, stats)
+                               len(p.placement.groups), on_step, on_epoch, lambda: run.lines, state, stats)
         attempt_opts = AttemptOptions(
             window=opts.window, trace_dir=str(run.path) if opts.trace else None,
             checkpoint_every=opts.checkpoint_every, heartbeat_timeout=opts.heartbeat_timeout,
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
             resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc)
-        coord = Coordinator(cfg, data, placement, str(run.path), needs_input=needs_input, opts=attempt_opts,
+        coord = Coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
                             store=store, tracker=tracker, start=start,
-                            next_checkpoint_id=(latest[0] + 1) if latest else 1)
+                            next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters)
         try:
             with coord:
                 coord.start()
                 coord.run()
-            break
+            _note_recovery(restarts, coord, t_failed)
+            return Outcome(coord.stats, tracker, restarts, counters)
         except WorkerFailed as err:
             _note_recovery(restarts, coord, t_failed)
             t_failed = err.detected_at
             latest = store.latest()
-            where = f"checkpoint {latest[0]} (next minibatch: epoch {latest[1]['next_epoch'] + 1}, step " \
-                    f"{latest[1]['next_step']})" if latest else "no checkpoint yet (restart from the beginning)"
             restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
                              "restart_from": latest[0] if latest else None})
-            bar.write(f"auglocal-launch: {err}; all workers stopped; last committed: {where}")
+            bar.write(f"auglocal-launch: {err}; all workers stopped; last committed: {_describe_checkpoint(latest)}")
             attempt += 1
-            if attempt > opts.max_restarts:
-                bar.close()
-                print(f"auglocal-launch: giving up after {opts.max_restarts} restart(s). Failed: {err}. "
-                      f"Last committed {where}. Resume with: auglocal-launch --resume {run.path}", file=sys.stderr)
-                run.write_json("failure.json", {"restarts": restarts, "last_checkpoint": latest[0] if latest else None})
-                run.close()
-                return 1
+            if attempt > opts.max_restarts or not err.restartable:
+                return Outcome(coord.stats, tracker, restarts, counters, err, latest[0] if latest else None)
         finally:
             bar.close()
-    _note_recovery(restarts, coord, t_failed)
-    stats = coord.stats
+
+
+def report_failure(p: PreparedRun, outcome: Outcome) -> int:
+    """Say why the run stopped and how to resume it; write failure.json. Returns exit code 1."""
+    err, latest = outcome.error, p.store.latest()
+    why = (f"giving up after {p.opts.max_restarts} restart(s)" if err.restartable
+           else "stopping: a restart would fail the same way")
+    print(f"auglocal-launch: {why}. Failed: {err}. Last committed {_describe_checkpoint(latest)}. "
+          f"Resume with: auglocal-launch --resume {p.run.path}", file=sys.stderr)
+    p.run.write_json("failure.json", {"restarts": outcome.restarts, "last_checkpoint": outcome.last_checkpoint,
+                                      "rejected_messages": outcome.counters.rejected})
+    p.run.close()
+    return 1
+
+
+def report_success(p: PreparedRun, outcome: Outcome) -> int:
+    """Assemble the trained network from the layer files, write summary and pictures, check the counters."""
+    cfg, data, run, opts = p.cfg, p.data, p.run, p.opts
+    stats = outcome.stats
     elapsed = time.perf_counter() - stats.started
     busy = stats.busy_fractions(time.perf_counter())
     expected = _expected_updates(cfg, data)
@@ -229,13 +294,13 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
         "images_per_s": stats.images_done / max(elapsed, 1e-9), "busy_fractions": busy,
         "steady_images_per_s": stats.steady_images_per_s(cfg.batch_size), "updates": updates,
         "expected_updates": expected, "max_in_flight": stats.max_in_flight, "window": opts.window,
-        "gpu_peak_bytes": stats.gpu_peak_bytes, "rejected_messages": stats.rejected, "restarts": restarts,
-        "plan": plan.to_dict()})
-    history = tracker.history
+        "gpu_peak_bytes": stats.gpu_peak_bytes, "rejected_messages": outcome.counters.rejected,
+        "restarts": outcome.restarts, "plan": p.plan.to_dict()})
+    history = outcome.tracker.history
     run.close()
     if history:
         plot_curves(run.read_metrics(), run.path / "curves.png", f"{cfg.model} {cfg.rule} d={cfg.d} on "
-                    f"{cfg.dataset}, {len(placement.groups)} workers")
+                    f"{cfg.dataset}, {len(p.placement.groups)} workers")
     if opts.trace:
         from launch.gantt import draw_gantt, text_gantt
 
@@ -253,3 +318,15 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
               f"{stats.images_done / max(elapsed, 1e-9):.1f} images/s, "
               f"busy {' '.join(f'{100 * b:.0f}%' for b in busy)}; run folder {run.path}")
     return 0
+
+
+def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None = None,
+                   progress: bool = True, resume: bool = False) -> int:
+    """Train with worker processes, restarting from the last committed checkpoint after a failure.
+
+    Returns the exit code: 0 done, 1 failed after --max-restarts restarts (or update counters disagree)."""
+    prepared = prepare_run(cfg, data, opts, out, progress, resume)
+    outcome = run_attempts(prepared, resume)
+    if outcome.error is not None:
+        return report_failure(prepared, outcome)
+    return report_success(prepared, outcome)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from engine.config import RunConfig, optim_and_schedule
 from engine.trainer import EpochRecord, StepRecord
-from workers.messages import Kind, Message
+from workers.protocol import EvalResultMeta, MetricsMeta
 
 
 @dataclass
@@ -25,7 +25,6 @@ class PipelineStats:
     max_in_flight: dict[int, int] = field(default_factory=dict)   # link into worker r -> most unconsumed
     step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
     gpu_peak_bytes: dict[int, int] = field(default_factory=dict)
-    rejected: int = 0                                               # foreign messages dropped by workers
 
     def busy_fractions(self, now: float) -> list[float]:
         elapsed = max(now - self.started, 1e-9)
@@ -58,8 +57,24 @@ class TrackerState:
         return cls(**d)
 
 
+@dataclass
+class _PendingStep:
+    """Reports of one minibatch so far: every worker's local losses, and the top worker's hits."""
+
+    losses: dict[int, float] = field(default_factory=dict)
+    reports: int = 0
+    n: int = 0
+    correct: int | None = None
+
+
 class EpochTracker:
-    """Collects the last worker's per-step metrics and the eval results into records, in arrival order."""
+    """Turns workers' reports into step and epoch records, in step order.
+
+    A step's record is written once every worker has reported that step (with all its local losses), not
+    when the last worker does: upstream reports may arrive later than the top's (the top group can be the
+    cheapest stage). Each worker reports its steps in order over one link, so steps complete in order, and
+    when every worker has acknowledged a checkpoint marker exactly the steps before it are complete.
+    """
 
     def __init__(self, cfg: RunConfig, steps: int, n_test: int, num_workers: int,
                  on_step: Callable[[StepRecord], None], on_epoch: Callable[[EpochRecord], None],
@@ -67,10 +82,11 @@ class EpochTracker:
                  stats: PipelineStats | None = None):
         self.cfg, self.steps, self.n_test = cfg, steps, n_test
         self.on_step, self.on_epoch, self.lines = on_step, on_epoch, lines
+        self.num_workers = num_workers
         self.last_rank = num_workers - 1
         self.schedule = optim_and_schedule(cfg)[1]
         self.stats = stats or PipelineStats()
-        self.local_losses: dict[tuple[int, int], dict[int, float]] = defaultdict(dict)
+        self.pending: dict[tuple[int, int], _PendingStep] = {}
         self.test: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])   # correct, n, batches
         self.fed: dict[int, int] = {}
         self.epoch_started: dict[int, float] = {}
@@ -94,33 +110,34 @@ class EpochTracker:
         self.fed[epoch] = fed
         self._maybe_close(epoch)
 
-    def handle(self, msg: Message) -> None:
-        if msg.kind is Kind.METRICS:
-            self._metrics(msg)
-        elif msg.kind is Kind.EVAL:
-            t = self.test[msg.epoch]
-            t[0] += int(msg.meta["correct"])
-            t[1] += int(msg.meta["n"])
-            t[2] += 1
-            self._maybe_close(msg.epoch)
+    def eval_result(self, epoch: int, meta: EvalResultMeta) -> None:
+        t = self.test[epoch]
+        t[0] += meta.correct
+        t[1] += meta.n
+        t[2] += 1
+        self._maybe_close(epoch)
 
-    def _metrics(self, msg: Message) -> None:
-        rank = int(msg.meta["rank"])
-        self.stats.busy_s[rank] += float(msg.meta["busy"])
-        key = (msg.epoch, msg.step)
-        self.local_losses[key].update({int(k): float(v) for k, v in msg.meta["losses"].items()})
-        if rank != self.last_rank:
-            return
+    def metrics(self, rank: int, epoch: int, step: int, meta: MetricsMeta) -> None:
+        """One worker's report of one training step; the step's record follows its last report."""
+        self.stats.busy_s[rank] += meta.busy
+        entry = self.pending.setdefault((epoch, step), _PendingStep())
+        entry.losses.update({int(k): v for k, v in meta.losses.items()})
+        entry.reports += 1
+        if rank == self.last_rank:
+            entry.n, entry.correct = meta.n, meta.correct
+        if entry.reports == self.num_workers:
+            del self.pending[(epoch, step)]
+            self._step_done(epoch, step, entry)
+
+    def _step_done(self, epoch: int, step: int, entry: _PendingStep) -> None:
         now = time.perf_counter()
-        n = int(msg.meta["n"])
-        losses = self.local_losses.pop(key)
-        top = losses[max(losses)]
-        correct = int(msg.meta["correct"])
-        tr = self.train[msg.epoch]
+        n, correct = entry.n, entry.correct or 0
+        top = entry.losses[max(entry.losses)]
+        tr = self.train[epoch]
         tr[0] += top * n
         tr[1] += correct
         tr[2] += n
-        self.epoch_started.setdefault(msg.epoch, now)
+        self.epoch_started.setdefault(epoch, now)
         prev = self.last_step_t if self.last_step_t is not None else self.stats.started
         self.last_step_t = now
         self.steps_done += 1
@@ -129,9 +146,11 @@ class EpochTracker:
         self.stats.step_done_at.append(now)
         if self.stats.first_step_done is None:
             self.stats.first_step_done = now
-        self.done_train[msg.epoch] += 1
-        self.on_step(StepRecord(msg.epoch, msg.step, self.steps_done, top, 100.0 * correct / n,
-                                self.schedule(msg.epoch), n / max(now - prev, 1e-9), losses, n))
+        self.done_train[epoch] += 1
+        self.on_step(StepRecord(epoch, step, self.steps_done, top, 100.0 * correct / n,
+                                self.schedule(epoch), n / max(now - prev, 1e-9), dict(sorted(entry.losses.items())),
+                                n))
+        self._maybe_close(epoch)
 
     def _maybe_close(self, epoch: int) -> None:
         fed = self.fed.get(epoch)

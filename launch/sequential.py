@@ -34,6 +34,19 @@ def peak_rss_mb() -> float | None:
         return None
 
 
+def sequential_device(gpus: str | None) -> str:
+    """The one device of the in-process trainer: the first of --gpus, 'cpu' for --gpus cpu, and without the
+    flag the first CUDA device when there is one. Unavailable GPUs are bad input (UsageError)."""
+    from launch.pipeline import parse_gpus
+
+    if gpus is None:
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    devices = parse_gpus(gpus)
+    if len(devices) > 1:
+        print(f"auglocal-launch: --sequential trains on one device; using {devices[0]} of --gpus {gpus}")
+    return devices[0] if devices else "cpu"
+
+
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
                      threads: int | None = None, malloc: str = "return") -> int:
     """Train with the sequential trainer and write the run folder; returns the exit code."""

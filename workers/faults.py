@@ -1,13 +1,18 @@
-"""Fault injection for tests and demos: kill, hang, slow a worker, corrupt a link, kill the coordinator.
+"""Fault injection for tests and demos: one registry of fault kinds that parser, help, checks and hooks all read.
 
-A fault is written `KIND[:key=value]...`, e.g. `kill:worker=1:step=3`, `hang:worker=0:step=2`,
-`slow:worker=1:delay=0.3`, `corrupt:worker=0:step=2` (a malformed message on worker 0's outgoing link),
-`truncated:worker=0:step=2`, `foreign:worker=0:step=2` (a message signed by another run),
-`kill-checkpoint:worker=1:checkpoint=2` (die while writing checkpoint 2), `kill-coordinator:step=4`.
-`always` makes it fire again after every restart (a worker that always dies). `step` counts minibatches
-from the start of the run (global step, 0-based). Faults come from `--inject-fault` or the environment
-variable AUGLOCAL_INJECT_FAULT (read only when the flag is absent) and fire on the first attempt only.
-`OPTIONS` lists what each kind takes; anything else is refused with a message naming it.
+A fault is written `KIND[:key=value]...`, e.g. `kill:worker=1:step=3`. `REGISTRY` says, for each kind, the
+options it takes, where it fires and what it does; `parse_fault` reads the flag (or the environment variable
+AUGLOCAL_INJECT_FAULT when the flag is absent), `check_target` refuses a fault that could never fire in a run
+of K workers, `help_text` is what `--help` prints, and `Fault.fires(point, ...)` is asked at each firing point:
+
+- `feed` (the coordinator, after feeding a training minibatch), `train` (a worker, before a training step),
+  `send` (a worker, when it sends a step's output downstream), `checkpoint` (a worker, between two layer files
+  of a checkpoint), `step` (a worker, after each training step and each test batch), `eval` (a worker, while
+  it computes a test batch).
+
+`step` counts minibatches from the start of the run (global step, 0-based). A fault fires on the first
+attempt only, unless `always` is given. To add a kind: one `FaultKind` entry here, and its action at its
+firing point (workers/worker.py `_FAULT_ACTIONS`, or the coordinator for `feed`).
 """
 
 from __future__ import annotations
@@ -17,13 +22,51 @@ import signal
 import time
 from dataclasses import dataclass
 
-KINDS = ("kill", "hang", "slow", "corrupt", "truncated", "foreign", "kill-checkpoint", "kill-coordinator")
 ENV_VAR = "AUGLOCAL_INJECT_FAULT"
+POINTS = ("feed", "train", "send", "checkpoint", "step", "eval")
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    """One kind of fault: its options, where it fires, what it does, and whom it may target."""
+
+    name: str
+    options: tuple[str, ...]
+    point: str
+    help: str
+    on_link: bool = False          # acts on the worker's outgoing link: the last worker has none
+    target: str = "worker"         # 'worker' or 'coordinator'
+
+    def usage(self) -> str:
+        opts = [o.upper()[0] if o != "always" else "" for o in self.options]
+        parts = [f"{o}={v}" for o, v in zip(self.options, opts, strict=True) if o != "always"]
+        return ":".join([self.name, *parts])
+
+
+REGISTRY: dict[str, FaultKind] = {k.name: k for k in (
+    FaultKind("kill", ("worker", "step", "always"), "train", "SIGKILL worker W before it trains minibatch S"),
+    FaultKind("hang", ("worker", "step", "always"), "train", "worker W stops forever (no heartbeat) at S"),
+    FaultKind("slow", ("worker", "delay", "always"), "step",
+              "worker W spends D more seconds on every step and test batch (alive: it heartbeats)"),
+    FaultKind("slow-eval", ("worker", "delay", "always"), "eval",
+              "worker W computes every test batch D seconds longer, silently (a long validation pass)"),
+    FaultKind("corrupt", ("worker", "step", "always"), "send",
+              "worker W sends a header that does not parse instead of its output of minibatch S", on_link=True),
+    FaultKind("truncated", ("worker", "step", "always"), "send",
+              "worker W sends its output of minibatch S with the last frame cut in half", on_link=True),
+    FaultKind("foreign", ("worker", "step", "always"), "send",
+              "a stranger (another run's secret) sends on worker W's link before its output of S", on_link=True),
+    FaultKind("kill-checkpoint", ("worker", "checkpoint", "always"), "checkpoint",
+              "SIGKILL worker W after the first layer file of checkpoint C"),
+    FaultKind("kill-coordinator", ("step",), "feed", "SIGKILL the coordinator after feeding minibatch S",
+              target="coordinator"),
+)}
+KINDS = tuple(REGISTRY)
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One injected fault; plain data, handed to the worker it concerns."""
+    """One injected fault; plain data, handed to the process it concerns."""
 
     kind: str
     worker: int = 0
@@ -32,21 +75,30 @@ class Fault:
     delay: float = 0.0
     always: bool = False
 
+    @property
+    def info(self) -> FaultKind:
+        return REGISTRY[self.kind]
+
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def fires(self, point: str, *, g: int | None = None, checkpoint: int | None = None) -> bool:
+        """Whether this fault fires at `point` for global step `g` or checkpoint id `checkpoint`."""
+        info = self.info
+        if info.point != point:
+            return False
+        if "step" in info.options and g != self.step:
+            return False
+        return not ("checkpoint" in info.options and checkpoint != self.checkpoint)
 
-#: the options each kind takes (`always` goes with every kind that a restart can meet again)
-OPTIONS = {
-    "kill": ("worker", "step", "always"),
-    "hang": ("worker", "step", "always"),
-    "corrupt": ("worker", "step", "always"),
-    "truncated": ("worker", "step", "always"),
-    "foreign": ("worker", "step", "always"),
-    "slow": ("worker", "delay", "always"),
-    "kill-checkpoint": ("worker", "checkpoint", "always"),
-    "kill-coordinator": ("step",),
-}
+    def for_worker(self, rank: int) -> bool:
+        return self.info.target == "worker" and self.worker == rank
+
+
+def help_text() -> str:
+    """One line per kind for --help."""
+    return "; ".join(f"{k.usage()}: {k.help}" for k in REGISTRY.values()) + "; append :always to repeat " \
+        "after every restart"
 
 
 def parse_fault(text: str | None) -> Fault | None:
@@ -54,35 +106,47 @@ def parse_fault(text: str | None) -> Fault | None:
     if not text:
         return None
     kind, *parts = text.split(":")
-    if kind not in KINDS:
+    if kind not in REGISTRY:
         raise ValueError(f"unknown fault {kind!r} in {text!r}; kinds: {', '.join(KINDS)}")
-    allowed = OPTIONS[kind]
+    allowed = REGISTRY[kind].options
     usage = ", ".join("always" if key == "always" else f"{key}=..." for key in allowed)
-    fields: dict = {}
+    values: dict = {}
     for part in parts:
         key, _, value = part.partition("=")
         if key not in allowed or (key == "always") == ("=" in part):
             raise ValueError(f"bad fault option {part!r} in {text!r}; {kind} takes {usage}")
         if key == "always":
-            fields["always"] = True
+            values["always"] = True
             continue
         try:
             number = float(value) if key == "delay" else int(value)
         except ValueError:
             raise ValueError(f"bad fault option {part!r} in {text!r}: {key} must be a number") from None
         low = 1 if key == "checkpoint" else 0
-        if number < low or (key == "delay" and number == 0):
+        if number != number or number < low or (key == "delay" and not 0 < number < float("inf")):
             raise ValueError(f"bad fault option {part!r} in {text!r}: {key} must be "
                              f"{'> 0' if key == 'delay' else f'>= {low}'}")
-        fields[key] = number
-    if kind == "slow" and "delay" not in fields:
-        raise ValueError(f"fault {text!r}: slow needs delay=SECONDS (extra seconds per training step)")
-    return Fault(kind, **fields)
+        values[key] = number
+    if kind.startswith("slow") and "delay" not in values:
+        raise ValueError(f"fault {text!r}: {kind} needs delay=SECONDS (extra seconds per step)")
+    return Fault(kind, **values)
 
 
 def fault_from_env() -> Fault | None:
     """The fault in AUGLOCAL_INJECT_FAULT (the CLI reads it only when --inject-fault is absent)."""
     return parse_fault(os.environ.get(ENV_VAR))
+
+
+def check_target(fault: Fault | None, workers: int) -> None:
+    """Refuse (ValueError) a fault aimed at a worker that does not exist, or at a link the last worker lacks."""
+    if fault is None or fault.info.target != "worker":
+        return
+    if not 0 <= fault.worker < workers:
+        raise ValueError(f"--inject-fault {fault.kind}: worker {fault.worker} does not exist (this run has "
+                         f"{workers})")
+    if fault.info.on_link and fault.worker == workers - 1:
+        raise ValueError(f"--inject-fault {fault.kind}: worker {fault.worker} is the last one and has no "
+                         "outgoing link; choose an earlier worker")
 
 
 def die() -> None:

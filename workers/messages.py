@@ -8,6 +8,13 @@ and rebuilt on receipt with ``torch.frombuffer`` on the received buffer (the ten
 Decoding trusts nothing: the header is size-capped before it is parsed and parsed with tight msgpack limits,
 and every field, frame count and byte count is checked. Any inconsistency raises `MessageError`, which names
 the sender and the offending field, so a truncated, foreign or stale message is never trained on.
+
+The secret is checked before anything else the header says. A message that fails before or at that check
+(bytes that are no header, a header without this run's secret or run id) comes from a *stranger*:
+`MessageError.foreign` is True and receivers count and drop it. A message that carries the secret but is
+inconsistent (unknown kind, bad frames) comes from a peer of this run that misbehaves: a failure of that peer.
+The secret is a plaintext per-run token, not a signature: it tells this run's processes from strangers on
+the same machine, it does not authenticate against an eavesdropper.
 """
 
 from __future__ import annotations
@@ -15,14 +22,14 @@ from __future__ import annotations
 import hmac
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
 import msgpack
 import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 64
 MAX_NDIM = 8
@@ -57,13 +64,19 @@ _UNPACK_LIMITS = dict(
 
 
 class Kind(str, Enum):
-    """What a message is for; the receiving loop dispatches on it."""
+    """What a message is for. workers/protocol.py says who sends each kind to whom and what it carries."""
 
     TRAIN = "train"
     EVAL = "eval"
+    CHECKPOINT = "checkpoint"
+    STOP = "stop"
+    READY = "ready"
     METRICS = "metrics"
-    CONTROL = "control"
-    ACK = "ack"
+    EVAL_RESULT = "eval_result"
+    CHECKPOINT_ACK = "checkpoint_ack"
+    STOPPED = "stopped"
+    ERROR = "error"
+    REJECTED = "rejected"
     HEARTBEAT = "heartbeat"
     CREDIT = "credit"  # transport-internal: a receiver returns one per consumed message (see transport.py)
 
@@ -75,9 +88,9 @@ _KIND_VALUES = frozenset(k.value for k in Kind)
 class Message:
     """One unit on the wire: a kind, its position in training, named CPU tensors and plain metadata.
 
-    ``layer`` is a global layer index or -1 when the message is not about one layer. ``meta`` holds only
-    plain values (int, float, str, bool, None, lists and string-keyed dicts of them): metrics and control
-    arguments, never objects.
+    ``layer`` is a global layer index or -1 when the message is not about one layer. ``meta`` is the kind's
+    typed record (a dataclass of workers/protocol.py) or, on the raw wire level, a dict of plain values
+    (int, float, str, bool, None, lists and string-keyed dicts of them), never other objects.
     """
 
     kind: Kind
@@ -86,7 +99,7 @@ class Message:
     step: int = 0
     layer: int = -1
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Any = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,17 +119,29 @@ Expect = Mapping[Kind, Mapping[str, TensorSpec] | None]
 
 
 class MessageError(ValueError):
-    """A received message was rejected; names who sent it and which field was wrong."""
+    """A received message was rejected; names who sent it and which field was wrong.
 
-    def __init__(self, sender: str, field: str, detail: str):
+    `foreign` is True when the message does not prove it belongs to this run (no parseable header, no or a
+    wrong secret or run id): a stranger's, to be counted and dropped. False: a peer of this run sent it.
+    """
+
+    def __init__(self, sender: str, field: str, detail: str, *, foreign: bool = False):
         self.sender = sender
         self.field = field
         self.detail = detail
+        self.foreign = foreign
         super().__init__(f"message from {sender!r} rejected, field {field!r}: {detail}")
 
 
 def _is_int(value: Any) -> bool:
     return type(value) is int
+
+
+def _plain_meta(meta: Any) -> dict[str, Any]:
+    """The wire form of a meta record: a typed dataclass becomes its field dict (shallow: fields are plain)."""
+    if is_dataclass(meta) and not isinstance(meta, type):
+        return {f.name: getattr(meta, f.name) for f in fields(meta)}
+    return meta
 
 
 def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
@@ -202,7 +227,7 @@ class Codec:
             "step": message.step,
             "layer": message.layer,
             "tensors": specs,
-            "meta": message.meta,
+            "meta": _plain_meta(message.meta),
         }
         for key in ("epoch", "step", "layer"):
             if not _is_int(header[key]):
@@ -257,14 +282,24 @@ class Codec:
         return message
 
     def _parse_header(self, raw: memoryview, peer: str) -> dict[str, Any]:
+        """Parse the header and prove it belongs to this run (else `foreign`), then check its shape."""
         if raw.nbytes > MAX_HEADER_BYTES:
-            raise MessageError(peer, "header", f"{raw.nbytes} bytes, above the {MAX_HEADER_BYTES}-byte header limit")
+            raise MessageError(peer, "header", f"{raw.nbytes} bytes, above the {MAX_HEADER_BYTES}-byte header limit",
+                               foreign=True)
         try:
             header = msgpack.unpackb(raw, **_UNPACK_LIMITS)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
-            raise MessageError(peer, "header", f"not a valid msgpack header ({type(exc).__name__}: {exc})") from exc
+            raise MessageError(peer, "header", f"not a valid msgpack header ({type(exc).__name__}: {exc})",
+                               foreign=True) from exc
         if not isinstance(header, dict):
-            raise MessageError(peer, "header", f"expected a msgpack map, got {type(header).__name__}")
+            raise MessageError(peer, "header", f"expected a msgpack map, got {type(header).__name__}", foreign=True)
+        secret = header.get("secret")
+        if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), self.secret.encode()):
+            raise MessageError(peer, "secret", "missing or wrong run secret (a stray or stale process?)",
+                               foreign=True)
+        if header.get("run") != self.run_id:
+            raise MessageError(peer, "run_id", f"message belongs to run {header.get('run')!r}, this is run "
+                               f"{self.run_id!r} (a stale process of an earlier attempt?)", foreign=True)
         sender = header.get("sender")
         if not isinstance(sender, str) or not 0 < len(sender) <= MAX_NAME_CHARS:
             raise MessageError(peer, "sender", f"expected a name of 1..{MAX_NAME_CHARS} characters, got {sender!r}")
@@ -280,14 +315,7 @@ class Codec:
         return header
 
     def _check_identity(self, header: dict[str, Any], sender: str) -> None:
-        if header["run"] != self.run_id:
-            raise MessageError(
-                sender,
-                "run_id",
-                f"message belongs to run {header['run']!r}, this is run {self.run_id!r} (a stray or stale process?)",
-            )
-        if not isinstance(header["secret"], str) or not hmac.compare_digest(header["secret"], self.secret):
-            raise MessageError(sender, "secret", "wrong run secret (a stray or stale process?)")
+        """Fields of a header already proven to be this run's: a violation is the peer's failure."""
         if not isinstance(header["kind"], str) or header["kind"] not in _KIND_VALUES:
             raise MessageError(
                 sender, "kind", f"unknown kind {header['kind']!r}, expected one of {[k.value for k in Kind]}"

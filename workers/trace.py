@@ -1,4 +1,4 @@
-"""Per-worker spans (idle, forward, send, aux+update) as JSON lines, for the Gantt chart of `--trace`."""
+"""Per-worker spans (idle, compute, send, aux+update) as JSON lines, for the Gantt chart of `--trace`."""
 
 from __future__ import annotations
 

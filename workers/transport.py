@@ -43,11 +43,12 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
 
-from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message
+from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, MessageError
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
@@ -164,23 +165,39 @@ class Receiver(_Endpoint):
         """The bound address, with the actual port when an ephemeral tcp port was asked for."""
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+        self.rejected = 0
+        """Strangers' messages dropped so far."""
+        self.on_foreign: Callable[[MessageError], None] | None = None
+        """Called with each stranger's rejection (a worker reports it to the coordinator)."""
 
     def recv(self, timeout_ms: float, expect: Expect | None = None) -> Message:
         """Next validated message from any connected sender; returns its sender a credit.
 
-        Raises TimeoutError when nothing arrives within `timeout_ms`, MessageError when what arrived is
-        malformed, foreign or not in `expect` (the receiver stays usable; the sender gets no credit).
+        A stranger's message (`MessageError.foreign`: no header, no or a wrong secret) is counted in
+        `rejected`, passed to `on_foreign`, dropped without a credit, and the wait goes on. Raises
+        TimeoutError when nothing of this run arrives within `timeout_ms`, MessageError when a peer of this
+        run sent something malformed or not in `expect` (the receiver stays usable; no credit is returned).
         """
-        if not _wait(self._poller, self._socket, _deadline(timeout_ms)):
-            raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
-        identity, *frames = self._socket.recv_multipart(copy=False)
-        message = self._codec.decode(frames, expect, peer=f"<peer {identity.bytes.hex()} at {self.address}>")
-        try:
-            self._socket.send_multipart([identity, *self._credit], flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
-                raise
-        return message
+        deadline = _deadline(timeout_ms)
+        while True:
+            if not _wait(self._poller, self._socket, deadline):
+                raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
+            identity, *frames = self._socket.recv_multipart(copy=False)
+            try:
+                message = self._codec.decode(frames, expect, peer=f"<peer {identity.bytes.hex()} at {self.address}>")
+            except MessageError as err:
+                if not err.foreign:
+                    raise
+                self.rejected += 1
+                if self.on_foreign is not None:
+                    self.on_foreign(err)
+                continue
+            try:
+                self._socket.send_multipart([identity, *self._credit], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
+                    raise
+            return message
 
 
 class Sender(_Endpoint):
@@ -228,6 +245,10 @@ class Sender(_Endpoint):
             raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
         self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         self._in_flight += 1
+
+    def send_raw(self, frames: list) -> None:
+        """Put `frames` on the link as they are, outside encoding and the window: fault injection only."""
+        self._socket.send_multipart(frames)
 
     def wait_all(self, timeout_ms: float) -> None:
         """Block until the receiver has consumed every message sent so far; TimeoutError otherwise."""

@@ -1,4 +1,11 @@
-"""One pipeline worker process: receive a minibatch, run its stage, send the output on early, report metrics."""
+"""One pipeline worker: receive a minibatch, run its stage, send the output on early, report to the coordinator.
+
+The worker takes its links from outside (`WorkerLinks`): ZeroMQ ends in a worker process (`open_links`), or
+in-memory links (workers/memlink.py) when a test drives it in one process. Every message it receives is
+validated against the protocol table (workers/protocol.py) and dispatched through `handlers`, which covers
+exactly the kinds that travel down the pipeline. While it waits, on receive or on a full outgoing link, it
+sends a heartbeat at least every `heartbeat_s`, so a worker is silent only when it computes or is stuck.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +13,33 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
 import torch
 
+from workers import protocol
 from workers.faults import Fault, die, hang
 from workers.messages import Codec, Kind, Message, MessageError
+from workers.protocol import (
+    CheckpointAckMeta,
+    ErrorMeta,
+    EvalResultMeta,
+    HeartbeatMeta,
+    InboxSchema,
+    MetricsMeta,
+    NoMeta,
+    RejectedMeta,
+    Route,
+    StoppedMeta,
+    TrainMeta,
+)
 from workers.trace import Tracer
-from workers.transport import Link, Receiver, Sender
+from workers.transport import Link
 
-POLL_MS = 1000          # how often a blocked worker checks that its coordinator is still alive
+POLL_MS = 1000          # longest single wait before a blocked worker checks that its coordinator is still alive
+HEARTBEAT_S = 1.0       # a waiting worker reports at least this often
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -34,6 +57,7 @@ class WorkerSpec:
     secret: str
     out_dir: str                  # per-layer files of the final state go to out_dir/layers/
     coordinator_pid: int
+    schema: InboxSchema | None = None   # what this worker's inbox accepts (shapes of its input)
     threads: int = 1
     device: str = "cpu"
     send_input: bool = False      # forward the network input x downstream (a later stage needs it)
@@ -41,12 +65,18 @@ class WorkerSpec:
     data_stats: dict = field(default_factory=dict)   # {"mean": [...], "std": [...]} for InfoPro
     resume_dir: str | None = None  # a committed checkpoint folder to start from (per-layer files)
     fault: dict | None = None     # workers.faults.Fault as a dict, for this worker only
+    heartbeat_s: float = HEARTBEAT_S
     malloc: str = "return"        # 'return': freed activations go back to the OS (less memory, ~2x slower on
                                   # CPU from page faults); 'keep': glibc's default heap reuse (fastest)
 
     @property
     def name(self) -> str:
-        return f"worker{self.rank}"
+        return worker_name(self.rank)
+
+
+def worker_name(rank: int) -> str:
+    """The sender name of worker `rank` on the wire (the coordinator maps it back to the rank)."""
+    return f"worker{rank}"
 
 
 class CoordinatorGone(RuntimeError):
@@ -54,12 +84,28 @@ class CoordinatorGone(RuntimeError):
 
 
 class WorkerError(RuntimeError):
-    """This worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice)."""
+    """This worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice, I/O)."""
 
 
-#: Rejections that say "not from this run" (a stray or stale process): count and drop, keep training.
-#: (MessageError.field values of Codec._check_identity)
-FOREIGN_FIELDS = ("secret", "run_id")
+@dataclass
+class WorkerLinks:
+    """The three ends a worker uses: its inbox, the next worker's inbox (none for the last), the results."""
+
+    inbox: object
+    outbox: object | None
+    results: object
+
+    def close(self) -> None:
+        for end in (self.inbox, self.outbox, self.results):
+            if end is not None:
+                end.close()
+
+
+def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
+    """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox."""
+    return WorkerLinks(spec.inbox.receiver(codec, spec.name),
+                       spec.outbox.sender(codec) if spec.outbox else None,
+                       spec.results.sender(codec))
 
 
 def to_host(t: torch.Tensor) -> torch.Tensor:
@@ -102,105 +148,141 @@ class _Stats:
     std: list
 
 
-class Worker:
-    """The receive-compute-send loop of one worker; see `run` for the message protocol."""
+def coordinator_watch(pid: int) -> Callable[[], bool]:
+    """A check that the coordinator `pid` still runs. A dead coordinator stays a zombie until its parent reaps
+    it (a parent that may itself wait for our output to end): a zombie, or a new process that reused its pid
+    (psutil keeps the start time), counts as gone."""
+    process = psutil.Process(pid)
 
-    def __init__(self, spec: WorkerSpec):
+    def alive() -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    return alive
+
+
+class Worker:
+    """The receive-compute-send loop of one worker; `handlers` is its half of the protocol."""
+
+    def __init__(self, spec: WorkerSpec, links: WorkerLinks, stage=None, *,
+                 coordinator_alive: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic, poll_ms: float = POLL_MS):
         self.spec = spec
         self.codec = Codec(spec.run_id, spec.secret)
-        self.stage = build_stage(spec)
-        self.inbox: Receiver = spec.inbox.receiver(self.codec, spec.name)
-        self.outbox: Sender | None = spec.outbox.sender(self.codec) if spec.outbox else None
-        self.results: Sender = spec.results.sender(self.codec)
+        self.links = links
+        self.stage = stage if stage is not None else build_stage(spec)
         self.tracer = Tracer(spec.rank, spec.trace_path)
-        self.is_last = spec.outbox is None
+        self.is_last = links.outbox is None
         self.max_in_flight = 0
-        self.rejected = 0
         self.fault = Fault(**spec.fault) if spec.fault else None
-        self._coordinator = psutil.Process(spec.coordinator_pid)   # keeps its start time: pid reuse shows
+        self.coordinator_alive = coordinator_alive or (lambda: True)
+        self.clock = clock
+        self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000)
+        self._last_report = clock()
+        self.stopped = False
+        self.handlers: dict[Kind, Callable[[Message], None]] = {
+            Kind.TRAIN: self._train, Kind.EVAL: self._eval, Kind.CHECKPOINT: self._checkpoint,
+            Kind.STOP: self._stop,
+        }
+        protocol.check_handlers(self.handlers, Route.DOWN, "worker")
+        links.inbox.on_foreign = self._report_rejected
         if spec.resume_dir:
             from workers.layer_files import load_stage_layers
 
             load_stage_layers(self.stage, spec.resume_dir)
 
-    # --- waiting without becoming an orphan -------------------------------------------------------------
+    # --- waiting: heartbeats on a timer, never an orphan --------------------------------------------------
     def _check_coordinator(self) -> None:
-        """A dead coordinator stays a zombie until its parent reaps it (a parent that may itself wait for our
-        output to end): count a zombie, or a new process that reused its pid, as gone."""
-        try:
-            alive = self._coordinator.is_running() and self._coordinator.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            alive = False
-        if not alive:
+        if not self.coordinator_alive():
             raise CoordinatorGone(f"{self.spec.name}: coordinator {self.spec.coordinator_pid} is gone")
 
-    def _recv(self) -> Message:
-        """Next message; while idle, prove liveness with heartbeats; drop foreign messages, fail on corrupt."""
-        while True:
-            try:
-                return self.inbox.recv(POLL_MS)
-            except TimeoutError:
-                self._check_coordinator()
-                self._heartbeat()
-            except MessageError as err:
-                if err.field in FOREIGN_FIELDS:
-                    self.rejected += 1
-                    self._report("rejected", f"{err}")
-                    continue
-                self._report("error", f"{self.spec.name} rejected a message: {err}")
-                raise WorkerError(str(err)) from err
-
-    def _heartbeat(self) -> None:
+    def _maybe_heartbeat(self, waiting: str) -> None:
+        if self.clock() - self._last_report < self.spec.heartbeat_s:
+            return
         try:
-            self.results.send(Message(Kind.HEARTBEAT, self.spec.name, meta={"rank": self.spec.rank}), 0)
+            self.links.results.send(Message(Kind.HEARTBEAT, self.spec.name, meta=HeartbeatMeta(waiting)), 0)
+            self._last_report = self.clock()
         except TimeoutError:
             pass   # the coordinator is busy; it will see our next message
 
-    def _report(self, op: str, detail: str) -> None:
+    def _recv(self) -> Message:
+        """Next message of this run, validated against the table; a peer's malformed message ends the worker."""
+        while True:
+            self._maybe_heartbeat("recv")
+            try:
+                return protocol.validate(self.links.inbox.recv(self.poll_ms), Route.DOWN, self.spec.schema)
+            except TimeoutError:
+                self._check_coordinator()
+            except MessageError as err:
+                self._fail(f"{self.spec.name} rejected a message: {err}")
+
+    def _send(self, end, message: Message) -> None:
+        """Send, heartbeating while the link is full; a report to the coordinator also proves liveness."""
+        while True:
+            try:
+                end.send(message, self.poll_ms)
+                break
+            except TimeoutError:
+                self._check_coordinator()
+                self._maybe_heartbeat("send")
+        if end is self.links.results:
+            self._last_report = self.clock()
+
+    def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
+        self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
+
+    def _report_rejected(self, err: MessageError) -> None:
         try:
-            self.results.send(Message(Kind.CONTROL, self.spec.name, meta={"op": op, "rank": self.spec.rank,
-                                                                           "detail": detail[:2000]}), POLL_MS)
+            self.links.results.send(Message(Kind.REJECTED, self.spec.name, meta=RejectedMeta(str(err)[:2000])),
+                                    self.poll_ms)
         except TimeoutError:
             pass
 
-    def _send(self, sender: Sender, message: Message) -> None:
-        while True:
-            try:
-                sender.send(message, POLL_MS)
-                return
-            except TimeoutError:
-                self._check_coordinator()
+    def _fail(self, detail: str, restartable: bool = True) -> None:
+        try:
+            self.links.results.send(Message(Kind.ERROR, self.spec.name,
+                                            meta=ErrorMeta(detail[:2000], restartable)), self.poll_ms)
+        except TimeoutError:
+            pass
+        raise WorkerError(detail)
 
-    # --- message handlers --------------------------------------------------------------------------------
-    def _fault_at(self, msg: Message, *kinds: str) -> bool:
-        f = self.fault
-        return f is not None and f.kind in kinds and int(msg.meta.get("g", -1)) == f.step
+    def _sleep_alive(self, seconds: float) -> None:
+        """Sleep `seconds` the way a slow but healthy worker computes: heartbeating."""
+        end = self.clock() + seconds
+        while (left := end - self.clock()) > 0:
+            time.sleep(min(left, self.spec.heartbeat_s / 2))
+            self._maybe_heartbeat("recv")
 
-    def _send_faulty(self, msg: Message) -> None:
-        """Instead of (corrupt, truncated) or before (foreign) the real message, put a bad one on the link."""
+    # --- fault hooks (workers/faults.py says which kind fires where) --------------------------------------
+    def _fire(self, point: str, **where) -> bool:
+        return self.fault is not None and self.fault.fires(point, **where)
+
+    def _send_faulty(self, out: Message) -> bool:
+        """Put the fault's bad message on the outgoing link; True when the real one must not follow."""
         kind = self.fault.kind
         if kind == "foreign":
             stranger = Codec("another-run", "not-the-secret")
-            with self.spec.outbox.sender(stranger) as sender:
-                sender.send(Message(Kind.TRAIN, "stranger", msg.epoch, msg.step, tensors=dict(msg.tensors)), POLL_MS)
-                time.sleep(0.2)   # linger 0 would drop the message on close
-            return
-        frames = self.codec.encode(msg)
+            self.links.outbox.send_raw(stranger.encode(Message(Kind.TRAIN, "stranger", out.epoch, out.step,
+                                                               tensors=dict(out.tensors))))
+            return False
+        frames = self.codec.encode(out)
         if kind == "truncated":
             frames[-1] = bytes(frames[-1])[: max(1, len(frames[-1]) // 2)]
         else:
             frames = [b"\xc1 not a msgpack header", *frames[1:]]
-        self.outbox.socket.send_multipart(frames)
+        self.links.outbox.send_raw(frames)
+        return True
 
+    # --- message handlers -----------------------------------------------------------------------------------
     def _train(self, msg: Message) -> None:
-        if self._fault_at(msg, "kill"):
-            die()
-        if self._fault_at(msg, "hang"):
-            hang()
+        g = msg.meta.g
+        if self._fire("train", g=g):
+            (die if self.fault.kind == "kill" else hang)()
         position = (msg.epoch, msg.step)
         if self.stage.last_applied is not None and position <= self.stage.last_applied:
-            self._report("error", f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}")
-            raise WorkerError(f"minibatch {position} would be applied twice")
+            self._fail(f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}: it would "
+                       "be applied twice")
         h, y = msg.tensors["h"], msg.tensors["y"]
         x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
         if self.stage.epoch != msg.epoch:
@@ -215,108 +297,92 @@ class Worker:
             if self.spec.send_input and x is not None:
                 tensors["x"] = x
             out_msg = Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step, layer=self.stage.layer_ids[-1],
-                              tensors=tensors, meta={"g": msg.meta.get("g", -1)})
-            if self._fault_at(msg, "corrupt", "truncated", "foreign"):
-                self._send_faulty(out_msg)
-                if self.fault.kind != "foreign":
-                    return
-            self._send(self.outbox, out_msg)
+                              tensors=tensors, meta=TrainMeta(g))
+            if self._fire("send", g=g) and self._send_faulty(out_msg):
+                return
+            self._send(self.links.outbox, out_msg)
             sent["t"], sent["t_emit"] = time.perf_counter(), t_emit
-            self.max_in_flight = max(self.max_in_flight, self.outbox.in_flight)
+            self.max_in_flight = max(self.max_in_flight, self.links.outbox.in_flight)
             self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
 
         stage_input = x if self.stage.needs_input else None
-        result = self.stage.train_step(h, y, stage_input, step=msg.step,
-                                       emit=None if self.is_last else emit)
-        if self.fault is not None and self.fault.kind == "slow":
-            time.sleep(self.fault.delay)
+        result = self.stage.train_step(h, y, stage_input, step=msg.step, emit=None if self.is_last else emit)
+        if self._fire("step"):
+            self._sleep_alive(self.fault.delay)
         t1 = time.perf_counter()
-        self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step,
-                         sent.get("t", t0), t1)
-        send_s = sent["t"] - sent["t_emit"] if sent else 0.0
-        busy = (t1 - t0) - send_s
-        meta = {"rank": self.spec.rank, "busy": busy, "n": result.batch_size,
-                "losses": {str(k): v for k, v in result.loss_values().items()}}
-        if result.correct is not None:
-            meta["correct"] = int(result.correct)
-        self._send(self.results, Message(Kind.METRICS, self.spec.name, msg.epoch, msg.step, meta=meta))
+        self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step, sent.get("t", t0), t1)
+        busy = (t1 - t0) - (sent["t"] - sent["t_emit"] if sent else 0.0)
+        correct = int(result.correct) if result.correct is not None else None
+        self._report(Kind.METRICS, MetricsMeta(busy, result.batch_size,
+                                               {str(k): v for k, v in result.loss_values().items()}, correct),
+                     msg.epoch, msg.step)
 
     def _eval(self, msg: Message) -> None:
         out = self.stage.eval_step(msg.tensors["h"])
+        if self._fire("eval"):
+            time.sleep(self.fault.delay)     # computing, so no heartbeat
+        if self._fire("step"):
+            self._sleep_alive(self.fault.delay)
+        y = msg.tensors["y"]
         if self.is_last:
-            correct = int((out.argmax(1).cpu() == msg.tensors["y"]).sum())
-            self._send(self.results, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
-                                             meta={"correct": correct, "n": int(msg.tensors["y"].shape[0])}))
+            correct = int((out.argmax(1).cpu() == y).sum())
+            self._report(Kind.EVAL_RESULT, EvalResultMeta(correct, int(y.shape[0])), msg.epoch, msg.step)
         else:
-            self._send(self.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
-                                            tensors={"h": to_host(out), "y": msg.tensors["y"]}))
+            self._send(self.links.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
+                                                  tensors={"h": to_host(out), "y": y}, meta=NoMeta()))
+
+    def _save_layers(self, directory: str, before_each=None) -> None:
+        from workers.layer_files import save_stage_layers
+
+        try:
+            save_stage_layers(self.stage, directory, before_each)
+        except OSError as err:
+            self._fail(f"{self.spec.name} cannot write its layer files into {directory}: {err.strerror or err}",
+                       restartable=False)
 
     def _checkpoint(self, msg: Message) -> None:
         """Save this worker's layers into the checkpoint folder, pass the marker on, acknowledge.
 
         Dependencies only point forward, so saving when the marker passes gives a consistent cut: every layer
         has applied exactly the minibatches fed before the marker."""
-        from workers.layer_files import save_stage_layers
-
-        ckpt_id = int(msg.meta["id"])
+        ckpt_id = msg.meta.id
         written = []
 
         def before_each(layer_id: int) -> None:
-            f = self.fault
-            if f is not None and f.kind == "kill-checkpoint" and f.checkpoint == ckpt_id and len(written) == 1:
+            if len(written) == 1 and self._fire("checkpoint", checkpoint=ckpt_id):
                 die()
             written.append(layer_id)
 
-        save_stage_layers(self.stage, msg.meta["dir"], before_each)
-        if self.outbox is not None:
-            self._send(self.outbox, Message(Kind.CONTROL, self.spec.name, msg.epoch, msg.step, meta=dict(msg.meta)))
-        self._send(self.results, Message(Kind.ACK, self.spec.name, msg.epoch, msg.step,
-                                         meta={"op": "checkpoint", "id": ckpt_id, "rank": self.spec.rank}))
+        self._save_layers(msg.meta.dir, before_each)
+        if self.links.outbox is not None:
+            self._send(self.links.outbox, Message(Kind.CHECKPOINT, self.spec.name, msg.epoch, msg.step,
+                                                  meta=msg.meta))
+        self._report(Kind.CHECKPOINT_ACK, CheckpointAckMeta(ckpt_id), msg.epoch, msg.step)
 
     def _stop(self, msg: Message) -> None:
-        from workers.layer_files import save_stage_layers
-
-        save_stage_layers(self.stage, os.path.join(self.spec.out_dir, "layers"))
+        self._save_layers(os.path.join(self.spec.out_dir, "layers"))
         self.tracer.close()
-        if self.outbox is not None:
-            self._send(self.outbox, Message(Kind.CONTROL, self.spec.name, msg.epoch, msg.step,
-                                            meta={"op": "stop"}))
-            self.outbox.wait_all(60_000)
-        self._send(self.results, Message(Kind.ACK, self.spec.name, msg.epoch, msg.step,
-                                         meta={"op": "stop", "rank": self.spec.rank,
-                                               "max_in_flight": self.max_in_flight,
-                                               "gpu_peak_bytes": self._gpu_peak(),
-                                               "rejected": self.rejected,
-                                               "updates": {str(k): v for k, v in
-                                                           self.stage.update_counts.items()}}))
-        self.results.wait_all(60_000)
+        if self.links.outbox is not None:
+            self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step, meta=NoMeta()))
+            self.links.outbox.wait_all(60_000)
+        self._report(Kind.STOPPED, StoppedMeta(self.max_in_flight, self._gpu_peak(),
+                                               {str(k): v for k, v in self.stage.update_counts.items()}),
+                     msg.epoch, msg.step)
+        self.links.results.wait_all(60_000)
+        self.stopped = True
 
     def _gpu_peak(self) -> int:
         device = torch.device(self.spec.device)
         return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
 
     def run(self) -> None:
-        """TRAIN: stage step, output sent downstream before the local aux work; EVAL: primary forward in
-        eval mode; CONTROL stop: save this worker's layers, pass the stop on, acknowledge, exit."""
-        self._send(self.results, Message(Kind.ACK, self.spec.name, meta={"op": "ready", "rank": self.spec.rank}))
-        while True:
+        """Report ready, then handle messages until the stop marker has passed."""
+        self._report(Kind.READY, NoMeta())
+        while not self.stopped:
             t_wait = time.perf_counter()
             msg = self._recv()
             self.tracer.span("idle", msg.epoch, msg.step, t_wait, time.perf_counter())
-            if msg.kind is Kind.TRAIN:
-                self._train(msg)
-            elif msg.kind is Kind.EVAL:
-                self._eval(msg)
-            elif msg.kind is Kind.CONTROL and msg.meta.get("op") == "checkpoint":
-                self._checkpoint(msg)
-            elif msg.kind is Kind.CONTROL and msg.meta.get("op") == "stop":
-                self._stop(msg)
-                return
-
-    def close(self) -> None:
-        for end in (self.inbox, self.outbox, self.results):
-            if end is not None:
-                end.close()
+            protocol.dispatch(self.handlers, msg)
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -326,16 +392,18 @@ def worker_main(spec: WorkerSpec) -> None:
         return_freed_memory()
     torch.set_num_threads(spec.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
-    worker = Worker(spec)
+    codec = Codec(spec.run_id, spec.secret)
+    links = open_links(spec, codec)
     try:
+        worker = Worker(spec, links, coordinator_alive=coordinator_watch(spec.coordinator_pid))
         worker.run()
     except CoordinatorGone:
         pass
     except WorkerError:
         try:
-            worker.results.wait_all(POLL_MS)   # the coordinator must read why we stop before it sees us exit
+            links.results.wait_all(POLL_MS)   # the coordinator must read why we stop before it sees us exit
         except TimeoutError:
             pass
         os._exit(3)
     finally:
-        worker.close()
+        links.close()

@@ -8,6 +8,7 @@ from engine.planning.costs import (
     count_macs,
     head_cost,
     layer_costs,
+    layer_output_shapes,
     module_costs_flops,
 )
 from engine.planning.partition import group_costs, partition
@@ -27,6 +28,7 @@ __all__ = [
     "group_costs",
     "head_cost",
     "layer_costs",
+    "layer_output_shapes",
     "make_plan",
     "module_costs_flops",
     "module_costs_timed",

@@ -167,6 +167,18 @@ def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
     return HeadCost(params=num_params(model.head), macs=count_macs(lambda: twin_model.head(h), COUNT_BATCH))
 
 
+def layer_output_shapes(model: LayeredModel) -> list[tuple[int, ...]]:
+    """Each local layer's output shape for one image (no batch dim), from a forward on the meta device."""
+    twin_model = _twin([model], meta=True)[0]
+    h, _ = _dummy_batch(model, torch.device("meta"))
+    shapes = []
+    with torch.no_grad():
+        for layer in twin_model.layers:
+            h = layer(h)
+            shapes.append(tuple(int(d) for d in h.shape[1:]))
+    return shapes
+
+
 def cost_totals(costs: Sequence[LayerCost], head: HeadCost) -> CostTotals:
     """Totals of a dry run: primary network (layers + head) and all aux nets."""
     return CostTotals(

@@ -93,16 +93,18 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def assert_same_weights(ref: Reference, run_dir: Path) -> None:
-    """model.pt and aux.pt equal the reference's primary network and aux nets, every tensor bit for bit."""
+def assert_same_weights(ref, run_dir: Path) -> None:
+    """model.pt and aux.pt equal the reference's primary network and aux nets (`ref.model`, `ref.aux_nets` or
+    `ref.aux`), every tensor bit for bit."""
     state = torch.load(run_dir / "model.pt", weights_only=True)
     expected = ref.model.state_dict()
     assert sorted(state) == sorted(expected)
     for name, value in expected.items():
         assert torch.equal(state[name], value), f"primary {name} differs from the sequential reference"
+    aux_nets = list(getattr(ref, "aux", None) or ref.aux_nets)
     aux_state = torch.load(run_dir / "aux.pt", weights_only=True)
-    assert sorted(aux_state) == [a.layer for a in ref.aux]
-    for a in ref.aux:
+    assert sorted(aux_state) == [a.layer for a in aux_nets]
+    for a in aux_nets:
         for name, value in a.state_dict().items():
             assert torch.equal(aux_state[a.layer][name], value), f"aux {a.layer} {name} differs"
 
