@@ -16,8 +16,8 @@ from workers.protocol import (
     ErrorMeta,
     HeartbeatMeta,
     MetricsMeta,
-    Route,
     RejectedMeta,
+    Route,
     kinds_on,
 )
 
