@@ -68,10 +68,10 @@ class Probe:
             start(coord)
             entry["ready"] = time.perf_counter()
 
-        def timed_fail(coord, rank, what):
+        def timed_fail(coord, rank, what, *rest):
             if probe.failed_at is None:
                 probe.failed_at = time.perf_counter()
-            return fail(coord, rank, what)
+            return fail(coord, rank, what, *rest)
 
         def timed_shutdown(coord):
             shutdown(coord)

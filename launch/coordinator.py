@@ -38,7 +38,7 @@ from launch.progress import EpochTracker
 from workers import protocol
 from workers.faults import Fault, die
 from workers.messages import Codec, Kind, Message, MessageError
-from workers.protocol import CheckpointMeta, InboxSchema, NoMeta, Route, TrainMeta, activation_spec
+from workers.protocol import CheckpointMeta, InboxSchema, NoMeta, Route, StopMeta, TrainMeta, activation_spec
 from workers.transport import Link, ipc_address
 from workers.worker import WorkerSpec, worker_main, worker_name
 
@@ -152,6 +152,7 @@ class Coordinator:
         self.cfg, self.data, self.placement, self.run_dir = cfg, data, placement, run_dir
         self.opts, self.store, self.tracker = opts, store, tracker
         self.start_at = start or Position()
+        self.fed = self.start_at.global_step          # minibatches fed so far in the run (all attempts)
         self.next_ckpt = next_checkpoint_id
         self.counters = counters or RunCounters()
         self.clock = clock
@@ -200,7 +201,7 @@ class Coordinator:
 
     def specs(self) -> list[WorkerSpec]:
         stats = {"mean": list(self.data.mean), "std": list(self.data.std)}
-        heartbeat_s = min(1.0, self.opts.heartbeat_timeout / 4)
+        heartbeat_s = min(1.0, self.opts.heartbeat_timeout / 8)
         out = []
         for r, group in enumerate(self.placement.groups):
             later_needs_x = any(self.needs_input[j] for g in self.placement.groups[r + 1:] for j in g)
@@ -365,6 +366,7 @@ class Coordinator:
         x, y = self.data.train_batch(self.cfg.seed, event.epoch, event.step, self.cfg.batch_size)
         self._send(Message(Kind.TRAIN, "coordinator", event.epoch, event.step, tensors={"h": x, "y": y},
                            meta=TrainMeta(event.global_step)))
+        self.fed = event.global_step + 1
         f = self.opts.fault
         if f is not None and f.fires("feed", g=event.global_step):
             die()
@@ -381,10 +383,10 @@ class Coordinator:
         pos = event.resume_at
         self.pending[ckpt_id] = {"acks": set(), "pos": pos}
         self._send(Message(Kind.CHECKPOINT, "coordinator", pos.epoch, pos.step,
-                           meta=CheckpointMeta(ckpt_id, str(directory))))
+                           meta=CheckpointMeta(ckpt_id, str(directory), pos.global_step)))
 
     def _feed_stop(self, event: Stop) -> None:
-        self._send(Message(Kind.STOP, "coordinator", meta=NoMeta()))
+        self._send(Message(Kind.STOP, "coordinator", meta=StopMeta(self.fed)))
         while len(self.stopped) < self.k:
             self._drain(POLL_MS)
         for w in self.workers:

@@ -44,6 +44,12 @@ class TrainMeta:
 class CheckpointMeta:
     id: int
     dir: str                    # folder that every worker writes its layer files into
+    g: int                      # minibatches fed before the marker: what every layer must have applied
+
+
+@dataclass(frozen=True)
+class StopMeta:
+    g: int                      # minibatches fed in the whole run: what every layer must have applied
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
     MessageType(Kind.EVAL, Route.DOWN, NoMeta, (_H, _Y), "a test batch, primary forward in eval mode"),
     MessageType(Kind.CHECKPOINT, Route.DOWN, CheckpointMeta, (),
                 "marker: save your layers into dir, pass the marker on, acknowledge"),
-    MessageType(Kind.STOP, Route.DOWN, NoMeta, (), "marker: save your final layers, pass it on, report, exit"),
+    MessageType(Kind.STOP, Route.DOWN, StopMeta, (), "marker: save your final layers, pass it on, report, exit"),
     MessageType(Kind.READY, Route.REPORT, NoMeta, (), "the worker has built its stage and bound its inbox"),
     MessageType(Kind.HEARTBEAT, Route.REPORT, HeartbeatMeta, (),
                 "alive while waiting (sent on a timer inside every receive and send wait)"),

@@ -32,6 +32,7 @@ from workers.protocol import (
     NoMeta,
     RejectedMeta,
     Route,
+    StopMeta,
     StoppedMeta,
     TrainMeta,
 )
@@ -247,6 +248,30 @@ class Worker:
             pass
         raise WorkerError(detail)
 
+    def _wait_consumed(self, end) -> None:
+        """Wait until the receiver of `end` has consumed everything sent on it, heartbeating meanwhile."""
+        while True:
+            try:
+                end.wait_all(self.poll_ms)
+                return
+            except TimeoutError:
+                self._check_coordinator()
+                self._maybe_heartbeat("send")
+
+    def _applied(self) -> int:
+        """Minibatches this worker's layers have applied (the same for all of them)."""
+        return min(self.stage.update_counts.values())
+
+    def _check_sequence(self, fed: int, what: str) -> None:
+        """Every minibatch fed before `what` must have been applied here exactly once, none skipped: a message
+        lost on the link (e.g. a peer's corrupted header, dropped as unreadable) is caught here, not at the end."""
+        applied = self._applied()
+        if fed > applied:
+            self._fail(f"{self.spec.name}: minibatch {applied} (global step) never arrived before {what}; "
+                       f"{fed - applied} lost on the link from upstream")
+        if fed < applied:
+            self._fail(f"{self.spec.name}: {what} after {fed} minibatches, but {applied} were applied here")
+
     def _sleep_alive(self, seconds: float) -> None:
         """Sleep `seconds` the way a slow but healthy worker computes: heartbeating."""
         end = self.clock() + seconds
@@ -280,9 +305,10 @@ class Worker:
         if self._fire("train", g=g):
             (die if self.fault.kind == "kill" else hang)()
         position = (msg.epoch, msg.step)
-        if self.stage.last_applied is not None and position <= self.stage.last_applied:
+        if g < self._applied() or (self.stage.last_applied is not None and position <= self.stage.last_applied):
             self._fail(f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}: it would "
                        "be applied twice")
+        self._check_sequence(g, f"minibatch {g}")
         h, y = msg.tensors["h"], msg.tensors["y"]
         x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
         if self.stage.epoch != msg.epoch:
@@ -346,6 +372,7 @@ class Worker:
         Dependencies only point forward, so saving when the marker passes gives a consistent cut: every layer
         has applied exactly the minibatches fed before the marker."""
         ckpt_id = msg.meta.id
+        self._check_sequence(msg.meta.g, f"checkpoint {ckpt_id}")
         written = []
 
         def before_each(layer_id: int) -> None:
@@ -360,15 +387,17 @@ class Worker:
         self._report(Kind.CHECKPOINT_ACK, CheckpointAckMeta(ckpt_id), msg.epoch, msg.step)
 
     def _stop(self, msg: Message) -> None:
+        self._check_sequence(msg.meta.g, "the stop marker")
         self._save_layers(os.path.join(self.spec.out_dir, "layers"))
         self.tracer.close()
         if self.links.outbox is not None:
-            self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step, meta=NoMeta()))
-            self.links.outbox.wait_all(60_000)
+            self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step,
+                                                  meta=StopMeta(msg.meta.g)))
+            self._wait_consumed(self.links.outbox)
         self._report(Kind.STOPPED, StoppedMeta(self.max_in_flight, self._gpu_peak(),
                                                {str(k): v for k, v in self.stage.update_counts.items()}),
                      msg.epoch, msg.step)
-        self.links.results.wait_all(60_000)
+        self._wait_consumed(self.links.results)
         self.stopped = True
 
     def _gpu_peak(self) -> int:

@@ -17,8 +17,8 @@ from workers.protocol import (
     CheckpointMeta,
     InboxSchema,
     MetricsMeta,
-    NoMeta,
     Route,
+    StopMeta,
     TrainMeta,
     activation_spec,
     kinds_on,
@@ -128,6 +128,28 @@ def test_a_peer_message_that_breaks_the_protocol_is_a_failure(bad, config, tmp_p
     assert error.kind is Kind.ERROR and "rejected a message" in error.meta.detail
 
 
+def test_a_minibatch_lost_on_the_link_is_a_failure(config, tmp_path):
+    """Minibatch 1 never arrives (e.g. its header was corrupted and dropped as a stranger's): minibatch 2
+    shows the gap at once."""
+    h = Harness(config, tmp_path)
+    h.feed.send(h.train(0), 1000)
+    h.worker.handlers[Kind.TRAIN](h.worker._recv())
+    h.feed.send(h.train(2), 1000)
+    with pytest.raises(WorkerError, match="minibatch 1 .*never arrived"):
+        h.worker.handlers[Kind.TRAIN](h.worker._recv())
+    assert h.worker.stage.update_counts == {0: 1, 1: 1}
+
+
+def test_a_marker_checks_that_every_minibatch_before_it_was_applied(config, tmp_path):
+    h = Harness(config, tmp_path)
+    h.feed.send(h.train(0), 1000)
+    h.worker.handlers[Kind.TRAIN](h.worker._recv())
+    h.feed.send(Message(Kind.CHECKPOINT, "coordinator", meta=CheckpointMeta(1, str(tmp_path), 2)), 1000)
+    with pytest.raises(WorkerError, match="never arrived before checkpoint 1"):
+        h.worker.handlers[Kind.CHECKPOINT](h.worker._recv())
+    assert not (tmp_path / "layer_000.pt").exists()
+
+
 def test_strangers_are_reported_and_dropped(config, tmp_path):
     """Random bytes and another run's header are counted (REJECTED to the coordinator), never a failure."""
     h = Harness(config, tmp_path)
@@ -145,7 +167,7 @@ def test_heartbeat_while_blocked_in_a_send(config, tmp_path):
     h = Harness(config, tmp_path, heartbeat_s=0.1)
     for step in range(3):
         h.feed.send(h.train(step), 1000)
-    h.feed.send(Message(Kind.STOP, "coordinator", meta=NoMeta()), 1000)
+    h.feed.send(Message(Kind.STOP, "coordinator", meta=StopMeta(3)), 1000)
     thread = threading.Thread(target=h.worker.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -171,10 +193,10 @@ def test_checkpoint_marker_writes_layers_passes_on_and_acknowledges(config, tmp_
     h = Harness(config, tmp_path)
     directory = tmp_path / "ckpt"
     directory.mkdir()
-    h.feed.send(Message(Kind.CHECKPOINT, "coordinator", meta=CheckpointMeta(7, str(directory))), 1000)
+    h.feed.send(Message(Kind.CHECKPOINT, "coordinator", meta=CheckpointMeta(7, str(directory), 0)), 1000)
     h.worker.handlers[Kind.CHECKPOINT](h.worker._recv())
     assert sorted(p.name for p in directory.iterdir()) == ["layer_000.pt", "layer_001.pt"]
-    assert validate(h.downstream.recv(0), Route.DOWN).meta == CheckpointMeta(7, str(directory))
+    assert validate(h.downstream.recv(0), Route.DOWN).meta == CheckpointMeta(7, str(directory), 0)
     (ack,) = h.reports()
     assert ack.kind is Kind.CHECKPOINT_ACK and ack.meta.id == 7
 
@@ -188,7 +210,7 @@ def test_a_full_disk_is_not_restartable(config, tmp_path, monkeypatch):
 
     monkeypatch.setattr(layer_files, "atomic_torch_save", full)
     h = Harness(config, tmp_path)
-    h.feed.send(Message(Kind.CHECKPOINT, "coordinator", meta=CheckpointMeta(1, str(tmp_path))), 1000)
+    h.feed.send(Message(Kind.CHECKPOINT, "coordinator", meta=CheckpointMeta(1, str(tmp_path), 0)), 1000)
     with pytest.raises(WorkerError, match="No space left"):
         h.worker.handlers[Kind.CHECKPOINT](h.worker._recv())
     (error,) = h.reports()
