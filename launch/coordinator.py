@@ -11,7 +11,6 @@ import multiprocessing as mp
 import os
 import secrets
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from engine.config import RunConfig
 from launch.checkpoints import CheckpointStore
 from launch.progress import EpochTracker
+from launch.sockets import make_socket_dir
 from workers.faults import Fault, die
 from workers.messages import Codec, Kind, Message
 from workers.transport import Link, Receiver, Sender, ipc_address
@@ -88,7 +88,7 @@ class Coordinator:
         self.next_ckpt = next_checkpoint_id
         self.run_id = uuid.uuid4().hex[:12]
         self.codec = Codec(self.run_id, secrets.token_hex(16))
-        self.tmp = tempfile.mkdtemp(prefix="auglocal-")
+        self.tmp = make_socket_dir(self.run_id)      # launch/sockets.py: found and removed if we are killed
         k = len(placement.groups)
         self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), opts.window) for r in range(k)]
         self.results_link = Link(ipc_address("results", self.tmp), window=64)

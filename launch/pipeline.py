@@ -14,7 +14,7 @@ from engine.config import RunConfig, UsageError, build_network
 from engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
 from engine.rules import build_local_modules
 from engine.trainer import EpochRecord, StepRecord
-from launch.checkpoints import CheckpointStore
+from launch.checkpoints import CheckpointStore, start_identity
 from launch.coordinator import AttemptOptions, Coordinator, Placement, Position, WorkerFailed, default_devices
 from launch.plots import plot_curves
 from launch.progress import EpochTracker, PipelineStats, TrackerState
@@ -152,12 +152,12 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
     plan, placement, needs_input = plan_pipeline(cfg, data, opts)
     check_fault_target(opts.fault, len(placement.groups))
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
-    store = CheckpointStore(run.path)
+    store = CheckpointStore(run.path, start_identity(run.path, cfg, resume))
+    latest = store.resume_point() if resume else None      # verified before any worker starts
     if not resume:
         run.write_json("config.json", cfg.to_dict())
     run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads})
     print(plan.format())
-    latest = store.latest() if resume else None
     restarts: list[dict] = []
     t_failed: float | None = None
     attempt = 0
@@ -202,7 +202,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
         except WorkerFailed as err:
             _note_recovery(restarts, coord, t_failed)
             t_failed = err.detected_at
-            latest = store.latest()
+            latest = store.verified_latest()
             where = f"checkpoint {latest[0]} (next minibatch: epoch {latest[1]['next_epoch'] + 1}, step " \
                     f"{latest[1]['next_step']})" if latest else "no checkpoint yet (restart from the beginning)"
             restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
