@@ -152,6 +152,12 @@ def validate_runtime(args: argparse.Namespace) -> None:
     check_number("--heartbeat-timeout", args.heartbeat_timeout, low=0, low_open=True)
     check_number("--checkpoint-every", args.checkpoint_every, low=0)
     check_number("--max-restarts", args.max_restarts, low=0)
+    if args.workers not in ("auto", "layer"):
+        try:
+            workers = int(args.workers)
+        except ValueError:
+            raise UsageError(f"--workers {args.workers!r}: expected auto, layer or a number") from None
+        check_number("--workers", workers, low=1)
 
 
 def explicit_args(argv: list[str] | None) -> set[str]:
