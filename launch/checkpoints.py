@@ -200,8 +200,9 @@ class CheckpointStore:
             if problem is None:
                 if pointer is not None and pointer not in self.ids():
                     notes.append(f"checkpoints/LATEST names checkpoint {pointer}, which does not exist")
-                for line in notes + [f"checkpoint {i}: {p}; skipped" for i, p in damaged]:
-                    report(line)
+                for line in notes + [f"checkpoint {i}: {p}; skipped" for i, p in damaged
+                                     if p != UNCOMMITTED or pointer is None or i <= pointer]:
+                    report(line)     # (a checkpoint interrupted after the last commit is no news)
                 return ckpt_id, json.loads((self.dir_for(ckpt_id) / MANIFEST).read_text())
             damaged.append((ckpt_id, problem))
         committed = [(i, p) for i, p in damaged if p != UNCOMMITTED]

@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(file=sys.stderr)
-        _say(f"{what} at {time.strftime('%H:%M:%S')}; every worker stopped", args)
+        stopped = "" if args.sequential else "; every worker stopped"
+        _say(f"{what} at {time.strftime('%H:%M:%S')}{stopped}", args)
         return 143 if isinstance(err, Terminated) else 130
     except Exception as err:
         from engine.atomic import DiskFullError, describe_io_error
