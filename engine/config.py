@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -50,6 +53,31 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+#: the fields that decide what a run computes: a checkpoint continues only a run with the same values of all
+IDENTITY_FIELDS = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
+                   "train_size", "test_size", "schedule", "epochs", "batch_size", "lr", "warmup", "seed",
+                   "max_steps")
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """SHA-256 of the canonical JSON of IDENTITY_FIELDS: equal exactly when two configs compute the same run."""
+    text = json.dumps({name: getattr(cfg, name) for name in IDENTITY_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_number(flag: str, value: float | int | None, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """Reject nan, inf and values outside [low, high] (or (low, high] when low_open) with the flag's name."""
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise UsageError(f"{flag} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise UsageError(f"{flag} must be <= {high:g}, got {value:g}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Reject impossible settings early, with the allowed values in the message."""
     if cfg.model not in model_names():
@@ -62,7 +90,7 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"unknown data set {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
     if cfg.d < 2:
         raise UsageError(f"--d must be >= 2 (the paper's d counts the aux classifier), got {cfg.d}")
-    if cfg.tau is not None and not 0.0 <= cfg.tau <= 1.0:
+    if cfg.tau is not None and not 0.0 <= cfg.tau <= 1.0:     # also false for nan
         raise UsageError(f"--tau must lie in [0, 1], got {cfg.tau}")
     if cfg.schedule not in (*SCHEDULES, "auto"):
         raise UsageError(f"--schedule must be auto or one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
@@ -72,15 +100,22 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if cfg.lr is not None and cfg.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {cfg.lr}")
+    check_number("--lr", cfg.lr, low=0, low_open=True)
+    check_number("--seed", cfg.seed, low=0, high=2**63 - 1)
+    check_number("--warmup-epochs", cfg.warmup, low=0)
 
 
-def build_data(cfg: RunConfig):
-    """The data source; missing or malformed data directories become UsageErrors naming the file."""
+def build_data(cfg: RunConfig, check_files: bool = False):
+    """The data source; missing or malformed data directories become UsageErrors naming the file.
+
+    check_files: decode every image of a data set read file by file (ImageNet) now, so that a bad file stops
+    the run before training rather than after hours of it."""
     try:
-        return build_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, input_size=cfg.input_size,
+        data = build_dataset(cfg.dataset, cfg.data_dir, seed=cfg.seed, input_size=cfg.input_size,
                              num_classes=cfg.num_classes, train_size=cfg.train_size, test_size=cfg.test_size)
+        if check_files and hasattr(data, "check_images"):
+            data.check_images()
+        return data
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
 

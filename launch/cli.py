@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import json
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
 
-from engine.config import RunConfig, UsageError, build_data, build_network, resolve, validate
+from engine.config import (
+    IDENTITY_FIELDS,
+    RunConfig,
+    UsageError,
+    build_data,
+    build_network,
+    check_number,
+    resolve,
+    validate,
+)
 
 EPILOG = """examples:
   auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, in-process trainer
@@ -14,8 +28,10 @@ EPILOG = """examples:
   auglocal-launch --dataset cifar10 --data-dir ~/data --model resnet110 --d 4 --epochs 400
   auglocal-launch --preset cifar10-resnet32-auglocal-d4 --data-dir ~/data
 
-exit codes: 0 success, 1 training failed, 2 bad input (unknown model/rule/data set, impossible d,
-missing data directory)."""
+exit codes: 0 success; 1 training failed (a worker kept failing, a full disk, no intact checkpoint);
+2 bad input (unknown model/rule/data set, impossible d or flag value, missing data directory or image,
+a run folder that holds another run or is in use, a checkpoint of another run); 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). Where resuming helps, the message ends with the --resume command."""
 
 
 def fault_help() -> str:
@@ -70,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads of the in-process trainer")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="run folder (default runs/<model>-<rule>-<time>)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out folder that already holds one, removing that run's files")
     o.add_argument("--dry-run", action="store_true",
                    help="build everything, print the per-layer plan (aux nets, params, MACs) and exit")
     o.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
@@ -108,13 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue RUN_DIR from its last committed checkpoint (any --workers/--gpus)")
     f.add_argument("--inject-fault", metavar="FAULT", default=None,
                    help="fault injection for tests and demos (or AUGLOCAL_INJECT_FAULT): " + fault_help())
+    f.add_argument("--cleanup", action="store_true",
+                   help="remove socket folders left by launchers that were killed, print them and exit")
     return p
 
 
-#: settings that define what a run computes: --resume refuses a different value for any of them
-RUN_IDENTITY = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
-                "train_size", "test_size", "schedule",
-                "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps")
+#: settings that define what a run computes (as flag names): --resume refuses a different value for any of them
+RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in IDENTITY_FIELDS)
+#: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
+RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_malloc", "trace", "checkpoint_every",
+                 "heartbeat_timeout", "max_restarts")
+RUNTIME_FILE = "runtime.json"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that the run stops as on Ctrl-C: workers stopped, files whole."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # one is enough: let the clean stop finish
+    raise Terminated()
+
+
+def validate_runtime(args: argparse.Namespace) -> None:
+    """Numeric flags of how a run is executed: finite and in range, else exit 2 naming the flag."""
+    check_number("--worker-threads", args.worker_threads, low=1)
+    check_number("--threads", args.threads, low=1)
+    check_number("--heartbeat-timeout", args.heartbeat_timeout, low=0, low_open=True)
+    check_number("--checkpoint-every", args.checkpoint_every, low=0)
+    check_number("--max-restarts", args.max_restarts, low=0)
+    if args.workers not in ("auto", "layer"):
+        try:
+            workers = int(args.workers)
+        except ValueError:
+            raise UsageError(f"--workers {args.workers!r}: expected auto, layer or a number") from None
+        check_number("--workers", workers, low=1)
 
 
 def explicit_args(argv: list[str] | None) -> set[str]:
@@ -127,13 +173,20 @@ def explicit_args(argv: list[str] | None) -> set[str]:
 
 def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig:
     """The saved config of --resume RUN_DIR; refuses flags that would change what the run computes."""
-    import json
-    from pathlib import Path
-
     path = Path(args.resume) / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise UsageError(f"--resume {args.resume}: no run folder there (expected {path})")
-    saved = RunConfig.from_dict(json.loads(path.read_text()))
+    try:
+        raw = json.loads(path.read_bytes())
+        if not isinstance(raw, dict):
+            raise ValueError
+        saved = RunConfig.from_dict(raw)
+    except (ValueError, TypeError):
+        raise UsageError(f"--resume {args.resume}: {path} is damaged (expected the JSON object of the run's "
+                         "settings); restore it, or start the run again with --overwrite") from None
+    if raw.get("trainer") == "sequential":
+        raise UsageError(f"--resume {args.resume}: that run used --sequential, which keeps no checkpoints; "
+                         "run it again with --overwrite")
     given = explicit_args(argv)
     field_of = {"warmup_epochs": "warmup"}
     for name in (n for n in RUN_IDENTITY if n in given):
@@ -142,6 +195,43 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig
             raise UsageError(f"--resume {args.resume}: that run has --{name.replace('_', '-')} {old}, not {value}; "
                              "a checkpoint only continues the run it belongs to")
     return saved
+
+
+def restore_runtime(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """--resume: the runtime flags the run was started with (runtime.json), except those given again."""
+    path = Path(args.resume) / RUNTIME_FILE
+    try:
+        saved = json.loads(path.read_bytes())["flags"]
+        if not isinstance(saved, dict):
+            raise TypeError
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"--resume {args.resume}: {path} is damaged (expected the JSON auglocal-launch wrote); "
+                         "remove it to resume with default flags") from None
+    given = explicit_args(argv)
+    for name in RUNTIME_FLAGS:
+        if name in saved and name not in given:
+            setattr(args, name, saved[name])
+    return {name: getattr(args, name) for name in RUNTIME_FLAGS if name in given and saved.get(name) !=
+            getattr(args, name)}
+
+
+def record_runtime(args: argparse.Namespace, overrides: dict) -> None:
+    """runtime.json: the runtime flags in force; a resume that overrides some appends them to `changes`."""
+    path = Path(args.out) / RUNTIME_FILE
+    changes = []
+    if args.resume and path.exists():
+        try:
+            changes = list(json.loads(path.read_bytes()).get("changes", []))
+        except (ValueError, AttributeError, TypeError):
+            changes = []
+        if overrides:
+            changes.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "flags": overrides})
+    from engine.atomic import atomic_write_bytes
+
+    record = {"flags": {name: getattr(args, name) for name in RUNTIME_FLAGS}, "changes": changes}
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -195,11 +285,7 @@ def pipeline_options(args: argparse.Namespace):
         fault = parse_fault(args.inject_fault) if args.inject_fault else fault_from_env()
     except ValueError as err:
         raise UsageError(str(err)) from err
-    for name in ("checkpoint_every", "max_restarts"):
-        if getattr(args, name) < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
-    if args.heartbeat_timeout <= 0:
-        raise UsageError("--heartbeat-timeout must be > 0 seconds")
+    validate_runtime(args)
     return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
@@ -213,30 +299,114 @@ def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
                           resume=bool(args.resume))
 
 
+#: OSError numbers the machine or the user causes (space, permissions, I/O): one line, exit 1
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOTDIR,
+                  errno.EISDIR, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE)
+
+
+def _resumable(args: argparse.Namespace) -> bool:
+    """A pipelined run whose folder has what --resume needs (its checkpoints are verified then)."""
+    if args.sequential or not args.out:
+        return False
+    return all((Path(args.out) / name).is_file() for name in ("config.json", "run.json"))
+
+
+def _say(message: str, args: argparse.Namespace, *, hint: str | None = None) -> None:
+    """One line on stderr: the message, then the resume command when resuming can help."""
+    if _resumable(args):
+        message += f"; resume with: auglocal-launch --resume {args.out}"
+    elif hint:
+        message += f"; {hint}"
+    print(f"auglocal-launch: {message}", file=sys.stderr)
+
+
+def cleanup(quiet: bool = False) -> int:
+    """--cleanup: remove socket folders of launchers that are gone."""
+    from launch.sockets import cleanup_stale
+
+    removed = cleanup_stale()
+    for path in removed:
+        print(f"removed stale socket folder {path}")
+    if not quiet:
+        print(f"auglocal-launch --cleanup: removed {len(removed)} stale socket folder(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        if args.list_presets:
-            from launch.presets import format_presets
+        return _main(args, argv)
+    except UsageError as err:
+        print(f"auglocal-launch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(file=sys.stderr)
+        stopped = "" if args.sequential else "; every worker stopped"
+        _say(f"{what} at {time.strftime('%H:%M:%S')}{stopped}", args)
+        return 143 if isinstance(err, Terminated) else 130
+    except Exception as err:
+        from engine.atomic import DiskFullError, describe_io_error
+        from engine.data.imagenet import ImageDecodeError
+        from launch.checkpoints import CheckpointError
 
-            print(format_presets())
-            return 0
-        if args.resume:
-            if args.sequential or args.dry_run:
-                raise UsageError("--resume continues a pipelined run; it does not combine with --sequential/--dry-run")
-            cfg = resume_config(args, argv)
-            args.out = args.resume
-        else:
-            cfg = config_from_args(args)
-            if args.preset:
-                from launch.presets import apply_preset
+        if isinstance(err, ImageDecodeError):
+            _say(f"error: {err}", args)
+            return 2
+        if isinstance(err, CheckpointError):
+            print(f"auglocal-launch: error: {err}", file=sys.stderr)
+            return 1
+        if isinstance(err, OSError) and err.errno in MACHINE_ERRNOS:
+            line = str(err) if isinstance(err, DiskFullError) or not err.filename else describe_io_error(err)
+            _say(f"error: {line}", args,
+                 hint="run it again with --overwrite once fixed")
+            return 1
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
-                cfg = apply_preset(args.preset, cfg, explicit_args(argv))
-        validate(cfg)
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.list_presets:
+        from launch.presets import format_presets
+
+        print(format_presets())
+        return 0
+    if args.cleanup:
+        return cleanup()
+    overrides: dict = {}
+    if args.resume:
+        if args.sequential or args.dry_run or args.overwrite:
+            raise UsageError("--resume continues a pipelined run; it does not combine with --sequential, --dry-run "
+                             "or --overwrite")
+        cfg = resume_config(args, argv)
+        args.out = args.resume
+        overrides = restore_runtime(args, argv)
+    else:
+        cfg = config_from_args(args)
+        if args.preset:
+            from launch.presets import apply_preset
+
+            cfg = apply_preset(args.preset, cfg, explicit_args(argv))
+    validate(cfg)
+    validate_runtime(args)
+    if args.dry_run:
         data = build_data(cfg)
         resolve(cfg, data)
-        if args.dry_run:
-            return dry_run(cfg, data, args)
+        return dry_run(cfg, data, args)
+    from launch.run_dir import claim_run_folder, default_run_dir
+
+    args.out = str(args.out or default_run_dir(cfg.model, cfg.rule))
+    with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
+        data = build_data(cfg, check_files=True)
+        resolve(cfg, data)
+        record_runtime(args, overrides)
+        if overrides:
+            print("auglocal-launch: resuming with " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                                for k, v in overrides.items()))
         if args.sequential:
             from launch.sequential import sequential_device, train_sequential
 
@@ -244,13 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads,
                                     malloc=args.worker_malloc)
+        cleanup(quiet=True)
         return run_pipeline(args, cfg, data)
-    except UsageError as err:
-        print(f"auglocal-launch: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nauglocal-launch: interrupted at {time.strftime('%H:%M:%S')}", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

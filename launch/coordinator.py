@@ -13,7 +13,6 @@ import multiprocessing as mp
 import os
 import secrets
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from engine.feed import (
 )
 from launch.checkpoints import CheckpointStore
 from launch.progress import EpochTracker
+from launch.sockets import make_socket_dir
 from workers import protocol
 from workers.faults import Fault, die
 from workers.messages import Codec, Kind, Message, MessageError
@@ -158,7 +158,7 @@ class Coordinator:
         self.clock = clock
         self.run_id = uuid.uuid4().hex[:12]
         self.codec = Codec(self.run_id, secrets.token_hex(16))
-        self.tmp = tempfile.mkdtemp(prefix="auglocal-")
+        self.tmp = make_socket_dir(self.run_id)      # launch/sockets.py: found and removed if we are killed
         self.k = len(placement.groups)
         self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), opts.window) for r in range(self.k)]
         self.results_link = Link(ipc_address("results", self.tmp), window=64)

@@ -14,7 +14,7 @@ from engine.config import RunConfig, UsageError, build_network
 from engine.planning import PipelinePlan, layer_output_shapes, make_plan, module_costs_flops, module_costs_timed
 from engine.rules import build_local_modules
 from engine.trainer import EpochRecord, StepRecord
-from launch.checkpoints import CheckpointStore
+from launch.checkpoints import CheckpointStore, start_identity
 from launch.coordinator import (
     AttemptOptions,
     Coordinator,
@@ -163,6 +163,7 @@ class PreparedRun:
     run: RunDir
     store: CheckpointStore
     progress: bool
+    resume_from: tuple[int, dict] | None = None    # the verified checkpoint --resume starts from
 
 
 @dataclass
@@ -185,11 +186,13 @@ def prepare_run(cfg: RunConfig, data, opts: PipelineOptions, out: str | None, pr
     plan, placement, needs_input = plan_pipeline(cfg, data, opts)
     check_fault_target(opts.fault, len(placement.groups))
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
+    store = CheckpointStore(run.path, start_identity(run.path, cfg, resume))
+    resume_from = store.resume_point() if resume else None      # verified before any worker starts
     if not resume:
         run.write_json("config.json", cfg.to_dict())
     run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads})
     print(plan.format())
-    return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, CheckpointStore(run.path), progress)
+    return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, store, progress, resume_from)
 
 
 def _attempt_callbacks(p: PreparedRun, bar: tqdm, stats: PipelineStats):
@@ -220,12 +223,12 @@ def _describe_checkpoint(latest) -> str:
             f"{latest[1]['next_step']})")
 
 
-def run_attempts(p: PreparedRun, resume: bool) -> Outcome:
+def run_attempts(p: PreparedRun) -> Outcome:
     """Attempts until one finishes: after a failure, stop every worker and restart from the last committed
     checkpoint, at most --max-restarts times. The fault (if any) fires in the first attempt only, unless
     it says `always`."""
     cfg, data, opts, run, store = p.cfg, p.data, p.opts, p.run, p.store
-    latest = store.latest() if resume else None
+    latest = p.resume_from
     restarts: list[dict] = []
     counters = RunCounters()
     t_failed: float | None = None
@@ -257,7 +260,7 @@ def run_attempts(p: PreparedRun, resume: bool) -> Outcome:
         except WorkerFailed as err:
             _note_recovery(restarts, coord, t_failed)
             t_failed = err.detected_at
-            latest = store.latest()
+            latest = store.verified_latest()
             restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
                              "restart_from": latest[0] if latest else None})
             bar.write(f"auglocal-launch: {err}; all workers stopped; last committed: {_describe_checkpoint(latest)}")
@@ -270,7 +273,7 @@ def run_attempts(p: PreparedRun, resume: bool) -> Outcome:
 
 def report_failure(p: PreparedRun, outcome: Outcome) -> int:
     """Say why the run stopped and how to resume it; write failure.json. Returns exit code 1."""
-    err, latest = outcome.error, p.store.latest()
+    err, latest = outcome.error, p.store.verified_latest(report=lambda line: None)
     why = (f"giving up after {p.opts.max_restarts} restart(s)" if err.restartable
            else "stopping: a restart would fail the same way")
     print(f"auglocal-launch: {why}. Failed: {err}. Last committed {_describe_checkpoint(latest)}. "
@@ -326,7 +329,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
 
     Returns the exit code: 0 done, 1 failed after --max-restarts restarts (or update counters disagree)."""
     prepared = prepare_run(cfg, data, opts, out, progress, resume)
-    outcome = run_attempts(prepared, resume)
+    outcome = run_attempts(prepared)
     if outcome.error is not None:
         return report_failure(prepared, outcome)
     return report_success(prepared, outcome)

@@ -1,14 +1,26 @@
-"""The run folder: config, metrics as JSON lines, saved networks and plots, each written atomically."""
+"""The run folder: config, metrics as JSON lines, saved networks and plots, each written atomically; one run
+at a time holds it (an exclusive lock), and a new run never mixes with an old one."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
+import socket
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.atomic import atomic_torch_save, atomic_write_bytes
+from engine.atomic import as_disk_full, atomic_torch_save, atomic_write_bytes
+from engine.config import UsageError
+
+LOCK_FILE = "run.lock"
+#: what a run writes into its folder (--overwrite removes exactly these)
+RUN_FILES = ("config.json", "run.json", "runtime.json", "metrics.jsonl", "plan.json", "summary.json",
+             "failure.json", "model.pt", "aux.pt", "torchvision.pt", "curves.png", "gantt.png")
+RUN_FOLDERS = ("checkpoints", "layers")
 
 
 def default_run_dir(model: str, rule: str, root: str = "runs") -> Path:
@@ -20,6 +32,79 @@ def default_run_dir(model: str, rule: str, root: str = "runs") -> Path:
         n += 1
         path = base.with_name(f"{base.name}-{n}")
     return path
+
+
+def holds_run(path: Path) -> bool:
+    """Whether the folder already holds (part of) a run: its config, identity or checkpoints."""
+    return any((path / name).exists() for name in ("config.json", "run.json", "checkpoints"))
+
+
+def clear_run(path: Path) -> None:
+    """--overwrite: remove the previous run's files (and nothing else) so that none mixes with the new run."""
+    for name in RUN_FOLDERS:
+        shutil.rmtree(path / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    for trace in path.glob("trace_worker*.jsonl"):
+        trace.unlink()
+
+
+class RunLock:
+    """An exclusive flock on RUN/run.lock for the whole run; the file names the holder (pid, host, start).
+
+    The kernel drops the lock when the holder exits in any way (SIGKILL included): no stale locks."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        if self.fd is None:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file, not a folder; give a folder for the run (new or "
+                             "holding a run to --resume)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 512).decode(errors="replace").strip() or "a process that just started"
+            os.close(fd)
+            raise UsageError(f"run folder {self.path} is in use by another run ({holder}); wait until it ends, "
+                             "or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                     "\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)        # the file stays: unlinking a flock file races with the next locker
+            self.fd = None
+
+
+def claim_run_folder(path: str | Path, *, resume: bool, overwrite: bool) -> RunLock:
+    """Lock the run folder; a new run into a folder holding a run needs --overwrite (which clears it)."""
+    lock = RunLock(path)
+    lock.acquire()
+    try:
+        if not resume and holds_run(lock.path):
+            if not overwrite:
+                raise UsageError(f"{lock.path} already holds a run; continue it with --resume {lock.path}, "
+                                 "replace it with --overwrite, or choose another --out")
+            clear_run(lock.path)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _plain(obj: Any) -> Any:
@@ -52,8 +137,15 @@ class RunDir:
         """Append one metrics record (a dataclass or dict) tagged with its kind ('step', 'epoch', ...)."""
         row = asdict(record) if is_dataclass(record) else dict(record)
         row = {"kind": kind, **row}
-        self._metrics.write(json.dumps(row, default=_plain) + "\n")
-        self._metrics.flush()
+        line = json.dumps(row, default=_plain) + "\n"
+        try:
+            self._metrics.write(line)
+            self._metrics.flush()
+        except OSError as err:
+            full = as_disk_full(err, self.path / "metrics.jsonl", len(line))
+            if full is err:
+                raise
+            raise full from err
         self.lines += 1
 
     def save_state(self, name: str, state: dict) -> None:

@@ -37,6 +37,11 @@ SMALL_FLAGS = ["--model", "resnet20", "--rule", "auglocal", "--d", "3", "--datas
                "--lr", "0.05", "--warmup-epochs", "1", "--seed", "7", "--balance", "flops", "--no-progress"]
 
 
+def small_flags(out, *extra: str) -> list[str]:
+    """The small run as flags into run folder `out`, checkpoints every CHECKPOINT_EVERY minibatches."""
+    return [*SMALL_FLAGS, "--checkpoint-every", str(CHECKPOINT_EVERY), "--out", str(out), *extra]
+
+
 def small_run(max_steps: int | None = None) -> tuple[RunConfig, object]:
     """A fresh config (train_pipeline mutates it) and the 48-image synthetic data set."""
     cfg = RunConfig(**SMALL, max_steps=max_steps)

@@ -11,33 +11,10 @@ import contextlib
 import io
 import json
 import shutil
-import signal
 
 import pytest
 
-from tests.faults.support import (
-    CHECKPOINT_EVERY,
-    SMALL_FLAGS,
-    assert_complete,
-    assert_no_tagged,
-    new_tag,
-    run_cli,
-)
-
-
-def small_flags(out, *extra: str) -> list[str]:
-    return [*SMALL_FLAGS, "--checkpoint-every", str(CHECKPOINT_EVERY), "--out", str(out), *extra]
-
-
-@pytest.fixture(scope="module")
-def coordinator_killed(tmp_path_factory):
-    """A run whose coordinator (the CLI process) is SIGKILLed after feeding minibatch 8 of 12 (2 workers)."""
-    out = tmp_path_factory.mktemp("coordinator") / "run"
-    tag = new_tag()
-    proc = run_cli(small_flags(out, "--workers", "2", "--inject-fault", "kill-coordinator:step=8"), tag)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert_no_tagged(tag)        # its workers noticed and exited; the forkserver went with the coordinator
-    return out
+from tests.faults.support import assert_complete, assert_no_tagged, new_tag, run_cli, small_flags
 
 
 @pytest.mark.parametrize("workers", ["3", "layer"])
