@@ -66,7 +66,7 @@ class AttemptOptions:
     heartbeat_timeout: float = 120.0     # seconds without any message from a busy worker = hung
     fault: Fault | None = None
     resume_dir: str | None = None        # committed checkpoint folder the workers load
-    malloc: str = "return"               # worker allocator policy, see WorkerSpec.malloc
+    malloc: str = "keep"                 # worker allocator policy, see WorkerSpec.malloc
 
 
 def forkserver_context() -> mp.context.BaseContext:

@@ -35,7 +35,7 @@ def peak_rss_mb() -> float | None:
 
 
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
-                     threads: int | None = None, malloc: str = "return") -> int:
+                     threads: int | None = None, malloc: str = "keep") -> int:
     """Train with the sequential trainer and write the run folder; returns the exit code."""
     if malloc == "return":
         return_freed_memory()
