@@ -120,6 +120,83 @@ def _bandwidth(outbox: Sender, messages: int, repeats: int = 3) -> dict[str, flo
     return {"msgs_per_s": rate, "gb_per_s": rate * LARGE_BYTES / 1e9}
 
 
+def plain_peer(parent_address: str, transport: str) -> None:
+    """The plain-pyzmq peer: same socket types (ROUTER in, DEALER out), no codec, no credits, no checks."""
+    context = zmq.Context()
+    directory = tempfile.mkdtemp(prefix="al-bench-") if transport == "ipc" else None
+    inbox = context.socket(zmq.ROUTER)
+    inbox.bind(ipc_address("peer", directory) if directory else "tcp://127.0.0.1:*")
+    outbox = context.socket(zmq.DEALER)
+    outbox.connect(parent_address)
+    try:
+        outbox.send(inbox.getsockopt(zmq.LAST_ENDPOINT))
+        while True:
+            _, *frames = inbox.recv_multipart(copy=False)
+            if frames[0].bytes == b"stop":
+                break
+            if frames[0].bytes == b"echo":
+                outbox.send_multipart(frames, copy=False)
+            else:
+                outbox.send(b"done")
+    finally:
+        context.destroy(linger=0)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure_plain(transport: str, round_trips: int, messages: int) -> dict[str, float]:
+    """The same ping-pong and stream with bare pyzmq sockets: the floor this transport is judged against.
+
+    Bandwidth sends 8 MB frames with a window of 2 (the peer acknowledges each with a tiny message), so the
+    figure is comparable with the credit-windowed link.
+    """
+    context = zmq.Context()
+    directory = tempfile.mkdtemp(prefix="al-bench-")
+    inbox = context.socket(zmq.ROUTER)
+    inbox.bind(ipc_address("parent", directory) if transport == "ipc" else "tcp://127.0.0.1:*")
+    child = multiprocessing.get_context("spawn").Process(
+        target=plain_peer, args=(inbox.getsockopt(zmq.LAST_ENDPOINT).decode(), transport))
+    child.start()
+    try:
+        _, address = inbox.recv_multipart()
+        outbox = context.socket(zmq.DEALER)
+        outbox.connect(address.decode())
+        small = torch.randn(SMALL_BYTES // 4).numpy()
+        one_way = []
+        for _ in range(round_trips + round_trips // 10):
+            start = time.perf_counter()
+            outbox.send_multipart([b"echo", small], copy=False)
+            inbox.recv_multipart(copy=False)
+            one_way.append((time.perf_counter() - start) / 2)
+        one_way = one_way[round_trips // 10 :]
+        large = torch.randn(LARGE_BYTES // 4).numpy()
+        rates = []
+        for run in range(4):   # the first run warms up
+            start = time.perf_counter()
+            pending = 0
+            for _ in range(messages):
+                if pending == 2:
+                    inbox.recv_multipart()
+                    pending -= 1
+                outbox.send_multipart([b"data", large], copy=False)
+                pending += 1
+            for _ in range(pending):
+                inbox.recv_multipart()
+            if run:
+                rates.append(messages / (time.perf_counter() - start))
+        outbox.send(b"stop")
+        child.join(WAIT_MS / 1000)
+    finally:
+        if child.is_alive():
+            child.kill()
+        context.destroy(linger=0)
+        shutil.rmtree(directory, ignore_errors=True)
+    rate = statistics.median(rates)
+    return {"lat_median_us": statistics.median(one_way) * 1e6,
+            "lat_p90_us": statistics.quantiles(one_way, n=10)[-1] * 1e6,
+            "msgs_per_s": rate, "gb_per_s": rate * LARGE_BYTES / 1e9}
+
+
 def measure_copy(reps: int) -> dict[str, dict[str, float]]:
     """The ceiling: copying the same bytes inside one process, with torch.clone and numpy.copy."""
     results = {}
@@ -197,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     for transport in ("ipc", "tcp"):
         rows[f"{transport}:// link"] = measure_link(transport, args.window, args.round_trips, args.messages)
+        rows[f"{transport}:// plain pyzmq"] = measure_plain(transport, args.round_trips, args.messages)
     rows.update({f"memory copy ({k})": v for k, v in measure_copy(reps=50).items()})
     table = format_table(rows, args.window, describe_machine())
     print(table)

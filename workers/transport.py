@@ -52,6 +52,10 @@ from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 _CREDIT_ONLY: Expect = {Kind.CREDIT: {}}
+# Plain ints: pyzmq's flag enums cost an enum construction per `|` on the per-message path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 def ipc_address(name: str, directory: str | None = None) -> str:
@@ -92,15 +96,19 @@ def _wait(poller: zmq.Poller, socket: zmq.Socket, deadline: float) -> bool:
     """Wait until `socket` is ready for the registered events or `deadline` (time.monotonic) passes."""
     while True:
         remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        if socket in dict(poller.poll(remaining_ms)):
+        if poller.poll(remaining_ms):   # the poller holds this one socket: any event is ours
             return True
         if remaining_ms == 0 or time.monotonic() >= deadline:  # re-wait only after an early wake-up
             return False
 
 
-def _deadline(timeout_ms: float) -> float:
+def _check_timeout(timeout_ms: float) -> None:
     if timeout_ms < 0:
         raise ValueError(f"timeout_ms must be >= 0, got {timeout_ms}")
+
+
+def _deadline(timeout_ms: float) -> float:
+    _check_timeout(timeout_ms)
     return time.monotonic() + timeout_ms / 1000
 
 
@@ -146,7 +154,7 @@ class Receiver(_Endpoint):
             raise ValueError(f"window must be >= 1, got {window}")
         _check_bind_address(address, allow_remote)
         self._codec = codec
-        self._credit = codec.encode(Message(Kind.CREDIT, name))
+        (self._credit,) = codec.encode(Message(Kind.CREDIT, name))   # header only: one frame
         self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, window + 1)
@@ -171,12 +179,25 @@ class Receiver(_Endpoint):
         Raises TimeoutError when nothing arrives within `timeout_ms`, MessageError when what arrived is
         malformed, foreign or not in `expect` (the receiver stays usable; the sender gets no credit).
         """
-        if not _wait(self._poller, self._socket, _deadline(timeout_ms)):
-            raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
-        identity, *frames = self._socket.recv_multipart(copy=False)
-        message = self._codec.decode(frames, expect, peer=f"<peer {identity.bytes.hex()} at {self.address}>")
+        _check_timeout(timeout_ms)
+        socket = self._socket
+        try:  # fast path: a message already queued needs no poll (a refused non-blocking recv costs < 1 us)
+            identity = socket.recv(_NOBLOCK)
+        except zmq.Again:
+            if not _wait(self._poller, socket, _deadline(timeout_ms)):
+                raise TimeoutError(
+                    f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)"
+                ) from None
+            identity = socket.recv(_NOBLOCK)
+        # The routing identity is copied (small bytes); header and tensor frames stay zero-copy Frames: the
+        # header is size-checked before anything is parsed, tensors are rebuilt on the frames' buffers.
+        frames = []
+        while socket.getsockopt(_RCVMORE):
+            frames.append(socket.recv(copy=False))
+        message = self._codec.decode(frames, expect, peer=f"<peer {identity.hex()} at {self.address}>")
         try:
-            self._socket.send_multipart([identity, *self._credit], flags=zmq.NOBLOCK)
+            socket.send(identity, _NOBLOCK | _SNDMORE)
+            socket.send(self._credit, _NOBLOCK)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
                 raise
@@ -193,6 +214,7 @@ class Sender(_Endpoint):
         self.window = window
         self._codec = codec
         self._in_flight = 0
+        self._valid_credit: bytes | None = None
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
@@ -216,18 +238,40 @@ class Sender(_Endpoint):
         stays full for `timeout_ms` (the receiver is slow, stuck or dead), MessageError for a forged credit.
         """
         frames = self._codec.encode(message)
-        deadline = _deadline(timeout_ms)
+        _check_timeout(timeout_ms)
         self._collect_credits(deadline=None)
-        while self._in_flight >= self.window:
-            if not self._collect_credits(deadline):
-                raise TimeoutError(
-                    f"send to {self.address} timed out after {timeout_ms} ms: {self._in_flight} of "
-                    f"{self.window} messages still unconsumed by the receiver (slow or dead?)"
-                )
-        if not _wait(self._writable, self._socket, deadline):
-            raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
-        self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        if self._in_flight >= self.window:
+            deadline = _deadline(timeout_ms)
+            while self._in_flight >= self.window:
+                if not self._collect_credits(deadline):
+                    raise TimeoutError(
+                        f"send to {self.address} timed out after {timeout_ms} ms: {self._in_flight} of "
+                        f"{self.window} messages still unconsumed by the receiver (slow or dead?)"
+                    )
+        # Try at once; wait for writability only when ZeroMQ refuses (no peer connected yet, or its pipe full).
+        deadline = None
+        while not self._send_now(frames):
+            deadline = _deadline(timeout_ms) if deadline is None else deadline
+            if not _wait(self._writable, self._socket, deadline):
+                raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
         self._in_flight += 1
+
+    def _send_now(self, frames: list) -> bool:
+        """Queue one message without blocking; False if ZeroMQ would block (nothing was queued then).
+
+        The header goes by copy (a small bytes object: cheaper than a zero-copy Frame); tensor frames go
+        zero-copy (pyzmq still copies those below zmq.COPY_THRESHOLD, where a copy is the cheaper path).
+        A multipart message is atomic: once its first frame is accepted, the rest cannot be refused.
+        """
+        socket = self._socket
+        last = len(frames) - 1
+        try:
+            socket.send(frames[0], _NOBLOCK | (_SNDMORE if last else 0))
+        except zmq.Again:
+            return False
+        for i in range(1, last + 1):
+            socket.send(frames[i], _SNDMORE if i < last else 0, copy=False)
+        return True
 
     def wait_all(self, timeout_ms: float) -> None:
         """Block until the receiver has consumed every message sent so far; TimeoutError otherwise."""
@@ -241,15 +285,21 @@ class Sender(_Endpoint):
 
     def _collect_credits(self, deadline: float | None) -> bool:
         """Take every credit that has arrived, first waiting until `deadline` if given; True if any came."""
-        if deadline is not None and not _wait(self._credits, self._socket, deadline):
-            return False
+        socket = self._socket
         got = False
         while True:
             try:
-                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = socket.recv_multipart(_NOBLOCK)
             except zmq.Again:
-                return got
-            self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
+                if got or deadline is None or not _wait(self._credits, socket, deadline):
+                    return got
+                deadline = None   # something arrived: take it, and whatever came with it, without waiting again
+                continue
+            # A receiver's credits are byte-identical: one equal to a credit that passed full validation
+            # would pass it again, so only a new one is decoded (a forged or foreign one still fails).
+            if len(frames) != 1 or frames[0] != self._valid_credit:
+                self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
+                self._valid_credit = frames[0] if len(frames) == 1 else None
             self._in_flight = max(0, self._in_flight - 1)
             got = True
 
