@@ -164,6 +164,8 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
         plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args))
         print()
         print(plan.format())
+        from engine.planning.simulator import dry_run_line
+        print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda")))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
     return 0
 

@@ -233,3 +233,64 @@ def module_times_from_flops(flops_costs: Sequence[float], primary_macs: Sequence
     measurement: it assumes every layer runs at the same rate."""
     return [ModuleTime(forward_s=p * batch_size / macs_per_s, rest_s=max(c - p, 0.0) * batch_size / macs_per_s)
             for c, p in zip(flops_costs, primary_macs, strict=True)]
+
+
+#: Link model of a CPU run when nothing was measured: ipc:// on this project's 2-core machine
+#: (benchmarks/results/transport.md: ~0.3 ms per message, ~3 GB/s for 8 MB activations).
+DEFAULT_CPU_LINK = LinkCost(latency_s=300e-6, bytes_per_s=3e9)
+
+
+def forward_shares(modules: Sequence[nn.Module], x: torch.Tensor) -> tuple[list[float], list[int]]:
+    """Per module: the share of its training work that is the primary forward, from MACs counted on the meta
+    device (forward / 3 x (primary + aux)), and its output bytes per image. Costs no arithmetic."""
+    from engine.planning.costs import _counted, _twin, count_macs
+
+    batch = int(x.shape[0])
+    h = x.to("meta")
+    y = torch.zeros(batch, dtype=torch.long, device="meta")
+    shares, out_bytes = [], []
+    for m in _twin(list(modules), meta=True):
+        primary, h = _counted(lambda m=m, inp=h: m(inp), batch)
+        aux = getattr(m, "aux", None)
+        aux_macs = 0
+        if aux is not None:
+            xin = x.to("meta") if getattr(aux, "needs_input", False) else None
+            aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), batch)
+        shares.append(primary / (3.0 * (primary + aux_macs)) if primary + aux_macs else 0.0)
+        out_bytes.append(h.numel() * h.element_size() // batch)
+    return shares, out_bytes
+
+
+def simulate_plan(plan, shares: Sequence[float], out_bytes_per_image: Sequence[int], events: Sequence[Event],
+                  link: LinkCost = DEFAULT_CPU_LINK, cores: int | None = None, window: int = 2) -> Simulation:
+    """Replay `events` through a PipelinePlan: each module's cost split at its forward share. Costs in MACs
+    (a FLOPs plan) are replayed as seconds at one MAC per second with free links: only ratios then mean
+    anything."""
+    seconds = plan.unit == "s"
+    scale = 1.0 if seconds else float(plan.batch_size)   # FLOPs costs are per image
+    times = [ModuleTime(c * scale * s, c * scale * (1 - s)) for c, s in zip(plan.module_costs, shares, strict=True)]
+    loads = worker_loads(plan.groups, times, [b * plan.batch_size for b in out_bytes_per_image])
+    return simulate(events, loads, plan.batch_size, link if seconds else LinkCost(), window=window, cores=cores)
+
+
+def dry_run_line(cfg, data, plan, cpu_workers: bool) -> str:
+    """The simulator's figure for `--dry-run`, beside the plan's own prediction (one epoch's feed order)."""
+    import os
+
+    from engine.config import build_network
+    from engine.rules import build_local_modules
+
+    model, aux = build_network(cfg, data)
+    modules = build_local_modules(model, aux)
+    x, _ = data.train_batch(cfg.seed, 0, 0, 2)
+    shares, out_bytes = forward_shares(modules, x)
+    events = run_events(data.steps_per_epoch(cfg.batch_size), 1, data.num_test_batches(cfg.batch_size),
+                        max_steps=cfg.max_steps)
+    sim = simulate_plan(plan, shares, out_bytes, events, cores=os.cpu_count() if cpu_workers else None)
+    busy = " ".join(f"{100 * b:.0f}%" for b in sim.busy_fractions)
+    if plan.unit == "s":
+        return (f"simulated (feed order, links, credit window 2): {sim.images_per_s:,.1f} images/s "
+                f"(plan predicts {plan.predicted_images_per_s:,.1f}); busy {busy}")
+    one = sum(plan.module_costs) * plan.batch_size
+    return (f"simulated speedup over one worker (FLOPs costs, free links): "
+            f"{sim.images_per_s * one / plan.batch_size:.2f}x (plan predicts {plan.speedup:.2f}x); busy {busy}")
