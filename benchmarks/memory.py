@@ -5,14 +5,16 @@ Two figures per configuration, each configuration in a fresh Python process:
 - live tensors: the peak of tensor bytes alive at once during one step (`benchmarks.live_tensors`, from the
   allocator events of torch.profiler), plus the tensors alive before it (parameters, momentum buffers, the
   batch). This is the counterpart of the paper's GPU `max_memory_allocated` and does not depend on malloc.
-- RSS: the process's resident peak during one step above its idle level (VmHWM - VmRSS after a reset of
-  the kernel's high-water mark, `echo 5 > /proc/self/clear_refs`). It depends on the allocator, which is
+- RSS: the process's resident peak over the warm-up and the measured step above its level once network,
+  trainer and batch are built (VmHWM - VmRSS after a reset of the kernel's high-water mark,
+  `echo 5 > /proc/self/clear_refs`, before the first step). It depends on the allocator, which is
   stated: glibc's default heap (`keep`, the default of every command) keeps freed blocks for reuse, so the
-  RSS peak of a step stays near the largest heap it ever needed; `return` (MALLOC_MMAP_THRESHOLD_=65536)
-  gives them back to the OS.
+  process stays near the largest heap it ever needed; `return` (MALLOC_MMAP_THRESHOLD_=65536) gives them
+  back to the OS.
 
-The child builds the network, trainer and batch, runs one warm-up step (so momentum buffers exist), one
-step measured by RSS, and one step under the live-tensor tracker.
+The child builds the network, trainer and batch, runs one warm-up step (so momentum buffers exist), then one
+measured step under the live-tensor tracker, reading both figures from it (the profiler's own event records
+add a few MB at most to the RSS figure).
 
     python benchmarks/memory.py                       # ResNet-32 and ResNet-110, batch 256, d = 2..6
     python benchmarks/memory.py --models resnet32 --batch-size 64 --out benchmarks/results/memory.md
@@ -37,7 +39,7 @@ def read_status_kb(field: str) -> int:
 
 
 def child(model_name: str, rule: str, d: int, batch_size: int, threads: int) -> dict:
-    """Runs inside the fresh process: one RSS-measured step and one live-tensor step, result as a dict."""
+    """Runs inside the fresh process: a warm-up step, then one step measured both ways; result as a dict."""
     import torch
 
     from benchmarks.live_tensors import tensor_bytes, track_live_bytes
@@ -53,18 +55,17 @@ def child(model_name: str, rule: str, d: int, batch_size: int, threads: int) -> 
     trainer = SequentialTrainer(model, aux, OptimConfig(lr=0.1), LRSchedule("constant", 0.1, 1, 0))
     x = torch.randn(batch_size, 3, 32, 32)
     y = torch.randint(0, 10, (batch_size,))
-    trainer.train_step(x, y, 0, 0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    idle = read_status_kb("VmRSS")
-    trainer.train_step(x, y, 0, 1)
-    peak = read_status_kb("VmHWM")
+    idle = read_status_kb("VmRSS")   # built, before any step: a kept heap counts against the rule that grew it
+    trainer.train_step(x, y, 0, 0)
     stage = trainer.stage
     resident = tensor_bytes(iter([*stage.modules.parameters(), *stage.modules.buffers(), x, y,
                                   *(v for st in stage.optimizer.state.values() for v in st.values()
                                     if isinstance(v, torch.Tensor))]))
     with track_live_bytes() as live:
-        trainer.train_step(x, y, 0, 2)
+        trainer.train_step(x, y, 0, 1)
+    peak = read_status_kb("VmHWM")
     return {"model": model_name, "rule": rule, "d": d, "idle_mb": idle / 1024,
             "peak_above_idle_mb": (peak - idle) / 1024, "live_step_mb": live.peak / 2**20,
             "live_total_mb": (resident + live.peak) / 2**20}
@@ -126,10 +127,10 @@ def main() -> None:
              f"--malloc {args.malloc}`; each row a fresh process.", "",
              "Live tensors = the peak of tensor bytes alive at once during one step (torch.profiler allocator "
              "events), step only and with the tensors alive before it (parameters, momentum, batch): the CPU "
-             "counterpart of the paper's GPU max_memory_allocated. RSS = VmHWM - VmRSS of one step above the "
-             "idle process; it depends on the allocator.", "",
+             "counterpart of the paper's GPU max_memory_allocated. RSS = VmHWM - VmRSS over two steps above the "
+             "built process (before its first step); it depends on the allocator.", "",
              "| model | rule | d | live tensors, step (MB) | ratio to BP | live tensors, total (MB) | ratio to BP "
-             "| RSS peak above idle (MB) | ratio to BP |",
+             "| RSS peak above built (MB) | ratio to BP |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
     for name in args.models:

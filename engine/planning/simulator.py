@@ -288,6 +288,8 @@ def dry_run_line(cfg, data, plan, cpu_workers: bool) -> str:
                         max_steps=cfg.max_steps)
     sim = simulate_plan(plan, shares, out_bytes, events, cores=os.cpu_count() if cpu_workers else None)
     busy = " ".join(f"{100 * b:.0f}%" for b in sim.busy_fractions)
+    if sim.images_per_s < sim.pipeline_images_per_s:
+        busy += f"; bounded by {os.cpu_count()} shared CPU cores"
     if plan.unit == "s":
         return (f"simulated (feed order, links, credit window 2): {sim.images_per_s:,.1f} images/s "
                 f"(plan predicts {plan.predicted_images_per_s:,.1f}); busy {busy}")
