@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
              f"Machine: {machine()}; load average {load} at the start.",
              "Command: `python -m benchmarks.speedup " + " ".join(argv if argv is not None else
                                                                   __import__("sys").argv[1:]) + "`", ""]
+    if args.skip:
+        lines += [f"Sections not run this time: {', '.join(args.skip)} (`bash benchmarks/record_cpu.sh speedup` runs "
+                  "all of them).", ""]
     if "ledger" not in args.skip:
         lines += ledger(args.models, args.depths, args.batch, args.timing_steps) + [""]
     if "plan" not in args.skip:
