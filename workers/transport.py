@@ -14,9 +14,13 @@ messages that the receiving *application* has not yet taken with `Receiver.recv`
 CREDIT message (a validated header-only message of the same run) over the same connection to exactly the
 peer that sent the consumed message. A sender at its window waits for a credit, up to its timeout. So the
 bytes buffered per sender are at most ``window`` messages however ZeroMQ and the kernel buffer internally,
-and a slow worker slows its upstream instead of growing queues. The high-water marks are set to window + 1
-as a second fence, so they never bite before the credit check does. A message rejected by validation earns
-no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls visibly (TimeoutError).
+and a slow worker slows its upstream instead of growing queues. The data direction's high-water marks are
+set to window + 1 as a second fence, so they never bite before the credit check does. The credit direction's
+are generous (`_CREDIT_HWM`): a credit is a ~150-byte header, at most one per consumed message, and ZeroMQ
+learns of a pipe's reads lazily (every few messages, when the socket next processes commands), so a tight
+mark there could refuse a credit that has room, and a lost credit would shrink the window for good. A message
+rejected by validation earns no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls
+visibly (TimeoutError).
 
 Every wait takes ``timeout_ms`` and is a `zmq.Poller` wait, never a spin; on expiry it raises TimeoutError
 so the caller can check for shutdown or a dead peer and decide. Credits cannot survive a peer restart:
@@ -56,6 +60,8 @@ _CREDIT_ONLY: Expect = {Kind.CREDIT: {}}
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_CREDIT_HWM = 1024   # credits queued per peer before ZeroMQ would refuse one (see the module docstring)
 
 
 def ipc_address(name: str, directory: str | None = None) -> str:
@@ -158,7 +164,7 @@ class Receiver(_Endpoint):
         self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, window + 1)
-        self._socket.setsockopt(zmq.SNDHWM, window + 1)
+        self._socket.setsockopt(zmq.SNDHWM, _CREDIT_HWM)   # only credits go out
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A frame above the limit makes ZeroMQ drop that peer before buffering it: memory stays bounded even
         # against a hostile peer; the legitimate sender would already have refused to encode it.
@@ -195,12 +201,19 @@ class Receiver(_Endpoint):
         while socket.getsockopt(_RCVMORE):
             frames.append(socket.recv(copy=False))
         message = self._codec.decode(frames, expect, peer=f"<peer {identity.hex()} at {self.address}>")
-        try:
-            socket.send(identity, _NOBLOCK | _SNDMORE)
-            socket.send(self._credit, _NOBLOCK)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
-                raise
+        for attempt in range(2):
+            try:
+                socket.send(identity, _NOBLOCK | _SNDMORE)
+                socket.send(self._credit, _NOBLOCK)
+            except zmq.Again:
+                if attempt:
+                    raise
+                socket.getsockopt(_EVENTS)   # process pending commands: the pipe's lazily reported reads
+                continue
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
+                    raise
+            break
         return message
 
 
@@ -218,8 +231,8 @@ class Sender(_Endpoint):
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
-        self._socket.setsockopt(zmq.RCVHWM, window + 1)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)  # only credits come back
+        self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)
         self._socket.connect(address)
         self._credits = zmq.Poller()
         self._credits.register(self._socket, zmq.POLLIN)
