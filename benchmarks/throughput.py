@@ -8,6 +8,13 @@ step 2 and the last step, so the pipeline fill and process start-up are excluded
 plan comes from per-module times measured at one thread before the run (engine.planning), the busy fraction
 from the workers' own compute time over the pipeline's wall clock.
 
+Where a K = 1 worker's time goes (issue 10): `py-spy record --subprocesses -- python -m launch.cli --dataset
+synthetic --model resnet32 --workers 1 --batch-size 64 --max-steps 12` puts 96.6 % of the worker's samples
+inside Stage.train_step (the code the sequential trainer runs), 1.5 % in start-up and under 1 % in receiving,
+sending and reporting metrics. The worker-side overhead was the allocator policy (`return`, about 2x slower
+on CPU), now `keep` by default; what remains between K = 1 and the sequential trainer is machine noise,
+hence the repeats below.
+
 Robustness on a shared machine: the three compared configurations (sequential AugLocal at 1 thread, the
 pipeline at K = 1 and K = 2) run `--repeats` times interleaved, and each figure is the median with its range.
 
