@@ -146,9 +146,10 @@ def _tensor_from_frame(buffer: memoryview, dtype: torch.dtype, shape: tuple[int,
     """
     if len(buffer) == 0:
         return torch.empty(shape, dtype=dtype)
-    flat = torch.frombuffer(bytearray(buffer) if buffer.readonly else buffer, dtype=dtype)
+    source = bytearray(buffer) if buffer.readonly else buffer
+    flat = torch.frombuffer(source, dtype=dtype)
     if flat.data_ptr() % dtype.itemsize:
-        flat = torch.frombuffer(buffer, dtype=torch.uint8).clone().view(dtype)
+        flat = torch.frombuffer(source, dtype=torch.uint8).clone().view(dtype)
     return flat.view(shape)
 
 
