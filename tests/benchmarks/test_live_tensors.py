@@ -42,3 +42,13 @@ def test_autograd_saved_tensors_are_seen():
 def test_tensor_bytes_counts_shared_storage_once():
     t = torch.zeros(100)
     assert tensor_bytes(iter([t, t[10:], t.view(10, 10)])) == 400
+
+
+def test_freeing_a_tensor_from_before_the_block_does_not_count():
+    """Old gradients freed by zero_grad at a step's start were never counted, so their free is not either."""
+    before = torch.zeros(10_000)
+    with track_live_bytes() as live:
+        del before
+        a = torch.empty(1000)
+    assert (live.peak, live.end) == (4000, 4000)
+    assert a.numel() == 1000
