@@ -134,7 +134,7 @@ def main() -> None:
              f"{', '.join(f'{v:.2f}' for v in os.getloadavg())} after.",
              f"Command: `python -m benchmarks.throughput --steps {steps} --repeats {args.repeats}`; allocator "
              f"`{malloc}` everywhere (`--worker-malloc {malloc}`).",
-             f"The compared rows (b) 1 thread and (c) ran {args.repeats} times interleaved "
+             f"The compared rows (b) 1 thread and (c) ran {args.repeats} time(s) interleaved "
              "(seq, K=1, K=2, seq, K=1, K=2, ...): median (min..max). Rows (a) and (b) 2 threads ran once, "
              "for context.",
              "Sequential rows run in a fresh process each; pipeline rows are steady-state (after the fill).",
