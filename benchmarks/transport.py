@@ -7,8 +7,11 @@ Run from the repository root (about 20-40 s):
 A peer process (started with 'spawn') binds a Receiver and connects a Sender back to this process, as a
 downstream worker would. Latency is a ping-pong of one 16 KB float32 tensor: half the round trip, median and
 90th percentile over many. Bandwidth streams 8 MB float32 activation tensors through one credit-windowed link
-and counts the time until the peer has consumed the last one. The ceiling is a plain in-process copy of the
-same bytes (torch.clone, numpy.copy), single-threaded like the workers.
+and counts the time until the peer has consumed the last one. The floor of the per-hop cost is bare pyzmq
+with the same socket types (ROUTER in, DEALER out) moving the same bytes without codec, validation or
+credits (its bandwidth run keeps 2 messages in flight with a tiny acknowledgement each); the ceiling of
+bandwidth is a plain in-process copy of the same bytes (torch.clone, numpy.copy), single-threaded like the
+workers. Targets (issue 10, quiet machine): ipc 16 KB one-way median <= 100 us, p90 <= 300 us.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import platform
 import secrets
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
@@ -47,13 +51,13 @@ def peer(parent_address: str, transport: str, run_id: str, secret: str, window: 
             Receiver(address, codec, "peer", window=window) as inbox,
             Sender(parent_address, codec, window=window) as outbox,
         ):
-            outbox.send(Message(Kind.CONTROL, "peer", meta={"address": inbox.address}), WAIT_MS)
+            outbox.send(Message(Kind.STOP, "peer", meta={"address": inbox.address}), WAIT_MS)
             while True:
                 message = inbox.recv(WAIT_MS)
-                if message.kind == Kind.CONTROL and message.meta.get("command") == "stop":
+                if message.kind == Kind.STOP and message.meta.get("command") == "stop":
                     break
                 if message.meta.get("echo"):
-                    outbox.send(Message(Kind.ACK, "peer", step=message.step, tensors=message.tensors), WAIT_MS)
+                    outbox.send(Message(Kind.METRICS, "peer", step=message.step, tensors=message.tensors), WAIT_MS)
             outbox.wait_all(WAIT_MS)
     finally:
         if directory:
@@ -76,7 +80,7 @@ def measure_link(transport: str, window: int, round_trips: int, messages: int) -
                 with Sender(hello.meta["address"], codec, window=window) as outbox:
                     result = _latency(inbox, outbox, round_trips)
                     result.update(_bandwidth(outbox, messages))
-                    outbox.send(Message(Kind.CONTROL, "parent", meta={"command": "stop"}), WAIT_MS)
+                    outbox.send(Message(Kind.STOP, "parent", meta={"command": "stop"}), WAIT_MS)
                     outbox.wait_all(WAIT_MS)
                 child.join(WAIT_MS / 1000)
             finally:
@@ -118,6 +122,83 @@ def _bandwidth(outbox: Sender, messages: int, repeats: int = 3) -> dict[str, flo
         rates.append(messages / (time.perf_counter() - start))
     rate = statistics.median(rates)
     return {"msgs_per_s": rate, "gb_per_s": rate * LARGE_BYTES / 1e9}
+
+
+def plain_peer(parent_address: str, transport: str) -> None:
+    """The plain-pyzmq peer: same socket types (ROUTER in, DEALER out), no codec, no credits, no checks."""
+    context = zmq.Context()
+    directory = tempfile.mkdtemp(prefix="al-bench-") if transport == "ipc" else None
+    inbox = context.socket(zmq.ROUTER)
+    inbox.bind(ipc_address("peer", directory) if directory else "tcp://127.0.0.1:*")
+    outbox = context.socket(zmq.DEALER)
+    outbox.connect(parent_address)
+    try:
+        outbox.send(inbox.getsockopt(zmq.LAST_ENDPOINT))
+        while True:
+            _, *frames = inbox.recv_multipart(copy=False)
+            if frames[0].bytes == b"stop":
+                break
+            if frames[0].bytes == b"echo":
+                outbox.send_multipart(frames, copy=False)
+            else:
+                outbox.send(b"done")
+    finally:
+        context.destroy(linger=0)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure_plain(transport: str, round_trips: int, messages: int) -> dict[str, float]:
+    """The same ping-pong and stream with bare pyzmq sockets: the floor this transport is judged against.
+
+    Bandwidth sends 8 MB frames with a window of 2 (the peer acknowledges each with a tiny message), so the
+    figure is comparable with the credit-windowed link.
+    """
+    context = zmq.Context()
+    directory = tempfile.mkdtemp(prefix="al-bench-")
+    inbox = context.socket(zmq.ROUTER)
+    inbox.bind(ipc_address("parent", directory) if transport == "ipc" else "tcp://127.0.0.1:*")
+    child = multiprocessing.get_context("spawn").Process(
+        target=plain_peer, args=(inbox.getsockopt(zmq.LAST_ENDPOINT).decode(), transport))
+    child.start()
+    try:
+        _, address = inbox.recv_multipart()
+        outbox = context.socket(zmq.DEALER)
+        outbox.connect(address.decode())
+        small = torch.randn(SMALL_BYTES // 4).numpy()
+        one_way = []
+        for _ in range(round_trips + round_trips // 10):
+            start = time.perf_counter()
+            outbox.send_multipart([b"echo", small], copy=False)
+            inbox.recv_multipart(copy=False)
+            one_way.append((time.perf_counter() - start) / 2)
+        one_way = one_way[round_trips // 10 :]
+        large = torch.randn(LARGE_BYTES // 4).numpy()
+        rates = []
+        for run in range(4):   # the first run warms up
+            start = time.perf_counter()
+            pending = 0
+            for _ in range(messages):
+                if pending == 2:
+                    inbox.recv_multipart()
+                    pending -= 1
+                outbox.send_multipart([b"data", large], copy=False)
+                pending += 1
+            for _ in range(pending):
+                inbox.recv_multipart()
+            if run:
+                rates.append(messages / (time.perf_counter() - start))
+        outbox.send(b"stop")
+        child.join(WAIT_MS / 1000)
+    finally:
+        if child.is_alive():
+            child.kill()
+        context.destroy(linger=0)
+        shutil.rmtree(directory, ignore_errors=True)
+    rate = statistics.median(rates)
+    return {"lat_median_us": statistics.median(one_way) * 1e6,
+            "lat_p90_us": statistics.quantiles(one_way, n=10)[-1] * 1e6,
+            "msgs_per_s": rate, "gb_per_s": rate * LARGE_BYTES / 1e9}
 
 
 def measure_copy(reps: int) -> dict[str, dict[str, float]]:
@@ -163,7 +244,7 @@ def format_table(rows: dict[str, dict[str, float]], window: int, machine: list[s
         "",
         *[f"- {line}" for line in machine],
         f"- Two processes (spawn), one link each way, credit window {window}; torch single-threaded.",
-        "- Command: `python -m benchmarks.transport --out benchmarks/results/transport.md`",
+        f"- Command: `python -m benchmarks.transport {' '.join(sys.argv[1:])}`",
         "",
         "| path | 16 KB one-way latency, median (us) | p90 (us) | 8 MB messages/s | 8 MB bandwidth (GB/s) |",
         "|---|---:|---:|---:|---:|",
@@ -176,7 +257,9 @@ def format_table(rows: dict[str, dict[str, float]], window: int, machine: list[s
         "",
         "Latency is half a ping-pong round trip of one 16 KB float32 tensor (including header encoding,",
         "validation and the credit message each way). Bandwidth streams 8 MB float32 tensors through one",
-        "link until the peer has consumed the last one (median of 3 runs). Memory-copy rows copy the",
+        "link until the peer has consumed the last one (median of 3 runs). Plain-pyzmq rows move the same",
+        "bytes over the same socket types with no codec, checks or credits: the floor of a hop.",
+        "Targets on a quiet machine: ipc:// link median <= 100 us, p90 <= 300 us. Memory-copy rows copy the",
         "same bytes in one process: the ceiling for bandwidth (8 MB stays cache-resident, a generous",
         "ceiling); their latency column is the time of one 16 KB copy. Other jobs shared this machine while",
         "it ran (see the load average): expect run-to-run spread of tens of percent.",
@@ -192,11 +275,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=2, help="credit window of each link (default 2)")
     parser.add_argument("--round-trips", type=int, default=2000, help="latency samples per transport")
     parser.add_argument("--messages", type=int, default=100, help="8 MB messages per bandwidth run")
+    parser.add_argument("--no-plain", action="store_true", help="skip the bare-pyzmq rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = {}
     for transport in ("ipc", "tcp"):
         rows[f"{transport}:// link"] = measure_link(transport, args.window, args.round_trips, args.messages)
+        if not args.no_plain:
+            rows[f"{transport}:// plain pyzmq"] = measure_plain(transport, args.round_trips, args.messages)
     rows.update({f"memory copy ({k})": v for k, v in measure_copy(reps=50).items()})
     table = format_table(rows, args.window, describe_machine())
     print(table)

@@ -103,11 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--balance", choices=("time", "flops"), default="time",
                    help="balance worker groups by measured module time (default) or by FLOPs")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
-    x.add_argument("--worker-malloc", choices=("return", "keep"), default="return",
-                   help="(also for --sequential) return: workers give freed activations back to the OS "
-                        "(glibc mmap threshold 64 KiB; "
-                        "lowest memory, but on CPU about 2x slower from page faults); keep: glibc's default "
-                        "heap reuse (fastest). Default return")
+    x.add_argument("--worker-malloc", choices=("return", "keep"), default="keep",
+                   help="(also for --sequential) keep (default): glibc's default heap reuse (fastest); "
+                        "return: give freed activations back to the OS (glibc mmap threshold 64 KiB; lower "
+                        "resident memory, but on CPU about 2x slower from page faults)")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
     e = p.add_argument_group("experiment presets")
@@ -258,6 +257,8 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
         plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args))
         print()
         print(plan.format())
+        from engine.planning.simulator import dry_run_line
+        print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda")))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
     from engine.feed import FeedShape, format_feed
 

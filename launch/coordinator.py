@@ -81,7 +81,7 @@ class AttemptOptions:
     heartbeat_timeout: float = 120.0     # seconds without any message from a worker that is not waiting = hung
     fault: Fault | None = None
     resume_dir: str | None = None        # committed checkpoint folder the workers load
-    malloc: str = "return"               # worker allocator policy, see WorkerSpec.malloc
+    malloc: str = "keep"                 # worker allocator policy, see WorkerSpec.malloc
 
 
 @dataclass

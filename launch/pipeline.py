@@ -45,7 +45,7 @@ class PipelineOptions:
     heartbeat_timeout: float = 120.0
     max_restarts: int = 3
     fault: Fault | None = None
-    malloc: str = "return"         # 'return' freed memory to the OS, or 'keep' it in the heap (faster on CPU)
+    malloc: str = "keep"           # 'return' freed memory to the OS, or 'keep' it in the heap (faster on CPU)
 
 
 def parse_gpus(spec: str | None) -> list[str]:

@@ -48,7 +48,7 @@ def sequential_device(gpus: str | None) -> str:
 
 
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
-                     threads: int | None = None, malloc: str = "return") -> int:
+                     threads: int | None = None, malloc: str = "keep") -> int:
     """Train with the sequential trainer and write the run folder; returns the exit code."""
     if malloc == "return":
         return_freed_memory()

@@ -145,28 +145,37 @@ def _plain_meta(meta: Any) -> dict[str, Any]:
 
 
 def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
-    """Raw bytes of a tensor as a zero-copy view (a contiguous copy first only if it is not contiguous)."""
-    if tensor.device.type != "cpu":
+    """Raw bytes of a tensor as a zero-copy view (a contiguous copy first only if it is not contiguous).
+
+    Through numpy's buffer where numpy has the dtype (one cheap call), else through a uint8 view (bfloat16).
+    """
+    if not tensor.is_cpu:
         raise ValueError(f"tensor {name!r} is on {tensor.device}; move it to the CPU before sending")
-    tensor = tensor.detach()
+    if tensor.requires_grad:
+        tensor = tensor.detach()
     if not tensor.is_contiguous():
         tensor = tensor.contiguous()
     if tensor.numel() == 0:
         return memoryview(b"")
-    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    try:
+        return memoryview(tensor.numpy()).cast("B")
+    except TypeError:  # a dtype numpy lacks
+        return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
 def _tensor_from_frame(buffer: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     """Rebuild a tensor on the received bytes; copies only a read-only or misaligned buffer.
 
-    ZeroMQ frames are writable and aligned for messages of any size worth avoiding a copy for.
+    ZeroMQ frames are writable and aligned for messages of any size worth avoiding a copy for. The caller
+    has checked that the buffer holds exactly prod(shape) elements of `dtype`.
     """
     if len(buffer) == 0:
         return torch.empty(shape, dtype=dtype)
-    flat = torch.frombuffer(bytearray(buffer) if buffer.readonly else buffer, dtype=torch.uint8)
+    source = bytearray(buffer) if buffer.readonly else buffer
+    flat = torch.frombuffer(source, dtype=dtype)
     if flat.data_ptr() % dtype.itemsize:
-        flat = flat.clone()
-    return flat.view(dtype).reshape(shape)
+        flat = torch.frombuffer(source, dtype=torch.uint8).clone().view(dtype)
+    return flat.view(shape)
 
 
 class Codec:

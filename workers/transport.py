@@ -14,9 +14,13 @@ messages that the receiving *application* has not yet taken with `Receiver.recv`
 CREDIT message (a validated header-only message of the same run) over the same connection to exactly the
 peer that sent the consumed message. A sender at its window waits for a credit, up to its timeout. So the
 bytes buffered per sender are at most ``window`` messages however ZeroMQ and the kernel buffer internally,
-and a slow worker slows its upstream instead of growing queues. The high-water marks are set to window + 1
-as a second fence, so they never bite before the credit check does. A message rejected by validation earns
-no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls visibly (TimeoutError).
+and a slow worker slows its upstream instead of growing queues. The data direction's high-water marks are
+set to window + 1 as a second fence, so they never bite before the credit check does. The credit direction's
+are generous (`_CREDIT_HWM`): a credit is a ~150-byte header, at most one per consumed message, and ZeroMQ
+learns of a pipe's reads lazily (every few messages, when the socket next processes commands), so a tight
+mark there could refuse a credit that has room, and a lost credit would shrink the window for good. A message
+rejected by validation earns no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls
+visibly (TimeoutError).
 
 Every wait takes ``timeout_ms`` and is a `zmq.Poller` wait, never a spin; on expiry it raises TimeoutError
 so the caller can check for shutdown or a dead peer and decide. Credits cannot survive a peer restart:
@@ -53,6 +57,12 @@ from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, Mes
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 _CREDIT_ONLY: Expect = {Kind.CREDIT: {}}
+# Plain ints: pyzmq's flag enums cost an enum construction per `|` on the per-message path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_CREDIT_HWM = 1024   # credits queued per peer before ZeroMQ would refuse one (see the module docstring)
 
 
 def ipc_address(name: str, directory: str | None = None) -> str:
@@ -93,15 +103,19 @@ def _wait(poller: zmq.Poller, socket: zmq.Socket, deadline: float) -> bool:
     """Wait until `socket` is ready for the registered events or `deadline` (time.monotonic) passes."""
     while True:
         remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        if socket in dict(poller.poll(remaining_ms)):
+        if poller.poll(remaining_ms):   # the poller holds this one socket: any event is ours
             return True
         if remaining_ms == 0 or time.monotonic() >= deadline:  # re-wait only after an early wake-up
             return False
 
 
-def _deadline(timeout_ms: float) -> float:
+def _check_timeout(timeout_ms: float) -> None:
     if timeout_ms < 0:
         raise ValueError(f"timeout_ms must be >= 0, got {timeout_ms}")
+
+
+def _deadline(timeout_ms: float) -> float:
+    _check_timeout(timeout_ms)
     return time.monotonic() + timeout_ms / 1000
 
 
@@ -147,11 +161,11 @@ class Receiver(_Endpoint):
             raise ValueError(f"window must be >= 1, got {window}")
         _check_bind_address(address, allow_remote)
         self._codec = codec
-        self._credit = codec.encode(Message(Kind.CREDIT, name))
+        (self._credit,) = codec.encode(Message(Kind.CREDIT, name))   # header only: one frame
         self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, window + 1)
-        self._socket.setsockopt(zmq.SNDHWM, window + 1)
+        self._socket.setsockopt(zmq.SNDHWM, _CREDIT_HWM)   # only credits go out
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A frame above the limit makes ZeroMQ drop that peer before buffering it: memory stays bounded even
         # against a hostile peer; the legitimate sender would already have refused to encode it.
@@ -178,13 +192,25 @@ class Receiver(_Endpoint):
         TimeoutError when nothing of this run arrives within `timeout_ms`, MessageError when a peer of this
         run sent something malformed or not in `expect` (the receiver stays usable; no credit is returned).
         """
+        _check_timeout(timeout_ms)
+        socket = self._socket
         deadline = _deadline(timeout_ms)
         while True:
-            if not _wait(self._poller, self._socket, deadline):
-                raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
-            identity, *frames = self._socket.recv_multipart(copy=False)
+            try:  # fast path: a message already queued needs no poll (a refused non-blocking recv costs < 1 us)
+                identity = socket.recv(_NOBLOCK)
+            except zmq.Again:
+                if not _wait(self._poller, socket, deadline):
+                    raise TimeoutError(
+                        f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)"
+                    ) from None
+                identity = socket.recv(_NOBLOCK)
+            # The routing identity is copied (small bytes); header and tensor frames stay zero-copy Frames: the
+            # header is size-checked before anything is parsed, tensors are rebuilt on the frames' buffers.
+            frames = []
+            while socket.getsockopt(_RCVMORE):
+                frames.append(socket.recv(copy=False))
             try:
-                message = self._codec.decode(frames, expect, peer=f"<peer {identity.bytes.hex()} at {self.address}>")
+                message = self._codec.decode(frames, expect, peer=f"<peer {identity.hex()} at {self.address}>")
             except MessageError as err:
                 if not err.foreign:
                     raise
@@ -192,11 +218,19 @@ class Receiver(_Endpoint):
                 if self.on_foreign is not None:
                     self.on_foreign(err)
                 continue
-            try:
-                self._socket.send_multipart([identity, *self._credit], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
-                    raise
+            for attempt in range(2):
+                try:
+                    socket.send(identity, _NOBLOCK | _SNDMORE)
+                    socket.send(self._credit, _NOBLOCK)
+                except zmq.Again:
+                    if attempt:
+                        raise
+                    socket.getsockopt(_EVENTS)   # process pending commands: the pipe's lazily reported reads
+                    continue
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
+                        raise
+                break
             return message
 
 
@@ -210,11 +244,12 @@ class Sender(_Endpoint):
         self.window = window
         self._codec = codec
         self._in_flight = 0
+        self._valid_credit: bytes | None = None
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
-        self._socket.setsockopt(zmq.RCVHWM, window + 1)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)  # only credits come back
+        self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
+        self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)
         self._socket.connect(address)
         self._credits = zmq.Poller()
         self._credits.register(self._socket, zmq.POLLIN)
@@ -233,22 +268,44 @@ class Sender(_Endpoint):
         stays full for `timeout_ms` (the receiver is slow, stuck or dead), MessageError for a forged credit.
         """
         frames = self._codec.encode(message)
-        deadline = _deadline(timeout_ms)
+        _check_timeout(timeout_ms)
         self._collect_credits(deadline=None)
-        while self._in_flight >= self.window:
-            if not self._collect_credits(deadline):
-                raise TimeoutError(
-                    f"send to {self.address} timed out after {timeout_ms} ms: {self._in_flight} of "
-                    f"{self.window} messages still unconsumed by the receiver (slow or dead?)"
-                )
-        if not _wait(self._writable, self._socket, deadline):
-            raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
-        self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        if self._in_flight >= self.window:
+            deadline = _deadline(timeout_ms)
+            while self._in_flight >= self.window:
+                if not self._collect_credits(deadline):
+                    raise TimeoutError(
+                        f"send to {self.address} timed out after {timeout_ms} ms: {self._in_flight} of "
+                        f"{self.window} messages still unconsumed by the receiver (slow or dead?)"
+                    )
+        # Try at once; wait for writability only when ZeroMQ refuses (no peer connected yet, or its pipe full).
+        deadline = None
+        while not self._send_now(frames):
+            deadline = _deadline(timeout_ms) if deadline is None else deadline
+            if not _wait(self._writable, self._socket, deadline):
+                raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
         self._in_flight += 1
 
     def send_raw(self, frames: list) -> None:
         """Put `frames` on the link as they are, outside encoding and the window: fault injection only."""
         self._socket.send_multipart(frames)
+
+    def _send_now(self, frames: list) -> bool:
+        """Queue one message without blocking; False if ZeroMQ would block (nothing was queued then).
+
+        The header goes by copy (a small bytes object: cheaper than a zero-copy Frame); tensor frames go
+        zero-copy (pyzmq still copies those below zmq.COPY_THRESHOLD, where a copy is the cheaper path).
+        A multipart message is atomic: once its first frame is accepted, the rest cannot be refused.
+        """
+        socket = self._socket
+        last = len(frames) - 1
+        try:
+            socket.send(frames[0], _NOBLOCK | (_SNDMORE if last else 0))
+        except zmq.Again:
+            return False
+        for i in range(1, last + 1):
+            socket.send(frames[i], _SNDMORE if i < last else 0, copy=False)
+        return True
 
     def wait_all(self, timeout_ms: float) -> None:
         """Block until the receiver has consumed every message sent so far; TimeoutError otherwise."""
@@ -262,15 +319,21 @@ class Sender(_Endpoint):
 
     def _collect_credits(self, deadline: float | None) -> bool:
         """Take every credit that has arrived, first waiting until `deadline` if given; True if any came."""
-        if deadline is not None and not _wait(self._credits, self._socket, deadline):
-            return False
+        socket = self._socket
         got = False
         while True:
             try:
-                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                frames = socket.recv_multipart(_NOBLOCK)
             except zmq.Again:
-                return got
-            self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
+                if got or deadline is None or not _wait(self._credits, socket, deadline):
+                    return got
+                deadline = None   # something arrived: take it, and whatever came with it, without waiting again
+                continue
+            # A receiver's credits are byte-identical: one equal to a credit that passed full validation
+            # would pass it again, so only a new one is decoded (a forged or foreign one still fails).
+            if len(frames) != 1 or frames[0] != self._valid_credit:
+                self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
+                self._valid_credit = frames[0] if len(frames) == 1 else None
             self._in_flight = max(0, self._in_flight - 1)
             got = True
 

@@ -67,7 +67,7 @@ class WorkerSpec:
     resume_dir: str | None = None  # a committed checkpoint folder to start from (per-layer files)
     fault: dict | None = None     # workers.faults.Fault as a dict, for this worker only
     heartbeat_s: float = HEARTBEAT_S
-    malloc: str = "return"        # 'return': freed activations go back to the OS (less memory, ~2x slower on
+    malloc: str = "keep"          # 'return': freed activations go back to the OS (less memory, ~2x slower on
                                   # CPU from page faults); 'keep': glibc's default heap reuse (fastest)
 
     @property

@@ -1,4 +1,4 @@
-"""Planning: per-layer costs, the dry-run table, partitioning modules onto workers, predicted throughput."""
+"""Planning: per-layer costs, the dry-run table, partitioning modules onto workers, predicted throughput, simulation."""
 
 from engine.planning.costs import (
     CostTotals,
@@ -13,6 +13,7 @@ from engine.planning.costs import (
 )
 from engine.planning.partition import group_costs, partition
 from engine.planning.plan import PipelinePlan, format_ids, make_plan
+from engine.planning.simulator import LinkCost, ModuleTime, Simulation, WorkerLoad, run_events, simulate, worker_loads
 from engine.planning.table import format_plan_table
 from engine.planning.timing import module_costs_timed
 
@@ -20,7 +21,11 @@ __all__ = [
     "CostTotals",
     "HeadCost",
     "LayerCost",
+    "LinkCost",
+    "ModuleTime",
     "PipelinePlan",
+    "Simulation",
+    "WorkerLoad",
     "cost_totals",
     "count_macs",
     "format_ids",
@@ -33,4 +38,7 @@ __all__ = [
     "module_costs_flops",
     "module_costs_timed",
     "partition",
+    "run_events",
+    "simulate",
+    "worker_loads",
 ]
