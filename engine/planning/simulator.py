@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from engine.feed import CheckpointMarker, EvalBatch, FeedShape, TrainStep, feed_plan
+
 TRAIN, EVAL, CHECKPOINT = "train", "eval", "checkpoint"
 
 
@@ -43,26 +45,16 @@ class Event:
 
 def run_events(steps_per_epoch: int, epochs: int, test_batches: int, checkpoint_every: int = 0,
                max_steps: int | None = None) -> list[Event]:
-    """The coordinator's feeding order (launch/coordinator.py `run`): each epoch's steps with a marker every
-    `checkpoint_every` steps, then its test batches, then the epoch-end marker.
-
-    Stands in for the coordinator's feed plan until that exists; swap this one function for it."""
+    """The coordinator's feeding order, read from the feed plan (engine/feed.py): what reaches worker 0."""
+    shape = FeedShape(epochs, steps_per_epoch, test_batches, max_steps, checkpoint_every)
     events: list[Event] = []
-    g = 0
-    for epoch in range(epochs):
-        fed = 0
-        for step in range(steps_per_epoch):
-            if max_steps is not None and g >= max_steps:
-                break
-            events.append(Event(TRAIN, epoch, step))
-            g += 1
-            fed += 1
-            if checkpoint_every and g % checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                events.append(Event(CHECKPOINT, epoch, step + 1))
-        if fed == 0:
-            break
-        events += [Event(EVAL, epoch, i) for i in range(test_batches)]
-        events.append(Event(CHECKPOINT, epoch + 1, 0))
+    for e in feed_plan(shape):
+        if isinstance(e, TrainStep):
+            events.append(Event(TRAIN, e.epoch, e.step))
+        elif isinstance(e, EvalBatch):
+            events.append(Event(EVAL, e.epoch, e.index))
+        elif isinstance(e, CheckpointMarker):
+            events.append(Event(CHECKPOINT, e.resume_at.epoch, e.resume_at.step))
     return events
 
 
