@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.atomic import atomic_write_bytes
@@ -21,6 +22,7 @@ class CheckpointStore:
 
     def __init__(self, run_dir: str | Path):
         self.root = Path(run_dir) / "checkpoints"
+        self.on_commit: Callable[[int, dict], None] | None = None   # told of each committed checkpoint
 
     def dir_for(self, ckpt_id: int) -> Path:
         return self.root / f"ckpt-{ckpt_id:06d}"
@@ -36,6 +38,8 @@ class CheckpointStore:
         atomic_write_bytes(self.dir_for(ckpt_id) / "manifest.json", json.dumps(manifest, indent=1).encode())
         atomic_write_bytes(self.root / "LATEST", f"{ckpt_id}\n".encode())
         self.prune(ckpt_id)
+        if self.on_commit is not None:
+            self.on_commit(ckpt_id, manifest)
 
     def latest(self) -> tuple[int, dict] | None:
         """The last committed checkpoint (id, manifest), or None when the run has none."""

@@ -11,15 +11,17 @@ import torch
 from tqdm import tqdm
 
 from engine.config import RunConfig, UsageError, build_network
-from engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
+from engine.planning import CostKey, PipelinePlan, choose_module_costs, make_plan
 from engine.rules import build_local_modules
 from engine.trainer import EpochRecord, StepRecord
 from launch.checkpoints import CheckpointStore
 from launch.coordinator import AttemptOptions, Coordinator, Placement, Position, WorkerFailed, default_devices
-from launch.plots import plot_curves
+from launch.plots import plot_run
 from launch.progress import EpochTracker, PipelineStats, TrackerState
 from launch.run_dir import RunDir, default_run_dir
 from launch.sequential import save_networks
+from launch.tensorboard import TensorBoardSink
+from launch.worker_usage import UsageSampler
 from workers.faults import Fault
 
 
@@ -29,7 +31,7 @@ class PipelineOptions:
 
     workers: str = "auto"          # 'auto' | 'layer' | an integer K as a string
     gpus: list[str] | None = None  # e.g. ['cuda:0', 'cuda:1']; None or [] = CPU
-    balance: str = "time"          # 'time' (measured) or 'flops'
+    balance: str = "auto"          # 'auto' (cached times, else measured), 'time' (measure now) or 'flops'
     threads: int = 1               # intra-op threads per CPU worker
     trace: bool = False
     window: int = 2
@@ -38,6 +40,7 @@ class PipelineOptions:
     max_restarts: int = 3
     fault: Fault | None = None
     malloc: str = "return"         # 'return' freed memory to the OS, or 'keep' it in the heap (faster on CPU)
+    tensorboard: bool = True       # event files in run_dir/tensorboard/ (when the package is installed)
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -95,19 +98,17 @@ def assemble(cfg: RunConfig, data, run_dir: str):
     return model, aux, updates
 
 
-def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions) -> tuple[PipelinePlan, Placement, list[bool]]:
-    """Partition the local modules onto workers, balanced by measured time (or FLOPs)."""
+def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions,
+                  measure: bool = True) -> tuple[PipelinePlan, Placement, list[bool]]:
+    """Partition the local modules onto workers, balanced as --balance says (`measure` False: a dry run,
+    which never times modules unless --balance time asks; see choose_module_costs)."""
     gpus = opts.gpus or []
     model, aux = build_network(cfg, data)
     modules = build_local_modules(model, aux)
     k = number_of_workers(opts.workers, len(modules), gpus)
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
-    if opts.balance == "flops" or k == len(modules):
-        costs = module_costs_flops(modules, x[:2], y[:2])
-        plan = make_plan(modules, k, cfg.batch_size, costs, unit="MAC")
-    else:
-        costs = module_costs_timed(modules, x, y, steps=2)
-        plan = make_plan(modules, k, cfg.batch_size, costs)
+    c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure)
+    plan = make_plan(modules, k, cfg.batch_size, c.costs, unit=c.unit, source=c.source)
     placement = Placement(groups=plan.groups, layer_ids=plan.layer_ids, devices=default_devices(k, gpus),
                           threads=[opts.threads] * k)
     return plan, placement, [m.needs_input for m in modules]
@@ -153,6 +154,8 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
     check_fault_target(opts.fault, len(placement.groups))
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
     store = CheckpointStore(run.path)
+    tb = TensorBoardSink.open(run.path, opts.tensorboard)
+    store.on_commit = tb.checkpoint
     if not resume:
         run.write_json("config.json", cfg.to_dict())
     run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads})
@@ -167,11 +170,17 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
         start = (Position(latest[1]["next_epoch"], latest[1]["next_step"], latest[1]["global_step"])
                  if latest else Position())
         bar = _progress_bar(cfg, data, progress, state.steps_done)
+        tb.begin_attempt(state.steps_done)
 
         stats = PipelineStats()
+        usage = UsageSampler(len(placement.groups), _expected_updates(cfg, data))
 
-        def on_step(r: StepRecord, bar=bar, stats=stats) -> None:
+        def on_step(r: StepRecord, bar=bar, stats=stats, usage=usage) -> None:
             run.log("step", r)
+            tb.step(r)
+            if (sample := usage.sample(stats, r.global_step, time.perf_counter())) is not None:
+                run.log("workers", sample)
+                tb.workers(sample)
             busy = stats.busy_fractions(time.perf_counter())
             bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
             bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%",
@@ -181,6 +190,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
 
         def on_epoch(r: EpochRecord, bar=bar) -> None:
             run.log("epoch", r)
+            tb.epoch(r)
             bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
                       f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
 
@@ -208,6 +218,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
             restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
                              "restart_from": latest[0] if latest else None})
             bar.write(f"auglocal-launch: {err}; all workers stopped; last committed: {where}")
+            tb.restart(f"{err}; last committed: {where}")
             attempt += 1
             if attempt > opts.max_restarts:
                 bar.close()
@@ -215,6 +226,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
                       f"Last committed {where}. Resume with: auglocal-launch --resume {run.path}", file=sys.stderr)
                 run.write_json("failure.json", {"restarts": restarts, "last_checkpoint": latest[0] if latest else None})
                 run.close()
+                tb.close()
                 return 1
         finally:
             bar.close()
@@ -234,8 +246,9 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
     history = tracker.history
     run.close()
     if history:
-        plot_curves(run.read_metrics(), run.path / "curves.png", f"{cfg.model} {cfg.rule} d={cfg.d} on "
-                    f"{cfg.dataset}, {len(placement.groups)} workers")
+        tb.pictures(plot_run(run.read_metrics(), run.path, f"{cfg.model} {cfg.rule} d={cfg.d} on "
+                             f"{cfg.dataset}, {len(placement.groups)} workers"))
+    tb.close()
     if opts.trace:
         from launch.gantt import draw_gantt, text_gantt
 

@@ -26,6 +26,7 @@ class PipelineStats:
     step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
     gpu_peak_bytes: dict[int, int] = field(default_factory=dict)
     rejected: int = 0                                               # foreign messages dropped by workers
+    reported: dict[int, int] = field(default_factory=lambda: defaultdict(int))   # training steps each rank did
 
     def busy_fractions(self, now: float) -> list[float]:
         elapsed = max(now - self.started, 1e-9)
@@ -107,6 +108,7 @@ class EpochTracker:
     def _metrics(self, msg: Message) -> None:
         rank = int(msg.meta["rank"])
         self.stats.busy_s[rank] += float(msg.meta["busy"])
+        self.stats.reported[rank] += 1
         key = (msg.epoch, msg.step)
         self.local_losses[key].update({int(k): float(v) for k, v in msg.meta["losses"].items()})
         if rank != self.last_rank:
