@@ -177,7 +177,7 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
     if not args.sequential:
         from launch.pipeline import plan_pipeline
 
-        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args), measure=False)
+        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args), measure=False, network=(model, aux))
         print()
         print(plan.format())
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))

@@ -98,12 +98,13 @@ def assemble(cfg: RunConfig, data, run_dir: str):
     return model, aux, updates
 
 
-def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions,
-                  measure: bool = True) -> tuple[PipelinePlan, Placement, list[bool]]:
+def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = True,
+                  network: tuple | None = None) -> tuple[PipelinePlan, Placement, list[bool]]:
     """Partition the local modules onto workers, balanced as --balance says (`measure` False: a dry run,
-    which never times modules unless --balance time asks; see choose_module_costs)."""
+    which never times modules unless --balance time asks; see choose_module_costs). `network`: the
+    (model, aux nets) of build_network when the caller has built them already."""
     gpus = opts.gpus or []
-    model, aux = build_network(cfg, data)
+    model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
     k = number_of_workers(opts.workers, len(modules), gpus)
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
