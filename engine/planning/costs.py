@@ -24,7 +24,7 @@ class LayerCost:
     """Size and forward cost of one local layer and of its aux net (none for layers of the global top group).
 
     MACs are forward multiply-accumulates per image at the model's input size (the paper's "FLOPs",
-    method.md 3.8), counted by torch's FlopCounterMode: conv and linear (and any matmul a loss does).
+    docs/method.md 3.8), counted by torch's FlopCounterMode: conv and linear (and any matmul a loss does).
     """
 
     index: int
