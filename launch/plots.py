@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
 
 DPI = 100
 #: (width, height) in inches of each picture; at DPI 100 the PNG is 100x that in pixels
@@ -21,10 +15,20 @@ WORKERS_SIZE = (10, 5)
 MAX_COLUMNS = 400
 
 
+def _pyplot():
+    """matplotlib, imported when a picture is drawn: importing it costs a second a dry run need not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -32,7 +36,7 @@ def plot_curves(metrics: list[dict], path: Path, title: str) -> Path:
     """Training loss per step (left) and train/test accuracy per epoch (right)."""
     steps = [m for m in metrics if m["kind"] == "step"]
     epochs = [m for m in metrics if m["kind"] == "epoch"]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=CURVES_SIZE)
+    fig, (ax_loss, ax_acc) = _pyplot().subplots(1, 2, figsize=CURVES_SIZE)
     ax_loss.plot([m["global_step"] for m in steps], [m["loss"] for m in steps], lw=1)
     ax_loss.set_xlabel("minibatch")
     ax_loss.set_ylabel("global loss (top module CE)")
@@ -83,10 +87,12 @@ def plot_local_losses(metrics: list[dict], path: Path, title: str) -> Path | Non
     layers, steps, matrix = local_loss_matrix(metrics)
     if not layers or not steps:
         return None
+    from matplotlib.colors import LogNorm
+
     matrix, size = _binned(matrix)
     positive = matrix[np.isfinite(matrix) & (matrix > 0)]
     norm = LogNorm(vmin=max(positive.min(), 1e-4), vmax=positive.max()) if positive.size else None
-    fig, ax = plt.subplots(figsize=LOCAL_LOSSES_SIZE)
+    fig, ax = _pyplot().subplots(figsize=LOCAL_LOSSES_SIZE)
     image = ax.imshow(np.ma.masked_invalid(matrix), aspect="auto", origin="lower", interpolation="nearest",
                       cmap="viridis", norm=norm, extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(layers) - 0.5))
     ticks = np.linspace(0, len(layers) - 1, min(len(layers), 12)).round().astype(int)
@@ -110,7 +116,9 @@ def plot_worker_usage(metrics: list[dict], path: Path, title: str) -> Path | Non
     queue = np.array([[np.nan if q is None else q for q in m["queue"]] for m in rows], dtype=float).T
     edges = np.concatenate([[0.0], steps])          # sample i covers the minibatches after the previous one
     workers = np.arange(busy.shape[0] + 1) - 0.5
-    fig, (ax_busy, ax_queue) = plt.subplots(2, 1, figsize=WORKERS_SIZE, sharex=True,
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_busy, ax_queue) = _pyplot().subplots(2, 1, figsize=WORKERS_SIZE, sharex=True,
                                             gridspec_kw={"height_ratios": [3, 2]})
     mesh = ax_busy.pcolormesh(edges, workers, busy, cmap="magma", vmin=0, vmax=1, shading="flat")
     ticks = np.linspace(0, busy.shape[0] - 1, min(busy.shape[0], 10)).round().astype(int)
