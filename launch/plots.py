@@ -105,6 +105,16 @@ def plot_local_losses(metrics: list[dict], path: Path, title: str) -> Path | Non
     return _save(fig, path)
 
 
+def _padded(samples: list[list[float | None]]) -> np.ndarray:
+    """[worker, sample] with NaN where a sample has no such worker: a run resumed with another --workers
+    has samples of different lengths (and None, worker 0's queue, is NaN too)."""
+    width = max(len(s) for s in samples)
+    out = np.full((width, len(samples)), np.nan)
+    for j, sample in enumerate(samples):
+        out[: len(sample), j] = [np.nan if v is None else v for v in sample]
+    return out
+
+
 def plot_worker_usage(metrics: list[dict], path: Path, title: str) -> Path | None:
     """Each worker's busy fraction over the run (heat map: worker x minibatch, dark = idle) and the
     queue in front of each worker (minibatches finished upstream, not yet by it). None without samples."""
@@ -112,8 +122,8 @@ def plot_worker_usage(metrics: list[dict], path: Path, title: str) -> Path | Non
     if not rows:
         return None
     steps = np.array([m["global_step"] for m in rows], dtype=float)
-    busy = np.array([m["busy"] for m in rows], dtype=float).T
-    queue = np.array([[np.nan if q is None else q for q in m["queue"]] for m in rows], dtype=float).T
+    busy = np.ma.masked_invalid(_padded([m["busy"] for m in rows]))
+    queue = _padded([m["queue"] for m in rows])
     edges = np.concatenate([[0.0], steps])          # sample i covers the minibatches after the previous one
     workers = np.arange(busy.shape[0] + 1) - 0.5
     from matplotlib.ticker import MaxNLocator

@@ -59,3 +59,10 @@ def test_missing_losses_are_gaps_not_zeros():
     del rows[0]["local_losses"]["1"]
     _, _, matrix = local_loss_matrix(rows)
     assert math.isnan(matrix[1, 0]) and not np.isnan(matrix[1, 1:]).any()
+
+
+def test_a_run_resumed_with_more_workers_still_draws(tmp_path):
+    """--resume may change --workers: samples of 2 workers, then of 3."""
+    rows = metrics(10, workers=2) + [r for r in metrics(20, workers=3) if r["kind"] == "workers"
+                                     and r["global_step"] > 10]
+    assert png_size(plot_run(rows, tmp_path, "resumed")[2]) == (WORKERS_SIZE[0] * DPI, WORKERS_SIZE[1] * DPI)
