@@ -1,4 +1,4 @@
-"""Learning rules turn a primary network into an ordered list of local modules (method.md 2, 4.1)."""
+"""Learning rules turn a primary network into an ordered list of local modules (docs/method.md 2, 4.1)."""
 
 from __future__ import annotations
 

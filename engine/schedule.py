@@ -1,4 +1,4 @@
-"""The paper's optimiser and per-epoch learning-rate schedules (method.md 4.2)."""
+"""The paper's optimiser and per-epoch learning-rate schedules (docs/method.md 4.2)."""
 
 from __future__ import annotations
 

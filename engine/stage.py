@@ -37,7 +37,7 @@ class StepResult:
 
 
 class Stage:
-    """Runs `modules` in order with the paper's simultaneous scheme (method.md 4.1) and one optimizer.
+    """Runs `modules` in order with the paper's simultaneous scheme (docs/method.md 4.1) and one optimizer.
 
     For each module: primary forward, local (or global) loss, backward at once (which frees that module's
     graph), then detach the output and go on; one optimizer step after the last module. Because modules

@@ -107,6 +107,7 @@ class CheckpointStore:
         self.run_dir = Path(run_dir)
         self.root = self.run_dir / "checkpoints"
         self.identity = identity
+        self.on_commit: Callable[[int, dict], None] | None = None   # told of each committed checkpoint
 
     def dir_for(self, ckpt_id: int) -> Path:
         return self.root / f"ckpt-{ckpt_id:06d}"
@@ -128,6 +129,8 @@ class CheckpointStore:
         atomic_write_bytes(directory / MANIFEST, json.dumps(body, indent=1).encode())
         atomic_write_bytes(self.root / "LATEST", f"{ckpt_id}\n".encode())
         self.prune(ckpt_id)
+        if self.on_commit is not None:
+            self.on_commit(ckpt_id, manifest)
 
     def ids(self) -> list[int]:
         """Ids of every ckpt-* folder, committed or not, oldest first."""

@@ -23,15 +23,23 @@ from engine.config import (
 )
 
 EPILOG = """examples:
-  auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, in-process trainer
+  auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, pipeline of one worker per core
   auglocal-launch --model resnet110 --rule auglocal --d 4 --dry-run
+  auglocal-launch --model resnet32 --d 4 --epochs 3 --sequential   # the in-process reference trainer
   auglocal-launch --dataset cifar10 --data-dir ~/data --model resnet110 --d 4 --epochs 400
   auglocal-launch --preset cifar10-resnet32-auglocal-d4 --data-dir ~/data
 
 exit codes: 0 success; 1 training failed (a worker kept failing, a full disk, no intact checkpoint);
 2 bad input (unknown model/rule/data set, impossible d or flag value, missing data directory or image,
 a run folder that holds another run or is in use, a checkpoint of another run); 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM). Where resuming helps, the message ends with the --resume command."""
+143 terminated (SIGTERM). Where resuming helps, the message ends with the --resume command.
+
+documentation (paths in the repository):
+  README.md            install, quick start, every flag, failures and resuming
+  docs/method.md       the method as implemented: selection, pyramid, strides and channels, baselines,
+                       conventions, hyper-parameters, and the paper's tables we reproduce
+  docs/run-folder.md   every file a run writes (metrics.jsonl, checkpoints/, layers/, traces, TensorBoard)
+  docs/metrics.md      what the progress bar, the pictures and TensorBoard show"""
 
 
 def fault_help() -> str:
@@ -58,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--strategy", default="uniform",
                    help="aux layer choice: uniform (AugLocal), sequential, repetitive, conv1x1, conv3x3")
     m.add_argument("--convention", choices=("cifar", "imagenet"), default=None,
-                   help="which layers are local (method.md 2): cifar = top d layers trained globally, "
+                   help="which layers are local (docs/method.md 2): cifar = top d layers trained globally, "
                         "imagenet = every hidden layer local; default: the model family's")
     m.add_argument("--num-classes", type=int, default=None, help="output classes (default: the data set's)")
     d = p.add_argument_group("data")
@@ -89,8 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out folder that already holds one, removing that run's files")
     o.add_argument("--dry-run", action="store_true",
-                   help="build everything, print the per-layer plan (aux nets, params, MACs) and exit")
+                   help="build everything, print the per-layer plan (aux nets, params, MACs) and the worker "
+                        "partition, and exit; takes seconds (it times modules only with --balance time)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
+    o.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard event files (run_dir/tensorboard/; written by default when "
+                        "the tensorboard package is installed: pip install -e '.[tensorboard]')")
     x = p.add_argument_group("execution")
     x.add_argument("--sequential", action="store_true",
                    help="train in this process with the sequential (reference) trainer instead of the pipeline")
@@ -100,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--gpus", default=None,
                    help="GPU ids for the workers, e.g. 0-9 or 0,2,3; 'cpu' for CPU cores (the default "
                         "when CUDA is absent)")
-    x.add_argument("--balance", choices=("time", "flops"), default="time",
-                   help="balance worker groups by measured module time (default) or by FLOPs")
+    x.add_argument("--balance", choices=("auto", "time", "flops"), default="auto",
+                   help="what worker groups are balanced by: time = time every module now (and cache the "
+                        "times in ~/.cache/auglocal/ for this machine); flops = forward+backward FLOPs "
+                        "(instant); auto (default) = the cached times of an earlier run on this machine, "
+                        "else measure them for a training run and use FLOPs for a --dry-run")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
     x.add_argument("--worker-malloc", choices=("return", "keep"), default="keep",
                    help="(also for --sequential) keep (default): glibc's default heap reuse (fastest); "
@@ -254,10 +269,11 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
     if not args.sequential:
         from launch.pipeline import plan_pipeline
 
-        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args))
+        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args), measure=False, network=(model, aux))
         print()
         print(plan.format())
         from engine.planning.simulator import dry_run_line
+
         print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda")))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
     from engine.feed import FeedShape, format_feed
@@ -290,7 +306,7 @@ def pipeline_options(args: argparse.Namespace):
     return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
-                           malloc=args.worker_malloc)
+                           malloc=args.worker_malloc, tensorboard=not args.no_tensorboard)
 
 
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
@@ -414,7 +430,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
             cfg.device = sequential_device(args.gpus)
 
             return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads,
-                                    malloc=args.worker_malloc)
+                                    malloc=args.worker_malloc, tensorboard=not args.no_tensorboard)
         cleanup(quiet=True)
         return run_pipeline(args, cfg, data)
 

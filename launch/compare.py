@@ -113,34 +113,59 @@ def write_table(rows: list[dict], out: Path, title: str) -> None:
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
-def plot(rows: list[dict], out: Path, title: str) -> None:
-    """accuracy vs d (AugLocal line, baselines as horizontal lines) and accuracy vs aux MACs."""
+#: accuracy.png: (width, height) in inches at DPI dots per inch
+PLOT_SIZE, DPI = (12, 4.5), 100
+
+
+def _series(rows: list[dict]) -> dict[str, list[dict]]:
+    """AugLocal cells grouped into one line per tau (sorted by d); every other rule on its own."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["rule"] == "auglocal":
+            name = "AugLocal" + (f" tau={r['tau']:g}" if r["tau"] != "" else "")
+        else:
+            name = r["cell"]
+        groups.setdefault(name, []).append(r)
+    return {name: sorted(g, key=lambda r: r["d"] if r["d"] != "" else 0) for name, g in groups.items()}
+
+
+def plot(rows: list[dict], out: Path, title: str) -> Path:
+    """accuracy.png: best test accuracy vs aux depth d per rule (left; rules without a d are horizontal
+    lines with their ± std band) and vs the aux nets' forward GMACs per image (right; the cost axis of the
+    paper's Table 7), each point the mean ± std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_d, ax_f) = plt.subplots(1, 2, figsize=(11, 4))
-    al = sorted((r for r in rows if r["rule"] == "auglocal" and r["tau"] == ""), key=lambda r: r["d"])
-    if al:
-        ax_d.errorbar([r["d"] for r in al], [r["best_mean"] for r in al], [r["best_std"] for r in al], fmt="o-",
-                      label="AugLocal", capsize=3)
-    for i, r in enumerate(r for r in rows if r["rule"] != "auglocal"):
-        ax_d.axhline(r["best_mean"], ls="--", color=f"C{i + 1}", label=r["cell"])
-    ax_d.set_xlabel("aux depth d")
+    fig, (ax_d, ax_f) = plt.subplots(1, 2, figsize=PLOT_SIZE)
+    for i, (name, group) in enumerate(_series(rows).items()):
+        color = f"C{i}"
+        mean = [r["best_mean"] for r in group]
+        std = [r["best_std"] for r in group]
+        if group[0]["rule"] == "auglocal":
+            ax_d.errorbar([r["d"] for r in group], mean, std, fmt="o-", color=color, label=name, capsize=3)
+        else:
+            ax_d.axhline(mean[0], ls="--", color=color, label=name)
+            ax_d.axhspan(mean[0] - std[0], mean[0] + std[0], color=color, alpha=0.12)
+        macs = [r["aux_gmacs"] for r in group]
+        ax_f.errorbar(macs, mean, std, fmt="o-" if len(group) > 1 else "s", color=color, label=name, capsize=3)
+        for r in group:
+            ax_f.annotate(r["cell"], (r["aux_gmacs"], r["best_mean"]), fontsize=7, xytext=(3, 3),
+                          textcoords="offset points")
+    ax_d.set_xlabel("aux depth d (AugLocal)")
     ax_d.set_ylabel("best test accuracy (%)")
     ax_d.legend(fontsize=8)
     ax_d.grid(alpha=0.3)
-    for r in rows:
-        ax_f.errorbar(r["aux_gmacs"], r["best_mean"], r["best_std"], fmt="o", capsize=3)
-        ax_f.annotate(r["cell"], (r["aux_gmacs"], r["best_mean"]), fontsize=7)
     ax_f.set_xlabel("aux-net forward GMACs per image")
     ax_f.set_ylabel("best test accuracy (%)")
     ax_f.grid(alpha=0.3)
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=100)
+    path = out / "accuracy.png"
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from engine.config import RunConfig, UsageError, build_network
-from engine.planning import PipelinePlan, layer_output_shapes, make_plan, module_costs_flops, module_costs_timed
+from engine.planning import CostKey, PipelinePlan, choose_module_costs, layer_output_shapes, make_plan
 from engine.rules import build_local_modules
 from engine.trainer import EpochRecord, StepRecord
 from launch.checkpoints import CheckpointStore, start_identity
@@ -24,10 +24,12 @@ from launch.coordinator import (
     WorkerFailed,
     default_devices,
 )
-from launch.plots import plot_curves
+from launch.plots import plot_run
 from launch.progress import EpochTracker, PipelineStats, TrackerState
 from launch.run_dir import RunDir, default_run_dir
 from launch.sequential import save_networks
+from launch.tensorboard import TensorBoardSink
+from launch.worker_usage import UsageSampler
 from workers.faults import Fault, check_target
 
 
@@ -37,7 +39,7 @@ class PipelineOptions:
 
     workers: str = "auto"          # 'auto' | 'layer' | an integer K as a string
     gpus: list[str] | None = None  # e.g. ['cuda:0', 'cuda:1']; None or [] = CPU
-    balance: str = "time"          # 'time' (measured) or 'flops'
+    balance: str = "auto"          # 'auto' (cached times, else measured), 'time' (measure now) or 'flops'
     threads: int = 1               # intra-op threads per CPU worker
     trace: bool = False
     window: int = 2
@@ -46,6 +48,7 @@ class PipelineOptions:
     max_restarts: int = 3
     fault: Fault | None = None
     malloc: str = "keep"           # 'return' freed memory to the OS, or 'keep' it in the heap (faster on CPU)
+    tensorboard: bool = True       # event files in run_dir/tensorboard/ (when the package is installed)
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -103,19 +106,18 @@ def assemble(cfg: RunConfig, data, run_dir: str):
     return model, aux, updates
 
 
-def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions) -> tuple[PipelinePlan, Placement, list[bool]]:
-    """Partition the local modules onto workers, balanced by measured time (or FLOPs)."""
+def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = True,
+                  network: tuple | None = None) -> tuple[PipelinePlan, Placement, list[bool]]:
+    """Partition the local modules onto workers, balanced as --balance says (`measure` False: a dry run,
+    which never times modules unless --balance time asks; see choose_module_costs). `network`: the
+    (model, aux nets) of build_network when the caller has built them already."""
     gpus = opts.gpus or []
-    model, aux = build_network(cfg, data)
+    model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
     k = number_of_workers(opts.workers, len(modules), gpus)
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
-    if opts.balance == "flops" or k == len(modules):
-        costs = module_costs_flops(modules, x[:2], y[:2])
-        plan = make_plan(modules, k, cfg.batch_size, costs, unit="MAC")
-    else:
-        costs = module_costs_timed(modules, x, y, steps=2)
-        plan = make_plan(modules, k, cfg.batch_size, costs)
+    c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure)
+    plan = make_plan(modules, k, cfg.batch_size, c.costs, unit=c.unit, source=c.source)
     shapes = layer_output_shapes(model)
     inputs = [shapes[plan.layer_ids[r][0] - 1] if plan.layer_ids[r][0] > 0 else (3, cfg.input_size, cfg.input_size)
               for r in range(k)]
@@ -163,6 +165,7 @@ class PreparedRun:
     run: RunDir
     store: CheckpointStore
     progress: bool
+    tb: TensorBoardSink                             # event files (a no-op when off or not installed)
     resume_from: tuple[int, dict] | None = None    # the verified checkpoint --resume starts from
 
 
@@ -188,19 +191,26 @@ def prepare_run(cfg: RunConfig, data, opts: PipelineOptions, out: str | None, pr
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
     store = CheckpointStore(run.path, start_identity(run.path, cfg, resume))
     resume_from = store.resume_point() if resume else None      # verified before any worker starts
+    tb = TensorBoardSink.open(run.path, opts.tensorboard)
+    store.on_commit = tb.checkpoint
     if not resume:
         run.write_json("config.json", cfg.to_dict())
     run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads})
     print(plan.format())
-    return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, store, progress, resume_from)
+    return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, store, progress, tb, resume_from)
 
 
 def _attempt_callbacks(p: PreparedRun, bar: tqdm, stats: PipelineStats):
-    """The progress bar and metrics.jsonl writers of one attempt."""
-    cfg, run = p.cfg, p.run
+    """The progress bar, metrics.jsonl and TensorBoard writers of one attempt."""
+    cfg, run, tb = p.cfg, p.run, p.tb
+    usage = UsageSampler(len(p.placement.groups), _expected_updates(cfg, p.data))
 
     def on_step(r: StepRecord) -> None:
         run.log("step", r)
+        tb.step(r)
+        if (sample := usage.sample(stats, r.global_step, time.perf_counter())) is not None:
+            run.log("workers", sample)
+            tb.workers(sample)
         busy = stats.busy_fractions(time.perf_counter())
         bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
         bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%",
@@ -210,6 +220,7 @@ def _attempt_callbacks(p: PreparedRun, bar: tqdm, stats: PipelineStats):
 
     def on_epoch(r: EpochRecord) -> None:
         run.log("epoch", r)
+        tb.epoch(r)
         bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
                   f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
 
@@ -239,6 +250,7 @@ def run_attempts(p: PreparedRun) -> Outcome:
         start = (Position(latest[1]["next_epoch"], latest[1]["next_step"], latest[1]["global_step"])
                  if latest else Position())
         bar = _progress_bar(cfg, data, p.progress, state.steps_done)
+        p.tb.begin_attempt(state.steps_done)
         stats = PipelineStats()
         on_step, on_epoch = _attempt_callbacks(p, bar, stats)
         tracker = EpochTracker(cfg, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
@@ -264,6 +276,7 @@ def run_attempts(p: PreparedRun) -> Outcome:
             restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
                              "restart_from": latest[0] if latest else None})
             bar.write(f"auglocal-launch: {err}; all workers stopped; last committed: {_describe_checkpoint(latest)}")
+            p.tb.restart(f"{err}; last committed: {_describe_checkpoint(latest)}")
             attempt += 1
             if attempt > opts.max_restarts or not err.restartable:
                 return Outcome(coord.stats, tracker, restarts, counters, err, latest[0] if latest else None)
@@ -281,6 +294,7 @@ def report_failure(p: PreparedRun, outcome: Outcome) -> int:
     p.run.write_json("failure.json", {"restarts": outcome.restarts, "last_checkpoint": outcome.last_checkpoint,
                                       "rejected_messages": outcome.counters.rejected})
     p.run.close()
+    p.tb.close()
     return 1
 
 
@@ -302,8 +316,9 @@ def report_success(p: PreparedRun, outcome: Outcome) -> int:
     history = outcome.tracker.history
     run.close()
     if history:
-        plot_curves(run.read_metrics(), run.path / "curves.png", f"{cfg.model} {cfg.rule} d={cfg.d} on "
-                    f"{cfg.dataset}, {len(p.placement.groups)} workers")
+        p.tb.pictures(plot_run(run.read_metrics(), run.path, f"{cfg.model} {cfg.rule} d={cfg.d} on "
+                               f"{cfg.dataset}, {len(p.placement.groups)} workers"))
+    p.tb.close()
     if opts.trace:
         from launch.gantt import draw_gantt, text_gantt
 

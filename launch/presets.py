@@ -1,4 +1,4 @@
-"""Named experiment presets: the paper's settings per data set, model and rule (method.md 4.2)."""
+"""Named experiment presets: the paper's settings per data set, model and rule (docs/method.md 4.2)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ ARG_TO_FIELD = {"warmup_epochs": "warmup"}
 class Preset:
     """RunConfig fields one of the paper's experiments fixes; None leaves the field as configured.
 
-    Only what method.md 4.2 states is set: the optimiser (SGD Nesterov, wd 1e-4) and the seed are the
+    Only what docs/method.md 4.2 states is set: the optimiser (SGD Nesterov, wd 1e-4) and the seed are the
     engine's defaults anyway, and the data pipeline of each data set lives with the data set.
     """
 
@@ -33,7 +33,7 @@ class Preset:
 
 @dataclass(frozen=True)
 class _Setting:
-    """One column of the method.md 4.2 table."""
+    """One column of the docs/method.md 4.2 table."""
 
     batch_size: int
     lr: float
@@ -44,7 +44,7 @@ class _Setting:
 
 
 # CIFAR family: 10 warm-up epochs from lr 0.01, then cosine, per epoch. STL-10's batch and lr are the ones
-# the paper's script hard-codes (it ignores --lr). Its 100-output-unit quirk (method.md 8.10) is not copied:
+# the paper's script hard-codes (it ignores --lr). Its 100-output-unit quirk (docs/method.md 8.10) is not copied:
 # the model gets the data set's 10 classes.
 _CIFAR_FAMILY = {
     "cifar10": _Setting(1024, 0.8, 400, "cifar", 10, "CIFAR-10"),
@@ -63,10 +63,10 @@ _BASELINES = {
     "predsim": "PredSim (AugLocal-repo version)",
     "infopro": "InfoPro (AugLocal-repo version, CE head)",
 }
-#: AugLocal depths of the paper's CIFAR-family tables (Table 1); tau 0.5 throughout (method.md 0)
+#: AugLocal depths of the paper's CIFAR-family tables (Table 1); tau 0.5 throughout (docs/method.md 0)
 CIFAR_DEPTHS = (2, 3, 4, 5, 6)
 CIFAR_TAU = 0.5
-#: the ImageNet code exposes no pyramid (method.md 2B): constant aux depth
+#: the ImageNet code exposes no pyramid (docs/method.md 2B): constant aux depth
 IMAGENET_TAU = 0.0
 
 

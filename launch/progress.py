@@ -25,6 +25,7 @@ class PipelineStats:
     max_in_flight: dict[int, int] = field(default_factory=dict)   # link into worker r -> most unconsumed
     step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
     gpu_peak_bytes: dict[int, int] = field(default_factory=dict)
+    reported: dict[int, int] = field(default_factory=lambda: defaultdict(int))   # training steps each rank did
 
     def busy_fractions(self, now: float) -> list[float]:
         elapsed = max(now - self.started, 1e-9)
@@ -120,6 +121,7 @@ class EpochTracker:
     def metrics(self, rank: int, epoch: int, step: int, meta: MetricsMeta) -> None:
         """One worker's report of one training step; the step's record follows its last report."""
         self.stats.busy_s[rank] += meta.busy
+        self.stats.reported[rank] += 1
         entry = self.pending.setdefault((epoch, step), _PendingStep())
         entry.losses.update({int(k): v for k, v in meta.losses.items()})
         entry.reports += 1

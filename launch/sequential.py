@@ -9,8 +9,9 @@ from tqdm import tqdm
 
 from engine.config import RunConfig, build_network, optim_and_schedule
 from engine.trainer import EpochRecord, SequentialTrainer, StepRecord
-from launch.plots import plot_curves
+from launch.plots import plot_run
 from launch.run_dir import RunDir, default_run_dir
+from launch.tensorboard import TensorBoardSink
 from workers.worker import return_freed_memory
 
 
@@ -48,7 +49,7 @@ def sequential_device(gpus: str | None) -> str:
 
 
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
-                     threads: int | None = None, malloc: str = "keep") -> int:
+                     threads: int | None = None, malloc: str = "keep", tensorboard: bool = True) -> int:
     """Train with the sequential trainer and write the run folder; returns the exit code."""
     if malloc == "return":
         return_freed_memory()
@@ -60,18 +61,22 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
     run.truncate_metrics(0)          # a fresh run: records of an earlier, interrupted one in this folder go
     run.write_json("config.json", {**cfg.to_dict(), "trainer": "sequential"})
+    tb = TensorBoardSink.open(run.path, tensorboard)
+    tb.begin_attempt(0)
     steps = data.steps_per_epoch(cfg.batch_size) * cfg.epochs
     total = min(steps, cfg.max_steps) if cfg.max_steps else steps
     bar = tqdm(total=total, disable=not progress, unit="batch", dynamic_ncols=True)
 
     def on_step(r: StepRecord) -> None:
         run.log("step", r)
+        tb.step(r)
         bar.set_description(f"epoch {r.epoch + 1}/{cfg.epochs}")
         bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%", img_s=f"{r.images_per_s:.0f}")
         bar.update(1)
 
     def on_epoch(r: EpochRecord) -> None:
         run.log("epoch", r)
+        tb.epoch(r)
         bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
                   f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
 
@@ -97,8 +102,9 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
         "peak_rss_mb": peak_rss_mb(), "updates": trainer.stage.update_counts})
     run.close()
     if history:
-        plot_curves(run.read_metrics(), run.path / "curves.png",
-                    f"{cfg.model} {cfg.rule} d={cfg.d} on {cfg.dataset}")
+        tb.pictures(plot_run(run.read_metrics(), run.path, f"{cfg.model} {cfg.rule} d={cfg.d} on {cfg.dataset}"))
+    tb.close()
+    if history:
         last = history[-1]
         print(f"done: best test accuracy {last.best_accuracy:.2f}%, last {last.test_accuracy:.2f}%; "
               f"run folder {run.path}")

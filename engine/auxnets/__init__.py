@@ -48,8 +48,8 @@ def build_aux_nets(model: LayeredModel, rule: str, d: int = 4, tau: float = 0.0,
 
     d (paper depth, k = d - 1 selected layers) and tau (pyramid decay; the paper's CIFAR runs use 0.5, the
     default 0 means constant depth) shape only 'auglocal' aux nets, but are range-checked for every rule so
-    a bad value never passes silently. `strategy` picks uniform selection or an ablation (method.md 5.5) and
-    must stay 'uniform' for the other rules. `convention` None means model.convention (method.md section 2).
+    a bad value never passes silently. `strategy` picks uniform selection or an ablation (docs/method.md 5.5) and
+    must stay 'uniform' for the other rules. `convention` None means model.convention (docs/method.md section 2).
     input_mean / input_std (per image channel, of the data normalisation) let InfoPro rebuild the raw image
     it reconstructs; defaults are CIFAR-10's. Aux nets come freshly initialised (model.init_aux), in train
     mode, on the CPU; building them consumes the global torch RNG, so a seeded build is reproducible.

@@ -1,4 +1,4 @@
-"""AugLocal aux nets: fresh copies of selected primary layers and of the head (method.md 3.2-3.5, 5.5)."""
+"""AugLocal aux nets: fresh copies of selected primary layers and of the head (docs/method.md 3.2-3.5, 5.5)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def halvings(model: LayeredModel, cur: int, j: int) -> int:
 
 
 def plan_aux(model: LayeredModel, layer: int, selected: list[int]) -> list[AuxStep]:
-    """Channels and downsampling of each aux block (method.md 3.4).
+    """Channels and downsampling of each aux block (docs/method.md 3.4).
 
     stride families: a counter accumulates the halvings between consecutive selected layers; a block gets
     stride 2 when the counter is >= 1 (and the counter drops by 1), so at most one stride-2 per block and any
@@ -104,17 +104,17 @@ def build_block_aux(model: LayeredModel, layer: int, selected: list[int]) -> Aug
 
 
 def uniform_selection(layer: int, k: int, num_layers: int) -> list[int]:
-    """AugLocal: k layers sampled uniformly from layer+1..L-1 (method.md 3.2)."""
+    """AugLocal: k layers sampled uniformly from layer+1..L-1 (docs/method.md 3.2)."""
     return select_layers(layer, k, num_layers)
 
 
 def sequential_selection(layer: int, k: int, num_layers: int) -> list[int]:
-    """Ablation 'sequential': the k consecutive layers layer+1..layer+k, clamped to L-1 (method.md 5.5)."""
+    """Ablation 'sequential': the k consecutive layers layer+1..layer+k, clamped to L-1 (docs/method.md 5.5)."""
     return list(range(layer + 1, min(layer + k, num_layers - 1) + 1))
 
 
 def repetitive_selection(layer: int, k: int, num_layers: int) -> list[int]:
-    """Ablation 'repetitive': k copies of layer `layer`'s own architecture (method.md 5.5)."""
+    """Ablation 'repetitive': k copies of layer `layer`'s own architecture (docs/method.md 5.5)."""
     return [layer] * k
 
 

@@ -1,4 +1,4 @@
-"""Ablation aux nets of plain 1x1 / 3x3 conv layers widened to the FLOPs of AugLocal's (method.md 5.5)."""
+"""Ablation aux nets of plain 1x1 / 3x3 conv layers widened to the FLOPs of AugLocal's (docs/method.md 5.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DGL aux net as re-implemented in the AugLocal code ("MLP-SR-aux", method.md 5.1)."""
+"""DGL aux net as re-implemented in the AugLocal code ("MLP-SR-aux", docs/method.md 5.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""InfoPro aux net as re-implemented in the AugLocal code: CE head + image reconstruction (method.md 5.3)."""
+"""InfoPro aux net as re-implemented in the AugLocal code: CE head + image reconstruction (docs/method.md 5.3)."""
 
 from __future__ import annotations
 

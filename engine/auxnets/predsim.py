@@ -1,4 +1,4 @@
-"""PredSim aux net (Nokland & Eidnes 2019) as re-implemented in the AugLocal code (method.md 5.2)."""
+"""PredSim aux net (Nokland & Eidnes 2019) as re-implemented in the AugLocal code (docs/method.md 5.2)."""
 
 from __future__ import annotations
 

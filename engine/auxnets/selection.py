@@ -1,4 +1,4 @@
-"""Which layers an AugLocal aux net copies, how deep it is, which layers get one (method.md 2, 3.2, 3.3)."""
+"""Which layers an AugLocal aux net copies, how deep it is, which layers get one (docs/method.md 2, 3.2, 3.3)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ def select_layers(layer: int, k: int, num_layers: int) -> list[int]:
     """The k primary layers (0-based) whose architectures the aux net of `layer` copies: uniform sampling.
 
     idx_i = round(layer + (L - 1 - layer) / k * i), i = 1..k, with Python's round (half-to-even) on the float
-    value computed in exactly this order, as the paper's code does (method.md 3.2); so float rounding decides
+    value computed in exactly this order, as the paper's code does (docs/method.md 3.2); so float rounding decides
     ties the way it did for the paper's runs. When k >= L - 1 - layer there are not enough layers left to
     sample from and the aux net copies all remaining layers layer+1..L-1 (the min(.) clamp of eq. 3).
     The last selected index is therefore always L - 1.
@@ -28,7 +28,7 @@ def select_layers(layer: int, k: int, num_layers: int) -> list[int]:
 
 
 def pyramid_ks(k: int, num_aux: int, tau: float) -> list[int]:
-    """Selected-layer counts k_i of the pyramidal depth rule for aux nets i = 0..num_aux-1 (method.md 3.3).
+    """Selected-layer counts k_i of the pyramidal depth rule for aux nets i = 0..num_aux-1 (docs/method.md 3.3).
 
     r_i = tau * i / (num_aux - 1) and k_i = max(1, round(k * (1 - r_i) + 1 * r_i)): depth shrinks linearly
     from k at the first aux-equipped layer towards d_min - 1 = 1, weighted by tau. num_aux - 1 equals the
@@ -54,7 +54,7 @@ def pyramid_ks(k: int, num_aux: int, tau: float) -> list[int]:
 def num_local_layers(num_layers: int, k: int, convention: str, rule: str) -> int:
     """How many layers (0..n-1) get an aux net; layers n..L-1 and the head are trained by the global loss.
 
-    cifar convention + AugLocal: the top k + 1 = d layers have no aux net, n = L - k - 1 (method.md 2A; the
+    cifar convention + AugLocal: the top k + 1 = d layers have no aux net, n = L - k - 1 (docs/method.md 2A; the
     FLOPs of Table 7 only match this). cifar baselines and the imagenet convention: n = L - 1. BP: 0.
     Returns 0 (never negative) when k is too large to leave a local layer.
     """

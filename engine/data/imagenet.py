@@ -50,7 +50,7 @@ class ImageFolderSource(DataSource):
     """ImageNet read through torchvision's ImageFolder and decoded image by image for each batch.
 
     Only file paths are held in memory. Training: RandomResizedCrop(input_size) + horizontal flip, as in
-    method.md 4.4; those transforms draw from the global torch RNG, so each sample runs them inside
+    docs/method.md 4.4; those transforms draw from the global torch RNG, so each sample runs them inside
     `torch.random.fork_rng`, seeded by (seed, epoch, position in the epoch): the global RNG state is the same
     before and after, and the sample's crop does not depend on anything else. (fork_rng swaps the
     process-wide state for the duration, so do not draw from the global RNG in another thread meanwhile.)

@@ -24,7 +24,7 @@ class DataSource:
     from generators seeded by (seed, epoch, step) or by the sample's position in the epoch. Nothing reads the
     global torch or numpy RNG, so the coordinator can rebuild any minibatch after a failure, and a worker
     that re-runs a step sees exactly the same pixels. Images are always (B, 3, S, S) float32, normalised;
-    labels int64. drop_last is False: the last batch of an epoch may be smaller (method.md 4.4).
+    labels int64. drop_last is False: the last batch of an epoch may be smaller (docs/method.md 4.4).
 
     Subclasses supply `_train_examples` and `_test_examples`.
     """

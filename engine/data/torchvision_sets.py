@@ -14,7 +14,7 @@ from torchvision.datasets.utils import check_integrity
 from engine.data.augment import CropFlip
 from engine.data.source import TensorSource
 
-# method.md 4.4 / 4.2
+# docs/method.md 4.4 / 4.2
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 HALF = (0.5, 0.5, 0.5)

@@ -37,7 +37,7 @@ class LayeredModel(nn.Module):
 
     #: 'cifar_resnet' | 'imagenet_resnet' | 'vgg' | 'mobile'
     family: str = ""
-    #: default local-layer convention of method.md section 2: 'cifar' (top d layers global) or 'imagenet'
+    #: default local-layer convention of docs/method.md section 2: 'cifar' (top d layers global) or 'imagenet'
     convention: str = "cifar"
     #: how an aux net halves the spatial size: 'stride' (stride-2 block) or 'maxpool' (VGG)
     aux_downsample: str = "stride"

@@ -1,4 +1,4 @@
-"""CIFAR ResNet of 6n+2 form (ResNet-20/32/56/110), one local layer per residual block (method.md 1.1)."""
+"""CIFAR ResNet of 6n+2 form (ResNet-20/32/56/110), one local layer per residual block (docs/method.md 1.1)."""
 
 from __future__ import annotations
 

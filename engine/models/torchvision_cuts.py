@@ -52,7 +52,7 @@ def make_infos(shapes: list[tuple[int, int]], widths: list[int], kinds: list[str
 def torchvision_style_init(module: nn.Module) -> None:
     """Convs kaiming-normal fan_out (ReLU gain), conv bias 0, BN 1/0; Linear keeps torch's default.
 
-    This is the init torchvision gives every conv of these networks (method.md 1.3), applied to aux nets so
+    This is the init torchvision gives every conv of these networks (docs/method.md 1.3), applied to aux nets so
     they start like the primary network's blocks.
     """
     for m in module.modules():
@@ -66,7 +66,7 @@ def torchvision_style_init(module: nn.Module) -> None:
 
 
 def check_stride(stride: int) -> None:
-    """Aux builders only ever ask for stride 1 or 2 (method.md 3.4); anything else is a caller bug."""
+    """Aux builders only ever ask for stride 1 or 2 (docs/method.md 3.4); anything else is a caller bug."""
     if stride not in (1, 2):
         raise ValueError(f"aux block stride must be 1 or 2 (at most one halving per block), got {stride}")
 
@@ -160,7 +160,7 @@ def _require_cut(model: nn.Module) -> None:
 class ImageNetResNet(TorchvisionCut):
     """torchvision ResNet-34 / -101: layer 0 = stem (conv1, bn1, relu, maxpool), then one layer per block.
 
-    L = 1 + 16 = 17 (BasicBlocks) or 1 + 33 = 34 (Bottlenecks), method.md 1.3. `width` is in "planes" (the
+    L = 1 + 16 = 17 (BasicBlocks) or 1 + 33 = 34 (Bottlenecks), docs/method.md 1.3. `width` is in "planes" (the
     paper's net_dim; stem 64), `out_channels` = planes x expansion (stem: 64). Head = GAP -> fc.
     """
 
@@ -202,7 +202,7 @@ class ImageNetResNet(TorchvisionCut):
 
 
 class MobileCut(TorchvisionCut):
-    """Shared hooks of the mobile networks (method.md 1.4): width = out_channels, GAP -> Linear aux head.
+    """Shared hooks of the mobile networks (docs/method.md 1.4): width = out_channels, GAP -> Linear aux head.
 
     Convention 'cifar': the paper reports these networks on CIFAR-10 with "other settings as CIFAR". Aux
     nets get torchvision's conv init (kaiming fan_out, BN 1/0), as the CIFAR code inits aux convs like the

@@ -9,16 +9,16 @@ from torchvision.models import vgg as tv_vgg
 from engine.models.base import LayeredModel
 from engine.models.torchvision_cuts import TorchvisionCut, check_stride, make_infos, trace_shapes
 
-#: hidden width of the paper's VGG aux classifier (4096 in the primary, "changed to 512", method.md 3.5)
+#: hidden width of the paper's VGG aux classifier (4096 in the primary, "changed to 512", docs/method.md 3.5)
 AUX_HIDDEN = 512
 
 
 def cut_vgg_features(features: nn.Sequential) -> tuple[list[nn.Sequential], nn.Sequential]:
     """Group a torchvision VGG `features` stack into local layers ([maxpool] + conv + BN + ReLU).
 
-    A max-pool belongs to the conv that follows it (method.md 1.2; the paper's VGG13 code attaches aux nets
+    A max-pool belongs to the conv that follows it (docs/method.md 1.2; the paper's VGG13 code attaches aux nets
     before each pool), so an aux net sees the unpooled output of its layer and its own pool-on-channel-change
-    rule (method.md 3.4) reproduces the primary's spatial sizes. The trailing pool has no following conv; it
+    rule (docs/method.md 3.4) reproduces the primary's spatial sizes. The trailing pool has no following conv; it
     is returned separately and goes into the head.
     """
     layers, pending = [], []
@@ -31,7 +31,7 @@ def cut_vgg_features(features: nn.Sequential) -> tuple[list[nn.Sequential], nn.S
 
 
 def vgg_init(module: nn.Module) -> None:
-    """torchvision's VGG init (method.md 1.3): conv kaiming fan_out, bias 0; BN 1/0; Linear N(0, 0.01), 0."""
+    """torchvision's VGG init (docs/method.md 1.3): conv kaiming fan_out, bias 0; BN 1/0; Linear N(0, 0.01), 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -61,7 +61,7 @@ def vgg_aux_classifier(num_classes: int) -> nn.Sequential:
 
 
 class VggHooks:
-    """Aux-net hooks shared by the VGG models (method.md 3.4 VGG variant, 3.5, 1.3).
+    """Aux-net hooks shared by the VGG models (docs/method.md 3.4 VGG variant, 3.5, 1.3).
 
     An aux block halves the spatial size the way the primary does, with a leading MaxPool2d(2, 2), so
     `stride=2` means "pool first" rather than a strided conv. Aux nets keep PyTorch's default init: the
@@ -82,7 +82,7 @@ class VggHooks:
         return vgg_aux_classifier(self.num_classes)
 
     def init_aux(self, module: nn.Module) -> None:
-        """Nothing: VGG aux nets keep PyTorch's default init (method.md 1.3)."""
+        """Nothing: VGG aux nets keep PyTorch's default init (docs/method.md 1.3)."""
 
 
 class Vgg19(VggHooks, LayeredModel):
@@ -113,7 +113,7 @@ class Vgg13(VggHooks, TorchvisionCut):
 
     The fifth pool sits at the start of the head: head = maxpool -> AdaptiveAvgPool(7x7) -> flatten ->
     torchvision's classifier (25088 -> 4096 -> 4096 -> classes, ReLU + Dropout). Spatial sizes on 224x224:
-    224, 224, 112, 112, 56, 56, 28, 28, 14, 14. Primary init is torchvision's (method.md 1.3).
+    224, 224, 112, 112, 56, 56, 28, 28, 14, 14. Primary init is torchvision's (docs/method.md 1.3).
     """
 
     convention = "imagenet"

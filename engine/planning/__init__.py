@@ -1,5 +1,6 @@
 """Planning: per-layer costs, the dry-run table, partitioning modules onto workers, predicted throughput, simulation."""
 
+from engine.planning.balance import BALANCES, ModuleCosts, choose_module_costs
 from engine.planning.costs import (
     CostTotals,
     HeadCost,
@@ -16,8 +17,16 @@ from engine.planning.plan import PipelinePlan, format_ids, make_plan
 from engine.planning.simulator import LinkCost, ModuleTime, Simulation, WorkerLoad, run_events, simulate, worker_loads
 from engine.planning.table import format_plan_table
 from engine.planning.timing import module_costs_timed
+from engine.planning.timing_cache import CostKey, MachineKey, TimingCache, cache_path
 
 __all__ = [
+    "BALANCES",
+    "CostKey",
+    "MachineKey",
+    "ModuleCosts",
+    "TimingCache",
+    "cache_path",
+    "choose_module_costs",
     "CostTotals",
     "HeadCost",
     "LayerCost",

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.models.base import LayeredModel
+from engine.rules import LocalModule
 
 #: batch used for counting: BatchNorm1d and batch-wise losses misbehave at batch 1; results are per image
 COUNT_BATCH = 2
@@ -23,7 +24,7 @@ class LayerCost:
     """Size and forward cost of one local layer and of its aux net (none for layers of the global top group).
 
     MACs are forward multiply-accumulates per image at the model's input size (the paper's "FLOPs",
-    method.md 3.8), counted by torch's FlopCounterMode: conv and linear (and any matmul a loss does).
+    docs/method.md 3.8), counted by torch's FlopCounterMode: conv and linear (and any matmul a loss does).
     """
 
     index: int
@@ -106,14 +107,46 @@ def count_macs(fn: Callable[[], Any], batch: int) -> int:
     return _counted(fn, batch)[0]
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
+#: (type, architecture, argument shapes, batch) -> (MACs per image, output shape or None); see _counted_call
+_MEMO: dict[tuple, tuple[int, torch.Size | None]] = {}
 
 
-def _dummy_batch(model: LayeredModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.zeros(COUNT_BATCH, 3, model.input_size, model.input_size, device=device)
-    y = (torch.arange(COUNT_BATCH) % model.num_classes).to(device)
-    return x, y
+def _shape(arg: Any) -> tuple | None:
+    return (tuple(arg.shape), arg.dtype) if isinstance(arg, torch.Tensor) else None
+
+
+def _architecture(module: nn.Module) -> str:
+    """What decides a module's forward FLOPs: its repr, less an aux net's layer index (which costs nothing)."""
+    from engine.auxnets.base import AuxNet
+
+    if isinstance(module, AuxNet):
+        return repr(module).replace(f"layer={module.layer}, ", "", 1)
+    return repr(module)
+
+
+def _counted_call(module: nn.Module, args: tuple, batch: int, meta: bool) -> tuple[int, Any]:
+    """MACs per image of `module(*args)` and its output, run on an eval-mode twin (see `_twin`).
+
+    On the meta device the count is remembered by the module's architecture and the argument shapes, for
+    the life of the process. Deep networks repeat the same block many times (ResNet-110: 18 identical blocks
+    per stage; aux nets of equal depth within a stage), and counting on the meta device is slow (every op
+    goes through torch's Python meta kernels and decompositions): a dry run of ResNet-110 spent most of its
+    time counting identical blocks. On the meta device FLOPs depend only on the architecture (its repr:
+    types, channels, strides, kernel and pool sizes) and the input shapes, so a repeated block is counted
+    once and its output is a fresh meta tensor of the remembered shape; only a block counted for the first
+    time is copied. Off the meta device everything runs.
+    """
+    key = None
+    if meta:
+        key = (type(module), _architecture(module), tuple(_shape(a) for a in args), batch)
+        if key in _MEMO:
+            macs, out_shape = _MEMO[key]
+            return macs, None if out_shape is None else torch.empty(out_shape, device="meta")
+    twin = _twin([module], meta)[0]
+    macs, out = _counted(lambda: twin(*args), batch)
+    if key is not None and (out is None or (isinstance(out, torch.Tensor) and out.dtype == torch.float32)):
+        _MEMO[key] = (macs, None if out is None else out.shape)
+    return macs, out
 
 
 def _check_aux_nets(model: LayeredModel, aux_nets: Sequence[nn.Module]) -> None:
@@ -127,29 +160,37 @@ def _check_aux_nets(model: LayeredModel, aux_nets: Sequence[nn.Module]) -> None:
                              "(pass the list build_aux_nets returns, in layer order)")
 
 
+def _device_of(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def _dummy_batch(model: LayeredModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.zeros(COUNT_BATCH, 3, model.input_size, model.input_size, device=device)
+    y = (torch.arange(COUNT_BATCH) % model.num_classes).to(device)
+    return x, y
+
+
 def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool = True) -> list[LayerCost]:
     """Parameters and per-image forward MACs of every local layer and of the aux net attached to it.
 
     Aux net i belongs to layer i (as in `build_local_modules`); layers from len(aux_nets) on form the
     global top group and get no aux net. The primary forward runs layer by layer on a dummy input of the
     model's input size, and each aux net runs on its layer's output, so every count is of the real
-    modules, not of a formula. Counting runs on an eval-mode copy (on the meta device unless `meta` is
+    modules, not of a formula. Counting runs on eval-mode copies (on the meta device unless `meta` is
     False), so the caller's modules are left exactly as they were.
     """
     _check_aux_nets(model, aux_nets)
-    twin = _twin([model, *aux_nets], meta)
-    twin_model, twin_aux = twin[0], list(twin[1:])
     x, y = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
     costs: list[LayerCost] = []
     h = x
-    for i, (layer, info) in enumerate(zip(twin_model.layers, model.info, strict=True)):
-        primary, h = _counted(lambda layer=layer, inp=h: layer(inp), COUNT_BATCH)
+    for i, (layer, info) in enumerate(zip(model.layers, model.info, strict=True)):
+        primary, h = _counted_call(layer, (h,), COUNT_BATCH, meta)
         cost = LayerCost(index=i, width=info.width, out_channels=info.out_channels, spatial=info.spatial,
                          primary_params=num_params(layer), primary_macs=primary, top=i >= len(aux_nets))
         if i < len(aux_nets):
-            aux = twin_aux[i]
+            aux = aux_nets[i]
             xin = x if getattr(aux, "needs_input", False) else None
-            cost.aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), COUNT_BATCH)
+            cost.aux_macs = _counted_call(aux, (h, y, xin), COUNT_BATCH, meta)[0]
             cost.aux_params = num_params(aux)
             cost.selected = [int(j) for j in getattr(aux, "selected", [])]
             cost.notation = str(getattr(aux, "notation", type(aux).__name__))
@@ -159,12 +200,10 @@ def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool =
 
 def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
     """Parameters and per-image forward MACs of the classifier head, on the last layer's output."""
-    twin_model = _twin([model], meta)[0]
     h, _ = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
-    with torch.no_grad():
-        for layer in twin_model.layers:
-            h = layer(h)
-    return HeadCost(params=num_params(model.head), macs=count_macs(lambda: twin_model.head(h), COUNT_BATCH))
+    for layer in model.layers:
+        h = _counted_call(layer, (h,), COUNT_BATCH, meta)[1]
+    return HeadCost(params=num_params(model.head), macs=_counted_call(model.head, (h,), COUNT_BATCH, meta)[0])
 
 
 def layer_output_shapes(model: LayeredModel) -> list[tuple[int, ...]]:
@@ -208,12 +247,18 @@ def module_costs_flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.T
     y = torch.zeros(batch, dtype=torch.long, device=device) if y is None else y.to(device)
     out: list[float] = []
     h = x
-    for m in _twin(list(modules), meta):
-        primary, h = _counted(lambda m=m, inp=h: m(inp), batch)
+    for m in modules:
+        # a local module's forward is its layers, then its head (top module): counted part by part, so the
+        # blocks repeated across modules are counted once (MACs per image are whole numbers: the sum is exact)
+        parts = [*m.layers, *([m.head] if m.head is not None else [])] if isinstance(m, LocalModule) else [m]
+        primary = 0
+        for part in parts:
+            macs, h = _counted_call(part, (h,), batch, meta)
+            primary += macs
         aux = getattr(m, "aux", None)
         aux_macs = 0
         if aux is not None:
             xin = x if getattr(aux, "needs_input", False) else None
-            aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), batch)
+            aux_macs = _counted_call(aux, (h, y, xin), batch, meta)[0]
         out.append(3.0 * (primary + aux_macs))
     return out

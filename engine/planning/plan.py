@@ -31,6 +31,7 @@ class PipelinePlan:
     time a worker spends per message on its outgoing link (serialising and sending the activations); it is
     charged to every worker except the last, which only reports metrics. The sequential prediction runs all
     modules one after another in one process: batch_size / sum of all module costs, no transport.
+    `source` says where the costs came from (FLOPs, measured now, or measured earlier and cached).
     """
 
     groups: list[list[int]]
@@ -39,6 +40,7 @@ class PipelinePlan:
     batch_size: int
     unit: str = SECONDS
     transport_s: float = 0.0
+    source: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.module_costs)
@@ -106,7 +108,7 @@ class PipelinePlan:
     def from_dict(cls, data: dict) -> PipelinePlan:
         """Rebuild a plan saved with `to_dict`; unknown or missing keys are an error, not a silent default."""
         names = {f.name for f in fields(cls)}
-        required = {f.name for f in fields(cls) if f.name not in ("unit", "transport_s")}
+        required = {f.name for f in fields(cls) if f.name not in ("unit", "transport_s", "source")}
         unknown, missing = set(data) - names, required - set(data)
         if unknown or missing:
             raise ValueError(f"not a pipeline plan: unknown keys {sorted(unknown)}, missing keys "
@@ -115,15 +117,17 @@ class PipelinePlan:
                    layer_ids=[[int(i) for i in g] for g in data["layer_ids"]],
                    module_costs=[float(c) for c in data["module_costs"]],
                    batch_size=int(data["batch_size"]), unit=str(data.get("unit", SECONDS)),
-                   transport_s=float(data.get("transport_s", 0.0)))
+                   transport_s=float(data.get("transport_s", 0.0)), source=str(data.get("source", "")))
 
     def format(self) -> str:
         """The partition with each worker's time (compute + transport) and busy fraction, then throughput."""
         seconds = self.unit == SECONDS
         cost_head = "ms/batch" if seconds else f"{self.unit}"
         lines = [f"pipeline plan: {self.k} worker(s), {len(self.module_costs)} local modules, "
-                 f"batch {self.batch_size}",
-                 f"{'worker':>6}  {'modules':<10} {'layers':<12} {cost_head:>14} {'busy':>6}"]
+                 f"batch {self.batch_size}"]
+        if self.source:
+            lines.append(f"balanced by {self.source}")
+        lines.append(f"{'worker':>6}  {'modules':<10} {'layers':<12} {cost_head:>14} {'busy':>6}")
         for w, (g, ids, cost, busy) in enumerate(zip(self.groups, self.layer_ids, self.group_times,
                                                      self.busy_fractions, strict=True)):
             shown = f"{cost * 1e3:.3f}" if seconds else f"{cost:.4g}"
@@ -142,7 +146,7 @@ class PipelinePlan:
 
 
 def make_plan(modules: Sequence[LocalModule], k: int, batch_size: int, costs: Sequence[float],
-              transport_s: float = 0.0, unit: str = SECONDS) -> PipelinePlan:
+              transport_s: float = 0.0, unit: str = SECONDS, source: str = "") -> PipelinePlan:
     """Partition `modules` (in order) onto k workers by `costs` (one per module) and wrap it as a plan."""
     if len(costs) != len(modules):
         raise ValueError(f"{len(costs)} costs for {len(modules)} local modules; give one cost per module")
@@ -150,4 +154,4 @@ def make_plan(modules: Sequence[LocalModule], k: int, batch_size: int, costs: Se
     return PipelinePlan(groups=[list(g) for g in groups],
                         layer_ids=[[i for j in g for i in modules[j].layer_ids] for g in groups],
                         module_costs=[float(c) for c in costs], batch_size=batch_size, unit=unit,
-                        transport_s=transport_s)
+                        transport_s=transport_s, source=source)

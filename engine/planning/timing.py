@@ -10,6 +10,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+#: intra-op threads the modules are timed with: one, as a pipeline worker on a CPU core runs
+TIMING_THREADS = 1
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -37,7 +40,7 @@ def module_costs_timed(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.T
     x, y = x.to(device), y.to(device)
     samples: list[list[float]] = [[] for _ in work]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TIMING_THREADS)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for run in range(warmup + steps):

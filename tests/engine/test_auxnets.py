@@ -202,7 +202,7 @@ def test_auglocal_aux_nets_are_fresh_and_initialised_like_the_primary():
 
 
 def total_macs(model: LayeredModel, nets: list[AuxNet]) -> float:
-    """Forward MACs (G) of the primary net plus every aux net's classifier path, batch 1 (method.md 3.8)."""
+    """Forward MACs (G) of the primary net plus every aux net's classifier path, batch 1 (docs/method.md 3.8)."""
     total = forward_macs(model, (1, 3, model.input_size, model.input_size))
     for aux in nets:
         info = model.info[aux.layer]
@@ -212,7 +212,7 @@ def total_macs(model: LayeredModel, nets: list[AuxNet]) -> float:
 
 @pytest.mark.parametrize("d, recount", [(2, 0.624), (3, 0.685), (4, 0.794), (5, 0.978), (6, 1.119)])
 def test_resnet110_auglocal_macs_match_the_method_recount(d, recount):
-    # method.md 3.8: the independent recount under the cifar convention with tau = 0.5 (paper Table 7)
+    # docs/method.md 3.8: the independent recount under the cifar convention with tau = 0.5 (paper Table 7)
     model = fresh("resnet110")
     assert total_macs(model, build_aux_nets(model, "auglocal", d=d, tau=TAU)) == pytest.approx(recount, abs=6e-4)
 

@@ -131,7 +131,7 @@ def test_auglocal_resnet110_flops_match_paper_table7(d, paper):
     costs = layer_costs(model, aux)
     totals = cost_totals(costs, head_cost(model))
     assert totals.total_macs / 1e9 == pytest.approx(paper, rel=0.02)
-    assert sum(c.top for c in costs) == d                  # method.md 2A: the top d layers are global
+    assert sum(c.top for c in costs) == d                  # docs/method.md 2A: the top d layers are global
     table = format_plan_table(model, costs)
     assert max(len(line) for line in table.splitlines()) <= 110
     assert f"= {totals.total_macs / 1e9:.3f} G" in table

@@ -1,4 +1,4 @@
-"""The paper's learning-rate schedules (method.md 4.2) and optimiser settings."""
+"""The paper's learning-rate schedules (docs/method.md 4.2) and optimiser settings."""
 
 import math
 
@@ -9,7 +9,7 @@ from engine.schedule import LRSchedule, OptimConfig, default_warmup
 
 
 def paper_cifar_lr(e: int, lr0: float, total: int) -> float:
-    """method.md 4.2 written out literally, e = 1..E."""
+    """docs/method.md 4.2 written out literally, e = 1..E."""
     if e <= 10:
         return 0.5 * lr0 * (1 + math.cos(math.pi * e / total)) * (e - 1) / 10 + 0.01 * (11 - e) / 10
     return 0.5 * lr0 * (1 + math.cos(math.pi * e / total))

@@ -1,4 +1,4 @@
-"""Layer selection, pyramidal depth and local-layer counts against the test vectors of method.md 3.3 and 3.6."""
+"""Layer selection, pyramidal depth and local-layer counts against the test vectors of docs/method.md 3.3 and 3.6."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def block_shapes(aux) -> list[tuple[int, int, int]]:
     return [(b.conv1.in_channels, b.conv1.out_channels, b.conv1.stride[0]) for b in blocks]
 
 
-# --- pyramid (method.md 3.3) ----------------------------------------------------------------------------------
+# --- pyramid (docs/method.md 3.3) ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("d, expected", [
     (6, [5, 5, 5, 4, 4, 4, 4, 3, 3, 3]),
     (5, [4, 4, 4, 4, 3, 3, 3, 3, 3, 3, 2]),
@@ -83,7 +83,7 @@ def test_pyramid_rejects_bad_arguments(args):
         pyramid_ks(*args)
 
 
-# --- selection (method.md 3.2 / 3.6) ---------------------------------------------------------------------------
+# --- selection (docs/method.md 3.2 / 3.6) ---------------------------------------------------------------------------
 def test_select_resnet32_d2_every_layer_takes_the_last():
     for layer in range(14):
         assert select_layers(layer, 1, 16) == [15]
@@ -137,7 +137,7 @@ def test_select_rejects_bad_arguments(args):
         select_layers(*args)
 
 
-# --- which layers get aux nets (method.md section 2) -----------------------------------------------------------
+# --- which layers get aux nets (docs/method.md section 2) -----------------------------------------------------------
 def test_num_local_layers():
     assert num_local_layers(16, 3, "cifar", "auglocal") == 12
     assert num_local_layers(55, 5, "cifar", "auglocal") == 49
@@ -156,7 +156,7 @@ def test_num_local_layers_rejects_bad_arguments(args):
         num_local_layers(*args)
 
 
-# --- built aux nets: in -> out, stride of every aux block (method.md 3.4 / 3.6) ---------------------------------
+# --- built aux nets: in -> out, stride of every aux block (docs/method.md 3.4 / 3.6) ---------------------------------
 def test_built_resnet32_d2():
     nets = auglocal_nets("resnet32", 2)
     assert [a.layer for a in nets] == list(range(14))

@@ -29,7 +29,7 @@ def batch(n: int = 6, seed: int = 1):
 
 
 def hand_step(model, aux_nets, x, y):
-    """method.md 4.1 written out: per layer forward, local CE, grads, detach; global CE; one SGD step."""
+    """docs/method.md 4.1 written out: per layer forward, local CE, grads, detach; global CE; one SGD step."""
     losses, grads = [], {}
     h = x
     for i, layer in enumerate(model.layers):

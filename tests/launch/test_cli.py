@@ -49,7 +49,7 @@ def test_dry_run_prints_every_layer_and_totals(capsys):
     code, out, _ = run_cli(["--model", "resnet110", "--rule", "auglocal", "--d", "4", "--dry-run"], capsys)
     assert code == 0
     assert "L = 55" in out
-    assert "16R-32Rs2-64Rs2-AP-10FC" in out      # layer 0 selects 18, 36, 54 (method.md 3.6)
+    assert "16R-32Rs2-64Rs2-AP-10FC" in out      # layer 0 selects 18, 36, 54 (docs/method.md 3.6)
     assert "total" in out.lower()
 
 
@@ -76,7 +76,7 @@ def test_short_training_run_writes_run_folder(tmp_path, capsys):
     bare = build_model("resnet20", num_classes=10)
     bare.load_state_dict(state)          # a plain state_dict of the bare primary network
     aux = torch.load(out_dir / "aux.pt", weights_only=True)
-    assert sorted(aux) == list(range(len(aux))) and len(aux) == 10 - 2 - 1   # L - k - 1 aux nets (method.md 2A)
+    assert sorted(aux) == list(range(len(aux))) and len(aux) == 10 - 2 - 1   # L - k - 1 aux nets (docs/method.md 2A)
 
 
 def test_console_script_help_explains_flags():

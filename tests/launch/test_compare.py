@@ -20,6 +20,10 @@ def test_tiny_grid_writes_table_and_resumes(tmp_path, capsys):
     rows = (tmp_path / "table.csv").read_text().splitlines()
     assert len(rows) == 2
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    from launch.compare import DPI, PLOT_SIZE
+    from tests.launch.pictures import png_size
+
+    assert png_size(tmp_path / "accuracy.png") == (PLOT_SIZE[0] * DPI, PLOT_SIZE[1] * DPI)
     summary = tmp_path / "runs" / "auglocal-d2-seed2" / "summary.json"
     assert json.loads(summary.read_text())["updates"]
     before = summary.stat().st_mtime_ns
@@ -31,3 +35,21 @@ def test_tiny_grid_writes_table_and_resumes(tmp_path, capsys):
 
 def test_unknown_rule_is_exit_2(tmp_path):
     assert main(["--cells", "hebbian", "--out", str(tmp_path)]) == 2
+
+
+def test_accuracy_plot_has_a_line_per_rule_and_its_size(tmp_path):
+    from launch.compare import DPI, PLOT_SIZE, _series, plot
+    from tests.launch.pictures import png_size
+
+    def row(cell, rule, d="", tau="", acc=90.0, aux=0.1):
+        return {"cell": cell, "rule": rule, "d": d, "tau": tau, "best_mean": acc, "best_std": 0.5,
+                "aux_gmacs": aux}
+
+    rows = [row("bp", "bp", aux=0.0), row("dgl", "dgl", acc=85.0, aux=0.01),
+            row("auglocal-d4", "auglocal", 4, acc=92.0, aux=0.5), row("auglocal-d2", "auglocal", 2, acc=90.5),
+            row("auglocal-d4-tau0", "auglocal", 4, 0.0, acc=92.5, aux=0.9)]
+    series = _series(rows)
+    assert list(series) == ["bp", "dgl", "AugLocal", "AugLocal tau=0"]
+    assert [r["d"] for r in series["AugLocal"]] == [2, 4]
+    path = plot(rows, tmp_path, "grid")
+    assert png_size(path) == (PLOT_SIZE[0] * DPI, PLOT_SIZE[1] * DPI)

@@ -1,4 +1,4 @@
-"""Experiment presets: the paper's settings (method.md 4.2), overridable by explicit flags."""
+"""Experiment presets: the paper's settings (docs/method.md 4.2), overridable by explicit flags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from engine.data import DATASETS
 from engine.models import model_names
 from launch.presets import PRESETS, apply_preset, format_presets, get_preset
 
-# method.md 4.2, copied by hand: data set (or ImageNet model) -> batch, initial lr, epochs
+# docs/method.md 4.2, copied by hand: data set (or ImageNet model) -> batch, initial lr, epochs
 TABLE_4_2 = {"cifar10": (1024, 0.8, 400), "svhn": (1024, 0.8, 400), "stl10": (128, 0.1, 400),
              "vgg13": (256, 0.1, 90), "resnet34": (1024, 0.4, 200), "resnet101": (512, 0.2, 200)}
 

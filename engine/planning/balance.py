@@ -1,0 +1,64 @@
+"""What the partitioner balances: FLOPs, measured module times, or times measured earlier on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from engine.planning.costs import module_costs_flops
+from engine.planning.timing import TIMING_THREADS, module_costs_timed
+from engine.planning.timing_cache import CostKey, MachineKey, TimingCache
+
+BALANCES = ("auto", "time", "flops")
+
+
+@dataclass
+class ModuleCosts:
+    """One cost per local module, its unit ('s' per batch, or 'MAC' per image) and where it came from."""
+
+    costs: list[float]
+    unit: str
+    source: str
+
+
+def _flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, why: str) -> ModuleCosts:
+    return ModuleCosts(module_costs_flops(modules, x[:2], y[:2]), "MAC", f"FLOPs ({why})")
+
+
+def choose_module_costs(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, balance: str,
+                        key: CostKey, k: int, measure: bool = True,
+                        cache: TimingCache | None = None) -> ModuleCosts:
+    """The costs a plan of `k` workers balances.
+
+    - 'flops': forward + backward MACs per module (module_costs_flops); instant, but blind to what FLOPs
+      miss (memory-bound BatchNorm, the aux nets' small layers, per-op overheads).
+    - 'time': time every module now on a sample batch (module_costs_timed, seconds) and remember the times
+      in the cache for later plans on this machine.
+    - 'auto': times from the cache when this machine measured this run's modules before; otherwise measure
+      them if `measure` (a training run: a good balance pays for the seconds it costs), else FLOPs (a dry
+      run, which must print at once).
+    With one module per worker there is nothing to balance: FLOPs, as before.
+    """
+    if balance not in BALANCES:
+        raise ValueError(f"balance {balance!r}: expected one of {', '.join(BALANCES)}")
+    if balance == "flops":
+        return _flops(modules, x, y, "--balance flops")
+    if k == len(modules):
+        return _flops(modules, x, y, "one module per worker: nothing to balance")
+    cache = cache if cache is not None else TimingCache()
+    device = next((p.device for m in modules for p in m.parameters()), x.device)
+    machine = MachineKey.here(device, TIMING_THREADS)
+    if balance == "auto":
+        cached = cache.get(machine, key, len(modules))
+        if cached is not None:
+            return ModuleCosts(cached.costs, "s", f"module times measured on this machine on {cached.when} "
+                                                  f"(cache {cache.path}; --balance time measures again)")
+        if not measure:
+            return _flops(modules, x, y, "no module times cached for this machine yet; --balance time "
+                                         "measures them")
+    costs = module_costs_timed(modules, x, y, steps=2)
+    cache.put(machine, key, costs)
+    return ModuleCosts(costs, "s", f"module times measured now (cached in {cache.path})")

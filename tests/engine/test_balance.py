@@ -1,0 +1,131 @@
+"""What a plan balances: FLOPs, module times measured now, or times cached from an earlier run here."""
+
+import json
+
+import pytest
+import torch
+
+from engine.config import RunConfig, build_data, build_network, resolve
+from engine.planning import (
+    CostKey,
+    MachineKey,
+    TimingCache,
+    cache_path,
+    choose_module_costs,
+    layer_costs,
+    make_plan,
+    module_costs_flops,
+    timing_cache,
+)
+from engine.planning import costs as costs_module
+from engine.rules import build_local_modules
+
+
+def network(model="resnet20", rule="auglocal", input_size=16, **kw):
+    cfg = RunConfig(model=model, rule=rule, d=3, dataset="synthetic", input_size=input_size, num_classes=4,
+                    train_size=16, test_size=8, batch_size=4, **kw)
+    data = build_data(cfg)
+    resolve(cfg, data)
+    model, aux = build_network(cfg, data)
+    x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
+    return cfg, model, aux, build_local_modules(model, aux), x, y
+
+
+def test_cache_path_honours_xdg_cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_path() == tmp_path / "auglocal" / "module_times.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_path().parts[-3:] == (".cache", "auglocal", "module_times.json")
+
+
+def test_cache_keys_by_machine_and_by_what_decides_the_cost(tmp_path):
+    cache = TimingCache(tmp_path / "times.json")
+    here = MachineKey.here("cpu", 1)
+    key = CostKey("resnet110", "auglocal", 4, 0.5, "uniform", "cifar", 32, 10, 128)
+    assert cache.get(here, key, 3) is None
+    cache.put(here, key, [0.1, 0.2, 0.3])
+    assert cache.get(here, key, 3).costs == [0.1, 0.2, 0.3]
+    assert cache.get(here, key, 4) is None                                  # the module count changed
+    other_machine = MachineKey(here.cpu + " (another)", here.cores, here.torch, here.threads, here.device)
+    assert cache.get(other_machine, key, 3) is None
+    for change in ({"d": 5}, {"batch_size": 64}, {"input_size": 64}, {"tau": 0.0}, {"rule": "dgl"}):
+        assert cache.get(here, CostKey(**{**key.__dict__, **change}), 3) is None, change
+    cache.put(here, CostKey(**{**key.__dict__, "d": 5}), [1.0, 2.0, 3.0])   # a second entry keeps the first
+    assert cache.get(here, key, 3).costs == [0.1, 0.2, 0.3]
+
+
+def test_unreadable_cache_reads_empty_and_is_rewritten(tmp_path):
+    path = tmp_path / "times.json"
+    path.write_text("{ not json")
+    cache = TimingCache(path)
+    here, key = MachineKey.here("cpu", 1), CostKey("resnet20", "bp", 2, None, "uniform", None, 32, 10, 8)
+    assert cache.get(here, key, 1) is None
+    cache.put(here, key, [0.5])
+    assert json.loads(path.read_text())["format"] == timing_cache.FORMAT
+    assert cache.get(here, key, 1).costs == [0.5]
+
+
+def test_balance_flops_is_the_plan_of_module_flops():
+    """--balance flops: exactly the plan auglocal computed before --balance auto existed."""
+    cfg, _, _, modules, x, y = network()
+    chosen = choose_module_costs(modules, x, y, "flops", CostKey.of(cfg), k=2)
+    before = make_plan(modules, 2, cfg.batch_size, module_costs_flops(modules, x[:2], y[:2]), unit="MAC")
+    plan = make_plan(modules, 2, cfg.batch_size, chosen.costs, unit=chosen.unit)
+    assert (plan.groups, plan.layer_ids, plan.module_costs, plan.unit) == \
+        (before.groups, before.layer_ids, before.module_costs, before.unit)
+
+
+def test_auto_uses_flops_for_a_dry_run_and_measures_then_caches_for_a_training_run(tmp_path, monkeypatch):
+    cfg, _, _, modules, x, y = network()
+    cache = TimingCache(tmp_path / "times.json")
+    timed = []
+
+    def fake_timing(mods, xb, yb, steps=3, warmup=1):
+        timed.append(len(mods))
+        return [0.01 * (i + 1) for i in range(len(mods))]
+
+    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake_timing)
+    dry = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), k=2, measure=False, cache=cache)
+    assert dry.unit == "MAC" and "no module times cached" in dry.source and timed == []
+    run = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), k=2, measure=True, cache=cache)
+    assert run.unit == "s" and timed == [len(modules)] and "measured now" in run.source
+    again = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), k=2, measure=False, cache=cache)
+    assert again.unit == "s" and again.costs == run.costs and timed == [len(modules)]
+    assert "measured on this machine" in again.source
+    choose_module_costs(modules, x, y, "time", CostKey.of(cfg), k=2, measure=False, cache=cache)
+    assert timed == [len(modules)] * 2                                      # --balance time always measures
+    one_each = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), k=len(modules), cache=cache)
+    assert one_each.unit == "MAC"                                           # nothing to balance
+    with pytest.raises(ValueError, match="expected one of auto, time, flops"):
+        choose_module_costs(modules, x, y, "memory", CostKey.of(cfg), k=2, cache=cache)
+
+
+@pytest.mark.parametrize("model, rule, strategy", [
+    ("resnet32", "auglocal", "uniform"), ("resnet20", "auglocal", "repetitive"), ("resnet20", "auglocal", "conv3x3"),
+    ("resnet20", "dgl", "uniform"), ("resnet20", "predsim", "uniform"), ("resnet20", "infopro", "uniform"),
+    ("vgg13", "auglocal", "uniform"),
+])
+def test_counting_each_distinct_block_once_changes_no_count(model, rule, strategy, monkeypatch):
+    """The FLOP memo (one count per distinct architecture and input shape) gives what counting every
+    module afresh gives, for every rule and model family."""
+    cfg, model_, aux, modules, x, y = network(model, rule, input_size=32, strategy=strategy)
+    costs_module._MEMO.clear()
+    remembered = (layer_costs(model_, aux), module_costs_flops(modules, x[:2], y[:2]))
+    assert costs_module._MEMO                                               # the memo was used
+    real = costs_module._counted_call
+
+    def afresh(module, args, batch, meta):
+        costs_module._MEMO.clear()
+        return real(module, args, batch, meta)
+
+    monkeypatch.setattr(costs_module, "_counted_call", afresh)
+    assert (layer_costs(model_, aux), module_costs_flops(modules, x[:2], y[:2])) == remembered
+
+
+def test_meta_counting_leaves_the_callers_modules_alone():
+    _, model, aux, modules, x, y = network()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    layer_costs(model, aux)
+    module_costs_flops(modules, x[:2], y[:2])
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())

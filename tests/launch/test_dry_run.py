@@ -1,0 +1,62 @@
+"""--dry-run prints its plan at once: FLOPs unless times were measured (--balance time) or cached before."""
+
+import pytest
+
+from engine.config import RunConfig, build_data, build_network, resolve
+from engine.planning import make_plan, module_costs_flops
+from engine.rules import build_local_modules
+from launch.cli import main
+
+FLAGS = ["--model", "resnet20", "--d", "3", "--dataset", "synthetic", "--input-size", "16", "--num-classes", "4",
+         "--train-size", "16", "--test-size", "8", "--batch-size", "8", "--workers", "2", "--gpus", "cpu",
+         "--dry-run"]
+
+
+@pytest.fixture
+def timings(monkeypatch):
+    """Replaces module timing by a fake that records each call (timing for real takes seconds)."""
+    calls = []
+
+    def fake(modules, x, y, steps=3, warmup=1):
+        calls.append(len(modules))
+        return [0.001 * (1 + i % 3) for i in range(len(modules))]
+
+    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake)
+    return calls
+
+
+def plan_lines(out: str) -> list[str]:
+    lines = out[out.index("pipeline plan:"):].splitlines()
+    return [line for line in lines if not line.startswith(("balanced by", "devices:"))]
+
+
+def test_default_dry_run_times_nothing_and_says_so(timings, capsys):
+    assert main(FLAGS) == 0
+    out = capsys.readouterr().out
+    assert timings == []
+    assert "balanced by FLOPs (no module times cached for this machine yet; --balance time measures them)" in out
+
+
+def test_balance_flops_prints_the_plan_of_module_flops(timings, capsys):
+    assert main(FLAGS + ["--balance", "flops"]) == 0
+    out = capsys.readouterr().out
+    cfg = RunConfig(model="resnet20", d=3, dataset="synthetic", input_size=16, num_classes=4, train_size=16,
+                    test_size=8, batch_size=8)
+    data = build_data(cfg)
+    resolve(cfg, data)
+    modules = build_local_modules(*build_network(cfg, data))
+    x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
+    expected = make_plan(modules, 2, cfg.batch_size, module_costs_flops(modules, x[:2], y[:2]), unit="MAC")
+    assert plan_lines(out) == plan_lines(expected.format())
+    assert timings == []
+
+
+def test_measured_times_are_cached_for_the_next_dry_run(timings, capsys):
+    assert main(FLAGS + ["--balance", "time"]) == 0
+    assert "balanced by module times measured now" in capsys.readouterr().out
+    assert main(FLAGS) == 0
+    out = capsys.readouterr().out
+    assert "balanced by module times measured on this machine" in out and "images/s" in out
+    assert len(timings) == 1
+    assert main(FLAGS + ["--batch-size", "16"]) == 0                # another batch: another cost
+    assert "balanced by FLOPs" in capsys.readouterr().out
