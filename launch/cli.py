@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a busy worker may stay silent before it counts as hung (default 120)")
     f.add_argument("--max-restarts", type=int, default=3,
                    help="restarts from the last committed checkpoint before giving up (default 3)")
+    f.add_argument("--recovery", choices=("one", "all"), default="one",
+                   help="after a worker fails: one = restart only that worker (the others keep running; its "
+                        "upstream resends its replay log), falling back to all where that cannot work; all = "
+                        "restart every worker from the last committed checkpoint (default one)")
+    f.add_argument("--replay-log-mb", type=float, default=256.0,
+                   help="memory bound of each worker's replay log in MiB; past it the log spills to files "
+                        "(default 256)")
+    f.add_argument("--replay-spill-dir", default=None,
+                   help="folder for spilled replay logs (default: the run's private temporary folder)")
     f.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue RUN_DIR from its last committed checkpoint (any --workers/--gpus)")
     f.add_argument("--inject-fault", metavar="FAULT", default=None,
@@ -200,10 +209,13 @@ def pipeline_options(args: argparse.Namespace):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
     if args.heartbeat_timeout <= 0:
         raise UsageError("--heartbeat-timeout must be > 0 seconds")
+    if args.replay_log_mb < 0:
+        raise UsageError("--replay-log-mb must be >= 0 (0: every logged message goes to a file)")
     return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
-                           malloc=args.worker_malloc)
+                           malloc=args.worker_malloc, recovery=args.recovery, replay_log_mb=args.replay_log_mb,
+                           replay_spill_dir=args.replay_spill_dir)
 
 
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:

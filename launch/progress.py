@@ -25,6 +25,7 @@ class PipelineStats:
     max_in_flight: dict[int, int] = field(default_factory=dict)   # link into worker r -> most unconsumed
     step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
     gpu_peak_bytes: dict[int, int] = field(default_factory=dict)
+    replay_log: dict[int, dict] = field(default_factory=dict)     # worker -> its replay log's costs
 
     def busy_fractions(self, now: float) -> list[float]:
         elapsed = max(now - self.started, 1e-9)
