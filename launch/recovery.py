@@ -74,15 +74,21 @@ class Recovery:
     detected_at: float
     pid_before: int | None = None
     pid_after: int | None = None
+    stopped_at: float | None = None
     ready_at: float | None = None
     first_step: tuple[int, int] | None = None     # the new worker's first step that had not been reported
     first_step_done_at: float | None = None
 
     def to_dict(self, attempt: int) -> dict:
         done = self.first_step_done_at or self.ready_at
+
+        def since(t: float | None) -> float | None:
+            return None if t is None else t - self.detected_at
+
         return {"attempt": attempt, "worker": self.worker, "layers": self.layers, "error": self.error,
                 "restart_from": self.restart_from, "path": "one", "pid_before": self.pid_before,
-                "pid_after": self.pid_after, "recovery_s": (done - self.detected_at) if done else None}
+                "pid_after": self.pid_after, "recovery_s": since(done), "stopped_s": since(self.stopped_at),
+                "ready_s": since(self.ready_at)}
 
 
 class OneWorkerRecovery:
@@ -235,11 +241,14 @@ class OneWorkerRecovery:
 
     def _restart(self, err, r: int) -> None:
         c = self.c
+        # the resume point is fixed now: a checkpoint that commits while we wait does not move it
+        from_seq, from_dir, events = self.committed_seq, self.committed_dir, list(self.sent)
         old = c.workers[r]
         rec = Recovery(r, err.layers, str(err), self.committed_id, err.detected_at, getattr(old, "pid", None))
         self.recoveries.append(rec)
         self.recovered.add(r)
         old.stop()
+        rec.stopped_at = time.perf_counter()
         self.stale.add(worker_name(r, self.incarnations[r]))
         c.ranks.pop(worker_name(r, self.incarnations[r]), None)
         self.incarnations[r] += 1
@@ -250,7 +259,7 @@ class OneWorkerRecovery:
         c.specs_control[r] = self.control_link(r)
         spec = c.specs()[r]
         f = c.opts.fault
-        spec = replace(spec, resume_dir=self.committed_dir, resume_seq=self.committed_seq,
+        spec = replace(spec, resume_dir=from_dir, resume_seq=from_seq,
                        incarnation=self.incarnations[r], fault=spec.fault if (f and f.always) else None)
         c.ranks[spec.name] = r
         c.ready.discard(r)
@@ -268,14 +277,14 @@ class OneWorkerRecovery:
         rec.ready_at = time.perf_counter()
         c.last_seen[r] = c.clock()
         if r == 0:
-            self._refeed()
+            self._refeed([e for e in events if e.seq > from_seq])
         else:
-            self._must_tell(r - 1, Kind.RELINK, RelinkMeta(c.inboxes[r].address, self.committed_seq))
+            self._must_tell(r - 1, Kind.RELINK, RelinkMeta(c.inboxes[r].address, from_seq))
 
-    def _refeed(self) -> None:
-        """Worker 0 restarted: a fresh feed link, and every event fed since the last commit again, in order."""
+    def _refeed(self, events: list[SentEvent]) -> None:
+        """Worker 0 restarted: a fresh feed link, and every event fed since its checkpoint again, in order."""
         c = self.c
         c.feed.close()
         c.feed = c.inboxes[0].sender(c.codec)
-        for event in list(self.sent):
+        for event in events:
             c._send_once(event.build())
