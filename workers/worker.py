@@ -260,8 +260,9 @@ class Worker:
             self._fail(f"{self.spec.name}: {msg.kind.value} seq {seq} from {msg.sender} arrived after seq "
                        f"{self.last_seq}: it would be handled twice")
         if seq != self.last_seq + 1:
-            self._fail(f"{self.spec.name}: {msg.kind.value} seq {seq} from {msg.sender} follows seq {self.last_seq}: "
-                       f"{seq - self.last_seq - 1} message(s) lost")
+            self._fail(f"{self.spec.name} rejected a message: {msg.kind.value} seq {seq} from {msg.sender} follows "
+                       f"seq {self.last_seq}: {seq - self.last_seq - 1} message(s) lost on the way (a peer's "
+                       "message that did not parse is dropped as a stranger's)")
         if msg.sender == self.replay_from:
             self.replay_from = None       # the restarted upstream has caught up
         self.last_seq = seq

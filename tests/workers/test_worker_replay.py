@@ -107,7 +107,7 @@ def test_a_repeat_is_an_error_unless_a_replay_was_announced(config, tmp_path):
 def test_a_gap_is_an_error(config, tmp_path):
     h = Harness(config, tmp_path)
     h.feed_and_handle(h.train(0))
-    with pytest.raises(WorkerError, match="seq 3 .* follows seq 0: 2 message"):
+    with pytest.raises(WorkerError, match="rejected a message: train seq 3 .* follows seq 0: 2 message"):
         h.feed_and_handle(h.train(3))
 
 
