@@ -21,6 +21,7 @@ class CheckpointStore:
 
     def __init__(self, run_dir: str | Path):
         self.root = Path(run_dir) / "checkpoints"
+        self.pinned: int | None = None   # keep checkpoints from this id on: a one-worker recovery reads them
 
     def dir_for(self, ckpt_id: int) -> Path:
         return self.root / f"ckpt-{ckpt_id:06d}"
@@ -50,5 +51,5 @@ class CheckpointStore:
         """Keep the newest KEEP committed checkpoints; drop older ones and uncommitted ids below newest."""
         for path in sorted(self.root.glob("ckpt-*")):
             ckpt_id = int(path.name.split("-")[1])
-            if ckpt_id <= newest - KEEP:
+            if ckpt_id <= newest - KEEP and (self.pinned is None or ckpt_id < self.pinned):
                 shutil.rmtree(path, ignore_errors=True)

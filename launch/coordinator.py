@@ -362,6 +362,7 @@ class Coordinator:
         """Commit a checkpoint once every worker has written its layers. At that moment exactly the steps
         before the marker are complete (see EpochTracker), so the tracker's snapshot belongs to it."""
         ckpt_id, rank = msg.meta.id, self.ranks[msg.sender]
+        self.recovery.acked(rank, ckpt_id)
         entry = self.pending.get(ckpt_id)
         if (entry is None or rank in entry["acks"]) and self.recovery.repeated_ack(rank, ckpt_id):
             return

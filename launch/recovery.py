@@ -98,7 +98,7 @@ class OneWorkerRecovery:
         self.c = coord
         self.seq = 0                           # next DOWN message's sequence number
         self.sent: list[SentEvent] = []        # what was fed since the last commit (worker 0's replay)
-        self.committed_id: int | None = None
+        self.committed_id: int | None = (coord.next_ckpt - 1) if coord.opts.resume_dir else None
         self.committed_seq = -1                # the last committed marker's seq (-1: the attempt's start)
         self.committed_dir: str | None = coord.opts.resume_dir
         self.dedupe = ReportDedupe()
@@ -111,6 +111,7 @@ class OneWorkerRecovery:
         self.launch: Callable | None = None    # spec -> worker handle; None: recovery unavailable
         self.controls: dict[int, object] = {}
         self._deferred: list[tuple[int, int]] = []
+        self._pins: dict[int, tuple[int, int]] = {}   # restarted rank -> (oldest checkpoint it needs, unpin at ack)
 
     # --- wiring ------------------------------------------------------------------------------------------
     def control_link(self, rank: int) -> Link:
@@ -188,6 +189,23 @@ class OneWorkerRecovery:
             if rec.first_step is not None and rec.first_step_done_at is None and rec.first_step not in pending:
                 rec.first_step_done_at = time.perf_counter()
 
+    def _pin(self, rank: int, oldest: int | None, until: int) -> None:
+        """Keep checkpoints from `oldest` on until worker `rank` acknowledges `until`: it loads the first and
+        rewrites the folders of the markers it replays, which commits meanwhile must not prune away."""
+        if oldest is not None:
+            self._pins[rank] = (oldest, until)
+        self._set_pin()
+
+    def _set_pin(self) -> None:
+        if hasattr(self.c.store, "pinned"):
+            self.c.store.pinned = min((p for p, _ in self._pins.values()), default=None)
+
+    def acked(self, rank: int, ckpt_id: int) -> None:
+        pin = self._pins.get(rank)
+        if pin is not None and ckpt_id >= pin[1]:
+            del self._pins[rank]
+            self._set_pin()
+
     def repeated_ack(self, rank: int, ckpt_id: int) -> bool:
         """A restarted worker acknowledges again the markers it replays: not an error."""
         return rank in self.recovered and ckpt_id < self.c.next_ckpt
@@ -243,6 +261,7 @@ class OneWorkerRecovery:
         c = self.c
         # the resume point is fixed now: a checkpoint that commits while we wait does not move it
         from_seq, from_dir, events = self.committed_seq, self.committed_dir, list(self.sent)
+        self._pin(r, self.committed_id, c.next_ckpt - 1)
         old = c.workers[r]
         rec = Recovery(r, err.layers, str(err), self.committed_id, err.detected_at, getattr(old, "pid", None))
         self.recoveries.append(rec)
