@@ -1,10 +1,12 @@
 """The coordinator of one attempt: spawn workers, feed the feed plan, collect reports, commit checkpoints.
 
 One `Coordinator` runs one attempt from a start position (the beginning, or the position after a committed
-checkpoint). Any failure (a worker exits, hangs, or reports that it cannot go on) raises `WorkerFailed`; the
-attempt loop (`launch.pipeline.run_attempts`) then stops everything and starts a new attempt from the last
-committed checkpoint. The coordinator takes its links, its worker launcher and its clock from outside, so a
-test can drive it in one process with in-memory links (workers/memlink.py).
+checkpoint). Any failure (a worker exits, hangs, or reports that it cannot go on) raises `WorkerFailed`;
+with `--recovery one` the coordinator first tries to restart that worker alone (launch/recovery.py) and
+goes on feeding; otherwise, or when that cannot work, the attempt loop (`launch.pipeline.run_attempts`)
+stops everything and starts a new attempt from the last committed checkpoint. The coordinator takes its
+links, its worker launcher and its clock from outside, so a test can drive it in one process with in-memory
+links (workers/memlink.py).
 """
 
 from __future__ import annotations
