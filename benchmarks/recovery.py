@@ -188,6 +188,8 @@ def main() -> None:
     p.add_argument("--kill-after", type=int, default=6, help="kill once this many minibatches are done")
     p.add_argument("--kill-rank", type=int, default=None, help="worker to kill (default: K // 2, a middle one)")
     p.add_argument("--replay-log-mb", type=float, default=256.0)
+    p.add_argument("--paths", nargs="+", choices=("one", "all"), default=["one", "all"],
+                   help="recovery paths to measure")
     p.add_argument("--clean-runs", type=int, default=1, help="runs without a fault, for the total time")
     p.add_argument("--out", default=None, help="append the results as Markdown to this file")
     args = p.parse_args()
@@ -201,9 +203,11 @@ def main() -> None:
                           args.replay_log_mb)
             rows.append({**row, "model": args.model, "recovery": "-", "run": f"no fault {i + 1}"})
             k_guess = row["k"]
+        if k_guess is None:
+            raise SystemExit(f"--workers {workers}: give --kill-rank, or --clean-runs 1 to learn K")
         rank = args.kill_rank if args.kill_rank is not None else k_guess // 2
         for i in range(args.repeats):
-            for recovery in ("one", "all"):
+            for recovery in args.paths:
                 row = one_run(args.model, workers, args.steps, args.checkpoint_every, args.kill_after, rank,
                               recovery, args.replay_log_mb)
                 rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}"})
@@ -219,7 +223,9 @@ def main() -> None:
         f"once {args.kill_after} minibatches were done ({args.repeats} repetitions per path), replay logs "
         f"bounded to {args.replay_log_mb:g} MiB in memory.",
         f"- Command: `python -m benchmarks.recovery --model {args.model} --workers {' '.join(args.workers)} "
-        f"--repeats {args.repeats} --replay-log-mb {args.replay_log_mb:g}`",
+        f"--repeats {args.repeats} --steps {args.steps} --checkpoint-every {args.checkpoint_every} --kill-after "
+        f"{args.kill_after} --clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --paths "
+        f"{' '.join(args.paths)}`",
         "",
         *table(rows),
         "",
