@@ -332,6 +332,20 @@ class Worker:
         if self.log is not None and message.kind in SEQUENCED and message.meta.seq >= 0:
             self.log.append(message.meta.seq, self.codec.encode(message))
 
+    def _wait_consumed(self, end, timeout_s: float) -> None:
+        """Wait until the receiver of `end` consumed everything sent, heartbeating: blocked on a slow peer is
+        not hung (TimeoutError after `timeout_s`)."""
+        deadline = self.clock() + timeout_s
+        while True:
+            try:
+                end.wait_all(self.poll_ms)
+                return
+            except TimeoutError:
+                if self.clock() > deadline:
+                    raise
+                self._check_coordinator()
+                self._maybe_heartbeat("send")
+
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
         self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
 
@@ -468,7 +482,7 @@ class Worker:
         self.tracer.close()
         if self.links.outbox is not None:
             self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step, meta=msg.meta))
-            self.links.outbox.wait_all(60_000)
+            self._wait_consumed(self.links.outbox, 60.0)
         self._report(Kind.STOPPED, StoppedMeta(self.max_in_flight, self._gpu_peak(),
                                                {str(k): v for k, v in self.stage.update_counts.items()},
                                                self.log.stats() if self.log is not None else {}),
