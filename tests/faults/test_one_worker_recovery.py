@@ -5,6 +5,9 @@ layer applied every minibatch exactly once. Faults it cannot handle fall back to
 The small run has 12 minibatches and checkpoints every 2 (tests/faults/support.py). Each run costs a few
 seconds on an idle 2-core machine; the default run keeps one case per path (a middle worker, worker 0, the
 fall-back), the rest are marked slow.
+
+A failure after the coordinator fed the stop marker falls back by design, and the feed runs up to about
+window + 1 messages per link ahead of the last worker: faults on the last worker fire early in the run.
 """
 
 import pytest
@@ -40,7 +43,7 @@ def run_one(reference, tmp_path, fault: str, workers: str, failed: list[int], **
 @pytest.mark.parametrize("fault, failed", [
     ("kill:worker=1:step=8", [1]),           # a middle worker: worker 0 replays its log, worker 2 drops repeats
     ("kill:worker=0:step=3", [0]),           # the first: the coordinator re-feeds from the checkpoint
-    pytest.param("kill:worker=2:step=8", [2], marks=slow),       # the last: no downstream to tell
+    pytest.param("kill:worker=2:step=4", [2], marks=slow),       # the last: no downstream to tell
     pytest.param("kill-checkpoint:worker=1:checkpoint=4", [1], marks=slow),
 ])
 def test_one_worker_restarts_alone(fault, failed, reference, tmp_path):
@@ -66,7 +69,7 @@ def test_receiver_of_a_malformed_message_restarts_alone(kind, reference, tmp_pat
 @pytest.mark.parametrize("fault, failed", [
     ("kill:worker=0:step=5", [0]),
     ("kill:worker=2:step=7", [2]),
-    ("kill:worker=3:step=9", [3]),
+    ("kill:worker=3:step=2", [3]),           # early: the window lets the feed run ~3 messages per link ahead
     ("kill-seq:worker=1:step=4", [1, 2]),    # two workers, one after the other
 ])
 def test_four_workers(fault, failed, reference, tmp_path):
