@@ -1,18 +1,22 @@
-"""Recovery time after a worker dies: ResNet-32, AugLocal d = 4, K = 2 workers, synthetic 32x32 data, batch 64.
+"""Recovery after a worker dies: one-worker recovery against the whole-pipeline restart, and the replay log's cost.
 
 Each repetition runs the real pipeline (coordinator in this process, worker processes) on one epoch of
-`--steps` minibatches with a checkpoint every `--checkpoint-every`. A watcher thread SIGKILLs worker 1 once
-`--kill-after` minibatches have finished (so the kill lands in the middle of a step, at a moment the runtime
-does not choose), and light probes on the coordinator note when things happen. Per repetition:
+`--steps` minibatches (AugLocal d = 4, synthetic 32x32 data, batch 64) with a checkpoint every
+`--checkpoint-every`. A watcher thread SIGKILLs one worker once `--kill-after` minibatches have finished (so
+the kill lands in the middle of a step, at a moment the runtime does not choose), once with
+`--recovery one` and once with `--recovery all`. Per repetition:
 
-- detect: from the kill to the coordinator's failure detection (it polls worker liveness while it waits),
-- recovery_s: summary.json `restarts[0].recovery_s`, from the detection to the first minibatch finished by the
-  new workers, split into stop (old workers stopped, sockets closed), spawn (new workers forked, stages built,
-  checkpoint loaded, all ready) and first step (the first replayed minibatch through the whole pipeline),
-- replayed: minibatches finished before the kill that were fed again (after the restart checkpoint),
-- total: wall time of the run, against a run without a fault.
+- detect: from the kill to the coordinator's failure detection,
+- ready: from the detection to the restarted worker(s) reporting ready (stop + fork + build + load),
+- first step: from the detection to the first minibatch the restarted pipeline completes (whole restart: a
+  replayed one; one-worker recovery: replayed minibatches were complete already, so this is the next),
+- caught up: from the detection to the completion of the first minibatch that was not complete when the
+  failure was detected: the pipeline is back where it was (summary.json `recovery_s` of a one-worker
+  recovery),
+- total: wall time of the run; and the replay logs' cost: the most bytes one worker logged in one checkpoint
+  interval, and its peaks in memory and on disk (`--replay-log-mb` bounds the memory part).
 
-    python -m benchmarks.recovery                      # 3 repetitions, prints the table
+    python -m benchmarks.recovery --model resnet32 --workers 2 4     # prints the table
     python -m benchmarks.recovery --out benchmarks/results/recovery.md
 """
 
@@ -37,29 +41,29 @@ from engine.data import build_dataset
 from launch import coordinator as coordinator_module
 from launch.pipeline import PipelineOptions, train_pipeline
 
-MODEL, D, K, BATCH, INPUT = "resnet32", 4, 2, 64, 32
+D, BATCH, INPUT = 4, 64, 32
 
 
-def config(steps: int) -> tuple[RunConfig, object]:
+def config(model: str, steps: int) -> tuple[RunConfig, object]:
     data = build_dataset("synthetic", seed=0, input_size=INPUT, num_classes=10, train_size=BATCH * steps,
                          test_size=BATCH)
-    cfg = RunConfig(model=MODEL, rule="auglocal", d=D, dataset="synthetic", epochs=1, batch_size=BATCH, lr=0.05,
+    cfg = RunConfig(model=model, rule="auglocal", d=D, dataset="synthetic", epochs=1, batch_size=BATCH, lr=0.05,
                     warmup=0, seed=0, input_size=INPUT, num_classes=10)
     return resolve(cfg, data), data
 
 
 class Probe:
-    """Timestamps (perf_counter) of each attempt's start/ready/failure/shutdown, and its worker processes."""
+    """Timestamps (perf_counter) of each attempt's start/ready and of the first failure; the coordinators."""
 
     def __init__(self):
         self.attempts: list[dict] = []
         self.failed_at: float | None = None
-        self.stopped_at: float | None = None
+        self.done_at_failure: int | None = None
 
     @contextmanager
     def installed(self):
         cls = coordinator_module.Coordinator
-        start, fail, shutdown = cls.start, cls._fail, cls.shutdown
+        start, fail = cls.start, cls._fail
         probe = self
 
         def timed_start(coord):
@@ -68,21 +72,17 @@ class Probe:
             start(coord)
             entry["ready"] = time.perf_counter()
 
-        def timed_fail(coord, rank, what, *rest):
+        def timed_fail(coord, rank, what, *args):
             if probe.failed_at is None:
                 probe.failed_at = time.perf_counter()
-            return fail(coord, rank, what, *rest)
+                probe.done_at_failure = coord.tracker.steps_done
+            return fail(coord, rank, what, *args)
 
-        def timed_shutdown(coord):
-            shutdown(coord)
-            if probe.failed_at is not None and probe.stopped_at is None:
-                probe.stopped_at = time.perf_counter()
-
-        cls.start, cls._fail, cls.shutdown = timed_start, timed_fail, timed_shutdown
+        cls.start, cls._fail = timed_start, timed_fail
         try:
             yield self
         finally:
-            cls.start, cls._fail, cls.shutdown = start, fail, shutdown
+            cls.start, cls._fail = start, fail
 
 
 def kill_when(probe: Probe, run_dir: Path, after_steps: int, rank: int, killed: dict) -> None:
@@ -92,103 +92,155 @@ def kill_when(probe: Probe, run_dir: Path, after_steps: int, rank: int, killed: 
         if probe.attempts and metrics.exists():
             steps = sum(1 for line in metrics.read_text().splitlines() if '"kind": "step"' in line)
             if steps >= after_steps:
-                procs = probe.attempts[0]["coord"].procs
                 killed["at"] = time.perf_counter()
                 killed["steps_done"] = steps
-                os.kill(procs[rank].pid, signal.SIGKILL)
+                os.kill(probe.attempts[0]["coord"].workers[rank].pid, signal.SIGKILL)
                 return
         time.sleep(0.005)
 
 
-def one_run(steps: int, every: int, kill_after: int | None) -> dict:
-    cfg, data = config(steps)
-    opts = PipelineOptions(workers=str(K), balance="flops", threads=1, checkpoint_every=every)
+def one_run(model: str, workers: str, steps: int, every: int, kill_after: int | None, rank: int,
+            recovery: str, log_mb: float) -> dict:
+    cfg, data = config(model, steps)
+    opts = PipelineOptions(workers=workers, balance="flops", threads=1, checkpoint_every=every, recovery=recovery,
+                           replay_log_mb=log_mb)
     probe = Probe()
     killed: dict = {}
     with tempfile.TemporaryDirectory() as tmp, probe.installed():
         out = Path(tmp) / "run"
-        watcher = None
         if kill_after is not None:
-            watcher = threading.Thread(target=kill_when, args=(probe, out, kill_after, 1, killed), daemon=True)
-            watcher.start()
+            threading.Thread(target=kill_when, args=(probe, out, kill_after, rank, killed), daemon=True).start()
         t0 = time.perf_counter()
         code = train_pipeline(cfg, data, opts, out=str(out), progress=False)
         total = time.perf_counter() - t0
         summary = json.loads((out / "summary.json").read_text())
     if code != 0 or set(summary["updates"].values()) != {summary["expected_updates"]}:
         raise RuntimeError(f"run failed (exit code {code}) or update counters disagree: {summary['updates']}")
-    row = {"total_s": total}
+    logs = summary.get("replay_log", {}).values()
+    row = {"total_s": total, "k": len(summary["plan"]["groups"]),
+           "log_interval_mb": max((v["max_interval_bytes"] for v in logs), default=0) / 2**20,
+           "log_memory_mb": max((v["peak_memory_bytes"] for v in logs), default=0) / 2**20,
+           "log_disk_mb": max((v["peak_disk_bytes"] for v in logs), default=0) / 2**20}
     if kill_after is None:
         return row
     if len(summary["restarts"]) != 1:
         raise RuntimeError(f"expected one restart, got {summary['restarts']}")
     restart = summary["restarts"][0]
-    second = probe.attempts[1]
-    first_done = second["coord"].stats.first_step_done
-    from_step = second["coord"].start_at.global_step
-    row.update(detect_s=probe.failed_at - killed["at"], recovery_s=restart["recovery_s"],
-               stop_s=probe.stopped_at - probe.failed_at, spawn_s=second["ready"] - second["begin"],
-               first_step_s=first_done - second["ready"], replayed=killed["steps_done"] - from_step,
-               restart_from=from_step, error=restart["error"])
+    if restart.get("path") != recovery:
+        raise RuntimeError(f"asked for --recovery {recovery}, got {restart}")
+    detected = probe.failed_at
+    if recovery == "all":
+        second = probe.attempts[1]
+        stats, from_step = second["coord"].stats, second["coord"].start_at.global_step
+        ready = second["ready"]
+        first = stats.first_step_done
+        caught_up = stats.step_done_at[probe.done_at_failure - from_step]
+        restart_from = from_step
+    else:
+        coord = probe.attempts[0]["coord"]
+        ready = detected + restart["ready_s"]
+        first = min(t for t in coord.stats.step_done_at if t > ready)
+        caught_up = detected + restart["recovery_s"]
+        restart_from = coord.recovery.recoveries[0].restart_from
+    row.update(detect_s=detected - killed["at"], ready_s=ready - detected, first_s=first - detected,
+               caught_up_s=caught_up - detected, done_at_kill=killed["steps_done"], restart_from=restart_from,
+               error=restart["error"])
     return row
 
 
-def table(clean: list[dict], faulted: list[dict]) -> list[str]:
-    lines = ["| run | detect (s) | recovery_s | = stop | + spawn | + first step | replayed | total (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for i, r in enumerate(faulted, 1):
-        lines.append(f"| kill {i} | {r['detect_s']:.3f} | {r['recovery_s']:.2f} | {r['stop_s']:.2f} | "
-                     f"{r['spawn_s']:.2f} | {r['first_step_s']:.2f} | {r['replayed']} (from {r['restart_from']}) | "
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| model | K | recovery | run | detect (s) | ready (s) | first step (s) | caught up (s) | "
+             "log / interval (MiB) | log peak mem / disk (MiB) | total (s) |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        faulted = "detect_s" in r
+        timing = (f"{r['detect_s']:.3f} | {r['ready_s']:.2f} | {r['first_s']:.2f} | {r['caught_up_s']:.2f}"
+                  if faulted else "- | - | - | -")
+        lines.append(f"| {r['model']} | {r['k']} | {r['recovery']} | {r['run']} | {timing} | "
+                     f"{r['log_interval_mb']:.1f} | {r['log_memory_mb']:.1f} / {r['log_disk_mb']:.1f} | "
                      f"{r['total_s']:.1f} |")
-    for i, r in enumerate(clean, 1):
-        lines.append(f"| no fault {i} | - | - | - | - | - | - | {r['total_s']:.1f} |")
-    med = {k: statistics.median(r[k] for r in faulted) for k in ("detect_s", "recovery_s", "total_s")}
-    lines.append(f"| **median (kill)** | {med['detect_s']:.3f} | {med['recovery_s']:.2f} | | | | | "
-                 f"{med['total_s']:.1f} |")
     return lines
+
+
+def medians(rows: list[dict]) -> list[str]:
+    out = ["| model | K | median caught up, one (s) | median caught up, all (s) | one / all | "
+           "median first step, one / all (s) |", "|---|---:|---:|---:|---:|---|"]
+    for key in sorted({(r["model"], r["k"]) for r in rows if "detect_s" in r}):
+        by = {rec: [r for r in rows if (r["model"], r["k"]) == key and r["recovery"] == rec and "detect_s" in r]
+              for rec in ("one", "all")}
+        if not by["one"] or not by["all"]:
+            continue
+        one = statistics.median(r["caught_up_s"] for r in by["one"])
+        whole = statistics.median(r["caught_up_s"] for r in by["all"])
+        f1 = statistics.median(r["first_s"] for r in by["one"])
+        fa = statistics.median(r["first_s"] for r in by["all"])
+        out.append(f"| {key[0]} | {key[1]} | {one:.2f} | {whole:.2f} | {one / whole:.2f} | {f1:.2f} / {fa:.2f} |")
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default="resnet32")
+    p.add_argument("--workers", nargs="+", default=["2", "4"], help="K values (or 'layer') to measure")
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--steps", type=int, default=12, help="minibatches in the run (one epoch)")
     p.add_argument("--checkpoint-every", type=int, default=4)
-    p.add_argument("--kill-after", type=int, default=6, help="kill worker 1 once this many minibatches are done")
+    p.add_argument("--kill-after", type=int, default=6, help="kill once this many minibatches are done")
+    p.add_argument("--kill-rank", type=int, default=None, help="worker to kill (default: K // 2, a middle one)")
+    p.add_argument("--replay-log-mb", type=float, default=256.0)
+    p.add_argument("--paths", nargs="+", choices=("one", "all"), default=["one", "all"],
+                   help="recovery paths to measure")
     p.add_argument("--clean-runs", type=int, default=1, help="runs without a fault, for the total time")
-    p.add_argument("--out", default=None, help="also write the results as Markdown to this file")
+    p.add_argument("--out", default=None, help="append the results as Markdown to this file")
     args = p.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()
-    clean = [one_run(args.steps, args.checkpoint_every, None) for _ in range(args.clean_runs)]
-    faulted = [one_run(args.steps, args.checkpoint_every, args.kill_after) for _ in range(args.repeats)]
+    rows = []
+    for workers in args.workers:
+        k_guess = int(workers) if workers.isdigit() else None
+        for i in range(args.clean_runs):
+            row = one_run(args.model, workers, args.steps, args.checkpoint_every, None, 0, "one",
+                          args.replay_log_mb)
+            rows.append({**row, "model": args.model, "recovery": "-", "run": f"no fault {i + 1}"})
+            k_guess = row["k"]
+        if k_guess is None:
+            raise SystemExit(f"--workers {workers}: give --kill-rank, or --clean-runs 1 to learn K")
+        rank = args.kill_rank if args.kill_rank is not None else k_guess // 2
+        for i in range(args.repeats):
+            for recovery in args.paths:
+                row = one_run(args.model, workers, args.steps, args.checkpoint_every, args.kill_after, rank,
+                              recovery, args.replay_log_mb)
+                rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}"})
+                print(table(rows)[-1], flush=True)
     load_after = os.getloadavg()
+    faulted = [r for r in rows if "detect_s" in r]
     lines = [
-        "# Recovery benchmark",
+        f"## {args.model}, K = {', '.join(args.workers)}",
         "",
         f"- Machine: {machine()}; load average {load[0]:.2f} before, {load_after[0]:.2f} after",
-        f"- {MODEL}, AugLocal d = {D}, K = {K} CPU workers (1 torch thread each), synthetic {INPUT}x{INPUT}, "
-        f"batch {BATCH}, {args.steps} minibatches, checkpoint every {args.checkpoint_every}; worker 1 SIGKILLed "
-        f"once {args.kill_after} minibatches were done ({args.repeats} repetitions).",
-        "- Command: `python -m benchmarks.recovery"
-        + (f" --out {args.out}`" if args.out else "`"),
+        f"- {args.model}, AugLocal d = {D}, CPU workers (1 torch thread each), synthetic {INPUT}x{INPUT}, batch "
+        f"{BATCH}, {args.steps} minibatches, checkpoint every {args.checkpoint_every}; worker K // 2 SIGKILLed "
+        f"once {args.kill_after} minibatches were done ({args.repeats} repetitions per path), replay logs "
+        f"bounded to {args.replay_log_mb:g} MiB in memory.",
+        f"- Command: `python -m benchmarks.recovery --model {args.model} --workers {' '.join(args.workers)} "
+        f"--repeats {args.repeats} --steps {args.steps} --checkpoint-every {args.checkpoint_every} --kill-after "
+        f"{args.kill_after} --clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --paths "
+        f"{' '.join(args.paths)}`",
         "",
-        *table(clean, faulted),
+        *table(rows),
         "",
-        "detect: kill -> the coordinator raises WorkerFailed (it polls worker liveness every 50 ms while it",
-        "waits on a full link or for results). recovery_s (summary.json): detection -> the first minibatch",
-        "finished by the new attempt = stop (terminate and join the old workers, close sockets) + spawn (fork",
-        "from the forkserver, rebuild each stage, load the checkpoint's per-layer files, all ready) + first",
-        "step (the first replayed minibatch through both workers). replayed: minibatches already finished at",
-        "the kill that were trained again from the restart checkpoint (global step in brackets); the rest of",
-        "the extra total time is that replay. Failure: " + faulted[0]["error"] + ".",
+        *medians(rows),
+        "",
+        "Failure: " + (faulted[0]["error"] if faulted else "-") + ".",
     ]
     if max(load[0], load_after[0]) > (os.cpu_count() or 1):
-        lines.append("Other jobs shared this machine while it ran (load average above the core count): the "
-                     "compute-bound parts (spawn, first step, total) are slower than on an idle machine.")
+        lines.append("Other jobs shared this machine while it ran (load average above the core count): "
+                     "compute-bound parts (ready, first step, total) are slower than on an idle machine.")
     text = "\n".join(lines)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        with open(args.out, "a") as f:
+            f.write("\n" + text + "\n")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class CheckpointStore:
         self.root = self.run_dir / "checkpoints"
         self.identity = identity
         self.on_commit: Callable[[int, dict], None] | None = None   # told of each committed checkpoint
+        self.pinned: int | None = None   # keep checkpoints from this id on: a one-worker recovery reads them
 
     def dir_for(self, ckpt_id: int) -> Path:
         return self.root / f"ckpt-{ckpt_id:06d}"
@@ -235,7 +236,7 @@ class CheckpointStore:
         Ids above `newest` are checkpoints still being written."""
         keep = set([i for i in self.committed_ids() if i <= newest][-KEEP:])
         for ckpt_id in self.ids():
-            if ckpt_id < newest and ckpt_id not in keep:
+            if ckpt_id < newest and ckpt_id not in keep and (self.pinned is None or ckpt_id < self.pinned):
                 shutil.rmtree(self.dir_for(ckpt_id), ignore_errors=True)
 
     def resume_point(self, report: Callable[[str], None] = _stderr) -> tuple[int, dict] | None:

@@ -136,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a busy worker may stay silent before it counts as hung (default 120)")
     f.add_argument("--max-restarts", type=int, default=3,
                    help="restarts from the last committed checkpoint before giving up (default 3)")
+    f.add_argument("--recovery", choices=("one", "all"), default="one",
+                   help="after a worker fails: one = restart only that worker (the others keep running; its "
+                        "upstream resends its replay log), falling back to all where that cannot work; all = "
+                        "restart every worker from the last committed checkpoint (default one)")
+    f.add_argument("--replay-log-mb", type=float, default=256.0,
+                   help="memory bound of each worker's replay log in MiB; past it the log spills to files "
+                        "(default 256)")
+    f.add_argument("--replay-spill-dir", default=None,
+                   help="folder for spilled replay logs (default: the run's private temporary folder)")
     f.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue RUN_DIR from its last committed checkpoint (any --workers/--gpus)")
     f.add_argument("--inject-fault", metavar="FAULT", default=None,
@@ -149,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in IDENTITY_FIELDS)
 #: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
 RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_malloc", "trace", "checkpoint_every",
-                 "heartbeat_timeout", "max_restarts")
+                 "heartbeat_timeout", "max_restarts", "recovery", "replay_log_mb", "replay_spill_dir", "no_tensorboard")
 RUNTIME_FILE = "runtime.json"
 
 
@@ -303,10 +312,14 @@ def pipeline_options(args: argparse.Namespace):
     except ValueError as err:
         raise UsageError(str(err)) from err
     validate_runtime(args)
+    if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
+        raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
+                         f"got {args.replay_log_mb}")
     return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
-                           malloc=args.worker_malloc, tensorboard=not args.no_tensorboard)
+                           malloc=args.worker_malloc, tensorboard=not args.no_tensorboard, recovery=args.recovery,
+                           replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir)
 
 
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:

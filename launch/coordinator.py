@@ -1,10 +1,12 @@
 """The coordinator of one attempt: spawn workers, feed the feed plan, collect reports, commit checkpoints.
 
 One `Coordinator` runs one attempt from a start position (the beginning, or the position after a committed
-checkpoint). Any failure (a worker exits, hangs, or reports that it cannot go on) raises `WorkerFailed`; the
-attempt loop (`launch.pipeline.run_attempts`) then stops everything and starts a new attempt from the last
-committed checkpoint. The coordinator takes its links, its worker launcher and its clock from outside, so a
-test can drive it in one process with in-memory links (workers/memlink.py).
+checkpoint). Any failure (a worker exits, hangs, or reports that it cannot go on) raises `WorkerFailed`;
+with `--recovery one` the coordinator first tries to restart that worker alone (launch/recovery.py) and
+goes on feeding; otherwise, or when that cannot work, the attempt loop (`launch.pipeline.run_attempts`)
+stops everything and starts a new attempt from the last committed checkpoint. The coordinator takes its
+links, its worker launcher and its clock from outside, so a test can drive it in one process with in-memory
+links (workers/memlink.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import multiprocessing as mp
 import os
 import secrets
 import shutil
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -34,11 +37,12 @@ from engine.feed import (
 )
 from launch.checkpoints import CheckpointStore
 from launch.progress import EpochTracker
+from launch.recovery import OneWorkerRecovery
 from launch.sockets import make_socket_dir
 from workers import protocol
 from workers.faults import Fault, die
 from workers.messages import Codec, Kind, Message, MessageError
-from workers.protocol import CheckpointMeta, InboxSchema, NoMeta, Route, StopMeta, TrainMeta, activation_spec
+from workers.protocol import CheckpointMeta, InboxSchema, Route, SeqMeta, TrainMeta, activation_spec
 from workers.transport import Link, ipc_address
 from workers.worker import WorkerSpec, worker_main, worker_name
 
@@ -55,6 +59,7 @@ class WorkerFailed(RuntimeError):
 
     def __init__(self, rank: int | None, layers: list[int], what: str, restartable: bool = True):
         self.rank, self.layers, self.what, self.restartable = rank, layers, what, restartable
+        self.fallback: str | None = None         # why one-worker recovery did not apply (launch/recovery.py)
         self.detected_at = time.perf_counter()   # recovery time counts from here, stopping the workers included
         who = f"worker {rank} (layers {layers[0]}..{layers[-1]})" if rank is not None else "a process of this run"
         super().__init__(f"{who} {what}")
@@ -82,6 +87,9 @@ class AttemptOptions:
     fault: Fault | None = None
     resume_dir: str | None = None        # committed checkpoint folder the workers load
     malloc: str = "keep"                 # worker allocator policy, see WorkerSpec.malloc
+    recovery: str = "all"                # 'one': restart only a failed worker where possible (launch/recovery.py)
+    replay_log_mb: float = 256.0         # memory bound of each worker's replay log; past it, it spills to files
+    spill_dir: str | None = None         # where replay logs spill (None: the attempt's private temp folder)
 
 
 @dataclass
@@ -108,6 +116,10 @@ class WorkerProcess:
         self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
         self.process.start()
         self._ps = psutil.Process(self.process.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @property
     def exitcode(self) -> int | None:
@@ -152,7 +164,6 @@ class Coordinator:
         self.cfg, self.data, self.placement, self.run_dir = cfg, data, placement, run_dir
         self.opts, self.store, self.tracker = opts, store, tracker
         self.start_at = start or Position()
-        self.fed = self.start_at.global_step          # minibatches fed so far in the run (all attempts)
         self.next_ckpt = next_checkpoint_id
         self.counters = counters or RunCounters()
         self.clock = clock
@@ -174,6 +185,10 @@ class Coordinator:
         self.waiting: dict[int, str | None] = {}
         self.pending: dict[int, dict] = {}          # checkpoint id -> {"acks": set, "pos": Position}
         self.committed: list[int] = []
+        self.ready_timeout_s = READY_TIMEOUT_S
+        self.pids: dict[int, list[int | None]] = {}  # rank -> pid of each process that ran it in this attempt
+        self.recovery = OneWorkerRecovery(self)
+        self.specs_control = [self.recovery.control_link(r) for r in range(self.k)]
         self.handlers: dict[Kind, Callable[[Message], None]] = {
             Kind.READY: self._on_ready, Kind.HEARTBEAT: lambda msg: None, Kind.METRICS: self._on_metrics,
             Kind.EVAL_RESULT: self._on_eval_result, Kind.CHECKPOINT_ACK: self._on_checkpoint_ack,
@@ -189,8 +204,8 @@ class Coordinator:
         self.shutdown()
 
     def _fault_for(self, rank: int) -> dict | None:
-        f = self.opts.fault
-        return f.to_dict() if f is not None and f.for_worker(rank) else None
+        f = self.opts.fault.as_seen_by(rank) if self.opts.fault is not None else None
+        return f.to_dict() if f is not None else None
 
     def _schema(self, rank: int) -> InboxSchema | None:
         if self.placement.input_shapes is None:
@@ -213,13 +228,15 @@ class Coordinator:
                 coordinator_pid=os.getpid(), schema=self._schema(r), threads=self.placement.threads[r],
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
                 resume_dir=self.opts.resume_dir, fault=self._fault_for(r), heartbeat_s=heartbeat_s,
-                malloc=self.opts.malloc))
+                malloc=self.opts.malloc, control=self.specs_control[r],
+                replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp))
         return out
 
     def attach(self, results, feed, workers: list) -> None:
         """Use these links and worker handles (tests: in-memory links and stand-in processes)."""
         self.results, self.feed, self.workers = results, feed, list(workers)
         self.results.on_foreign = self._count_stranger
+        self.pids = {r: [getattr(w, "pid", None)] for r, w in enumerate(self.workers)}
         now = self.clock()
         self.last_seen = {r: now for r in range(self.k)}
 
@@ -233,6 +250,7 @@ class Coordinator:
                 workers.append(WorkerProcess(spec, ctx))
         finally:
             self.attach(results, self.inboxes[0].sender(self.codec), workers)
+        self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -250,6 +268,7 @@ class Coordinator:
         """Stop whatever still runs, close sockets, remove the ipc folder."""
         for w in self.workers:
             w.stop()
+        self.recovery.close()
         for end in (self.feed, self.results):
             if end is not None:
                 end.close()
@@ -291,6 +310,8 @@ class Coordinator:
             return None
         except MessageError as err:
             raise self._fail(self.ranks.get(err.sender), f"sent a malformed report: {err}") from err
+        if msg.sender in self.recovery.stale:
+            return self._poll(0)         # left behind by a process that one-worker recovery replaced
         rank = self.ranks.get(msg.sender)
         if rank is None:
             raise self._fail(None, f"reported as unknown sender {msg.sender!r}")
@@ -312,12 +333,16 @@ class Coordinator:
         self.ready.add(self.ranks[msg.sender])
 
     def _on_metrics(self, msg: Message) -> None:
-        self.tracker.metrics(self.ranks[msg.sender], msg.epoch, msg.step, msg.meta)
+        rank = self.ranks[msg.sender]
+        if self.recovery.fresh_metrics(rank, msg.epoch, msg.step):
+            self.tracker.metrics(rank, msg.epoch, msg.step, msg.meta)
+            self.recovery.after_metrics(self.tracker.pending)
 
     def _on_eval_result(self, msg: Message) -> None:
         if self.ranks[msg.sender] != self.k - 1:
             raise self._fail(self.ranks[msg.sender], "reported a test result although it is not the last worker")
-        self.tracker.eval_result(msg.epoch, msg.meta)
+        if self.recovery.dedupe.fresh(self.k - 1, "eval", msg.epoch, msg.step):
+            self.tracker.eval_result(msg.epoch, msg.meta)
 
     def _on_rejected(self, msg: Message) -> None:
         self.counters.rejected += 1
@@ -330,6 +355,8 @@ class Coordinator:
         self.stopped.add(rank)
         self.stats.updates.update({int(k): int(v) for k, v in msg.meta.updates.items()})
         self.stats.gpu_peak_bytes[rank] = msg.meta.gpu_peak_bytes
+        if msg.meta.replay_log:
+            self.stats.replay_log[rank] = msg.meta.replay_log
         if rank + 1 < self.k:
             self.stats.max_in_flight[rank + 1] = msg.meta.max_in_flight
 
@@ -337,7 +364,10 @@ class Coordinator:
         """Commit a checkpoint once every worker has written its layers. At that moment exactly the steps
         before the marker are complete (see EpochTracker), so the tracker's snapshot belongs to it."""
         ckpt_id, rank = msg.meta.id, self.ranks[msg.sender]
+        self.recovery.acked(rank, ckpt_id)
         entry = self.pending.get(ckpt_id)
+        if (entry is None or rank in entry["acks"]) and self.recovery.repeated_ack(rank, ckpt_id):
+            return
         if entry is None or rank in entry["acks"]:
             raise self._fail(rank, f"acknowledged checkpoint {ckpt_id}, which is not pending for it")
         entry["acks"].add(rank)
@@ -349,9 +379,19 @@ class Coordinator:
                                         "config": self.cfg.to_dict(), "created": time.time()})
             self.committed.append(ckpt_id)
             del self.pending[ckpt_id]
+            if "seq" in entry:           # markers this coordinator fed (tests may plant others)
+                self.recovery.on_commit(ckpt_id, entry["seq"], entry["dir"])
 
     # --- feeding -----------------------------------------------------------------------------------------
-    def _send(self, message: Message) -> None:
+    def _guarded(self, wait: Callable[[], None]) -> None:
+        """Run a wait; a worker failure in it goes to one-worker recovery, which re-raises when it cannot help."""
+        try:
+            wait()
+        except WorkerFailed as err:
+            self.recovery.recover(err)
+
+    def _send_once(self, message: Message) -> None:
+        """Put `message` on the feed link, reading reports while it is full (no recovery: failures raise)."""
         while True:
             try:
                 self.feed.send(message, POLL_MS)
@@ -360,35 +400,60 @@ class Coordinator:
             except TimeoutError:
                 self._drain()            # read queued acknowledgements first: a finished checkpoint commits
                 self.check_workers()
-        self._drain()
+
+    def _send(self, message: Message, build: Callable[[], Message] | None = None) -> None:
+        """Feed one event's message (kept, or its `build`er, for a replay to a restarted worker 0)."""
+        while True:
+            try:
+                self.feed.send(message, POLL_MS)
+                self.stats.max_in_flight[0] = max(self.stats.max_in_flight.get(0, 0), self.feed.in_flight)
+                break
+            except TimeoutError:
+                self._guarded(self._drain)
+                self._guarded(self.check_workers)
+        self.recovery.fed(message.meta.seq, build or (lambda: message))
+        self._guarded(self._drain)
+
+    def _train_message(self, event: TrainStep, seq: int) -> Message:
+        x, y = self.data.train_batch(self.cfg.seed, event.epoch, event.step, self.cfg.batch_size)
+        return Message(Kind.TRAIN, "coordinator", event.epoch, event.step, tensors={"h": x, "y": y},
+                       meta=TrainMeta(event.global_step, seq))
+
+    def _eval_message(self, event: EvalBatch, seq: int) -> Message:
+        x, y = self.data.test_batch(event.index, self.cfg.batch_size)
+        return Message(Kind.EVAL, "coordinator", event.epoch, event.index, tensors={"h": x, "y": y},
+                       meta=SeqMeta(seq))
 
     def _feed_train(self, event: TrainStep) -> None:
-        x, y = self.data.train_batch(self.cfg.seed, event.epoch, event.step, self.cfg.batch_size)
-        self._send(Message(Kind.TRAIN, "coordinator", event.epoch, event.step, tensors={"h": x, "y": y},
-                           meta=TrainMeta(event.global_step)))
-        self.fed = event.global_step + 1
+        seq = self.recovery.next_seq()
+        self._send(self._train_message(event, seq), lambda: self._train_message(event, seq))
         f = self.opts.fault
         if f is not None and f.fires("feed", g=event.global_step):
-            die()
+            if f.kind == "kill-pair":
+                for r in (f.worker, f.worker + 1):
+                    os.kill(self.workers[r].pid, signal.SIGKILL)
+            else:
+                die()
 
     def _feed_eval(self, event: EvalBatch) -> None:
-        x, y = self.data.test_batch(event.index, self.cfg.batch_size)
-        self._send(Message(Kind.EVAL, "coordinator", event.epoch, event.index, tensors={"h": x, "y": y},
-                           meta=NoMeta()))
+        seq = self.recovery.next_seq()
+        self._send(self._eval_message(event, seq), lambda: self._eval_message(event, seq))
 
     def _feed_marker(self, event: CheckpointMarker) -> None:
         ckpt_id = self.next_ckpt
         self.next_ckpt += 1
         directory = self.store.prepare(ckpt_id)
         pos = event.resume_at
-        self.pending[ckpt_id] = {"acks": set(), "pos": pos}
+        seq = self.recovery.next_seq()
+        self.pending[ckpt_id] = {"acks": set(), "pos": pos, "seq": seq, "dir": str(directory)}
         self._send(Message(Kind.CHECKPOINT, "coordinator", pos.epoch, pos.step,
-                           meta=CheckpointMeta(ckpt_id, str(directory), pos.global_step)))
+                           meta=CheckpointMeta(ckpt_id, str(directory), seq)))
 
     def _feed_stop(self, event: Stop) -> None:
-        self._send(Message(Kind.STOP, "coordinator", meta=StopMeta(self.fed)))
+        self._send(Message(Kind.STOP, "coordinator", meta=SeqMeta(self.recovery.next_seq())))
+        self.recovery.stopping = True
         while len(self.stopped) < self.k:
-            self._drain(POLL_MS)
+            self._guarded(lambda: self._drain(POLL_MS))
         for w in self.workers:
             w.join(timeout=30)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -49,6 +49,9 @@ class PipelineOptions:
     fault: Fault | None = None
     malloc: str = "keep"           # 'return' freed memory to the OS, or 'keep' it in the heap (faster on CPU)
     tensorboard: bool = True       # event files in run_dir/tensorboard/ (when the package is installed)
+    recovery: str = "one"          # 'one': restart only a failed worker where possible; 'all': every worker
+    replay_log_mb: float = 256.0   # memory bound of each worker's replay log (more spills to files)
+    replay_spill_dir: str | None = None   # where replay logs spill (None: the attempt's private temp folder)
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -152,6 +155,13 @@ def _note_recovery(restarts: list[dict], coord: Coordinator, t_failed: float | N
         restarts[-1]["recovery_s"] = (done - t_failed) if (done is not None and t_failed is not None) else None
 
 
+def _note_attempt(restarts: list[dict], pids: dict[str, list], coord: Coordinator, attempt: int) -> None:
+    """Add the attempt's one-worker recoveries to `restarts` and its worker pids to `pids`."""
+    restarts.extend(rec.to_dict(attempt) for rec in coord.recovery.recoveries)
+    for rank, ranks_pids in sorted(coord.pids.items()):
+        pids.setdefault(str(rank), []).extend(ranks_pids)
+
+
 @dataclass
 class PreparedRun:
     """What every attempt shares: the config, data, plan, run folder and checkpoint store."""
@@ -179,6 +189,7 @@ class Outcome:
     counters: RunCounters
     error: WorkerFailed | None = None
     last_checkpoint: int | None = None
+    pids: dict[str, list] = field(default_factory=dict)   # rank -> pid of every process that ran it, in order
 
 
 def prepare_run(cfg: RunConfig, data, opts: PipelineOptions, out: str | None, progress: bool,
@@ -241,6 +252,7 @@ def run_attempts(p: PreparedRun) -> Outcome:
     cfg, data, opts, run, store = p.cfg, p.data, p.opts, p.run, p.store
     latest = p.resume_from
     restarts: list[dict] = []
+    pids: dict[str, list] = {}
     counters = RunCounters()
     t_failed: float | None = None
     attempt = 0
@@ -259,7 +271,8 @@ def run_attempts(p: PreparedRun) -> Outcome:
             window=opts.window, trace_dir=str(run.path) if opts.trace else None,
             checkpoint_every=opts.checkpoint_every, heartbeat_timeout=opts.heartbeat_timeout,
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
-            resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc)
+            resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc,
+            recovery=opts.recovery, replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir)
         coord = Coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
                             store=store, tracker=tracker, start=start,
                             next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters)
@@ -268,18 +281,23 @@ def run_attempts(p: PreparedRun) -> Outcome:
                 coord.start()
                 coord.run()
             _note_recovery(restarts, coord, t_failed)
-            return Outcome(coord.stats, tracker, restarts, counters)
+            _note_attempt(restarts, pids, coord, attempt)
+            return Outcome(coord.stats, tracker, restarts, counters, pids=pids)
         except WorkerFailed as err:
             _note_recovery(restarts, coord, t_failed)
+            _note_attempt(restarts, pids, coord, attempt)
             t_failed = err.detected_at
             latest = store.verified_latest()
+            fallback = f" (one-worker recovery fell back: {err.fallback})" if err.fallback else ""
             restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
-                             "restart_from": latest[0] if latest else None})
-            bar.write(f"auglocal-launch: {err}; all workers stopped; last committed: {_describe_checkpoint(latest)}")
+                             "restart_from": latest[0] if latest else None, "path": "all",
+                             "fallback": err.fallback})
+            bar.write(f"auglocal-launch: {err}; all workers stopped{fallback}; last committed: "
+                      f"{_describe_checkpoint(latest)}")
             p.tb.restart(f"{err}; last committed: {_describe_checkpoint(latest)}")
             attempt += 1
             if attempt > opts.max_restarts or not err.restartable:
-                return Outcome(coord.stats, tracker, restarts, counters, err, latest[0] if latest else None)
+                return Outcome(coord.stats, tracker, restarts, counters, err, latest[0] if latest else None, pids)
         finally:
             bar.close()
 
@@ -292,7 +310,7 @@ def report_failure(p: PreparedRun, outcome: Outcome) -> int:
     print(f"auglocal-launch: {why}. Failed: {err}. Last committed {_describe_checkpoint(latest)}. "
           f"Resume with: auglocal-launch --resume {p.run.path}", file=sys.stderr)
     p.run.write_json("failure.json", {"restarts": outcome.restarts, "last_checkpoint": outcome.last_checkpoint,
-                                      "rejected_messages": outcome.counters.rejected})
+                                      "rejected_messages": outcome.counters.rejected, "worker_pids": outcome.pids})
     p.run.close()
     p.tb.close()
     return 1
@@ -312,7 +330,8 @@ def report_success(p: PreparedRun, outcome: Outcome) -> int:
         "steady_images_per_s": stats.steady_images_per_s(cfg.batch_size), "updates": updates,
         "expected_updates": expected, "max_in_flight": stats.max_in_flight, "window": opts.window,
         "gpu_peak_bytes": stats.gpu_peak_bytes, "rejected_messages": outcome.counters.rejected,
-        "restarts": outcome.restarts, "plan": p.plan.to_dict()})
+        "restarts": outcome.restarts, "worker_pids": outcome.pids, "replay_log": stats.replay_log,
+        "plan": p.plan.to_dict()})
     history = outcome.tracker.history
     run.close()
     if history:

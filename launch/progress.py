@@ -26,6 +26,7 @@ class PipelineStats:
     step_done_at: list[float] = field(default_factory=list)         # perf_counter when each step finished
     gpu_peak_bytes: dict[int, int] = field(default_factory=dict)
     reported: dict[int, int] = field(default_factory=lambda: defaultdict(int))   # training steps each rank did
+    replay_log: dict[int, dict] = field(default_factory=dict)     # worker -> its replay log's costs
 
     def busy_fractions(self, now: float) -> list[float]:
         elapsed = max(now - self.started, 1e-9)

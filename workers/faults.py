@@ -60,6 +60,12 @@ REGISTRY: dict[str, FaultKind] = {k.name: k for k in (
               "SIGKILL worker W after the first layer file of checkpoint C"),
     FaultKind("kill-coordinator", ("step",), "feed", "SIGKILL the coordinator after feeding minibatch S",
               target="coordinator"),
+    FaultKind("kill-pair", ("worker", "step"), "feed",
+              "the coordinator SIGKILLs workers W and W+1 together after feeding minibatch S (two adjacent "
+              "workers down: one-worker recovery falls back to the whole restart)", on_link=True),
+    FaultKind("kill-seq", ("worker", "step", "always"), "train",
+              "SIGKILL worker W before minibatch S, then worker W+1 before minibatch S+3 (two failures, one "
+              "after the other)", on_link=True),
 )}
 KINDS = tuple(REGISTRY)
 
@@ -92,7 +98,16 @@ class Fault:
         return not ("checkpoint" in info.options and checkpoint != self.checkpoint)
 
     def for_worker(self, rank: int) -> bool:
-        return self.info.target == "worker" and self.worker == rank
+        return self.as_seen_by(rank) is not None
+
+    def as_seen_by(self, rank: int) -> Fault | None:
+        """The fault as worker `rank` fires it (None: not at all): `kill-seq` is a kill of W at S and of W+1
+        at S+3; `kill-pair` fires in the coordinator only."""
+        if self.info.target != "worker" or self.info.point == "feed":
+            return None
+        if self.kind == "kill-seq" and rank in (self.worker, self.worker + 1):
+            return Fault("kill", rank, self.step + 3 * (rank - self.worker), always=self.always)
+        return self if self.worker == rank else None
 
 
 def help_text() -> str:

@@ -78,6 +78,9 @@ class Kind(str, Enum):
     ERROR = "error"
     REJECTED = "rejected"
     HEARTBEAT = "heartbeat"
+    RELINK = "relink"
+    EXPECT_REPLAY = "expect_replay"
+    COMMITTED = "committed"
     CREDIT = "credit"  # transport-internal: a receiver returns one per consumed message (see transport.py)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from typing import Any, Union
 
@@ -25,7 +25,8 @@ from workers.messages import DTYPES, Kind, Message, MessageError, TensorSpec
 class Route(str, Enum):
     """Where a kind travels. Activations and control flow down the pipeline; reports go to the coordinator."""
 
-    DOWN = "upstream -> worker"       # the coordinator (to worker 0) or worker r-1 (to worker r), in order
+    DOWN = "upstream -> worker"       # the coordinator (to worker 0) or worker r-1 (to worker r), in order;
+                                      # control kinds: the coordinator to a worker's control inbox
     REPORT = "worker -> coordinator"  # each worker to the coordinator's results inbox
 
 
@@ -38,18 +39,38 @@ class NoMeta:
 @dataclass(frozen=True)
 class TrainMeta:
     g: int                      # global step: minibatches fed since the run's start (fault targets use it)
+    seq: int = -1               # index of this message among the attempt's DOWN messages (-1: unsequenced)
+
+
+@dataclass(frozen=True)
+class SeqMeta:
+    """A DOWN message that carries nothing but its sequence number (a test batch, the stop marker)."""
+
+    seq: int = -1
 
 
 @dataclass(frozen=True)
 class CheckpointMeta:
     id: int
     dir: str                    # folder that every worker writes its layer files into
-    g: int                      # minibatches fed before the marker: what every layer must have applied
+    seq: int = -1
 
 
 @dataclass(frozen=True)
-class StopMeta:
-    g: int                      # minibatches fed in the whole run: what every layer must have applied
+class RelinkMeta:
+    address: str                # the restarted downstream worker's new inbox
+    from_seq: int               # resend every logged message with a larger seq (the last committed marker's)
+
+
+@dataclass(frozen=True)
+class ExpectReplayMeta:
+    upstream: str               # sender name of the restarted upstream worker, whose repeats are dropped
+
+
+@dataclass(frozen=True)
+class CommittedMeta:
+    id: int
+    seq: int                    # the committed marker's seq: logged messages up to it are no longer needed
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,7 @@ class StoppedMeta:
     max_in_flight: int          # most unconsumed messages seen on this worker's outgoing link
     gpu_peak_bytes: int
     updates: dict[str, int]     # layer id -> minibatches applied
+    replay_log: dict[str, int] = field(default_factory=dict)   # workers.replay_log.ReplayLog.stats()
 
 
 @dataclass(frozen=True)
@@ -118,10 +140,15 @@ _H, _Y, _X = TensorSlot("h", "activation"), TensorSlot("y", "labels"), TensorSlo
 PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
     MessageType(Kind.TRAIN, Route.DOWN, TrainMeta, (_H, _Y, _X),
                 "a training minibatch: the stage input h, labels y, and the image x when a later module needs it"),
-    MessageType(Kind.EVAL, Route.DOWN, NoMeta, (_H, _Y), "a test batch, primary forward in eval mode"),
+    MessageType(Kind.EVAL, Route.DOWN, SeqMeta, (_H, _Y), "a test batch, primary forward in eval mode"),
     MessageType(Kind.CHECKPOINT, Route.DOWN, CheckpointMeta, (),
                 "marker: save your layers into dir, pass the marker on, acknowledge"),
-    MessageType(Kind.STOP, Route.DOWN, StopMeta, (), "marker: save your final layers, pass it on, report, exit"),
+    MessageType(Kind.STOP, Route.DOWN, SeqMeta, (), "marker: save your final layers, pass it on, report, exit"),
+    MessageType(Kind.RELINK, Route.DOWN, RelinkMeta, (),
+                "control: your downstream restarted; open a fresh link to address, resend your log after from_seq"),
+    MessageType(Kind.EXPECT_REPLAY, Route.DOWN, ExpectReplayMeta, (),
+                "control: your upstream restarted and resends; drop its messages you already handled"),
+    MessageType(Kind.COMMITTED, Route.DOWN, CommittedMeta, (), "control: a checkpoint committed; prune your log"),
     MessageType(Kind.READY, Route.REPORT, NoMeta, (), "the worker has built its stage and bound its inbox"),
     MessageType(Kind.HEARTBEAT, Route.REPORT, HeartbeatMeta, (),
                 "alive while waiting (sent on a timer inside every receive and send wait)"),
@@ -201,15 +228,20 @@ def _typed_meta(message: Message, record: type) -> Any:
             raise MessageError(message.sender, "meta", f"got a {type(raw).__name__}, expected {record.__name__}")
         return raw
     names = [f.name for f in fields(record)]
-    if not isinstance(raw, dict) or set(raw) != set(names):
+    required = {f.name for f in fields(record) if f.default is MISSING and f.default_factory is MISSING}
+    if not isinstance(raw, dict) or not required <= set(raw) <= set(names):
         got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise MessageError(message.sender, "meta", f"{message.kind.value}: got fields {got}, expected {sorted(names)}")
     hints = _hints(record)
-    for name in names:
+    for name in raw:
         if not _conforms(raw[name], hints[name]):
             raise MessageError(message.sender, f"meta.{name}",
                                f"{message.kind.value}: got {raw[name]!r}, expected {hints[name]}")
     return record(**raw)
+
+
+#: kinds that carry the coordinator's sequence number (`meta.seq`) down the whole pipeline
+SEQUENCED = frozenset({Kind.TRAIN, Kind.EVAL, Kind.CHECKPOINT, Kind.STOP})
 
 
 def is_record(value: Any) -> bool:

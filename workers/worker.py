@@ -23,6 +23,7 @@ from workers import protocol
 from workers.faults import Fault, die, hang
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.protocol import (
+    SEQUENCED,
     CheckpointAckMeta,
     ErrorMeta,
     EvalResultMeta,
@@ -32,15 +33,17 @@ from workers.protocol import (
     NoMeta,
     RejectedMeta,
     Route,
-    StopMeta,
     StoppedMeta,
     TrainMeta,
 )
+from workers.replay_log import LogLost, ReplayLog
 from workers.trace import Tracer
 from workers.transport import Link
 
 POLL_MS = 1000          # longest single wait before a blocked worker checks that its coordinator is still alive
 HEARTBEAT_S = 1.0       # a waiting worker reports at least this often
+CONTROL_POLL_MS = 100   # with a control inbox, the longest wait before a worker looks at it
+REPLAY_LOG_BYTES = 256 << 20
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
@@ -69,15 +72,21 @@ class WorkerSpec:
     heartbeat_s: float = HEARTBEAT_S
     malloc: str = "keep"          # 'return': freed activations go back to the OS (less memory, ~2x slower on
                                   # CPU from page faults); 'keep': glibc's default heap reuse (fastest)
+    control: Link | None = None   # this worker binds it: the coordinator's control messages (relink, commits)
+    incarnation: int = 0          # 0 for a worker of a new attempt, n for the n-th one-worker restart of rank
+    resume_seq: int = -1          # seq of the last message the resumed state has handled (its checkpoint's)
+    replay_log_bytes: int = REPLAY_LOG_BYTES   # memory bound of the replay log; more spills to files
+    spill_dir: str | None = None  # where the replay log spills (None: the system's temporary folder)
 
     @property
     def name(self) -> str:
-        return worker_name(self.rank)
+        return worker_name(self.rank, self.incarnation)
 
 
-def worker_name(rank: int) -> str:
-    """The sender name of worker `rank` on the wire (the coordinator maps it back to the rank)."""
-    return f"worker{rank}"
+def worker_name(rank: int, incarnation: int = 0) -> str:
+    """The sender name of worker `rank` on the wire (the coordinator maps it back to the rank); a restarted
+    worker's name carries its incarnation, so reports the old process left behind are told apart."""
+    return f"worker{rank}" if incarnation == 0 else f"worker{rank}.{incarnation}"
 
 
 class CoordinatorGone(RuntimeError):
@@ -95,18 +104,23 @@ class WorkerLinks:
     inbox: object
     outbox: object | None
     results: object
+    control: object | None = None                       # the coordinator's control messages (one-worker recovery)
+    reopen_outbox: Callable[[str], object] | None = None   # a fresh sender to a (new) downstream inbox address
 
     def close(self) -> None:
-        for end in (self.inbox, self.outbox, self.results):
+        for end in (self.inbox, self.outbox, self.results, self.control):
             if end is not None:
                 end.close()
 
 
 def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
     """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox."""
+    window = spec.outbox.window if spec.outbox else 1
     return WorkerLinks(spec.inbox.receiver(codec, spec.name),
                        spec.outbox.sender(codec) if spec.outbox else None,
-                       spec.results.sender(codec))
+                       spec.results.sender(codec),
+                       spec.control.receiver(codec, spec.name) if spec.control else None,
+                       lambda address: Link(address, window).sender(codec))
 
 
 def to_host(t: torch.Tensor) -> torch.Tensor:
@@ -179,13 +193,20 @@ class Worker:
         self.fault = Fault(**spec.fault) if spec.fault else None
         self.coordinator_alive = coordinator_alive or (lambda: True)
         self.clock = clock
-        self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000)
+        self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000, CONTROL_POLL_MS if links.control else poll_ms)
         self._last_report = clock()
         self.stopped = False
         self.handlers: dict[Kind, Callable[[Message], None]] = {
             Kind.TRAIN: self._train, Kind.EVAL: self._eval, Kind.CHECKPOINT: self._checkpoint,
-            Kind.STOP: self._stop,
+            Kind.STOP: self._stop, Kind.RELINK: self._relink, Kind.EXPECT_REPLAY: self._expect_replay,
+            Kind.COMMITTED: self._committed,
         }
+        self.last_seq = spec.resume_seq       # seq of the last DOWN message handled
+        self.replay_from: str | None = None   # sender whose repeats (seq <= last_seq) are dropped, after a restart
+        self.dropped_repeats = 0
+        self._in_control = False
+        self.log = (ReplayLog(spec.replay_log_bytes, spec.spill_dir, spec.name)
+                    if links.outbox is not None else None)
         protocol.check_handlers(self.handlers, Route.DOWN, "worker")
         links.inbox.on_foreign = self._report_rejected
         if spec.resume_dir:
@@ -211,24 +232,105 @@ class Worker:
         """Next message of this run, validated against the table; a peer's malformed message ends the worker."""
         while True:
             self._maybe_heartbeat("recv")
+            self._poll_control()
             try:
-                return protocol.validate(self.links.inbox.recv(self.poll_ms), Route.DOWN, self.spec.schema)
+                msg = protocol.validate(self.links.inbox.recv(self.poll_ms), Route.DOWN, self.spec.schema)
             except TimeoutError:
                 self._check_coordinator()
+                continue
             except MessageError as err:
                 self._fail(f"{self.spec.name} rejected a message: {err}")
+            if self._in_sequence(msg):
+                return msg
 
-    def _send(self, end, message: Message) -> None:
-        """Send, heartbeating while the link is full; a report to the coordinator also proves liveness."""
+    def _in_sequence(self, msg: Message) -> bool:
+        """Whether to handle `msg`: the next seq, or (False) a repeat that a restarted upstream resends.
+
+        A repeat is dropped only while the coordinator has announced a replay from that sender; otherwise it
+        is an error, as is a gap (a message lost). seq -1 marks an unsequenced message (in-process tests)."""
+        if msg.kind not in SEQUENCED or msg.meta.seq < 0:
+            return True
+        seq = msg.meta.seq
+        if seq <= self.last_seq:
+            if self.replay_from is None:
+                self._poll_control()      # the announcement may be waiting on the control inbox
+            if self.replay_from == msg.sender:
+                self.dropped_repeats += 1
+                return False
+            self._fail(f"{self.spec.name}: {msg.kind.value} seq {seq} from {msg.sender} arrived after seq "
+                       f"{self.last_seq}: it would be handled twice")
+        if seq != self.last_seq + 1:
+            self._fail(f"{self.spec.name} rejected a message: {msg.kind.value} seq {seq} from {msg.sender} follows "
+                       f"seq {self.last_seq}: {seq - self.last_seq - 1} message(s) lost on the way (a peer's "
+                       "message that did not parse is dropped as a stranger's)")
+        if msg.sender == self.replay_from:
+            self.replay_from = None       # the restarted upstream has caught up
+        self.last_seq = seq
+        return True
+
+    # --- control: one-worker recovery (launch/recovery.py) -------------------------------------------------
+    def _poll_control(self) -> None:
+        """Handle every control message waiting, unless already inside one (a relink's replay)."""
+        if self.links.control is None or self._in_control:
+            return
+        self._in_control = True
+        try:
+            while True:
+                try:
+                    raw = self.links.control.recv(0)
+                except TimeoutError:
+                    return
+                try:
+                    msg = protocol.validate(raw, Route.DOWN)
+                except MessageError as err:
+                    self._fail(f"{self.spec.name} rejected a control message: {err}")
+                protocol.dispatch(self.handlers, msg)
+        finally:
+            self._in_control = False
+
+    def _relink(self, msg: Message) -> None:
+        """The next worker restarted at `address`: drop the old link (its credits die with it), open a fresh one
+        and resend everything logged after the restarted worker's checkpoint, in order."""
+        if self.links.outbox is None or self.links.reopen_outbox is None:
+            self._fail(f"{self.spec.name}: told to relink, but it has no outgoing link to reopen")
+        self.links.outbox.close()
+        self.links.outbox = self.links.reopen_outbox(msg.meta.address)
+        try:
+            for frames in self.log.since(msg.meta.from_seq):
+                self._send(self.links.outbox, self.codec.decode(frames), log=False)
+        except LogLost as err:
+            self._fail(f"{self.spec.name}: cannot replay to the restarted worker: {err}")
+
+    def _expect_replay(self, msg: Message) -> None:
+        self.replay_from = msg.meta.upstream
+
+    def _committed(self, msg: Message) -> None:
+        if self.log is not None:
+            self.log.prune(msg.meta.seq)
+
+    def _send(self, end, message: Message, log: bool = True) -> None:
+        """Send, heartbeating while the link is full; a report to the coordinator also proves liveness.
+
+        Downstream sends go to whatever the outgoing link is now (a relink may replace it while we wait) and
+        are kept in the replay log unless `log` is False (a replay itself)."""
+        downstream = end is self.links.outbox
         while True:
             try:
-                end.send(message, self.poll_ms)
+                (self.links.outbox if downstream else end).send(message, self.poll_ms)
                 break
             except TimeoutError:
                 self._check_coordinator()
                 self._maybe_heartbeat("send")
+                if downstream:
+                    self._poll_control()
+        if downstream and log:
+            self._log(message)
         if end is self.links.results:
             self._last_report = self.clock()
+
+    def _log(self, message: Message) -> None:
+        if self.log is not None and message.kind in SEQUENCED and message.meta.seq >= 0:
+            self.log.append(message.meta.seq, self.codec.encode(message))
 
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
         self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
@@ -257,20 +359,6 @@ class Worker:
             except TimeoutError:
                 self._check_coordinator()
                 self._maybe_heartbeat("send")
-
-    def _applied(self) -> int:
-        """Minibatches this worker's layers have applied (the same for all of them)."""
-        return min(self.stage.update_counts.values())
-
-    def _check_sequence(self, fed: int, what: str) -> None:
-        """Every minibatch fed before `what` must have been applied here exactly once, none skipped: a message
-        lost on the link (e.g. a peer's corrupted header, dropped as unreadable) is caught here, not at the end."""
-        applied = self._applied()
-        if fed > applied:
-            self._fail(f"{self.spec.name}: minibatch {applied} (global step) never arrived before {what}; "
-                       f"{fed - applied} lost on the link from upstream")
-        if fed < applied:
-            self._fail(f"{self.spec.name}: {what} after {fed} minibatches, but {applied} were applied here")
 
     def _sleep_alive(self, seconds: float) -> None:
         """Sleep `seconds` the way a slow but healthy worker computes: heartbeating."""
@@ -305,10 +393,9 @@ class Worker:
         if self._fire("train", g=g):
             (die if self.fault.kind == "kill" else hang)()
         position = (msg.epoch, msg.step)
-        if g < self._applied() or (self.stage.last_applied is not None and position <= self.stage.last_applied):
+        if self.stage.last_applied is not None and position <= self.stage.last_applied:
             self._fail(f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}: it would "
                        "be applied twice")
-        self._check_sequence(g, f"minibatch {g}")
         h, y = msg.tensors["h"], msg.tensors["y"]
         x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
         if self.stage.epoch != msg.epoch:
@@ -323,8 +410,9 @@ class Worker:
             if self.spec.send_input and x is not None:
                 tensors["x"] = x
             out_msg = Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step, layer=self.stage.layer_ids[-1],
-                              tensors=tensors, meta=TrainMeta(g))
+                              tensors=tensors, meta=TrainMeta(g, msg.meta.seq))
             if self._fire("send", g=g) and self._send_faulty(out_msg):
+                self._log(out_msg)     # the log keeps what was meant: a replay heals the receiver
                 return
             self._send(self.links.outbox, out_msg)
             sent["t"], sent["t_emit"] = time.perf_counter(), t_emit
@@ -355,7 +443,7 @@ class Worker:
             self._report(Kind.EVAL_RESULT, EvalResultMeta(correct, int(y.shape[0])), msg.epoch, msg.step)
         else:
             self._send(self.links.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
-                                                  tensors={"h": to_host(out), "y": y}, meta=NoMeta()))
+                                                  tensors={"h": to_host(out), "y": y}, meta=msg.meta))
 
     def _save_layers(self, directory: str, before_each=None) -> None:
         from workers.layer_files import save_stage_layers
@@ -372,7 +460,6 @@ class Worker:
         Dependencies only point forward, so saving when the marker passes gives a consistent cut: every layer
         has applied exactly the minibatches fed before the marker."""
         ckpt_id = msg.meta.id
-        self._check_sequence(msg.meta.g, f"checkpoint {ckpt_id}")
         written = []
 
         def before_each(layer_id: int) -> None:
@@ -387,15 +474,14 @@ class Worker:
         self._report(Kind.CHECKPOINT_ACK, CheckpointAckMeta(ckpt_id), msg.epoch, msg.step)
 
     def _stop(self, msg: Message) -> None:
-        self._check_sequence(msg.meta.g, "the stop marker")
         self._save_layers(os.path.join(self.spec.out_dir, "layers"))
         self.tracer.close()
         if self.links.outbox is not None:
-            self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step,
-                                                  meta=StopMeta(msg.meta.g)))
+            self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step, meta=msg.meta))
             self._wait_consumed(self.links.outbox)
         self._report(Kind.STOPPED, StoppedMeta(self.max_in_flight, self._gpu_peak(),
-                                               {str(k): v for k, v in self.stage.update_counts.items()}),
+                                               {str(k): v for k, v in self.stage.update_counts.items()},
+                                               self.log.stats() if self.log is not None else {}),
                      msg.epoch, msg.step)
         self._wait_consumed(self.links.results)
         self.stopped = True
@@ -423,6 +509,7 @@ def worker_main(spec: WorkerSpec) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
     codec = Codec(spec.run_id, spec.secret)
     links = open_links(spec, codec)
+    worker = None
     try:
         worker = Worker(spec, links, coordinator_alive=coordinator_watch(spec.coordinator_pid))
         worker.run()
@@ -436,3 +523,5 @@ def worker_main(spec: WorkerSpec) -> None:
         os._exit(3)
     finally:
         links.close()
+        if worker is not None and worker.log is not None:
+            worker.log.close()

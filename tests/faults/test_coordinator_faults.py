@@ -61,7 +61,7 @@ def test_resume_refuses_another_run(coordinator_killed, flag, value, saved):
 def test_restart_budget_exhausted_exits_1_naming_the_worker(tmp_path):
     out = tmp_path / "run"
     tag = new_tag()
-    proc = run_cli(small_flags(out, "--workers", "2", "--max-restarts", "2",
+    proc = run_cli(small_flags(out, "--workers", "2", "--max-restarts", "2", "--recovery", "all",
                                "--inject-fault", "kill:worker=1:step=5:always"), tag)
     assert proc.returncode == 1, proc.stderr
     latest = int((out / "checkpoints" / "LATEST").read_text())
