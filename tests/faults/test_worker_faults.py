@@ -47,8 +47,8 @@ def test_slow_worker_is_not_a_failure(reference, tmp_path):
 
 @pytest.mark.parametrize("kind, error", [
     ("truncated", "rejected a message"),   # the header is this run's, the frames are bad: the peer failed
-    ("corrupt", "never arrived"),          # the header does not parse: dropped as a stranger's, and the gap
-])                                         # in the minibatch sequence shows at the next one
+    ("corrupt", "lost on the way"),        # the header does not parse: dropped as a stranger's, and the gap
+])                                         # in the message sequence shows at the next one
 def test_malformed_message_is_never_trained_on_and_restarts(kind, error, reference, tmp_path):
     """A malformed message on a link is never trained on: the receiver stops, the run restarts."""
     out = tmp_path / "run"

@@ -26,8 +26,14 @@ def timings(monkeypatch):
 
 
 def plan_lines(out: str) -> list[str]:
-    lines = out[out.index("pipeline plan:"):].splitlines()
-    return [line for line in lines if not line.startswith(("balanced by", "devices:"))]
+    """The plan table as printed: from its heading to the lines that follow it (simulation, devices, feed)."""
+    lines = []
+    for line in out[out.index("pipeline plan:"):].splitlines():
+        if line.startswith(("simulated", "devices:")) or not line.strip():
+            break
+        if not line.startswith("balanced by"):
+            lines.append(line)
+    return lines
 
 
 def test_default_dry_run_times_nothing_and_says_so(timings, capsys):

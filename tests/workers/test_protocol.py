@@ -28,7 +28,7 @@ def train(**tensors) -> Message:
 def test_valid_messages_get_their_typed_meta():
     msg = validate(train(h=torch.zeros(2, 16, 8, 8), y=torch.zeros(2, dtype=torch.long)), Route.DOWN, SCHEMA)
     assert msg.meta.g == 1
-    ckpt = validate(Message(Kind.CHECKPOINT, "c", meta={"id": 2, "dir": "/x", "g": 4}), Route.DOWN)
+    ckpt = validate(Message(Kind.CHECKPOINT, "c", meta={"id": 2, "dir": "/x", "seq": 4}), Route.DOWN)
     assert ckpt.meta == CheckpointMeta(2, "/x", 4)
     report = validate(Message(Kind.METRICS, "w", meta={"busy": 1, "n": 2, "losses": {"0": 0.5}, "correct": None}),
                       Route.REPORT)
@@ -42,8 +42,8 @@ def test_valid_messages_get_their_typed_meta():
     (train(h=torch.zeros(2, 16, 4, 4), y=torch.zeros(2).long()), "tensors[h].shape"),
     (train(h=torch.zeros(2, 16, 8, 8).double(), y=torch.zeros(2).long()), "tensors[h].dtype"),
     (train(h=torch.zeros(2, 16, 8, 8), y=torch.zeros(3).long()), "tensors"),           # batch sizes differ
-    (Message(Kind.CHECKPOINT, "c", meta={"id": "2", "dir": "/x", "g": 0}), "meta.id"),
-    (Message(Kind.CHECKPOINT, "c", meta={"id": 2, "g": 0}), "meta"),
+    (Message(Kind.CHECKPOINT, "c", meta={"id": "2", "dir": "/x", "seq": 0}), "meta.id"),
+    (Message(Kind.CHECKPOINT, "c", meta={"id": 2, "seq": 0}), "meta"),
 ])
 def test_what_the_table_does_not_allow_is_a_peer_error(message, field):
     with pytest.raises(MessageError) as err:
