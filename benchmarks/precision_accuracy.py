@@ -41,7 +41,8 @@ def run(precision: str, seed: int, args: argparse.Namespace) -> tuple[float, flo
 
 
 def summary(values: list[float]) -> str:
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({min(values):.2f}..{max(values):.2f})"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {spread:.2f} ({min(values):.2f}..{max(values):.2f})"
 
 
 def main() -> None:

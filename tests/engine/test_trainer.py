@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.auxnets import build_aux_nets
-from engine.precision import Kernels
 from engine.models import build_model
+from engine.precision import Kernels
 from engine.rules import build_local_modules
 from engine.schedule import LRSchedule, OptimConfig
 from engine.stage import Stage
