@@ -12,6 +12,7 @@ import torch
 from engine.auxnets import RULES, STRATEGIES, build_aux_nets
 from engine.data import DATASETS, build_dataset
 from engine.models import build_model, model_names
+from engine.precision import MEMORY_FORMATS, PRECISIONS, resolve_memory_format
 from engine.schedule import SCHEDULES, SHORT_RUN_EPOCHS, LRSchedule, OptimConfig, default_warmup
 
 
@@ -43,6 +44,8 @@ class RunConfig:
     seed: int = 1234
     max_steps: int | None = None
     device: str = "cpu"
+    memory_format: str = "auto"       # auto: the device's faster one (engine.precision.AUTO_MEMORY_FORMAT)
+    precision: str = "fp32"           # fp32, or bf16/fp16 autocast (weights and optimizer state stay fp32)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,13 +53,16 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        values = {k: v for k, v in d.items() if k in names}
+        # a config saved before the option existed describes a run that computed in NCHW
+        values.setdefault("memory_format", "contiguous")
+        return cls(**values)
 
 
 #: the fields that decide what a run computes: a checkpoint continues only a run with the same values of all
 IDENTITY_FIELDS = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
                    "train_size", "test_size", "schedule", "epochs", "batch_size", "lr", "warmup", "seed",
-                   "max_steps")
+                   "max_steps", "memory_format", "precision")
 
 
 def config_digest(cfg: RunConfig) -> str:
@@ -103,6 +109,10 @@ def validate(cfg: RunConfig) -> None:
     check_number("--lr", cfg.lr, low=0, low_open=True)
     check_number("--seed", cfg.seed, low=0, high=2**63 - 1)
     check_number("--warmup-epochs", cfg.warmup, low=0)
+    if cfg.memory_format not in MEMORY_FORMATS:
+        raise UsageError(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {cfg.memory_format!r}")
+    if cfg.precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
 
 
 def build_data(cfg: RunConfig, check_files: bool = False):
@@ -121,7 +131,8 @@ def build_data(cfg: RunConfig, check_files: bool = False):
 
 
 def resolve(cfg: RunConfig, data) -> RunConfig:
-    """Fill the data-set dependent defaults (classes, input size, batch, lr, warm-up, tau)."""
+    """Fill the data-set dependent defaults (classes, input size, batch, lr, warm-up, tau) and resolve the memory
+    format once, here, so the saved config and every worker get the same one."""
     cfg.num_classes = cfg.num_classes or data.num_classes
     cfg.input_size = cfg.input_size or data.input_size
     cfg.batch_size = cfg.batch_size or data.default_batch_size
@@ -130,6 +141,7 @@ def resolve(cfg: RunConfig, data) -> RunConfig:
         cfg.schedule = "cifar" if cfg.epochs >= SHORT_RUN_EPOCHS else "cosine"
     if cfg.warmup is None:
         cfg.warmup = default_warmup(cfg.epochs) if cfg.schedule == "cifar" else 0
+    cfg.memory_format = resolve_memory_format(cfg.memory_format, cfg.device)
     return cfg
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from engine.precision import Kernels, LossScaler
 from engine.rules import LocalModule
 from engine.schedule import LRSchedule, OptimConfig
 
@@ -45,15 +46,23 @@ class Stage:
     several stages changes nothing in the arithmetic: the sequential trainer is simply one stage holding
     every module, and a pipeline worker holds a slice. `emit` is called with the stage output as soon as the
     last module's primary forward is done, before its aux work, so a worker can send it downstream early.
+
+    `kernels` (memory format, autocast precision) is applied here and only here: modules are converted to the
+    format, every module input is laid out in it, every forward and loss runs under autocast and every
+    hand-off is in the activation dtype, so trainer and workers run the same kernels on the same tensors.
+    Weights and optimizer state stay float32; fp16 scales each module's loss by its own `LossScaler`.
     """
 
     def __init__(self, modules: list[LocalModule], optim: OptimConfig, schedule: LRSchedule, seed: int = 0,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", kernels: Kernels | None = None):
         if not modules:
             raise ValueError("a stage needs at least one local module")
         self.modules = nn.ModuleList(modules)
         self.device = torch.device(device)
-        self.modules.to(self.device)
+        self.kernels = kernels or Kernels.default(self.device)   # = a default RunConfig's options
+        self.modules.to(self.device, memory_format=self.kernels.torch_memory_format)
+        self.scalers = ({m.layer_ids[0]: LossScaler() for m in modules} if self.kernels.precision == "fp16"
+                        else None)
         self.schedule = schedule
         self.seed = seed
         self.optimizer = optim.build(self.modules.parameters())
@@ -82,22 +91,31 @@ class Stage:
         """One minibatch through every module of the stage, then one optimizer step."""
         self.modules.train()
         self.optimizer.zero_grad(set_to_none=True)
+        kernels = self.kernels
         h = h.to(self.device, non_blocking=True).detach()
         y = y.to(self.device, non_blocking=True)
-        x = x.to(self.device, non_blocking=True) if x is not None else None
+        x = kernels.layout(x.to(self.device, non_blocking=True)) if x is not None else None
         result = StepResult(output=h, batch_size=int(y.shape[0]))
         last = len(self.modules) - 1
         for i, module in enumerate(self.modules):
             torch.manual_seed(step_seed(self.seed, self.epoch, step, module.layer_ids[0]))
-            out = module(h)
-            if i == last and emit is not None and not module.is_top:
-                emit(out.detach())
-            loss = module.loss(out, y, x)
-            loss.backward()
+            h = kernels.layout(h)
+            with kernels.autocast(self.device):
+                out = module(h)
+                handoff = kernels.handoff(out) if not module.is_top else out.detach()
+                if i == last and emit is not None and not module.is_top:
+                    emit(handoff)
+                loss = module.loss(out, y, x)
+            if self.scalers is None:
+                loss.backward()
+            else:
+                scaler = self.scalers[module.layer_ids[0]]
+                scaler.backward(loss)
+                scaler.unscale(list(module.parameters()))
             result.losses[module.layer_ids[0]] = loss.detach()
             if module.is_top:
                 result.correct = (out.detach().argmax(1) == y).sum()
-            h = out.detach()
+            h = handoff
         self.optimizer.step()
         for i in self.update_counts:
             self.update_counts[i] += 1
@@ -111,5 +129,7 @@ class Stage:
         self.modules.eval()
         h = h.to(self.device, non_blocking=True)
         for module in self.modules:
-            h = module(h)
+            with self.kernels.autocast(self.device):
+                out = module(self.kernels.layout(h))
+            h = out if module.is_top else self.kernels.handoff(out)
         return h

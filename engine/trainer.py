@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.feed import EpochEnd, EvalBatch, FeedShape, TrainStep, feed_plan
 from engine.models.base import LayeredModel
+from engine.precision import Kernels
 from engine.rules import build_local_modules
 from engine.schedule import LRSchedule, OptimConfig
 from engine.stage import Stage, StepResult
@@ -62,11 +63,12 @@ class SequentialTrainer:
     """One Stage holding every local module: layer l's aux forward/backward completes before layer l+1."""
 
     def __init__(self, model: LayeredModel, aux_nets: list[nn.Module], optim: OptimConfig,
-                 schedule: LRSchedule, seed: int = 0, device: torch.device | str = "cpu"):
+                 schedule: LRSchedule, seed: int = 0, device: torch.device | str = "cpu",
+                 kernels: Kernels | None = None):
         self.model = model
         self.aux_nets = nn.ModuleList(aux_nets)
         self.device = torch.device(device)
-        self.stage = Stage(build_local_modules(model, list(aux_nets)), optim, schedule, seed, self.device)
+        self.stage = Stage(build_local_modules(model, list(aux_nets)), optim, schedule, seed, self.device, kernels)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> StepResult:
         if self.stage.epoch != epoch:

@@ -21,6 +21,7 @@ from engine.config import (
     resolve,
     validate,
 )
+from engine.precision import resolve_memory_format
 
 EPILOG = """examples:
   auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, pipeline of one worker per core
@@ -92,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1234, help="seed of weights, batch order and augmentation")
     t.add_argument("--max-steps", type=int, default=None, help="stop after this many minibatches")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads of the in-process trainer")
+    t.add_argument("--memory-format", default="auto",
+                   help="layout of weights, aux nets and activations: auto (default: channels_last on CPU and "
+                        "CUDA, measured faster), channels_last or contiguous (NCHW)")
+    t.add_argument("--precision", default="fp32",
+                   help="fp32 (default, the paper's), bf16 or fp16: autocast in every local module's forward "
+                        "and loss, weights and optimizer state in fp32; activations travel in bf16/fp16 (half "
+                        "the bytes per hop); fp16 scales each module's loss on its own")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="run folder (default runs/<model>-<rule>-<time>)")
     o.add_argument("--overwrite", action="store_true",
@@ -214,6 +222,8 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig
     field_of = {"warmup_epochs": "warmup"}
     for name in (n for n in RUN_IDENTITY if n in given):
         value, old = getattr(args, name), getattr(saved, field_of.get(name, name))
+        if name == "memory_format":
+            value = resolve_memory_format(value, saved.device)
         if value != old:
             raise UsageError(f"--resume {args.resume}: that run has --{name.replace('_', '-')} {old}, not {value}; "
                              "a checkpoint only continues the run it belongs to")
@@ -264,7 +274,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      test_size=args.test_size, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, schedule=args.schedule,
                      seed=args.seed,
-                     max_steps=args.max_steps)
+                     max_steps=args.max_steps, memory_format=args.memory_format, precision=args.precision)
 
 
 def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:

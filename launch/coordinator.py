@@ -35,6 +35,7 @@ from engine.feed import (
     TrainStep,
     feed_plan,
 )
+from engine.precision import activation_dtype
 from launch.checkpoints import CheckpointStore
 from launch.progress import EpochTracker
 from launch.recovery import OneWorkerRecovery
@@ -211,8 +212,11 @@ class Coordinator:
         if self.placement.input_shapes is None:
             return None
         size = self.cfg.input_size
-        return InboxSchema(activation=activation_spec(self.placement.input_shapes[rank]),
-                           image=activation_spec((3, size, size)))
+        image = activation_spec((3, size, size))
+        if rank == 0:                       # worker 0's input is the image itself, float32 at any precision
+            return InboxSchema(activation=image, image=image)
+        dtype = str(activation_dtype(self.cfg.precision)).removeprefix("torch.")
+        return InboxSchema(activation=activation_spec(self.placement.input_shapes[rank], dtype), image=image)
 
     def specs(self) -> list[WorkerSpec]:
         stats = {"mean": list(self.data.mean), "std": list(self.data.std)}

@@ -8,6 +8,7 @@ import torch
 from tqdm import tqdm
 
 from engine.config import RunConfig, build_network, optim_and_schedule
+from engine.precision import Kernels
 from engine.trainer import EpochRecord, SequentialTrainer, StepRecord
 from launch.plots import plot_run
 from launch.run_dir import RunDir, default_run_dir
@@ -57,7 +58,8 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
         torch.set_num_threads(threads)
     model, aux = build_network(cfg, data)
     optim, schedule = optim_and_schedule(cfg)
-    trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device=cfg.device)
+    trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device=cfg.device,
+                                kernels=Kernels.from_config(cfg))
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
     run.truncate_metrics(0)          # a fresh run: records of an earlier, interrupted one in this folder go
     run.write_json("config.json", {**cfg.to_dict(), "trainer": "sequential"})

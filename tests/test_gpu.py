@@ -47,3 +47,31 @@ def test_pipeline_on_one_gpu_runs_and_counts_updates(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["updates"].values()) == {2}
     assert all(v > 0 for v in summary["gpu_peak_bytes"].values())
+
+
+def test_to_host_keeps_channels_last_and_pins():
+    from workers.worker import to_host
+
+    t = torch.randn(4, 8, 6, 6, device="cuda:0").contiguous(memory_format=torch.channels_last).bfloat16()
+    host = to_host(t)
+    assert host.device.type == "cpu" and host.is_pinned() and host.dtype == torch.bfloat16
+    assert host.stride() == t.stride() and torch.equal(host, t.cpu())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_stage_on_gpu_keeps_fp32_weights_and_hands_on_half(precision):
+    from engine.precision import Kernels, activation_dtype
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10)
+    aux = build_aux_nets(model, "auglocal", d=3, tau=0.5)
+    modules = build_local_modules(model, aux)
+    stage = Stage(modules[:3], OptimConfig(0.05), LRSchedule("constant", 0.05, 1, 0), device="cuda:0",
+                  kernels=Kernels("channels_last", precision))
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    emitted = []
+    for step in range(2):
+        stage.train_step(x, y, step=step, emit=emitted.append)
+    assert emitted[-1].dtype == activation_dtype(precision)
+    assert emitted[-1].is_contiguous(memory_format=torch.channels_last)
+    assert all(p.dtype == torch.float32 for p in stage.modules.parameters())

@@ -2,8 +2,9 @@
 
 A message travels as ``[header, tensor_0, tensor_1, ...]``. The header is a msgpack map (never pickle) that
 names the run, carries the run's secret, says who sent it and what it is, and describes every tensor frame
-(name, dtype, shape, nbytes). Tensor frames are the tensors' raw little-endian bytes, sent without copying
-and rebuilt on receipt with ``torch.frombuffer`` on the received buffer (the tensor keeps that buffer alive).
+(name, dtype, shape, nbytes, layout). Tensor frames are the tensors' raw little-endian bytes in their memory
+order, sent without copying and rebuilt on receipt with ``torch.frombuffer`` on the received buffer (the tensor
+keeps that buffer alive); layout 'channels_last' (4-D only) rebuilds the NHWC-strided view it was sent as.
 
 Decoding trusts nothing: the header is size-capped before it is parsed and parsed with tight msgpack limits,
 and every field, frame count and byte count is checked. Any inconsistency raises `MessageError`, which names
@@ -29,7 +30,7 @@ from typing import Any
 import msgpack
 import torch
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2   # 2: typed kinds, secret checked first, tensor specs carry a layout
 MAX_HEADER_BYTES = 64 * 1024
 MAX_TENSORS = 64
 MAX_NDIM = 8
@@ -49,6 +50,9 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+
+#: memory layouts a tensor frame may be in: row-major, or NHWC order of a 4-D NCHW tensor (channels_last)
+LAYOUTS = ("contiguous", "channels_last")
 
 _HEADER_KEYS = frozenset({"v", "kind", "run", "secret", "sender", "epoch", "step", "layer", "tensors", "meta"})
 _UNPACK_LIMITS = dict(
@@ -147,8 +151,17 @@ def _plain_meta(meta: Any) -> dict[str, Any]:
     return meta
 
 
+def _wire_layout(tensor: torch.Tensor) -> str:
+    """'channels_last' for a 4-D tensor stored NHWC (and not also row-major, as when C or H*W is 1), else
+    'contiguous': the frame then holds row-major bytes (copied first if the tensor is neither)."""
+    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous"
+
+
 def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
-    """Raw bytes of a tensor as a zero-copy view (a contiguous copy first only if it is not contiguous).
+    """Raw bytes of a tensor as a zero-copy view in its own memory order (a row-major copy first only if it is
+    neither row-major nor channels_last).
 
     Through numpy's buffer where numpy has the dtype (one cheap call), else through a uint8 view (bfloat16).
     """
@@ -156,7 +169,9 @@ def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
         raise ValueError(f"tensor {name!r} is on {tensor.device}; move it to the CPU before sending")
     if tensor.requires_grad:
         tensor = tensor.detach()
-    if not tensor.is_contiguous():
+    if _wire_layout(tensor) == "channels_last":
+        tensor = tensor.permute(0, 2, 3, 1)   # NHWC view of the same storage: row-major, so no copy
+    elif not tensor.is_contiguous():
         tensor = tensor.contiguous()
     if tensor.numel() == 0:
         return memoryview(b"")
@@ -166,18 +181,24 @@ def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
         return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
-def _tensor_from_frame(buffer: memoryview, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """Rebuild a tensor on the received bytes; copies only a read-only or misaligned buffer.
+def _tensor_from_frame(buffer: memoryview, dtype: torch.dtype, shape: tuple[int, ...],
+                       layout: str = "contiguous") -> torch.Tensor:
+    """Rebuild a tensor on the received bytes in the sender's layout; copies only a read-only or misaligned buffer.
 
     ZeroMQ frames are writable and aligned for messages of any size worth avoiding a copy for. The caller
     has checked that the buffer holds exactly prod(shape) elements of `dtype`.
     """
+    channels_last = layout == "channels_last"
     if len(buffer) == 0:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty(shape, dtype=dtype,
+                           memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     source = bytearray(buffer) if buffer.readonly else buffer
     flat = torch.frombuffer(source, dtype=dtype)
     if flat.data_ptr() % dtype.itemsize:
         flat = torch.frombuffer(source, dtype=torch.uint8).clone().view(dtype)
+    if channels_last:
+        n, c, h, w = shape
+        return flat.reshape(n, h, w, c).permute(0, 3, 1, 2)   # NCHW view with NHWC strides
     return flat.view(shape)
 
 
@@ -221,6 +242,7 @@ class Codec:
                     "dtype": _DTYPE_NAMES[tensor.dtype],
                     "shape": list(tensor.shape),
                     "nbytes": frame.nbytes,
+                    "layout": _wire_layout(tensor),
                 }
             )
         total = sum(spec["nbytes"] for spec in specs)
@@ -284,10 +306,10 @@ class Codec:
             )
         tensors: dict[str, torch.Tensor] = {}
         for index, (spec, frame) in enumerate(zip(specs, tensor_frames, strict=True)):
-            name, dtype, shape = self._check_spec(spec, index, sender, frame.nbytes)
+            name, dtype, shape, layout = self._check_spec(spec, index, sender, frame.nbytes)
             if name in tensors:
                 raise MessageError(sender, "tensors", f"tensor name {name!r} appears twice")
-            tensors[name] = _tensor_from_frame(frame, dtype, shape)
+            tensors[name] = _tensor_from_frame(frame, dtype, shape, layout)
         message = Message(kind, sender, header["epoch"], header["step"], header["layer"], tensors, header["meta"])
         if expect is not None:
             check_expected(message, expect)
@@ -342,10 +364,10 @@ class Codec:
 
     def _check_spec(
         self, spec: Any, index: int, sender: str, frame_bytes: int
-    ) -> tuple[str, torch.dtype, tuple[int, ...]]:
+    ) -> tuple[str, torch.dtype, tuple[int, ...], str]:
         where = f"tensors[{index}]"
-        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape", "nbytes"}:
-            raise MessageError(sender, where, "expected a map with keys name, dtype, shape, nbytes")
+        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape", "nbytes", "layout"}:
+            raise MessageError(sender, where, "expected a map with keys name, dtype, shape, nbytes, layout")
         name, dtype_name, shape, nbytes = spec["name"], spec["dtype"], spec["shape"], spec["nbytes"]
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
             raise MessageError(sender, f"{where}.name", f"expected 1..{MAX_NAME_CHARS} characters, got {name!r}")
@@ -357,6 +379,12 @@ class Codec:
         if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape):
             raise MessageError(
                 sender, f"{where}.shape", f"expected at most {MAX_NDIM} non-negative ints, got {shape!r}"
+            )
+        layout = spec["layout"]
+        if layout not in LAYOUTS or (layout == "channels_last" and len(shape) != 4):
+            raise MessageError(
+                sender, f"{where}.layout",
+                f"got {layout!r} for shape {shape}, expected 'contiguous', or 'channels_last' for a 4-D shape",
             )
         dtype = DTYPES[dtype_name]
         expected = math.prod(shape) * dtype.itemsize
@@ -372,7 +400,7 @@ class Codec:
                 f"{where}.nbytes",
                 f"frame has {frame_bytes} bytes, header declares {nbytes} (truncated or corrupted frame)",
             )
-        return name, dtype, tuple(shape)
+        return name, dtype, tuple(shape), layout
 
 
 def check_expected(message: Message, expect: Expect) -> None:

@@ -128,7 +128,7 @@ def to_host(t: torch.Tensor) -> torch.Tensor:
     so the pinned block is reused), copied asynchronously and waited for: the DMA path without a staging copy."""
     if t.device.type != "cuda":
         return t
-    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host = torch.empty_like(t, device="cpu", pin_memory=True)   # keeps a channels_last layout for the wire
     host.copy_(t, non_blocking=True)
     torch.cuda.current_stream(t.device).synchronize()
     return host
@@ -145,6 +145,7 @@ def return_freed_memory() -> None:
 def build_stage(spec: WorkerSpec):
     """Rebuild the run's network from its config (same seed, so the same initial weights) and keep a slice."""
     from engine.config import RunConfig, build_network, optim_and_schedule
+    from engine.precision import Kernels
     from engine.rules import build_local_modules
     from engine.stage import Stage
 
@@ -154,7 +155,7 @@ def build_stage(spec: WorkerSpec):
     modules = build_local_modules(model, aux)
     optim, schedule = optim_and_schedule(cfg)
     mine = [modules[i] for i in spec.modules]
-    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device)
+    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg))
 
 
 @dataclass

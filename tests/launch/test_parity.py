@@ -5,15 +5,18 @@ import torch
 
 from engine.config import RunConfig, build_network, optim_and_schedule, resolve
 from engine.data import build_dataset
+from engine.precision import Kernels
 from engine.trainer import SequentialTrainer
 from launch.pipeline import PipelineOptions, train_pipeline
 from workers.faults import Fault
 
 
-def small_run(rule: str, epochs: int = 2, max_steps: int | None = None) -> tuple[RunConfig, object]:
-    data = build_dataset("synthetic", seed=5, input_size=16, num_classes=4, train_size=36, test_size=10)
+def small_run(rule: str, epochs: int = 2, max_steps: int | None = None, memory_format: str = "auto",
+              precision: str = "fp32", train_size: int = 36) -> tuple[RunConfig, object]:
+    data = build_dataset("synthetic", seed=5, input_size=16, num_classes=4, train_size=train_size, test_size=10)
     cfg = RunConfig(model="resnet20", rule=rule, d=3, dataset="synthetic", epochs=epochs, batch_size=12,
-                    lr=0.05, warmup=1, seed=7, max_steps=max_steps, input_size=16, num_classes=4)
+                    lr=0.05, warmup=1, seed=7, max_steps=max_steps, input_size=16, num_classes=4,
+                    memory_format=memory_format, precision=precision)
     return resolve(cfg, data), data
 
 
@@ -21,7 +24,7 @@ def sequential_reference(cfg: RunConfig, data):
     torch.set_num_threads(1)
     model, aux = build_network(cfg, data)
     optim, schedule = optim_and_schedule(cfg)
-    trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed)
+    trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, kernels=Kernels.from_config(cfg))
     history = trainer.fit(data, cfg.epochs, cfg.batch_size, max_steps=cfg.max_steps)
     return model, aux, history, trainer.stage.update_counts
 
@@ -38,7 +41,7 @@ def assert_same_weights(model, aux, run_dir):
 
 
 def run_pipeline(cfg, data, workers, tmp_path):
-    out = tmp_path / f"run-{cfg.rule}-{workers}"
+    out = tmp_path / f"run-{cfg.rule}-{workers}-{cfg.memory_format}-{cfg.precision}"
     code = train_pipeline(cfg, data, PipelineOptions(workers=str(workers), balance="flops", threads=1),
                           out=str(out), progress=False)
     assert code == 0
@@ -102,3 +105,35 @@ def test_every_step_row_holds_every_local_loss_with_one_worker_per_layer(tmp_pat
     assert len(steps) == 3 and len(firsts) == 10
     for row in steps:
         assert sorted(row["local_losses"]) == firsts
+
+
+def _kernel_parity(memory_format: str, precision: str, workers: int, tmp_path) -> None:
+    """One epoch of 2 minibatches (the smallest run that trains, hands activations on and evaluates)."""
+    import json
+
+    cfg, data = small_run("auglocal", epochs=1, memory_format=memory_format, precision=precision, train_size=24)
+    model, aux, history, _ = sequential_reference(cfg, data)
+    out = run_pipeline(cfg, data, workers, tmp_path)
+    assert_same_weights(model, aux, out)
+    for p in model.parameters():
+        assert p.dtype == torch.float32, "weights must stay fp32 under autocast"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_accuracy"] for r in rows if r["kind"] == "epoch"] == [h.test_accuracy for h in history]
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["memory_format"], saved["precision"]) == (memory_format, precision)
+
+
+@pytest.mark.parametrize("memory_format, precision, workers", [("contiguous", "fp32", 2), ("channels_last", "bf16", 3)])
+def test_pipeline_equals_sequential_with_kernel_options(memory_format, precision, workers, tmp_path):
+    """Same kernels, same order: a pipeline in NCHW or in bf16 autocast ends bitwise equal to the sequential run."""
+    _kernel_parity(memory_format, precision, workers, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("memory_format, precision, workers", [
+    (f, p, k) for f, p in (("channels_last", "fp32"), ("contiguous", "fp32"), ("channels_last", "bf16"),
+                           ("contiguous", "bf16"), ("channels_last", "fp16"))
+    for k in (1, 2, 3) if (f, p, k) not in (("contiguous", "fp32", 2), ("channels_last", "bf16", 3))
+])
+def test_pipeline_equals_sequential_kernel_matrix(memory_format, precision, workers, tmp_path):
+    _kernel_parity(memory_format, precision, workers, tmp_path)

@@ -442,3 +442,93 @@ def test_close_is_idempotent_and_context_managed(address, codec):
     assert receiver.socket.closed
     receiver.close()
     assert receiver.socket.closed
+
+
+# ---------------------------------------------------------------- memory layouts and activation dtypes
+
+
+def _address(t: torch.Tensor | memoryview | bytearray) -> int:
+    return t.data_ptr() if isinstance(t, torch.Tensor) else torch.frombuffer(t, dtype=torch.uint8).data_ptr()
+
+
+def channels_last_activation(dtype=torch.float32, shape=(8, 16, 12, 12)) -> torch.Tensor:
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_channels_last_crosses_the_codec_without_a_conversion_copy(codec, dtype):
+    """The sender's frame is the tensor's own storage; the receiver's tensor is a view on the received buffer,
+    laid out channels_last with the sender's strides."""
+    h = channels_last_activation(dtype)
+    frames = codec.encode(sample_message(h=h))
+    assert header_of(frames)["tensors"][0]["layout"] == "channels_last"
+    assert _address(frames[1]) == h.data_ptr(), "the sender copied the activation"
+    received = [frames[0], bytearray(frames[1])]          # a writable buffer, as a ZeroMQ frame is
+    got = codec.decode(received).tensors["h"]
+    assert got.data_ptr() == _address(received[1]), "the receiver copied the activation"
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    assert got.stride() == h.stride() and got.dtype == dtype
+    assert torch.equal(got, h)
+
+
+def test_channels_last_over_a_socket_keeps_layout_and_values(link_pair):
+    sender, receiver = link_pair
+    h = channels_last_activation(shape=(32, 16, 16, 16))   # above pyzmq's copy threshold: a zero-copy frame
+    sender.send(sample_message(h=h, y=torch.arange(32)), WAIT_MS)
+    got = receiver.recv(WAIT_MS).tensors
+    assert got["h"].is_contiguous(memory_format=torch.channels_last) and got["h"].stride() == h.stride()
+    assert torch.equal(got["h"], h) and torch.equal(got["y"], torch.arange(32))
+
+
+def test_layouts_of_edge_shapes_round_trip(codec):
+    """Ambiguous shapes (C = 1, H = W = 1, an empty batch: row-major and channels_last at once, so sent as
+    row-major, the same bytes) and a non-dense 4-D slice all arrive equal; a tensor that is neither row-major
+    nor channels_last is sent row-major (the one case that copies)."""
+    cl = torch.channels_last
+    tensors = {
+        "c1": torch.randn(4, 1, 5, 5).contiguous(memory_format=cl),
+        "hw1": torch.randn(4, 6, 1, 1).contiguous(memory_format=cl),
+        "empty": torch.empty(0, 3, 4, 4, memory_format=cl),
+        "sliced": torch.randn(4, 6, 8, 8).contiguous(memory_format=cl)[:, ::2],
+        "nchw": torch.randn(2, 3, 4, 4),
+    }
+    frames = codec.encode(sample_message(**tensors))
+    layouts = {s["name"]: s["layout"] for s in header_of(frames)["tensors"]}
+    assert layouts == {"c1": "contiguous", "hw1": "contiguous", "empty": "contiguous", "sliced": "contiguous",
+                       "nchw": "contiguous"}
+    got = codec.decode([frames[0], *(bytearray(f) for f in frames[1:])]).tensors
+    assert_same_tensors(got, tensors)
+    assert got["c1"].is_contiguous(memory_format=cl) and got["hw1"].is_contiguous(memory_format=cl)
+
+
+@pytest.mark.parametrize("layout, shape", [("nhwc", [2, 3, 4, 4]), ("channels_last", [2, 48]), (None, [2, 3, 4, 4]),
+                                           (["channels_last"], [2, 3, 4, 4])])
+def test_bad_layout_is_rejected_naming_the_field(codec, layout, shape):
+    frames = encoded(codec, x=torch.ones(2, 3, 4, 4))
+    spec = dict(header_of(frames)["tensors"][0], layout=layout, shape=shape)
+    error = rejected(codec, with_header(frames, tensors=[spec]))
+    assert (error.sender, error.field) == ("w0", "tensors[x].layout")
+    assert "channels_last" in error.detail and "contiguous" in error.detail
+
+
+def test_spec_without_layout_is_rejected(codec):
+    frames = encoded(codec, x=torch.ones(2, 3, 4, 4))
+    spec = {k: v for k, v in header_of(frames)["tensors"][0].items() if k != "layout"}
+    error = rejected(codec, with_header(frames, tensors=[spec]))
+    assert error.field == "tensors[0]" and "layout" in error.detail
+
+
+def test_half_precision_activations_travel_in_half_the_bytes(codec):
+    """bf16/fp16 activations are sent as they are: the frame is half the fp32 one, the dtype is kept and checked."""
+    h32 = channels_last_activation()
+    sizes = {}
+    for dtype, name in ((torch.float32, "float32"), (torch.bfloat16, "bfloat16"), (torch.float16, "float16")):
+        frames = codec.encode(sample_message(h=h32.to(dtype)))
+        sizes[name] = frames[1].nbytes
+        got = codec.decode(frames, {Kind.TRAIN: {"h": TensorSpec(name, (None, 16, 12, 12))}}).tensors["h"]
+        assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    assert sizes["bfloat16"] == sizes["float16"] == sizes["float32"] // 2
+    frames = codec.encode(sample_message(h=h32))
+    error = rejected(codec, frames, {Kind.TRAIN: {"h": TensorSpec("bfloat16", (None, 16, 12, 12))}})
+    assert error.field == "tensors[h].dtype"
