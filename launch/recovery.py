@@ -35,6 +35,9 @@ from workers.worker import worker_name
 CONTROL_WINDOW = 8
 SEND_TIMEOUT_MS = 10_000
 
+#: how long a failure waits for other workers that died with it to show it (e.g. a node losing power)
+DEATH_GRACE_S = 0.25
+
 
 @dataclass
 class ReportDedupe:
@@ -228,6 +231,7 @@ class OneWorkerRecovery:
             return f"worker {r} failed again"
         if self.stopping:
             return "the stop marker was already fed"
+        time.sleep(DEATH_GRACE_S)   # processes that died together show it milliseconds apart: let them all show
         down = [q for q, w in enumerate(c.workers) if q != r and not w.is_alive()]
         adjacent = [q for q in down if abs(q - r) == 1]
         if adjacent:
