@@ -81,7 +81,7 @@ def test_two_adjacent_workers_down_fall_back_to_the_whole_restart(reference, tmp
     assert run_in_process(out, "kill-pair:worker=1:step=7", workers="3", recovery="one") == 0
     s = assert_complete(reference, out, restarts=1)
     (restart,) = s["restarts"]
-    assert restart["path"] == "all" and restart["worker"] == 1
+    assert restart["path"] == "all" and restart["worker"] in (1, 2)   # both died; either is seen first
     assert "two adjacent workers down (1 and 2)" in restart["fallback"]
     assert all(len(p) == 2 for p in s["worker_pids"].values())     # every worker was restarted
     assert_no_orphan_workers()
