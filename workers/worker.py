@@ -509,7 +509,12 @@ def worker_main(spec: WorkerSpec) -> None:
     torch.set_num_threads(spec.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
     codec = Codec(spec.run_id, spec.secret)
-    links = open_links(spec, codec)
+    try:
+        links = open_links(spec, codec)
+    except ValueError:
+        if not os.path.isdir(os.path.dirname(spec.inbox.address.removeprefix("ipc://"))):
+            os._exit(0)      # the attempt ended while this worker started (its socket folder is gone): nothing to do
+        raise
     worker = None
     try:
         worker = Worker(spec, links, coordinator_alive=coordinator_watch(spec.coordinator_pid))

@@ -71,4 +71,5 @@ def test_assembled_network_equals_the_trained_one(tmp_path):
     assert len(trained) == len(list(model.parameters())) + sum(len(list(a.parameters())) for a in aux)
     x = torch.randn(2, 3, 8, 8)
     model.eval()
-    assert torch.equal(model(x), stage.eval_step(x))
+    with torch.no_grad():     # the stage runs channels_last kernels, the bare model NCHW: equal up to float order
+        torch.testing.assert_close(model(x), stage.eval_step(x))
