@@ -394,27 +394,24 @@ class Coordinator:
         except WorkerFailed as err:
             self.recovery.recover(err)
 
-    def _send_once(self, message: Message) -> None:
-        """Put `message` on the feed link, reading reports while it is full (no recovery: failures raise)."""
+    def _put(self, message: Message, guard: Callable[[Callable[[], None]], None]) -> None:
+        """Put `message` on the feed link, reading reports (each wait through `guard`) while it is full."""
         while True:
             try:
                 self.feed.send(message, POLL_MS)
                 self.stats.max_in_flight[0] = max(self.stats.max_in_flight.get(0, 0), self.feed.in_flight)
-                break
+                return
             except TimeoutError:
-                self._drain()            # read queued acknowledgements first: a finished checkpoint commits
-                self.check_workers()
+                guard(self._drain)       # read queued acknowledgements first: a finished checkpoint commits
+                guard(self.check_workers)
+
+    def _send_once(self, message: Message) -> None:
+        """Feed `message` without recovery: a failure while waiting raises."""
+        self._put(message, lambda wait: wait())
 
     def _send(self, message: Message, build: Callable[[], Message] | None = None) -> None:
         """Feed one event's message (kept, or its `build`er, for a replay to a restarted worker 0)."""
-        while True:
-            try:
-                self.feed.send(message, POLL_MS)
-                self.stats.max_in_flight[0] = max(self.stats.max_in_flight.get(0, 0), self.feed.in_flight)
-                break
-            except TimeoutError:
-                self._guarded(self._drain)
-                self._guarded(self.check_workers)
+        self._put(message, self._guarded)
         self.recovery.fed(message.meta.seq, build or (lambda: message))
         self._guarded(self._drain)
 

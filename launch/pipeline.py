@@ -25,7 +25,7 @@ from launch.coordinator import (
     default_devices,
 )
 from launch.plots import plot_run
-from launch.progress import EpochTracker, PipelineStats, TrackerState
+from launch.progress import EpochTracker, PipelineStats, TrackerState, epoch_line
 from launch.run_dir import RunDir, default_run_dir
 from launch.sequential import save_networks
 from launch.tensorboard import TensorBoardSink
@@ -232,8 +232,7 @@ def _attempt_callbacks(p: PreparedRun, bar: tqdm, stats: PipelineStats):
     def on_epoch(r: EpochRecord) -> None:
         run.log("epoch", r)
         tb.epoch(r)
-        bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
-                  f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
+        bar.write(epoch_line(r))
 
     return on_step, on_epoch
 

@@ -170,3 +170,9 @@ class EpochTracker:
                              time.perf_counter() - started)
         self.history.append(record)
         self.on_epoch(record)
+
+
+def epoch_line(r: EpochRecord) -> str:
+    """The line both trainers print at the end of an epoch."""
+    return (f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
+            f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")

@@ -11,6 +11,7 @@ from engine.config import RunConfig, build_network, optim_and_schedule
 from engine.precision import Kernels
 from engine.trainer import EpochRecord, SequentialTrainer, StepRecord
 from launch.plots import plot_run
+from launch.progress import epoch_line
 from launch.run_dir import RunDir, default_run_dir
 from launch.tensorboard import TensorBoardSink
 from workers.worker import return_freed_memory
@@ -79,8 +80,7 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
     def on_epoch(r: EpochRecord) -> None:
         run.log("epoch", r)
         tb.epoch(r)
-        bar.write(f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
-                  f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
+        bar.write(epoch_line(r))
 
     t0 = time.perf_counter()
     images, train_s = [0], [0.0]
