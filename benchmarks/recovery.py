@@ -203,7 +203,7 @@ def main() -> None:
                           args.replay_log_mb)
             rows.append({**row, "model": args.model, "recovery": "-", "run": f"no fault {i + 1}"})
             k_guess = row["k"]
-        if k_guess is None:
+        if k_guess is None and args.kill_rank is None:
             raise SystemExit(f"--workers {workers}: give --kill-rank, or --clean-runs 1 to learn K")
         rank = args.kill_rank if args.kill_rank is not None else k_guess // 2
         for i in range(args.repeats):

