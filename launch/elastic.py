@@ -51,6 +51,7 @@ class ElasticRank:
 
     def __init__(self, env: TorchrunEnv, secret: str, node_addr: str, store: RunStore):
         self.env, self.secret, self.node_addr, self.store = env, secret, node_addr, store
+        self.restarts = env.restart_count    # rank 0: the group's restarts so far (see group_restarts)
 
     @property
     def is_coordinator(self) -> bool:
@@ -85,15 +86,27 @@ class ElasticRank:
             store = RunStore.host(port, secret, env.restart_count, STORE_TIMEOUT_S)
         else:
             store = RunStore.connect(env.master_addr, port, secret, STORE_TIMEOUT_S)
+            store.put(f"restarts/{env.rank}", str(env.restart_count).encode())
         return cls(env, secret, node_addr, store)
 
+    def group_restarts(self) -> int:
+        """Rank 0: how often torchrun has restarted the group. TORCHELASTIC_RESTART_COUNT counts per node (a
+        node restarted because another node failed does not count it), so every rank publishes its own and
+        the largest is the group's."""
+        counts = [self.env.restart_count]
+        for r in range(1, self.env.world_size):
+            counts.append(int(self.store.get(f"restarts/{r}")))
+        return max(counts)
+
     def continue_after_restart(self, args: argparse.Namespace) -> None:
-        """Rank 0 of a restarted group continues the run folder the failed attempt left (as --resume)."""
+        """Rank 0 of a restarted group continues the run folder the failed attempt left (as --resume); the
+        first attempt's --overwrite never clears it again."""
         from launch.cli import _resumable
 
-        if self.env.restart_count > 0 and not args.resume and _resumable(args):
+        self.restarts = self.group_restarts()
+        if self.restarts > 0 and not args.resume and _resumable(args):
             args.resume, args.overwrite = args.out, False
-            print(f"auglocal-launch: torchrun restart {self.env.restart_count}: continuing {args.out} from its last "
+            print(f"auglocal-launch: torchrun restart {self.restarts}: continuing {args.out} from its last "
                   "committed checkpoint")
 
     def serve(self) -> int:
@@ -119,7 +132,7 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
         raise UsageError(f"--workers {opts.workers}: this torchrun group has {k} worker rank(s) (WORLD_SIZE - 1); "
                          f"give --workers {k} or leave it auto")
     opts.recovery, opts.max_restarts = "all", 0      # restarts are torchrun's (--max-restarts)
-    if rank.env.restart_count > 0 and opts.fault is not None and not opts.fault.always:
+    if rank.restarts > 0 and opts.fault is not None and not opts.fault.always:
         opts.fault = None                            # a fault fires in the first attempt only
     prepared = prepare_run(cfg, data, opts, out, progress, resume)
     prepared.make_coordinator = functools.partial(ElasticCoordinator, run_store=rank.store, node_addr=rank.node_addr)
