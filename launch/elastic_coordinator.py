@@ -115,7 +115,10 @@ class ElasticCoordinator(Coordinator):
             self.run_store.put("results", sign(self.run_store.secret, results.address, b""))
             self.publish_specs()
             self.run_store.timeout_s = READY_TIMEOUT_S
-            first = link_from_record(self.run_store.secret, self.run_store.get("inbox/0"), self.opts.window)
+            try:
+                first = link_from_record(self.run_store.secret, self.run_store.get("inbox/0"), self.opts.window)
+            except TimeoutError as err:
+                raise self._fail(0, f"did not publish its inbox: {err}") from None
         except BaseException:
             results.close()
             raise

@@ -22,7 +22,7 @@ from launch.elastic_coordinator import RESULTS_WINDOW, spec_from_wire
 from launch.elastic_store import RunStore, TorchrunEnv
 from workers.endpoint_records import bind_inbox, codec_secret, link_from_record, sign
 from workers.messages import Codec
-from workers.worker import WorkerLinks, serve
+from workers.worker import WorkerLinks, return_freed_memory, serve
 
 EXIT_COORDINATOR_GONE = 1
 
@@ -63,6 +63,8 @@ def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: st
     if spec.device.startswith("cuda"):
         spec.device = f"cuda:{env.local_rank}"        # LOCAL_RANK picks this node's GPU
     torch.set_num_threads(spec.threads)
+    if spec.malloc == "return":
+        return_freed_memory()
     spec.resume_dir, spec.secret = resume_dir, codec_secret(secret, spec.run_id)
     codec = Codec(spec.run_id, spec.secret)
     inbox = bind_inbox(f"tcp://{node_addr}:0", codec, spec.name, window)
