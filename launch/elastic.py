@@ -25,6 +25,7 @@ import sys
 
 from engine.config import RunConfig, UsageError
 from launch.elastic_store import NODE_ADDR_VAR, SHARE_STORE_VAR, STORE_PORT_VAR, RunStore, TorchrunEnv, read_secret
+from workers.endpoint_records import RecordRefused
 
 STORE_TIMEOUT_S = 300.0
 
@@ -85,7 +86,11 @@ class ElasticRank:
         if env.rank == 0:
             store = RunStore.host(port, secret, env.restart_count, STORE_TIMEOUT_S)
         else:
-            store = RunStore.connect(env.master_addr, port, secret, STORE_TIMEOUT_S)
+            try:
+                store = RunStore.connect(env.master_addr, port, secret, STORE_TIMEOUT_S)
+            except RecordRefused as err:
+                raise UsageError(f"rank {env.rank}: rank 0's attempt record {err}: this node's run secret differs "
+                                 "from rank 0's (copy the same --secret-file to every node)") from None
             store.put(f"restarts/{env.rank}", str(env.restart_count).encode())
         return cls(env, secret, node_addr, store)
 

@@ -226,3 +226,43 @@ def test_a_run_left_by_a_failed_group_resumes_on_one_host_with_another_worker_co
     assert "resuming from checkpoint 2" in done.stdout and "4 minibatches done" in done.stdout
     model, aux, history, updates = sequential_of(out)
     assert_same_weights(model, aux, out)
+
+
+def torchrun_environ(rank: int, port: int, **extra) -> dict:
+    return {"RANK": str(rank), "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", "AUGLOCAL_SECRET": "s", **extra}
+
+
+def elastic_args(tmp_path, *flags):
+    from launch.cli import build_parser
+
+    return build_parser().parse_args(["--elastic", "--out", str(tmp_path / "run"), *flags])
+
+
+def test_ranks_join_rank_0s_store_and_rank_0_sees_the_groups_restarts(tmp_path):
+    from launch.elastic import ElasticRank
+
+    port = free_port()
+    zero = ElasticRank.join(elastic_args(tmp_path), torchrun_environ(0, port))
+    assert zero.is_coordinator and zero.node_addr == "127.0.0.1"     # rank 0 defaults to MASTER_ADDR
+    one = ElasticRank.join(elastic_args(tmp_path, "--node-addr", "127.0.0.2"),
+                           torchrun_environ(1, port, TORCHELASTIC_RESTART_COUNT="0"))
+    two = ElasticRank.join(elastic_args(tmp_path, "--node-addr", "127.0.0.2"),
+                           torchrun_environ(2, port, TORCHELASTIC_RESTART_COUNT="1"))
+    assert one.store.token == two.store.token == zero.store.token
+    assert zero.group_restarts() == 1        # rank 0's node counted none: node B's count is the group's
+
+
+@pytest.mark.parametrize("flags, environ, expected", [
+    ([], {}, "needs --node-addr"),
+    (["--node-addr", "127.0.0.2"], {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "0"}, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"),
+    (["--node-addr", "127.0.0.2"], {"AUGLOCAL_SECRET": "another"}, "secret differs"),
+])
+def test_a_worker_rank_that_cannot_join_says_why(tmp_path, flags, environ, expected):
+    from launch.elastic import ElasticRank
+
+    port = free_port()
+    zero = ElasticRank.join(elastic_args(tmp_path), torchrun_environ(0, port))     # keeps its store alive
+    assert zero.is_coordinator
+    with pytest.raises(UsageError, match=expected):
+        ElasticRank.join(elastic_args(tmp_path, *flags), torchrun_environ(1, port, **environ))
