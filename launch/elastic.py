@@ -7,7 +7,7 @@ machines"):
     export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
     # node A (10.0.0.1)
     torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29400 \\
-        --local-addr 10.0.0.1 --max-restarts 3 -m launch.elastic --node-addr 10.0.0.1 \\
+        --local-addr 10.0.0.1 --max-restarts 3 -m launch.elastic -- --node-addr 10.0.0.1 \\
         --secret-file ~/.auglocal-secret --out runs/r20 --model resnet20 --checkpoint-every 50
     # node B (10.0.0.2): the same, with --local-addr 10.0.0.2 --node-addr 10.0.0.2
 
@@ -152,7 +152,10 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
 def main(argv: list[str] | None = None) -> int:
     from launch.cli import main as cli_main
 
-    return cli_main(["--elastic", *(sys.argv[1:] if argv is None else argv)])
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:                           # `torchrun -m launch.elastic -- FLAGS` (see README)
+        args = args[1:]
+    return cli_main(["--elastic", *args])
 
 
 if __name__ == "__main__":

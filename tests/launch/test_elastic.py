@@ -147,7 +147,7 @@ def two_nodes(tmp_path: Path, extra: list[str], timeout_s: float = 600, max_rest
         log = open(tmp_path / f"node-{addr}.log", "w")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{rdzv}", "--local-addr", addr,
-               "--max-restarts", str(max_restarts), "--monitor-interval", "0.5", "-m", "launch.elastic",
+               "--max-restarts", str(max_restarts), "--monitor-interval", "0.5", "-m", "launch.elastic", "--",
                "--node-addr", addr,
                "--secret-file", str(secret), "--out", str(out), *COMMON, *extra]
         nodes.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
