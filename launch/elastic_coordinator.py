@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launch.coordinator import READY_TIMEOUT_S, Coordinator
-from workers.endpoint_records import bind_inbox, codec_secret, link_from_record, sign
+from workers.endpoint_records import RecordRefused, bind_inbox, codec_secret, link_from_record, sign
 from workers.layer_files import head_file, layer_file
 from workers.messages import Codec, TensorSpec
 from workers.protocol import InboxSchema
@@ -119,6 +119,8 @@ class ElasticCoordinator(Coordinator):
                 first = link_from_record(self.run_store.secret, self.run_store.get("inbox/0"), self.opts.window)
             except TimeoutError as err:
                 raise self._fail(0, f"did not publish its inbox: {err}") from None
+            except RecordRefused as err:
+                raise self._fail(0, f"has an inbox record in the store that was refused: {err}") from None
         except BaseException:
             results.close()
             raise

@@ -20,11 +20,12 @@ import torch
 
 from launch.elastic_coordinator import RESULTS_WINDOW, spec_from_wire
 from launch.elastic_store import RunStore, TorchrunEnv
-from workers.endpoint_records import bind_inbox, codec_secret, link_from_record, sign
+from workers.endpoint_records import RecordRefused, bind_inbox, codec_secret, link_from_record, sign
 from workers.messages import Codec
 from workers.worker import WorkerLinks, return_freed_memory, serve
 
 EXIT_COORDINATOR_GONE = 1
+EXIT_REFUSED = 2
 
 
 def _fetch_resume_files(store: RunStore, rank: int, files: dict[str, str]) -> str | None:
@@ -50,6 +51,9 @@ def run_worker(env: TorchrunEnv, store: RunStore, node_addr: str) -> int:
     except (TimeoutError, torch.distributed.DistError) as err:   # rank 0 went away while this worker started
         print(f"worker {r}: {err}; exiting", file=sys.stderr)
         return EXIT_COORDINATOR_GONE
+    except RecordRefused as err:      # a record in the store fails its HMAC: never connect to what it names
+        print(f"worker {r}: a record in rank 0's store was refused: {err}; exiting", file=sys.stderr)
+        return EXIT_REFUSED
 
 
 def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: str) -> int:

@@ -266,3 +266,23 @@ def test_a_worker_rank_that_cannot_join_says_why(tmp_path, flags, environ, expec
     assert zero.is_coordinator
     with pytest.raises(UsageError, match=expected):
         ElasticRank.join(elastic_args(tmp_path, *flags), torchrun_environ(1, port, **environ))
+
+
+def test_a_worker_refuses_a_forged_results_record_and_never_connects(tmp_path, capsys):
+    from launch.elastic_worker import EXIT_REFUSED, run_worker
+
+    port = free_port()
+    host = RunStore.host(port, "s", restart_count=0, timeout_s=5)
+    spec = WorkerSpec(rank=0, modules=[0], config={}, inbox=Link("ipc:///unused", 2), outbox=None,
+                      results=Link("ipc:///unused", 64), run_id="r1", secret="", out_dir=str(tmp_path),
+                      coordinator_pid=0)
+    host.put("spec/0", spec_to_wire(spec, {}))
+    host.store.set(f"{host.token}/results", seal("not-the-run-secret", b'{"endpoint": "tcp://127.0.0.1:9"}'))
+    env = TorchrunEnv(rank=1, world_size=2, local_rank=0, restart_count=0, master_addr="127.0.0.1", master_port=port)
+    worker_store = RunStore.connect("127.0.0.1", port, "s", timeout_s=5)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert run_worker(env, worker_store, "127.0.0.1") == EXIT_REFUSED
+    finally:
+        signal.signal(signal.SIGINT, previous)       # run_worker leaves Ctrl-C to rank 0
+    assert "was refused" in capsys.readouterr().err
