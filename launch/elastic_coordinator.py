@@ -59,10 +59,12 @@ def spec_from_wire(payload: bytes) -> PublishedSpec:
 
 
 class RemoteWorker:
-    """A worker rank as rank 0 sees it: no process handle; torchrun watches the process."""
+    """A worker rank as rank 0 sees it: no process handle (`pid` is on the worker's node); torchrun watches it."""
 
-    pid = None
     exitcode = None
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid
 
     def is_alive(self) -> bool:
         return True
@@ -124,5 +126,6 @@ class ElasticCoordinator(Coordinator):
         except BaseException:
             results.close()
             raise
-        self.attach(results, first.sender(self.codec), [RemoteWorker() for _ in range(self.k)])
+        pids = [int(self.run_store.get(f"pid/{r}")) for r in range(self.k)]
+        self.attach(results, first.sender(self.codec), [RemoteWorker(pid) for pid in pids])
         self.wait_ready()

@@ -74,6 +74,7 @@ def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: st
     inbox = bind_inbox(f"tcp://{node_addr}:0", codec, spec.name, window)
     links = None
     try:
+        store.put(f"pid/{r}", str(os.getpid()).encode())      # for summary.json's worker_pids (on its node)
         store.put(f"inbox/{r}", sign(secret, inbox.address, b""))
         outbox = None if published.last else link_from_record(secret, store.get(f"inbox/{r + 1}"), window)
         results = link_from_record(secret, store.get("results"), RESULTS_WINDOW)

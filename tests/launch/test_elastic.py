@@ -286,3 +286,16 @@ def test_a_worker_refuses_a_forged_results_record_and_never_connects(tmp_path, c
     finally:
         signal.signal(signal.SIGINT, previous)       # run_worker leaves Ctrl-C to rank 0
     assert "was refused" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_killed_rank_0_restarts_the_group_which_resumes_and_ends_equal(tmp_path):
+    """Rank 0 SIGKILLs itself after feeding minibatch 5: its store goes with it, every worker exits, torchrun
+    restarts the group, and the new rank 0 continues from the last committed checkpoint."""
+    from tests.launch.test_parity import assert_same_weights
+
+    out, texts = two_nodes(tmp_path, ["--checkpoint-every", "2", "--inject-fault", "kill-coordinator:step=5"])
+    text = "".join(texts)
+    assert "torchrun restart 1: continuing" in text and "resuming from checkpoint" in text
+    model, aux, history, updates = sequential_of(out)
+    assert_same_weights(model, aux, out)
