@@ -299,3 +299,15 @@ def test_a_killed_rank_0_restarts_the_group_which_resumes_and_ends_equal(tmp_pat
     assert "torchrun restart 1: continuing" in text and "resuming from checkpoint" in text
     model, aux, history, updates = sequential_of(out)
     assert_same_weights(model, aux, out)
+
+
+def test_a_worker_count_other_than_the_groups_is_refused_before_anything_is_written(tmp_path):
+    from types import SimpleNamespace
+
+    from launch.elastic import train_elastic
+    from launch.pipeline import PipelineOptions
+
+    rank = SimpleNamespace(env=SimpleNamespace(world_size=4), restarts=0)
+    with pytest.raises(UsageError, match="has 3 worker rank"):
+        train_elastic(rank, None, None, PipelineOptions(workers="2"), str(tmp_path / "run"), False, False)
+    assert not (tmp_path / "run").exists()
