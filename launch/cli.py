@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fault injection for tests and demos (or AUGLOCAL_INJECT_FAULT): " + fault_help())
     f.add_argument("--cleanup", action="store_true",
                    help="remove socket folders left by launchers that were killed, print them and exit")
+    from launch.elastic import add_flags
+
+    add_flags(p)
     return p
 
 
@@ -335,6 +338,12 @@ def pipeline_options(args: argparse.Namespace):
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
     from launch.pipeline import train_pipeline
 
+    if args.elastic:
+        from launch.elastic import train_elastic
+
+        return train_elastic(args.elastic_rank, cfg, data, pipeline_options(args), out=args.out,
+                             progress=not args.no_progress, resume=bool(args.resume))
+
     return train_pipeline(cfg, data, pipeline_options(args), out=args.out, progress=not args.no_progress,
                           resume=bool(args.resume))
 
@@ -417,6 +426,13 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         return 0
     if args.cleanup:
         return cleanup()
+    if args.elastic:
+        from launch.elastic import ElasticRank
+
+        args.elastic_rank = ElasticRank.join(args)
+        if not args.elastic_rank.is_coordinator:
+            return args.elastic_rank.serve()
+        args.elastic_rank.continue_after_restart(args)
     overrides: dict = {}
     if args.resume:
         if args.sequential or args.dry_run or args.overwrite:

@@ -42,6 +42,7 @@ from launch.recovery import OneWorkerRecovery
 from launch.sockets import make_socket_dir
 from workers import protocol
 from workers.faults import Fault, die
+from workers.layer_shipping import LayerFileSink
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.protocol import CheckpointMeta, InboxSchema, Route, SeqMeta, TrainMeta, activation_spec
 from workers.transport import Link, ipc_address
@@ -189,11 +190,14 @@ class Coordinator:
         self.ready_timeout_s = READY_TIMEOUT_S
         self.pids: dict[int, list[int | None]] = {}  # rank -> pid of each process that ran it in this attempt
         self.recovery = OneWorkerRecovery(self)
+        self.layer_files = LayerFileSink()            # layer files shipped by workers on other machines
+        self.layer_files.allow(os.path.join(run_dir, "layers"))
         self.specs_control = [self.recovery.control_link(r) for r in range(self.k)]
         self.handlers: dict[Kind, Callable[[Message], None]] = {
             Kind.READY: self._on_ready, Kind.HEARTBEAT: lambda msg: None, Kind.METRICS: self._on_metrics,
             Kind.EVAL_RESULT: self._on_eval_result, Kind.CHECKPOINT_ACK: self._on_checkpoint_ack,
             Kind.STOPPED: self._on_stopped, Kind.ERROR: self._on_error, Kind.REJECTED: self._on_rejected,
+            Kind.LAYER_FILE: self._on_layer_file,
         }
         protocol.check_handlers(self.handlers, Route.REPORT, "coordinator")
 
@@ -351,6 +355,12 @@ class Coordinator:
     def _on_rejected(self, msg: Message) -> None:
         self.counters.rejected += 1
 
+    def _on_layer_file(self, msg: Message) -> None:
+        try:
+            self.layer_files.receive(msg)
+        except ValueError as err:
+            raise self._fail(self.ranks[msg.sender], f"sent a bad layer file: {err}") from err
+
     def _on_error(self, msg: Message) -> None:
         raise self._fail(self.ranks[msg.sender], f"stopped: {msg.meta.detail}", msg.meta.restartable)
 
@@ -376,6 +386,8 @@ class Coordinator:
             raise self._fail(rank, f"acknowledged checkpoint {ckpt_id}, which is not pending for it")
         entry["acks"].add(rank)
         if len(entry["acks"]) == self.k:
+            if "dir" in entry and (unfinished := self.layer_files.incomplete(entry["dir"])):
+                raise self._fail(rank, f"acknowledged checkpoint {ckpt_id} with layer files unfinished: {unfinished}")
             pos: Position = entry["pos"]
             self.store.commit(ckpt_id, {"id": ckpt_id, "next_epoch": pos.epoch, "next_step": pos.step,
                                         "global_step": pos.global_step,
@@ -444,6 +456,7 @@ class Coordinator:
         ckpt_id = self.next_ckpt
         self.next_ckpt += 1
         directory = self.store.prepare(ckpt_id)
+        self.layer_files.allow(directory)
         pos = event.resume_at
         seq = self.recovery.next_seq()
         self.pending[ckpt_id] = {"acks": set(), "pos": pos, "seq": seq, "dir": str(directory)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -177,6 +178,7 @@ class PreparedRun:
     progress: bool
     tb: TensorBoardSink                             # event files (a no-op when off or not installed)
     resume_from: tuple[int, dict] | None = None    # the verified checkpoint --resume starts from
+    make_coordinator: Callable[..., Coordinator] = Coordinator   # one attempt's coordinator (launch/elastic.py)
 
 
 @dataclass
@@ -272,9 +274,9 @@ def run_attempts(p: PreparedRun) -> Outcome:
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
             resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc,
             recovery=opts.recovery, replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir)
-        coord = Coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
-                            store=store, tracker=tracker, start=start,
-                            next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters)
+        coord = p.make_coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
+                                     store=store, tracker=tracker, start=start,
+                                     next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters)
         try:
             with coord:
                 coord.start()

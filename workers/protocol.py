@@ -106,6 +106,15 @@ class StoppedMeta:
 
 
 @dataclass(frozen=True)
+class LayerFileMeta:
+    dir: str                    # the coordinator's folder the file belongs in (a checkpoint's, or the final one)
+    name: str                   # layer_NNN.pt or head.pt (workers/layer_files.py)
+    offset: int                 # where this chunk starts in the file
+    size: int                   # the whole file's size in bytes
+    sha256: str                 # the whole file's SHA-256, checked once every chunk has arrived
+
+
+@dataclass(frozen=True)
 class ErrorMeta:
     detail: str
     restartable: bool           # False: a restart would fail the same way (e.g. the disk is full)
@@ -122,7 +131,7 @@ class TensorSlot:
     """A tensor a kind carries: its name, what it is (which decides dtype and shape), whether it may be absent."""
 
     name: str
-    role: str                   # 'activation' | 'labels' | 'image'
+    role: str                   # 'activation' | 'labels' | 'image' | 'bytes'
     optional: bool = False
 
 
@@ -156,6 +165,8 @@ PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
     MessageType(Kind.EVAL_RESULT, Route.REPORT, EvalResultMeta, (), "the last worker's hits on one test batch"),
     MessageType(Kind.CHECKPOINT_ACK, Route.REPORT, CheckpointAckMeta, (), "this worker's layer files are written"),
     MessageType(Kind.STOPPED, Route.REPORT, StoppedMeta, (), "final layers saved; update counters and link stats"),
+    MessageType(Kind.LAYER_FILE, Route.REPORT, LayerFileMeta, (TensorSlot("data", "bytes"),),
+                "a chunk of one layer file, for workers without the run folder (several machines, launch/elastic.py)"),
     MessageType(Kind.ERROR, Route.REPORT, ErrorMeta, (),
                 "this worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice)"),
     MessageType(Kind.REJECTED, Route.REPORT, RejectedMeta, (), "a stranger's message was dropped (counted)"),
@@ -192,9 +203,10 @@ class InboxSchema:
     activation: TensorSpec
     image: TensorSpec
     labels: TensorSpec = TensorSpec("int64", (None,))
+    bytes: TensorSpec = TensorSpec("uint8", (None,))
 
     def spec(self, role: str) -> TensorSpec:
-        return {"activation": self.activation, "image": self.image, "labels": self.labels}[role]
+        return {"activation": self.activation, "image": self.image, "labels": self.labels, "bytes": self.bytes}[role]
 
 
 def _conforms(value: Any, annotation: Any) -> bool:

@@ -77,6 +77,8 @@ class WorkerSpec:
     resume_seq: int = -1          # seq of the last message the resumed state has handled (its checkpoint's)
     replay_log_bytes: int = REPLAY_LOG_BYTES   # memory bound of the replay log; more spills to files
     spill_dir: str | None = None  # where the replay log spills (None: the system's temporary folder)
+    ship_layers: bool = False     # send layer files to the coordinator over the results link instead of writing
+                                  # them into its folders (several machines: workers/layer_shipping.py)
 
     @property
     def name(self) -> str:
@@ -447,10 +449,21 @@ class Worker:
                                                   tensors={"h": to_host(out), "y": y}, meta=msg.meta))
 
     def _save_layers(self, directory: str, before_each=None) -> None:
+        """Write this worker's layer files into `directory`, or ship them there when it is another machine's."""
         from workers.layer_files import save_stage_layers
 
         try:
-            save_stage_layers(self.stage, directory, before_each)
+            if not self.spec.ship_layers:
+                save_stage_layers(self.stage, directory, before_each)
+                return
+            import tempfile
+
+            from workers.layer_shipping import layer_file_messages
+
+            with tempfile.TemporaryDirectory(prefix=f"auglocal-{self.spec.name}-") as local:
+                save_stage_layers(self.stage, local, before_each)
+                for message in layer_file_messages(self.spec.name, directory, local):
+                    self._send(self.links.results, message)
         except OSError as err:
             self._fail(f"{self.spec.name} cannot write its layer files into {directory}: {err.strerror or err}",
                        restartable=False)
@@ -515,12 +528,19 @@ def worker_main(spec: WorkerSpec) -> None:
         if not os.path.isdir(os.path.dirname(spec.inbox.address.removeprefix("ipc://"))):
             os._exit(0)      # the attempt ended while this worker started (its socket folder is gone): nothing to do
         raise
+    serve(spec, links, coordinator_watch(spec.coordinator_pid))
+
+
+def serve(spec: WorkerSpec, links: WorkerLinks, coordinator_alive: Callable[[], bool]) -> bool:
+    """Run a worker on opened links until it stops; False when its coordinator went away first. A worker that
+    cannot go on exits with code 3 once the coordinator has read why."""
     worker = None
     try:
-        worker = Worker(spec, links, coordinator_alive=coordinator_watch(spec.coordinator_pid))
+        worker = Worker(spec, links, coordinator_alive=coordinator_alive)
         worker.run()
+        return True
     except CoordinatorGone:
-        pass
+        return False
     except WorkerError:
         try:
             links.results.wait_all(POLL_MS)   # the coordinator must read why we stop before it sees us exit

@@ -42,7 +42,8 @@ def config() -> dict:
 class Harness:
     """Worker 0 of two (modules 0..1), its inbox, the next worker's inbox and the coordinator's results."""
 
-    def __init__(self, config: dict, tmp_path, *, heartbeat_s: float = 60.0, fault: dict | None = None):
+    def __init__(self, config: dict, tmp_path, *, heartbeat_s: float = 60.0, fault: dict | None = None,
+                 ship_layers: bool = False):
         self.codec = Codec(RUN, SECRET)
         self.inbox = MemoryLink(self.codec, "inbox", window=8)
         self.downstream = MemoryLink(self.codec, "next")
@@ -51,7 +52,7 @@ class Harness:
         spec = WorkerSpec(rank=0, modules=[0, 1], config=config, inbox=unused, outbox=unused, results=unused,
                           run_id=RUN, secret=SECRET, out_dir=str(tmp_path), coordinator_pid=0,
                           schema=InboxSchema(activation_spec((3, SIZE, SIZE)), activation_spec((3, SIZE, SIZE))),
-                          heartbeat_s=heartbeat_s, fault=fault)
+                          heartbeat_s=heartbeat_s, fault=fault, ship_layers=ship_layers)
         links = WorkerLinks(self.inbox, self.downstream.sender(), self.results.sender())
         self.worker = Worker(spec, links, poll_ms=50)
         self.feed = self.inbox.sender()
@@ -192,6 +193,25 @@ def test_checkpoint_marker_writes_layers_passes_on_and_acknowledges(config, tmp_
     assert validate(h.downstream.recv(0), Route.DOWN).meta == CheckpointMeta(7, str(directory), 0)
     (ack,) = h.reports()
     assert ack.kind is Kind.CHECKPOINT_ACK and ack.meta.id == 7
+
+
+def test_a_worker_without_the_run_folder_ships_its_layer_files_before_it_acknowledges(config, tmp_path):
+    from workers.layer_shipping import LayerFileSink
+
+    h = Harness(config, tmp_path, ship_layers=True)
+    directory = tmp_path / "ckpt"        # the coordinator's folder: on another machine, so never written here
+    h.feed.send(Message(Kind.CHECKPOINT, "coordinator", meta=CheckpointMeta(7, str(directory), 0)), 1000)
+    h.worker.handlers[Kind.CHECKPOINT](h.worker._recv())
+    assert not directory.exists()
+    *files, ack = h.reports()
+    assert ack.kind is Kind.CHECKPOINT_ACK and {m.kind for m in files} == {Kind.LAYER_FILE}
+    sink = LayerFileSink()
+    sink.allow(directory)
+    for m in files:
+        sink.receive(m)
+    assert sorted(p.name for p in directory.iterdir()) == ["layer_000.pt", "layer_001.pt"]
+    state = torch.load(directory / "layer_001.pt", weights_only=True)
+    assert state["updates"] == 0 and state["last_applied"] == [-1, -1]
 
 
 def test_a_full_disk_is_not_restartable(config, tmp_path, monkeypatch):

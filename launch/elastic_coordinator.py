@@ -1,0 +1,131 @@
+"""Rank 0's coordinator under torchrun: the workers are other ranks, on this machine or others.
+
+It differs from the one-host `Coordinator` only in how an attempt starts and what a worker handle is. Instead
+of spawning processes it publishes each worker's spec (sealed, in rank 0's store: launch/elastic_store.py)
+together with the checkpoint files that worker resumes from, binds its results inbox on a routable address,
+and connects to worker 0's inbox once that worker has published it. Workers ship their layer files over the
+results link (workers/layer_shipping.py), so rank 0 writes the run folder in today's format. A worker's
+death is torchrun's to see: its agent ends the whole group and starts the next attempt; the heartbeat
+timeout is the backstop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.coordinator import READY_TIMEOUT_S, Coordinator
+from workers.endpoint_records import RecordRefused, bind_inbox, codec_secret, link_from_record, sign
+from workers.layer_files import head_file, layer_file
+from workers.messages import Codec, TensorSpec
+from workers.protocol import InboxSchema
+from workers.worker import WorkerSpec
+
+RESULTS_WINDOW = 64
+#: spec fields that only make sense on rank 0's machine: each worker fills them in itself
+_LOCAL_FIELDS = {"inbox": None, "outbox": None, "results": None, "control": None, "secret": "", "coordinator_pid": 0,
+                 "resume_dir": None, "trace_path": None, "spill_dir": None}
+
+
+@dataclass
+class PublishedSpec:
+    """What rank 0 publishes for one worker: its spec without the machine-local fields, its link window,
+    whether it is the last worker, and the files it resumes from (name -> SHA-256)."""
+
+    spec: WorkerSpec
+    window: int
+    last: bool
+    resume_files: dict[str, str]
+
+
+def spec_to_wire(spec: WorkerSpec, resume_files: dict[str, str]) -> bytes:
+    """A worker's spec as JSON (see PublishedSpec)."""
+    plain = dataclasses.asdict(dataclasses.replace(spec, **_LOCAL_FIELDS))
+    return json.dumps({"spec": plain, "window": spec.inbox.window, "last": spec.outbox is None,
+                       "resume_files": resume_files}).encode()
+
+
+def spec_from_wire(payload: bytes) -> PublishedSpec:
+    """Inverse of spec_to_wire (the payload was verified against the run secret before)."""
+    raw = json.loads(payload)
+    fields = dict(raw["spec"])
+    if fields.get("schema") is not None:
+        fields["schema"] = InboxSchema(**{role: TensorSpec(s["dtype"], tuple(s["shape"]))
+                                          for role, s in fields["schema"].items()})
+    return PublishedSpec(WorkerSpec(**fields), int(raw["window"]), bool(raw["last"]), dict(raw["resume_files"]))
+
+
+class RemoteWorker:
+    """A worker rank as rank 0 sees it: no process handle (`pid` is on the worker's node); torchrun watches it."""
+
+    exitcode = None
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid
+
+    def is_alive(self) -> bool:
+        return True
+
+    def orphaned(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        """Nothing to stop from here: a worker exits after its stop marker, or when rank 0's store is gone."""
+
+    def join(self, timeout: float) -> None:
+        """Nothing to wait for: the worker's own torchrun agent reaps it."""
+
+
+class ElasticCoordinator(Coordinator):
+    """A `Coordinator` whose workers are the ranks 1..K of a torchrun group (see the module docstring)."""
+
+    def __init__(self, *args, run_store, node_addr: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_store, self.node_addr = run_store, node_addr
+        self.codec = Codec(self.run_id, codec_secret(run_store.secret, self.run_id))
+
+    def specs(self) -> list[WorkerSpec]:
+        return [dataclasses.replace(s, ship_layers=True) for s in super().specs()]
+
+    def _resume_files(self, rank: int) -> dict[str, Path]:
+        """The checkpoint files worker `rank` loads: its layers, and the head for the last worker."""
+        if not self.opts.resume_dir:
+            return {}
+        paths = [layer_file(self.opts.resume_dir, layer) for layer in self.placement.layer_ids[rank]]
+        if rank == self.k - 1:
+            paths.append(head_file(self.opts.resume_dir))
+        return {p.name: p for p in paths}
+
+    def publish_specs(self) -> None:
+        """Each worker's spec and resume files, in rank 0's store under this attempt's token."""
+        for spec in self.specs():
+            files = self._resume_files(spec.rank)
+            digests = {}
+            for name, path in files.items():
+                data = path.read_bytes()
+                digests[name] = hashlib.sha256(data).hexdigest()
+                self.run_store.put_raw(f"file/{spec.rank}/{name}", data)
+            self.run_store.put(f"spec/{spec.rank}", spec_to_wire(spec, digests))
+
+    def start(self) -> None:
+        """Bind the results inbox, publish it and the specs, connect to worker 0, wait until all are ready."""
+        results = bind_inbox(f"tcp://{self.node_addr}:0", self.codec, "coordinator", RESULTS_WINDOW)
+        try:
+            self.run_store.put("results", sign(self.run_store.secret, results.address, b""))
+            self.publish_specs()
+            self.run_store.timeout_s = READY_TIMEOUT_S
+            try:
+                first = link_from_record(self.run_store.secret, self.run_store.get("inbox/0"), self.opts.window)
+            except TimeoutError as err:
+                raise self._fail(0, f"did not publish its inbox: {err}") from None
+            except RecordRefused as err:
+                raise self._fail(0, f"has an inbox record in the store that was refused: {err}") from None
+        except BaseException:
+            results.close()
+            raise
+        pids = [int(self.run_store.get(f"pid/{r}")) for r in range(self.k)]
+        self.attach(results, first.sender(self.codec), [RemoteWorker(pid) for pid in pids])
+        self.wait_ready()

@@ -1,0 +1,89 @@
+"""A worker rank under torchrun: fetch its spec from rank 0's store, bind, publish, connect, serve.
+
+The spec and the resume files come from rank 0 (launch/elastic_coordinator.py), verified against the run
+secret and their SHA-256; the inbox binds on this node's address and is published as a signed record; the
+next worker's inbox and the coordinator's results inbox are looked up the same way. The worker watches rank
+0's store instead of a local pid: when it is gone (rank 0 died or the attempt ended), the worker exits with
+code 1, so torchrun counts it as failed and restarts the group instead of finishing this node alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+import torch
+
+from launch.elastic_coordinator import RESULTS_WINDOW, spec_from_wire
+from launch.elastic_store import RunStore, TorchrunEnv
+from workers.endpoint_records import RecordRefused, bind_inbox, codec_secret, link_from_record, sign
+from workers.messages import Codec
+from workers.worker import WorkerLinks, return_freed_memory, serve
+
+EXIT_COORDINATOR_GONE = 1
+EXIT_REFUSED = 2
+
+
+def _fetch_resume_files(store: RunStore, rank: int, files: dict[str, str]) -> str | None:
+    """Write the checkpoint files this worker resumes from into a private folder, each checked by SHA-256."""
+    if not files:
+        return None
+    folder = tempfile.mkdtemp(prefix=f"auglocal-resume-w{rank}-")
+    for name, digest in files.items():
+        data = store.get_raw(f"file/{rank}/{name}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise RuntimeError(f"resume file {name} from rank 0's store fails its SHA-256; refusing to train on it")
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
+    return folder
+
+
+def run_worker(env: TorchrunEnv, store: RunStore, node_addr: str) -> int:
+    """Serve as worker RANK-1 of this attempt; the process's exit code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is rank 0's to handle, as on one host
+    r, secret = env.rank - 1, store.secret
+    try:
+        return _serve(env, store, node_addr, r, secret)
+    except (TimeoutError, torch.distributed.DistError) as err:   # rank 0 went away while this worker started
+        print(f"worker {r}: {err}; exiting", file=sys.stderr)
+        return EXIT_COORDINATOR_GONE
+    except RecordRefused as err:      # a record in the store fails its HMAC: never connect to what it names
+        print(f"worker {r}: a record in rank 0's store was refused: {err}; exiting", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: str) -> int:
+    try:
+        store.wait_for(f"spec/{r}", alive=store.alive)
+        published = spec_from_wire(store.get(f"spec/{r}"))
+    except TimeoutError as err:
+        raise TimeoutError(f"rank 0 published no spec for it ({err})") from None
+    spec, window = published.spec, published.window
+    resume_dir = _fetch_resume_files(store, r, published.resume_files)
+    if spec.device.startswith("cuda"):
+        spec.device = f"cuda:{env.local_rank}"        # LOCAL_RANK picks this node's GPU
+    torch.set_num_threads(spec.threads)
+    if spec.malloc == "return":
+        return_freed_memory()
+    spec.resume_dir, spec.secret = resume_dir, codec_secret(secret, spec.run_id)
+    codec = Codec(spec.run_id, spec.secret)
+    inbox = bind_inbox(f"tcp://{node_addr}:0", codec, spec.name, window)
+    links = None
+    try:
+        store.put(f"pid/{r}", str(os.getpid()).encode())      # for summary.json's worker_pids (on its node)
+        store.put(f"inbox/{r}", sign(secret, inbox.address, b""))
+        outbox = None if published.last else link_from_record(secret, store.get(f"inbox/{r + 1}"), window)
+        results = link_from_record(secret, store.get("results"), RESULTS_WINDOW)
+        links = WorkerLinks(inbox, outbox.sender(codec) if outbox else None, results.sender(codec))
+        finished = serve(spec, links, store.alive)
+    finally:
+        if links is None:
+            inbox.close()
+        if resume_dir:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+    return 0 if finished else EXIT_COORDINATOR_GONE
+
