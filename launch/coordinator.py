@@ -40,11 +40,12 @@ from launch.checkpoints import CheckpointStore
 from launch.progress import EpochTracker
 from launch.recovery import OneWorkerRecovery
 from launch.sockets import make_socket_dir
+from launch.transport_choice import link_address
 from workers import protocol
 from workers.faults import Fault, die
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.protocol import CheckpointMeta, InboxSchema, Route, SeqMeta, TrainMeta, activation_spec
-from workers.transport import Link, ipc_address
+from workers.transport import Link
 from workers.worker import WorkerSpec, worker_main, worker_name
 
 POLL_MS = 50
@@ -91,6 +92,7 @@ class AttemptOptions:
     recovery: str = "all"                # 'one': restart only a failed worker where possible (launch/recovery.py)
     replay_log_mb: float = 256.0         # memory bound of each worker's replay log; past it, it spills to files
     spill_dir: str | None = None         # where replay logs spill (None: the attempt's private temp folder)
+    transport: str = "ipc"               # links: 'ipc' sockets in the attempt's folder or loopback 'tcp' ports
 
 
 @dataclass
@@ -172,8 +174,8 @@ class Coordinator:
         self.codec = Codec(self.run_id, secrets.token_hex(16))
         self.tmp = make_socket_dir(self.run_id)      # launch/sockets.py: found and removed if we are killed
         self.k = len(placement.groups)
-        self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), opts.window) for r in range(self.k)]
-        self.results_link = Link(ipc_address("results", self.tmp), window=64)
+        self.inboxes = [Link(self.link_address(f"w{r}"), opts.window) for r in range(self.k)]
+        self.results_link = Link(self.link_address("results"), window=64)
         self.needs_input = needs_input
         self.ranks = {worker_name(r): r for r in range(self.k)}
         self.workers: list = []
@@ -196,6 +198,10 @@ class Coordinator:
             Kind.STOPPED: self._on_stopped, Kind.ERROR: self._on_error, Kind.REJECTED: self._on_rejected,
         }
         protocol.check_handlers(self.handlers, Route.REPORT, "coordinator")
+
+    def link_address(self, name: str) -> str:
+        """Where the link named `name` lives in this attempt (per --transport: an ipc socket or a tcp port)."""
+        return link_address(self.opts.transport, name, self.tmp)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> Coordinator:

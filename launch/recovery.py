@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from workers.messages import Kind, Message
 from workers.protocol import CommittedMeta, ExpectReplayMeta, RelinkMeta
-from workers.transport import Link, ipc_address
+from workers.transport import Link
 from workers.worker import worker_name
 
 CONTROL_WINDOW = 8
@@ -118,10 +118,10 @@ class OneWorkerRecovery:
 
     # --- wiring ------------------------------------------------------------------------------------------
     def control_link(self, rank: int) -> Link:
-        return Link(ipc_address(f"c{rank}.{self.incarnations[rank]}", self.c.tmp), CONTROL_WINDOW)
+        return Link(self.c.link_address(f"c{rank}.{self.incarnations[rank]}"), CONTROL_WINDOW)
 
     def inbox_link(self, rank: int) -> Link:
-        return Link(ipc_address(f"w{rank}.{self.incarnations[rank]}", self.c.tmp), self.c.opts.window)
+        return Link(self.c.link_address(f"w{rank}.{self.incarnations[rank]}"), self.c.opts.window)
 
     def enable(self, launch: Callable) -> None:
         """Real worker processes with control inboxes: recovery is possible (start() calls this)."""
