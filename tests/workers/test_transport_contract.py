@@ -61,10 +61,11 @@ def peer():
     secret = secrets.token_hex(16)
     store = os.path.join(directory, "store")
     ours, theirs = multiprocessing.get_context("spawn").Pipe()
-    process = multiprocessing.get_context("spawn").Process(target=serve, args=(theirs, RUN, secret, store),
+    backend = "cpu:gloo,cuda:nccl" if _TWO_GPUS else "gloo"
+    process = multiprocessing.get_context("spawn").Process(target=serve, args=(theirs, RUN, secret, store, backend),
                                                             daemon=True)
     process.start()
-    init_group(store, 0, "cpu:gloo,cuda:nccl" if _TWO_GPUS else "gloo")
+    init_group(store, 0, backend)
     if _GPU:
         torch.cuda.set_device(0)
     context = zmq.Context()

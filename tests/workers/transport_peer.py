@@ -37,13 +37,14 @@ def init_group(store_path: str, rank: int, backend: str = "gloo") -> None:
     dist.init_process_group(backend, store=store, rank=rank, world_size=2)
 
 
-def serve(conn, run_id: str, secret: str, store_path: str | None) -> None:
-    """The peer's command loop (the spawned process's target)."""
+def serve(conn, run_id: str, secret: str, store_path: str | None, backend: str = "gloo") -> None:
+    """The peer's command loop (the spawned process's target). With two GPUs it works on the second one:
+    NCCL does not pair a GPU with itself."""
     torch.set_num_threads(1)
     if store_path:
-        init_group(store_path, 1)
+        init_group(store_path, 1, backend)
     if torch.cuda.is_available():
-        torch.cuda.set_device(0)
+        torch.cuda.set_device(1 if torch.cuda.device_count() >= 2 else 0)
     codec = Codec(run_id, secret)
     directory = tempfile.mkdtemp(prefix="al-peer-")
     inbox = outbox = keys = None
