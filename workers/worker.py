@@ -113,13 +113,16 @@ class WorkerLinks:
                 end.close()
 
 
-def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
-    """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox."""
+def open_links(spec: WorkerSpec, codec: Codec, curve=None) -> WorkerLinks:
+    """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox.
+
+    `curve` is this process's CurveKeyPair (workers/curve.py), used by the ends of links whose transport is
+    curve (ignored by the others)."""
     window = spec.outbox.window if spec.outbox else 1
-    return WorkerLinks(spec.inbox.receiver(codec, spec.name),
-                       spec.outbox.sender(codec) if spec.outbox else None,
-                       spec.results.sender(codec),
-                       spec.control.receiver(codec, spec.name) if spec.control else None,
+    return WorkerLinks(spec.inbox.receiver(codec, spec.name, curve=curve),
+                       spec.outbox.sender(codec, curve=curve) if spec.outbox else None,
+                       spec.results.sender(codec, curve=curve),
+                       spec.control.receiver(codec, spec.name, curve=curve) if spec.control else None,
                        lambda address: Link(address, window).sender(codec))
 
 
