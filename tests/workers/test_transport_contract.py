@@ -1,6 +1,7 @@
 """The transport contract: every link transport keeps the same promises, checked by one suite.
 
-Each row opens a pair of links (test process -> peer, peer -> test process) of one transport to a peer process
+Each row opens a pair of links (test process -> peer, peer -> test process) of one transport (memlink, the
+in-memory links of unit tests, with a peer thread) to a peer process
 (tests/workers/transport_peer.py), spawned once for the module and joined with this process in a 2-rank gloo
 group (FileStore), so gloo links are real cross-process links. The promises: a window of 2 (the third send
 waits and times out), order kept, receive timeouts, strangers (wrong secret or run) dropped and counted
@@ -11,6 +12,7 @@ without two GPUs). Plus CURVE's own promise (an unknown client key never deliver
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -25,9 +27,10 @@ import torch
 import torch.distributed as dist
 import zmq
 
-from tests.workers.transport_peer import address_for, init_group, make_link, serve
+from tests.workers.transport_peer import address_for, init_group, make_link, serve, serve_memory
 from workers import endpoint_record
 from workers.curve import CurveKeyPair, stop_authenticator
+from workers.memlink import MemoryLink
 from workers.messages import DTYPES, Codec, Kind, Message
 from workers.transport import Receiver, Sender
 
@@ -37,7 +40,7 @@ _GPU = torch.cuda.is_available()
 _TWO_GPUS = _GPU and torch.cuda.device_count() >= 2
 
 TRANSPORTS = [
-    "ipc", "tcp", "curve", "gloo",
+    "memlink", "ipc", "tcp", "curve", "gloo",
     pytest.param("cuda-ipc", marks=[pytest.mark.gpu, pytest.mark.skipif(not _GPU, reason="needs a CUDA GPU")]),
     pytest.param("nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(not _TWO_GPUS, reason="needs two CUDA GPUs")]),
 ]
@@ -84,11 +87,29 @@ def peer():
 
 
 class Pair:
-    """This process's ends of one transport's link pair: `outbox` to the peer, `inbox` from it."""
+    """This process's ends of one transport's link pair: `outbox` to the peer, `inbox` from it.
+
+    memlink (workers/memlink.py, in-process links of the same interface) gets a peer thread instead of the
+    peer process, driven by the same commands."""
 
     def __init__(self, peer, transport: str):
-        self.transport, self.conn, self.codec = transport, peer["conn"], peer["codec"]
-        self.context = peer["context"]
+        self.transport, self.codec = transport, peer["codec"]
+        self.keys, self.device, self.thread = None, torch.device("cpu"), None
+        if transport == "memlink":
+            self._open_memory()
+        else:
+            self._open(peer, transport)
+
+    def _open_memory(self) -> None:
+        self.inbox, peer_inbox = MemoryLink(self.codec, "test"), MemoryLink(self.codec, "peer")
+        self.outbox = peer_inbox.sender()
+        self.conn, theirs = multiprocessing.Pipe()
+        self.thread = threading.Thread(target=serve_memory, args=(theirs, peer_inbox, self.inbox.sender()),
+                                       daemon=True)
+        self.thread.start()
+
+    def _open(self, peer, transport: str) -> None:
+        self.conn, self.context = peer["conn"], peer["context"]
         self.keys = CurveKeyPair.generate() if transport == "curve" else None
         self.device = torch.device("cuda", 0) if transport in ("cuda-ipc", "nccl") else torch.device("cpu")
         tag = next(peer["tags"])
@@ -102,8 +123,10 @@ class Pair:
             self.codec, curve=self.keys, context=self.context)
         ask(self.conn, "connect")
 
-    def stranger(self, codec: Codec) -> Sender:
-        """A plain ZeroMQ sender to our inbox (CURVE: with a key we admit, so only the codec can stop it)."""
+    def stranger(self, codec: Codec):
+        """A plain sender to our inbox (CURVE: with a key we admit, so only the codec can stop it)."""
+        if self.transport == "memlink":
+            return contextlib.closing(self.inbox.sender(codec))
         if self.keys is None:
             return Sender(self.inbox.address, codec, context=self.context)
         keys = CurveKeyPair.generate()
@@ -114,6 +137,8 @@ class Pair:
         self.outbox.close()
         self.inbox.close()
         ask(self.conn, "close")
+        if self.thread is not None:
+            self.thread.join(10)
 
 
 @pytest.fixture(params=TRANSPORTS)

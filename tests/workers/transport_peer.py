@@ -37,6 +37,39 @@ def init_group(store_path: str, rank: int, backend: str = "gloo") -> None:
     dist.init_process_group(backend, store=store, rank=rank, world_size=2)
 
 
+def exchange(command: str, args: list, inbox, outbox):
+    """The commands that only use open ends (any link kind, memlink included): echo n messages back, or
+    send a burst of n without receiving anything, reporting which sends timed out."""
+    n, timeout_ms = args
+    if command == "echo":
+        for _ in range(n):
+            message = inbox.recv(timeout_ms)
+            outbox.send(Message(message.kind, "peer", message.epoch, message.step, message.layer,
+                                message.tensors, message.meta), timeout_ms)
+        return ("ok", inbox.rejected)
+    outcomes = []
+    for step in range(n):
+        try:
+            outbox.send(Message(Kind.TRAIN, "peer", step=step, tensors={"x": torch.full((8,), step)}), timeout_ms)
+            outcomes.append("sent")
+        except TimeoutError:
+            outcomes.append("timeout")
+    return outcomes
+
+
+def serve_memory(conn, inbox, outbox) -> None:
+    """The peer as a thread over in-memory links (workers/memlink.py): echo and burst until "close"."""
+    while True:
+        command, *args = conn.recv()
+        if command == "close":
+            conn.send("ok")
+            return
+        try:
+            conn.send(exchange(command, args, inbox, outbox))
+        except Exception as exc:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
 def serve(conn, run_id: str, secret: str, store_path: str | None, backend: str = "gloo") -> None:
     """The peer's command loop (the spawned process's target). With two GPUs it works on the second one:
     NCCL does not pair a GPU with itself."""
@@ -66,24 +99,8 @@ def serve(conn, run_id: str, secret: str, store_path: str | None, backend: str =
                     transport, test_address, test_key, tag = pending
                     outbox = make_link(transport, test_address, 1, 0, tag + 1, test_key).sender(codec, curve=keys)
                     conn.send("ok")
-                elif command == "echo":
-                    n, timeout_ms = args
-                    for _ in range(n):
-                        message = inbox.recv(timeout_ms)
-                        outbox.send(Message(message.kind, "peer", message.epoch, message.step, message.layer,
-                                            message.tensors, message.meta), timeout_ms)
-                    conn.send(("ok", inbox.rejected))
-                elif command == "burst":
-                    n, timeout_ms = args
-                    outcomes = []
-                    for step in range(n):
-                        try:
-                            outbox.send(Message(Kind.TRAIN, "peer", step=step, tensors={"x": torch.full((8,), step)}),
-                                        timeout_ms)
-                            outcomes.append("sent")
-                        except TimeoutError:
-                            outcomes.append("timeout")
-                    conn.send(outcomes)
+                elif command in ("echo", "burst"):
+                    conn.send(exchange(command, args, inbox, outbox))
                 elif command == "close":
                     for end in (outbox, inbox):
                         if end is not None:
