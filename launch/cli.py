@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "resident memory, but on CPU about 2x slower from page faults)")
     x.add_argument("--transport", choices=TRANSPORT_CHOICES, default="auto",
                    help="how links between processes move tensors: auto (default; ipc on one host, as before), "
-                        "ipc, tcp (loopback ports picked at run time); gloo, curve, nccl and cuda-ipc links are "
-                        "wired by the launch across hosts; cuda-ipc and nccl need GPU workers (exit 2 otherwise)")
+                        "ipc, tcp (loopback ports picked at run time), curve (tcp + CurveZMQ, fresh keys per "
+                        "attempt); gloo, nccl and cuda-ipc links are wired by the launch across hosts; cuda-ipc "
+                        "and nccl need GPU workers (exit 2 otherwise)")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
     e = p.add_argument_group("experiment presets")

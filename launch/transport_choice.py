@@ -4,8 +4,8 @@
 curve (tcp + CurveZMQ), GPU to GPU on one host -> cuda-ipc, GPU to GPU across hosts -> nccl; a CPU end with a
 GPU end goes like CPU (the GPU worker copies through pinned host memory, workers/worker.py). The single-host
 launcher (launch/coordinator.py) wires ZeroMQ links only, so there `auto` means ipc, exactly as before, and
-`tcp` is the one alternative; gloo, curve, nccl and cuda-ipc links are built by the launch across hosts
-(torchrun, launch/elastic.py), which owns the process group and the key exchange they need.
+`tcp` and `curve` (loopback ports, keys from `OneHostKeys`) are the alternatives; gloo, nccl and cuda-ipc links
+are built by the launch across hosts (torchrun, launch/elastic.py), which owns the process group they need.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from workers.curve import CurveKeyPair
 from workers.transport import TRANSPORTS, ipc_address
 
 TRANSPORT_CHOICES = ("auto", *TRANSPORTS)
-ONE_HOST_TRANSPORTS = ("ipc", "tcp")
+ONE_HOST_TRANSPORTS = ("ipc", "tcp", "curve")
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,35 @@ def one_host_transport(transport: str) -> str:
     if transport == "auto":
         return "ipc"
     if transport not in ONE_HOST_TRANSPORTS:
-        raise ValueError(f"--transport {transport}: the single-host launcher wires ipc or tcp links; {transport} "
-                         "links need the process group and key exchange of the launch across hosts "
+        raise ValueError(f"--transport {transport}: the single-host launcher wires ipc, tcp or curve links; "
+                         f"{transport} links need the process group of the launch across hosts "
                          "(torchrun, launch/elastic.py)")
     return transport
+
+
+@dataclass(frozen=True)
+class OneHostKeys:
+    """CURVE key pairs of one single-host attempt: the coordinator's and one per worker rank.
+
+    On one host the launcher makes every pair (zmq.curve_keypair(), fresh per attempt, never written to disk)
+    and hands each worker its own through the local process start, with the public keys it admits; across
+    hosts each process makes its own and publishes it in a signed endpoint record instead.
+    """
+
+    coordinator: CurveKeyPair
+    workers: tuple[CurveKeyPair, ...]
+
+    @classmethod
+    def generate(cls, workers: int) -> OneHostKeys:
+        return cls(CurveKeyPair.generate(), tuple(CurveKeyPair.generate() for _ in range(workers)))
+
+    def public(self, rank: int) -> str:
+        """The public key (z85 text) of worker `rank`, or of the coordinator for rank -1."""
+        return (self.coordinator if rank < 0 else self.workers[rank]).public.decode()
+
+    def admitted(self) -> tuple[bytes, ...]:
+        """Every public key of the attempt: each receiver admits them all (all are this run's processes)."""
+        return (self.coordinator.public, *(pair.public for pair in self.workers))
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
@@ -69,6 +95,6 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
 
 def link_address(transport: str, name: str, directory: str) -> str:
     """An address for a single-host link named `name`: an ipc socket in `directory`, or a loopback tcp port."""
-    if transport == "tcp":
+    if transport in ("tcp", "curve"):
         return f"tcp://127.0.0.1:{free_tcp_port()}"
     return ipc_address(name, directory)

@@ -26,8 +26,7 @@ def test_single_host_addresses(tmp_path):
 @pytest.mark.parametrize("transport, expected", [
     ("cuda-ipc", "moves tensors between GPUs"),
     ("nccl", "moves tensors between GPUs"),
-    ("gloo", "single-host launcher wires ipc or tcp"),
-    ("curve", "single-host launcher wires ipc or tcp"),
+    ("gloo", "single-host launcher wires ipc, tcp or curve"),
 ])
 def test_impossible_transport_exits_2(transport, expected, capsys):
     code = main(["--transport", transport, "--gpus", "cpu", "--epochs", "1", "--max-steps", "1"])
