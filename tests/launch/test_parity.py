@@ -139,7 +139,7 @@ def test_pipeline_equals_sequential_kernel_matrix(memory_format, precision, work
     _kernel_parity(memory_format, precision, workers, tmp_path)
 
 
-@pytest.mark.parametrize("transport", ["tcp", "curve"])
+@pytest.mark.parametrize("transport", [pytest.param("tcp", marks=pytest.mark.slow), "curve"])
 def test_pipeline_over_tcp_and_curve_links_equals_sequential(transport, tmp_path):
     """--transport tcp/curve: every link on a loopback port picked at run time (curve: encrypted, each
     receiver admitting only the attempt's keys), same weights as the sequential run."""
