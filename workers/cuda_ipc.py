@@ -58,8 +58,7 @@ class CudaIpcPath:
         """Copy one message's tensor bytes into the next slot and record its event; returns the route."""
         tensors = [as_byte_tensor(f) for f in frames]
         offsets, total = _offsets([t.numel() for t in tensors])
-        index = self._next
-        self._next = (index + 1) % self.window
+        index = self._next   # advanced only once the header is out (send): a refused send reuses this slot
         slot = self._slots[index]
         if slot is None or slot.numel() < total:
             slot = torch.empty(max(total, _ALIGN), dtype=torch.uint8, device=self.device)
@@ -74,7 +73,9 @@ class CudaIpcPath:
                 "event": self._event_handles[index], "offsets": offsets}
 
     def send(self, frames: list) -> tuple:
-        """The bytes already sit in the slot; the slot stays the sender's until the credit (nothing to hold)."""
+        """The header naming the slot is out: the next message takes the next slot. The bytes already sit in
+        this one, which stays the sender's until the credit (nothing else to hold)."""
+        self._next = (self._next + 1) % self.window
         return ()
 
     @staticmethod
