@@ -12,6 +12,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(0))"
 python3 -m pytest -q -m gpu tests/ 2>&1 | tee "$out/gpu_tests.log"
+timeout 300 python3 -m benchmarks.transport --round-trips 500 --messages 20 --out "$out/transport_gpu.md"
 timeout 480 python3 -m benchmarks.gpu --batch-sizes 128 1024 --steps 8 --out "$out/gpu.md"
 timeout 300 python3 -m benchmarks.kernels --device cuda --model resnet110 --batch-size 128 --steps 8 \
     --half-steps 8 --repeats 3 --out "$out/kernels_gpu.md"

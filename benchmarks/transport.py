@@ -1,11 +1,14 @@
-"""Transport benchmark: 16 KB latency and 8 MB bandwidth between two worker processes, against a memory copy.
+"""Transport benchmark: every link transport's 16 KB latency and 8 MB bandwidth, against a memory copy.
 
-Run from the repository root (about 20-40 s):
+Run from the repository root (about a minute on CPU):
 
     python -m benchmarks.transport --out benchmarks/results/transport.md
 
-A peer process (started with 'spawn') binds a Receiver and connects a Sender back to this process, as a
-downstream worker would. Latency is a ping-pong of one 16 KB float32 tensor: half the round trip, median and
+Transports: ipc, tcp, curve (tcp + CurveZMQ), gloo (tensor bytes by torch.distributed over a 2-process
+group) and, with a GPU, cuda-ipc (one GPU) and nccl (two GPUs); `--transports` picks some. The CURVE
+overhead is reported as curve/tcp latency and tcp/curve bandwidth ratios. For each transport a peer process
+(started with 'spawn') binds a Receiver and connects a Sender back to this process, as a downstream worker
+would. Latency is a ping-pong of one 16 KB float32 tensor: half the round trip, median and
 90th percentile over many. Bandwidth streams 8 MB float32 activation tensors through one credit-windowed link
 and counts the time until the peer has consumed the last one. The floor of the per-hop cost is bare pyzmq
 with the same socket types (ROUTER in, DEALER out) moving the same bytes without codec, validation or
@@ -17,6 +20,7 @@ workers. Targets (issue 10, quiet machine): ipc 16 KB one-way median <= 100 us, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -26,31 +30,78 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import zmq
 
 from benchmarks.memory import cpu_model
+from workers.curve import CurveKeyPair, stop_authenticator
 from workers.messages import Codec, Kind, Message
-from workers.transport import Receiver, Sender, ipc_address, tcp_address
+from workers.transport import Link, Receiver, Sender, ipc_address, tcp_address
 
 SMALL_BYTES = 16 * 1024
 LARGE_BYTES = 8 * 1024 * 1024
 WAIT_MS = 60_000
 
 
-def peer(parent_address: str, transport: str, run_id: str, secret: str, window: int) -> None:
+GPU_TRANSPORTS = ("cuda-ipc", "nccl")
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What both processes need to open one transport's link pair (keys are made here: a benchmark's both
+    ends are ours, so the parent hands the peer its key pair instead of exchanging signed records)."""
+
+    transport: str
+    window: int
+    keys: tuple[CurveKeyPair, CurveKeyPair] | tuple[None, None] = (None, None)
+    store: str | None = None
+
+    def link(self, address: str, src: int, dst: int, server: CurveKeyPair | None = None) -> Link:
+        ranks = {"src_rank": src, "dst_rank": dst} if self.transport in ("gloo", "nccl") else {}
+        return Link(address, self.window, self.transport, server_key=server and server.public.decode(),
+                    tag=10 + src, **ranks)
+
+    def address(self, name: str, directory: str) -> str:
+        return tcp_address() if self.transport in ("tcp", "curve") else ipc_address(name, directory)
+
+    def device(self, rank: int) -> torch.device:
+        if self.transport not in GPU_TRANSPORTS:
+            return torch.device("cpu")
+        return torch.device("cuda", rank if self.transport == "nccl" else 0)
+
+    def join_group(self, rank: int) -> None:
+        if self.store:
+            import torch.distributed as dist
+
+            backend = "nccl" if self.transport == "nccl" else "gloo"
+            dist.init_process_group(backend, store=dist.FileStore(self.store, 2), rank=rank, world_size=2)
+        if self.transport in GPU_TRANSPORTS:
+            torch.cuda.set_device(self.device(rank))
+
+    def leave_group(self) -> None:
+        if self.store:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def peer(parent_address: str, wiring: Wiring, run_id: str, secret: str) -> None:
     """The other worker: announce its inbox, echo messages flagged 'echo', swallow the rest, stop on order."""
     torch.set_num_threads(1)
+    wiring.join_group(1)
     codec = Codec(run_id, secret)
-    directory = tempfile.mkdtemp(prefix="al-bench-") if transport == "ipc" else None
-    address = ipc_address("peer", directory) if directory else tcp_address()
+    parent_keys, keys = wiring.keys
+    directory = tempfile.mkdtemp(prefix="al-bench-")
     try:
         with (
-            Receiver(address, codec, "peer", window=window) as inbox,
-            Sender(parent_address, codec, window=window) as outbox,
+            wiring.link(wiring.address("peer", directory), 0, 1).receiver(codec, "peer", curve=keys) as inbox,
+            wiring.link(parent_address, 1, 0, parent_keys).sender(codec, curve=keys) as outbox,
         ):
+            if inbox.allowed is not None:
+                inbox.allowed.allow(parent_keys.public)
             outbox.send(Message(Kind.STOP, "peer", meta={"address": inbox.address}), WAIT_MS)
             while True:
                 message = inbox.recv(WAIT_MS)
@@ -60,41 +111,63 @@ def peer(parent_address: str, transport: str, run_id: str, secret: str, window: 
                     outbox.send(Message(Kind.METRICS, "peer", step=message.step, tensors=message.tensors), WAIT_MS)
             outbox.wait_all(WAIT_MS)
     finally:
-        if directory:
-            shutil.rmtree(directory, ignore_errors=True)
+        wiring.leave_group()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def measure_link(transport: str, window: int, round_trips: int, messages: int) -> dict[str, float]:
-    """Latency and bandwidth of one link type between this process and a spawned peer."""
+    """Latency and bandwidth of one transport's links between this process and a spawned peer.
+
+    A tcp inbox binds before the peer starts (its port is known only then); a gloo/nccl inbox binds after
+    the process group exists (its tensor path needs it), at an ipc path the peer already knows.
+    """
     run_id, secret = "bench", secrets.token_hex(16)
     codec = Codec(run_id, secret)
     directory = tempfile.mkdtemp(prefix="al-bench-")
-    address = ipc_address("parent", directory) if transport == "ipc" else tcp_address()
-    context = multiprocessing.get_context("spawn")
+    keys = (CurveKeyPair.generate(), CurveKeyPair.generate()) if transport == "curve" else (None, None)
+    store = os.path.join(directory, "store") if transport in ("gloo", "nccl") else None
+    wiring = Wiring(transport, window, keys, store)
+    zmq_context = zmq.Context()
+    child = None
+
+    def bind(address: str) -> Receiver:
+        inbox = wiring.link(address, 1, 0).receiver(codec, "parent", curve=keys[0], context=zmq_context)
+        if inbox.allowed is not None:
+            inbox.allowed.allow(keys[1].public)
+        return inbox
+
     try:
-        with Receiver(address, codec, "parent", window=window) as inbox:
-            child = context.Process(target=peer, args=(inbox.address, transport, run_id, secret, window))
+        with contextlib.ExitStack() as ends:
+            address = wiring.address("parent", directory)
+            inbox = None if store else ends.enter_context(bind(address))
+            child = multiprocessing.get_context("spawn").Process(
+                target=peer, args=(inbox.address if inbox else address, wiring, run_id, secret))
             child.start()
-            try:
-                hello = inbox.recv(WAIT_MS)
-                with Sender(hello.meta["address"], codec, window=window) as outbox:
-                    result = _latency(inbox, outbox, round_trips)
-                    result.update(_bandwidth(outbox, messages))
-                    outbox.send(Message(Kind.STOP, "parent", meta={"command": "stop"}), WAIT_MS)
-                    outbox.wait_all(WAIT_MS)
-                child.join(WAIT_MS / 1000)
-            finally:
-                if child.is_alive():
-                    child.kill()
-            if child.exitcode != 0:
-                raise RuntimeError(f"benchmark peer exited with code {child.exitcode}")
+            wiring.join_group(0)
+            ends.callback(wiring.leave_group)
+            inbox = inbox or ends.enter_context(bind(address))
+            hello = inbox.recv(WAIT_MS)
+            outbox = ends.enter_context(wiring.link(hello.meta["address"], 0, 1, keys[1]).sender(
+                codec, curve=keys[0], context=zmq_context))
+            device = wiring.device(0)
+            result = _latency(inbox, outbox, round_trips, device)
+            result.update(_bandwidth(outbox, messages, device))
+            outbox.send(Message(Kind.STOP, "parent", meta={"command": "stop"}), WAIT_MS)
+            outbox.wait_all(WAIT_MS)
+            child.join(WAIT_MS / 1000)
+        if child.exitcode != 0:
+            raise RuntimeError(f"benchmark peer exited with code {child.exitcode}")
     finally:
+        if child is not None and child.is_alive():
+            child.kill()
+        stop_authenticator(zmq_context)
+        zmq_context.destroy(linger=0)
         shutil.rmtree(directory, ignore_errors=True)
     return result
 
 
-def _latency(inbox: Receiver, outbox: Sender, round_trips: int) -> dict[str, float]:
-    tensor = torch.randn(SMALL_BYTES // 4)
+def _latency(inbox: Receiver, outbox: Sender, round_trips: int, device: torch.device) -> dict[str, float]:
+    tensor = torch.randn(SMALL_BYTES // 4, device=device)
     one_way = []
     for step in range(round_trips + round_trips // 10):
         start = time.perf_counter()
@@ -107,9 +180,9 @@ def _latency(inbox: Receiver, outbox: Sender, round_trips: int) -> dict[str, flo
     return {"lat_median_us": statistics.median(one_way) * 1e6, "lat_p90_us": deciles[-1] * 1e6}
 
 
-def _bandwidth(outbox: Sender, messages: int, repeats: int = 3) -> dict[str, float]:
+def _bandwidth(outbox: Sender, messages: int, device: torch.device, repeats: int = 3) -> dict[str, float]:
     """Median over `repeats` runs of `messages` sends: a shared machine makes single runs noisy."""
-    tensor = torch.randn(LARGE_BYTES // 4)
+    tensor = torch.randn(LARGE_BYTES // 4, device=device)
     for step in range(5):  # warm-up: connection buffers, page faults on the receiving side
         outbox.send(Message(Kind.TRAIN, "parent", step=step, tensors={"x": tensor}), WAIT_MS)
     outbox.wait_all(WAIT_MS)
@@ -225,6 +298,15 @@ def measure_copy(reps: int) -> dict[str, dict[str, float]]:
     return results
 
 
+ALL_TRANSPORTS = ("ipc", "tcp", "curve", "gloo", *GPU_TRANSPORTS)
+
+
+def default_transports() -> list[str]:
+    """Every transport this machine can run: the GPU ones need one GPU (cuda-ipc) or two (nccl)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ["ipc", "tcp", "curve", "gloo"] + ["cuda-ipc"] * (gpus >= 1) + ["nccl"] * (gpus >= 2)
+
+
 def describe_machine() -> list[str]:
     """CPU model, core counts, load and library versions: the figures mean nothing without them."""
     model = cpu_model()
@@ -263,25 +345,39 @@ def format_table(rows: dict[str, dict[str, float]], window: int, machine: list[s
         "same bytes in one process: the ceiling for bandwidth (8 MB stays cache-resident, a generous",
         "ceiling); their latency column is the time of one 16 KB copy. Other jobs shared this machine while",
         "it ran (see the load average): expect run-to-run spread of tens of percent.",
+        "curve = tcp:// with CurveZMQ (encryption and a ZAP allow-list); gloo = header and credits on ipc://,",
+        "tensor bytes by torch.distributed isend/irecv; cuda-ipc and nccl move GPU tensors (GPU machines only).",
         "",
     ]
+    tcp, curve = rows.get("tcp link"), rows.get("curve link")
+    if tcp and curve:
+        latency, bandwidth = curve["lat_median_us"] / tcp["lat_median_us"], tcp["gb_per_s"] / curve["gb_per_s"]
+        lines += [f"CURVE overhead against plain tcp links: 16 KB latency x{latency:.2f} (curve/tcp), "
+                  f"8 MB bandwidth divided by {bandwidth:.2f} (tcp/curve).", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Measure ipc and tcp links and the memory-copy ceiling, print the table, optionally save it."""
+    """Measure every transport's links and the memory-copy ceiling, print the table, optionally save it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="also write the table as Markdown to this path")
     parser.add_argument("--window", type=int, default=2, help="credit window of each link (default 2)")
     parser.add_argument("--round-trips", type=int, default=2000, help="latency samples per transport")
     parser.add_argument("--messages", type=int, default=100, help="8 MB messages per bandwidth run")
     parser.add_argument("--no-plain", action="store_true", help="skip the bare-pyzmq rows")
+    parser.add_argument("--transports", default=",".join(default_transports()),
+                        help="comma-separated transports to measure (default: every one this machine can run: "
+                             f"{', '.join(default_transports())})")
     args = parser.parse_args(argv)
+    chosen = [t.strip() for t in args.transports.split(",") if t.strip()]
+    unknown = sorted(set(chosen) - set(ALL_TRANSPORTS))
+    if unknown:
+        parser.error(f"--transports: unknown {', '.join(unknown)}; expected some of {', '.join(ALL_TRANSPORTS)}")
     torch.set_num_threads(1)
     rows = {}
-    for transport in ("ipc", "tcp"):
-        rows[f"{transport}:// link"] = measure_link(transport, args.window, args.round_trips, args.messages)
-        if not args.no_plain:
+    for transport in chosen:
+        rows[f"{transport} link"] = measure_link(transport, args.window, args.round_trips, args.messages)
+        if transport in ("ipc", "tcp") and not args.no_plain:
             rows[f"{transport}:// plain pyzmq"] = measure_plain(transport, args.round_trips, args.messages)
     rows.update({f"memory copy ({k})": v for k, v in measure_copy(reps=50).items()})
     table = format_table(rows, args.window, describe_machine())

@@ -22,6 +22,7 @@ from engine.config import (
     validate,
 )
 from engine.precision import resolve_memory_format
+from launch.transport_choice import TRANSPORT_CHOICES, check_possible, one_host_transport
 
 EPILOG = """examples:
   auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, pipeline of one worker per core
@@ -130,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(also for --sequential) keep (default): glibc's default heap reuse (fastest); "
                         "return: give freed activations back to the OS (glibc mmap threshold 64 KiB; lower "
                         "resident memory, but on CPU about 2x slower from page faults)")
+    x.add_argument("--transport", choices=TRANSPORT_CHOICES, default="auto",
+                   help="how links between processes move tensors: auto (default; ipc on one host, as before), "
+                        "ipc, tcp (loopback ports picked at run time), curve (tcp + CurveZMQ, fresh keys per "
+                        "attempt); gloo, nccl and cuda-ipc links are wired by the launch across hosts; cuda-ipc "
+                        "and nccl need GPU workers (exit 2 otherwise)")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
     e = p.add_argument_group("experiment presets")
@@ -169,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in IDENTITY_FIELDS)
 #: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
 RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_malloc", "trace", "checkpoint_every",
-                 "heartbeat_timeout", "max_restarts", "recovery", "replay_log_mb", "replay_spill_dir", "no_tensorboard")
+                 "heartbeat_timeout", "max_restarts", "recovery", "replay_log_mb", "replay_spill_dir", "no_tensorboard",
+                 "transport")
 RUNTIME_FILE = "runtime.json"
 
 
@@ -325,6 +332,7 @@ def pipeline_options(args: argparse.Namespace):
     except ValueError as err:
         raise UsageError(str(err)) from err
     validate_runtime(args)
+    transport = link_transport(args)
     if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
                          f"got {args.replay_log_mb}")
@@ -332,7 +340,25 @@ def pipeline_options(args: argparse.Namespace):
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
                            malloc=args.worker_malloc, tensorboard=not args.no_tensorboard, recovery=args.recovery,
-                           replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir)
+                           replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
+                           transport=transport)
+
+
+def link_transport(args: argparse.Namespace) -> str:
+    """--transport checked against the workers' devices and resolved for this launcher (exit 2 if impossible)."""
+    import torch
+
+    from launch.pipeline import parse_gpus
+
+    try:
+        devices = parse_gpus(args.gpus)
+    except ValueError:
+        devices = []   # pipeline_options reports a bad --gpus itself
+    try:
+        check_possible(args.transport, devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        return one_host_transport(args.transport)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:

@@ -40,12 +40,13 @@ from launch.checkpoints import CheckpointStore
 from launch.progress import EpochTracker
 from launch.recovery import OneWorkerRecovery
 from launch.sockets import make_socket_dir
+from launch.transport_choice import OneHostKeys, link_address
 from workers import protocol
 from workers.faults import Fault, die
 from workers.layer_shipping import LayerFileSink
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.protocol import CheckpointMeta, InboxSchema, Route, SeqMeta, TrainMeta, activation_spec
-from workers.transport import Link, ipc_address
+from workers.transport import Link
 from workers.worker import WorkerSpec, worker_main, worker_name
 
 POLL_MS = 50
@@ -92,6 +93,7 @@ class AttemptOptions:
     recovery: str = "all"                # 'one': restart only a failed worker where possible (launch/recovery.py)
     replay_log_mb: float = 256.0         # memory bound of each worker's replay log; past it, it spills to files
     spill_dir: str | None = None         # where replay logs spill (None: the attempt's private temp folder)
+    transport: str = "ipc"               # links: 'ipc' sockets in the attempt's folder or loopback 'tcp' ports
 
 
 @dataclass
@@ -173,8 +175,9 @@ class Coordinator:
         self.codec = Codec(self.run_id, secrets.token_hex(16))
         self.tmp = make_socket_dir(self.run_id)      # launch/sockets.py: found and removed if we are killed
         self.k = len(placement.groups)
-        self.inboxes = [Link(ipc_address(f"w{r}", self.tmp), opts.window) for r in range(self.k)]
-        self.results_link = Link(ipc_address("results", self.tmp), window=64)
+        self.keys = OneHostKeys.generate(self.k) if opts.transport == "curve" else None
+        self.inboxes = [self.link(f"w{r}", opts.window, owner=r) for r in range(self.k)]
+        self.results_link = self.link("results", 64, owner=-1)
         self.needs_input = needs_input
         self.ranks = {worker_name(r): r for r in range(self.k)}
         self.workers: list = []
@@ -200,6 +203,18 @@ class Coordinator:
             Kind.LAYER_FILE: self._on_layer_file,
         }
         protocol.check_handlers(self.handlers, Route.REPORT, "coordinator")
+
+    def link(self, name: str, window: int, owner: int) -> Link:
+        """The link named `name` whose receiving end worker `owner` binds (-1: the coordinator), per
+        --transport: an ipc socket in the attempt's folder, or a loopback tcp port (curve: with owner's key)."""
+        server_key = self.keys.public(owner) if self.keys else None
+        return Link(link_address(self.opts.transport, name, self.tmp), window, self.opts.transport,
+                    server_key=server_key)
+
+    @property
+    def curve(self):
+        """The coordinator's CURVE key pair (None unless --transport curve)."""
+        return self.keys.coordinator if self.keys else None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def __enter__(self) -> Coordinator:
@@ -237,6 +252,7 @@ class Coordinator:
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
                 resume_dir=self.opts.resume_dir, fault=self._fault_for(r), heartbeat_s=heartbeat_s,
                 malloc=self.opts.malloc, control=self.specs_control[r],
+                curve=self.keys.workers[r] if self.keys else None, admit=self.keys.admitted() if self.keys else (),
                 replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp))
         return out
 
@@ -250,14 +266,16 @@ class Coordinator:
 
     def start(self) -> None:
         """Bind the results inbox, spawn the workers and wait until each reports ready."""
-        results = self.results_link.receiver(self.codec, "coordinator")
+        results = self.results_link.receiver(self.codec, "coordinator", curve=self.curve)
+        for key in self.keys.admitted() if self.keys else ():
+            results.allowed.allow(key)
         ctx = forkserver_context()
         workers = []
         try:
             for spec in self.specs():
                 workers.append(WorkerProcess(spec, ctx))
         finally:
-            self.attach(results, self.inboxes[0].sender(self.codec), workers)
+            self.attach(results, self.inboxes[0].sender(self.codec, curve=self.curve), workers)
         self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
         self.wait_ready()
 

@@ -53,6 +53,7 @@ class PipelineOptions:
     recovery: str = "one"          # 'one': restart only a failed worker where possible; 'all': every worker
     replay_log_mb: float = 256.0   # memory bound of each worker's replay log (more spills to files)
     replay_spill_dir: str | None = None   # where replay logs spill (None: the attempt's private temp folder)
+    transport: str = "ipc"         # 'ipc' or 'tcp' links (launch/transport_choice.py resolves --transport)
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -273,10 +274,11 @@ def run_attempts(p: PreparedRun) -> Outcome:
             checkpoint_every=opts.checkpoint_every, heartbeat_timeout=opts.heartbeat_timeout,
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
             resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc,
-            recovery=opts.recovery, replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir)
+            recovery=opts.recovery, replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir,
+            transport=opts.transport)
         coord = p.make_coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
-                                     store=store, tracker=tracker, start=start,
-                                     next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters)
+                                   store=store, tracker=tracker, start=start,
+                                   next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters)
         try:
             with coord:
                 coord.start()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from workers.messages import Kind, Message
 from workers.protocol import CommittedMeta, ExpectReplayMeta, RelinkMeta
-from workers.transport import Link, ipc_address
+from workers.transport import Link
 from workers.worker import worker_name
 
 CONTROL_WINDOW = 8
@@ -118,10 +118,10 @@ class OneWorkerRecovery:
 
     # --- wiring ------------------------------------------------------------------------------------------
     def control_link(self, rank: int) -> Link:
-        return Link(ipc_address(f"c{rank}.{self.incarnations[rank]}", self.c.tmp), CONTROL_WINDOW)
+        return self.c.link(f"c{rank}.{self.incarnations[rank]}", CONTROL_WINDOW, owner=rank)
 
     def inbox_link(self, rank: int) -> Link:
-        return Link(ipc_address(f"w{rank}.{self.incarnations[rank]}", self.c.tmp), self.c.opts.window)
+        return self.c.link(f"w{rank}.{self.incarnations[rank]}", self.c.opts.window, owner=rank)
 
     def enable(self, launch: Callable) -> None:
         """Real worker processes with control inboxes: recovery is possible (start() calls this)."""
@@ -129,7 +129,7 @@ class OneWorkerRecovery:
 
     def _control(self, rank: int):
         if rank not in self.controls:
-            self.controls[rank] = self.c.specs_control[rank].sender(self.c.codec)
+            self.controls[rank] = self.c.specs_control[rank].sender(self.c.codec, curve=self.c.curve)
         return self.controls[rank]
 
     def tell(self, rank: int, kind: Kind, meta, timeout_ms: float = SEND_TIMEOUT_MS) -> bool:
@@ -308,6 +308,6 @@ class OneWorkerRecovery:
         """Worker 0 restarted: a fresh feed link, and every event fed since its checkpoint again, in order."""
         c = self.c
         c.feed.close()
-        c.feed = c.inboxes[0].sender(c.codec)
+        c.feed = c.inboxes[0].sender(c.codec, curve=c.curve)
         for event in events:
             c._send_once(event.build())

@@ -160,13 +160,15 @@ def _wire_layout(tensor: torch.Tensor) -> str:
     return "contiguous"
 
 
-def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
+def _tensor_frame(name: str, tensor: torch.Tensor, keep_device: bool = False) -> memoryview | torch.Tensor:
     """Raw bytes of a tensor as a zero-copy view in its own memory order (a row-major copy first only if it is
     neither row-major nor channels_last).
 
     Through numpy's buffer where numpy has the dtype (one cheap call), else through a uint8 view (bfloat16).
+    With `keep_device`, a GPU tensor's bytes stay on the GPU as a flat uint8 tensor (for transports that move
+    device memory themselves: NCCL, CUDA IPC).
     """
-    if not tensor.is_cpu:
+    if not tensor.is_cpu and not keep_device:
         raise ValueError(f"tensor {name!r} is on {tensor.device}; move it to the CPU before sending")
     if tensor.requires_grad:
         tensor = tensor.detach()
@@ -174,6 +176,8 @@ def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
         tensor = tensor.permute(0, 2, 3, 1)   # NHWC view of the same storage: row-major, so no copy
     elif not tensor.is_contiguous():
         tensor = tensor.contiguous()
+    if not tensor.is_cpu:
+        return tensor.reshape(-1).view(torch.uint8)
     if tensor.numel() == 0:
         return memoryview(b"")
     try:
@@ -182,21 +186,25 @@ def _tensor_frame(name: str, tensor: torch.Tensor) -> memoryview:
         return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
-def _tensor_from_frame(buffer: memoryview, dtype: torch.dtype, shape: tuple[int, ...],
+def _tensor_from_frame(buffer: memoryview | torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...],
                        layout: str = "contiguous") -> torch.Tensor:
     """Rebuild a tensor on the received bytes in the sender's layout; copies only a read-only or misaligned buffer.
 
-    ZeroMQ frames are writable and aligned for messages of any size worth avoiding a copy for. The caller
-    has checked that the buffer holds exactly prod(shape) elements of `dtype`.
+    ZeroMQ frames are writable and aligned for messages of any size worth avoiding a copy for. A frame may
+    also be a flat uint8 tensor (a device buffer an out-of-band transport filled): it is viewed, not copied.
+    The caller has checked that the buffer holds exactly prod(shape) elements of `dtype`.
     """
     channels_last = layout == "channels_last"
-    if len(buffer) == 0:
+    if isinstance(buffer, torch.Tensor):
+        flat = buffer.view(dtype) if buffer.numel() else torch.empty(0, dtype=dtype, device=buffer.device)
+    elif len(buffer) == 0:
         return torch.empty(shape, dtype=dtype,
                            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    source = bytearray(buffer) if buffer.readonly else buffer
-    flat = torch.frombuffer(source, dtype=dtype)
-    if flat.data_ptr() % dtype.itemsize:
-        flat = torch.frombuffer(source, dtype=torch.uint8).clone().view(dtype)
+    else:
+        source = bytearray(buffer) if buffer.readonly else buffer
+        flat = torch.frombuffer(source, dtype=dtype)
+        if flat.data_ptr() % dtype.itemsize:
+            flat = torch.frombuffer(source, dtype=torch.uint8).clone().view(dtype)
     if channels_last:
         n, c, h, w = shape
         return flat.reshape(n, h, w, c).permute(0, 3, 1, 2)   # NCHW view with NHWC strides
@@ -220,8 +228,11 @@ class Codec:
         self.secret = secret
         self.max_message_bytes = max_message_bytes
 
-    def encode(self, message: Message) -> list[bytes | memoryview]:
-        """Frames for `message`: header bytes then one zero-copy view per tensor, in the tensors' order."""
+    def encode(self, message: Message, keep_device: bool = False) -> list[bytes | memoryview]:
+        """Frames for `message`: header bytes then one zero-copy view per tensor, in the tensors' order.
+
+        `keep_device`: GPU tensors give flat uint8 GPU tensors as frames (see _tensor_frame), not an error.
+        """
         if not isinstance(message.kind, Kind):
             raise ValueError(f"message kind must be a Kind, got {message.kind!r}")
         if not message.sender or len(message.sender) > MAX_NAME_CHARS:
@@ -235,14 +246,14 @@ class Codec:
                 raise ValueError(f"tensor {name!r} has unsupported dtype {tensor.dtype}; use one of {list(DTYPES)}")
             if not name or len(name) > MAX_NAME_CHARS or tensor.dim() > MAX_NDIM:
                 raise ValueError(f"tensor {name!r}: names are 1..{MAX_NAME_CHARS} characters, at most {MAX_NDIM} dims")
-            frame = _tensor_frame(name, tensor)
+            frame = _tensor_frame(name, tensor, keep_device)
             frames.append(frame)
             specs.append(
                 {
                     "name": name,
                     "dtype": _DTYPE_NAMES[tensor.dtype],
                     "shape": list(tensor.shape),
-                    "nbytes": frame.nbytes,
+                    "nbytes": tensor.numel() * tensor.element_size(),
                     "layout": _wire_layout(tensor),
                 }
             )
@@ -289,7 +300,7 @@ class Codec:
         sender = header["sender"]
         self._check_identity(header, sender)
         kind = Kind(header["kind"])
-        tensor_frames = [memoryview(f) for f in frames[1:]]
+        tensor_frames = [f if isinstance(f, torch.Tensor) else memoryview(f) for f in frames[1:]]
         specs = header["tensors"]
         if len(tensor_frames) != len(specs):
             raise MessageError(
@@ -298,7 +309,7 @@ class Codec:
                 f"header describes {len(specs)} tensors but {len(tensor_frames)} tensor frames arrived",
             )
         declared = sum(s["nbytes"] for s in specs if isinstance(s, dict) and _is_int(s.get("nbytes")))
-        received = sum(f.nbytes for f in tensor_frames)
+        received = sum(_frame_bytes(f) for f in tensor_frames)
         if max(declared, received) > self.max_message_bytes:
             raise MessageError(
                 sender,
@@ -307,7 +318,7 @@ class Codec:
             )
         tensors: dict[str, torch.Tensor] = {}
         for index, (spec, frame) in enumerate(zip(specs, tensor_frames, strict=True)):
-            name, dtype, shape, layout = self._check_spec(spec, index, sender, frame.nbytes)
+            name, dtype, shape, layout = self._check_spec(spec, index, sender, _frame_bytes(frame))
             if name in tensors:
                 raise MessageError(sender, "tensors", f"tensor name {name!r} appears twice")
             tensors[name] = _tensor_from_frame(frame, dtype, shape, layout)
@@ -315,6 +326,26 @@ class Codec:
         if expect is not None:
             check_expected(message, expect)
         return message
+
+    def tensor_sizes(self, header_frame: Any, peer: str = "<unknown sender>") -> list[int]:
+        """Byte counts of the tensors a header announces, after the checks `decode` makes of the header alone.
+
+        For transports that move tensor bytes outside ZeroMQ (workers/oob_link.py): they must know what to
+        receive before the bytes exist, and must not receive anything for a stranger (MessageError, foreign)
+        or for an inconsistent header. `decode` then checks the whole message again with the bytes.
+        """
+        header = self._parse_header(memoryview(header_frame), peer)
+        sender = header["sender"]
+        self._check_identity(header, sender)
+        sizes = []
+        for index, spec in enumerate(header["tensors"]):
+            declared = spec.get("nbytes") if isinstance(spec, dict) else None
+            self._check_spec(spec, index, sender, declared)
+            sizes.append(declared)
+        if sum(sizes) > self.max_message_bytes:
+            raise MessageError(sender, "size",
+                               f"{sum(sizes)} tensor bytes exceed the limit of {self.max_message_bytes}")
+        return sizes
 
     def _parse_header(self, raw: memoryview, peer: str) -> dict[str, Any]:
         """Parse the header and prove it belongs to this run (else `foreign`), then check its shape."""
@@ -402,6 +433,10 @@ class Codec:
                 f"frame has {frame_bytes} bytes, header declares {nbytes} (truncated or corrupted frame)",
             )
         return name, dtype, tuple(shape), layout
+
+
+def _frame_bytes(frame: memoryview | torch.Tensor) -> int:
+    return frame.numel() if isinstance(frame, torch.Tensor) else frame.nbytes
 
 
 def check_expected(message: Message, expect: Expect) -> None:

@@ -39,6 +39,11 @@ exceed the limit is received and rejected with MessageError. Binding an ipc:// p
 
 Contract: do not modify a sent tensor in place until the receiver has consumed it (`Sender.wait_all`, or the
 next credit); ZeroMQ reads it asynchronously. Sockets are not thread-safe: use each end from one thread.
+
+Transports: a `Link` names one (TRANSPORTS). ipc and tcp are the sockets above; curve is tcp with CurveZMQ
+(workers/curve.py: the Receiver is a CURVE server whose context's ZAP authenticator admits only allow-listed
+client keys, the Sender a client that knows the server's key); gloo, nccl and cuda-ipc keep this header,
+credit and window machinery and move only tensor bytes elsewhere (workers/oob_link.py, workers/cuda_ipc.py).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from workers import curve as _curve
 from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, MessageError
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
@@ -156,13 +162,23 @@ class Receiver(_Endpoint):
         window: int = 2,
         context: zmq.Context | None = None,
         allow_remote: bool = False,
+        curve: _curve.CurveKeyPair | None = None,
     ):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         _check_bind_address(address, allow_remote)
+        if curve is not None and not address.startswith("tcp://"):
+            raise ValueError(f"CURVE encrypts tcp:// links only, got {address!r}")
         self._codec = codec
         (self._credit,) = codec.encode(Message(Kind.CREDIT, name))   # header only: one frame
-        self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+        context = context or zmq.Context.instance()
+        self.allowed: _curve.KeyAllowList | None = None
+        """With CURVE: the client public keys admitted (shared by the context's CURVE receivers)."""
+        if curve is not None:
+            self.allowed = _curve.authenticator(context)
+        self._socket = context.socket(zmq.ROUTER)
+        if curve is not None:
+            _curve.make_server(self._socket, curve)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, window + 1)
         self._socket.setsockopt(zmq.SNDHWM, _CREDIT_HWM)   # only credits go out
@@ -210,7 +226,7 @@ class Receiver(_Endpoint):
             while socket.getsockopt(_RCVMORE):
                 frames.append(socket.recv(copy=False))
             try:
-                message = self._codec.decode(frames, expect, peer=f"<peer {identity.hex()} at {self.address}>")
+                message = self._decode(frames, expect, f"<peer {identity.hex()} at {self.address}>")
             except MessageError as err:
                 if not err.foreign:
                     raise
@@ -233,11 +249,16 @@ class Receiver(_Endpoint):
                 break
             return message
 
+    def _decode(self, frames: list, expect: Expect | None, peer: str) -> Message:
+        """Validate and rebuild one message from its ZeroMQ frames (out-of-band transports fetch tensors here)."""
+        return self._codec.decode(frames, expect, peer=peer)
+
 
 class Sender(_Endpoint):
     """The connecting end of a link: sends at most `window` messages ahead of what the receiver consumed."""
 
-    def __init__(self, address: str, codec: Codec, *, window: int = 2, context: zmq.Context | None = None):
+    def __init__(self, address: str, codec: Codec, *, window: int = 2, context: zmq.Context | None = None,
+                 curve: _curve.CurveKeyPair | None = None, server_key: bytes | str | None = None):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.address = address
@@ -246,6 +267,10 @@ class Sender(_Endpoint):
         self._in_flight = 0
         self._valid_credit: bytes | None = None
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        if (curve is None) != (server_key is None):
+            raise ValueError("a CURVE sender needs both its own key pair and the receiver's public key")
+        if curve is not None:
+            _curve.make_client(self._socket, curve, server_key)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
         self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
@@ -268,6 +293,11 @@ class Sender(_Endpoint):
         stays full for `timeout_ms` (the receiver is slow, stuck or dead), MessageError for a forged credit.
         """
         frames = self._codec.encode(message)
+        self._reserve(timeout_ms)
+        self._put(frames, timeout_ms)
+
+    def _reserve(self, timeout_ms: float) -> None:
+        """Wait until the window has room for one more message (TimeoutError after `timeout_ms`)."""
         _check_timeout(timeout_ms)
         self._collect_credits(deadline=None)
         if self._in_flight >= self.window:
@@ -278,6 +308,9 @@ class Sender(_Endpoint):
                         f"send to {self.address} timed out after {timeout_ms} ms: {self._in_flight} of "
                         f"{self.window} messages still unconsumed by the receiver (slow or dead?)"
                     )
+
+    def _put(self, frames: list, timeout_ms: float) -> None:
+        """Queue one message's frames on the socket (window room already reserved) and count it in flight."""
         # Try at once; wait for writability only when ZeroMQ refuses (no peer connected yet, or its pipe full).
         deadline = None
         while not self._send_now(frames):
@@ -285,6 +318,9 @@ class Sender(_Endpoint):
             if not _wait(self._writable, self._socket, deadline):
                 raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
         self._in_flight += 1
+
+    def _consumed(self) -> None:
+        """A credit arrived: the receiver consumed our oldest message (out-of-band transports free its buffers)."""
 
     def send_raw(self, frames: list) -> None:
         """Put `frames` on the link as they are, outside encoding and the window: fault injection only."""
@@ -334,23 +370,89 @@ class Sender(_Endpoint):
             if len(frames) != 1 or frames[0] != self._valid_credit:
                 self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
                 self._valid_credit = frames[0] if len(frames) == 1 else None
-            self._in_flight = max(0, self._in_flight - 1)
+            if self._in_flight:
+                self._in_flight -= 1
+                self._consumed()
             got = True
+
+
+#: Transports a link may name. ipc/tcp/curve: everything on ZeroMQ (ipc:// or tcp://, curve = tcp:// with
+#: CurveZMQ). gloo/nccl/cuda-ipc: header, credits and control on ZeroMQ, tensor bytes out of band
+#: (workers/oob_link.py). "auto" is not a transport: launch/transport_choice.py resolves it per pair.
+TRANSPORTS = ("ipc", "tcp", "curve", "gloo", "nccl", "cuda-ipc")
+_OOB = {"gloo", "nccl", "cuda-ipc"}
 
 
 @dataclass(frozen=True)
 class Link:
-    """One directed edge as plain data (picklable into a spawned worker): where it lives and its window."""
+    """One directed edge as plain data (picklable into a spawned worker): where it lives, its window, and how
+    its tensor bytes travel.
+
+    `transport` is one of TRANSPORTS; by default the address's scheme decides (ipc:// or tcp://).
+    `server_key` is the receiver's z85 CURVE public key (transport "curve"; verify it from a signed endpoint
+    record first, workers/endpoint_record.py). `src_rank`/`dst_rank` are the two ends' ranks in the default
+    torch.distributed process group and `tag` tells this link from others between the same ranks (gloo, nccl);
+    cuda-ipc needs none of them (both ends on one host).
+    """
 
     address: str
     window: int = 2
+    transport: str = ""
+    server_key: str | None = None
+    src_rank: int | None = None
+    dst_rank: int | None = None
+    tag: int = 0
+
+    def __post_init__(self):
+        if not self.transport:
+            object.__setattr__(self, "transport", "tcp" if self.address.startswith("tcp://") else "ipc")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"link transport {self.transport!r} is not one of {TRANSPORTS}")
+        if self.transport == "curve" and not self.address.startswith("tcp://"):
+            raise ValueError(f"a curve link needs a tcp:// address, got {self.address!r}")
+        if self.transport in {"gloo", "nccl"} and (self.src_rank is None or self.dst_rank is None):
+            raise ValueError(f"a {self.transport} link needs src_rank and dst_rank (process-group ranks)")
 
     def receiver(
-        self, codec: Codec, name: str, *, context: zmq.Context | None = None, allow_remote: bool = False
+        self, codec: Codec, name: str, *, context: zmq.Context | None = None, allow_remote: bool = False,
+        curve: _curve.CurveKeyPair | None = None,
     ) -> Receiver:
-        """Bind the receiving end (in the downstream process, before or after the sender connects)."""
-        return Receiver(self.address, codec, name, window=self.window, context=context, allow_remote=allow_remote)
+        """Bind the receiving end (in the downstream process, before or after the sender connects).
 
-    def sender(self, codec: Codec, *, context: zmq.Context | None = None) -> Sender:
-        """Connect the sending end (in the upstream process)."""
-        return Sender(self.address, codec, window=self.window, context=context)
+        A curve link needs this process's key pair; admit senders with `receiver.allowed.allow(public_key)`.
+        """
+        kwargs = dict(window=self.window, context=context, allow_remote=allow_remote,
+                      curve=self._keys(curve, sending=False))
+        if self.transport not in _OOB:
+            return Receiver(self.address, codec, name, **kwargs)
+        from workers.oob_link import OobReceiver
+        return OobReceiver(self.address, codec, name, self._path(receiving=True), **kwargs)
+
+    def sender(self, codec: Codec, *, context: zmq.Context | None = None,
+               curve: _curve.CurveKeyPair | None = None) -> Sender:
+        """Connect the sending end (in the upstream process); a curve link needs this process's key pair."""
+        keys = self._keys(curve, sending=True)
+        kwargs = dict(window=self.window, context=context, curve=keys,
+                      server_key=self.server_key if keys else None)
+        if self.transport not in _OOB:
+            return Sender(self.address, codec, **kwargs)
+        from workers.oob_link import OobSender
+        return OobSender(self.address, codec, self._path(receiving=False), **kwargs)
+
+    def _keys(self, curve: _curve.CurveKeyPair | None, sending: bool) -> _curve.CurveKeyPair | None:
+        if self.transport == "curve" and curve is None:
+            raise ValueError("a curve link needs this process's CurveKeyPair (CurveKeyPair.generate())")
+        if self.transport == "curve" and sending and self.server_key is None:
+            raise ValueError("a curve link needs the receiver's public key (server_key)")
+        return curve if self.transport == "curve" else None
+
+    def _path(self, receiving: bool):
+        import torch
+
+        from workers.oob_link import DistPath
+        if self.transport == "cuda-ipc":
+            from workers.cuda_ipc import CudaIpcPath
+            return CudaIpcPath(self.window, receiving=receiving)
+        peer = self.src_rank if receiving else self.dst_rank
+        device = torch.device("cpu") if self.transport == "gloo" else torch.device("cuda", torch.cuda.current_device())
+        return DistPath(self.transport, peer, self.tag, device)

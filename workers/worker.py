@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psutil
 import torch
@@ -79,6 +79,8 @@ class WorkerSpec:
     spill_dir: str | None = None  # where the replay log spills (None: the system's temporary folder)
     ship_layers: bool = False     # send layer files to the coordinator over the results link instead of writing
                                   # them into its folders (several machines: workers/layer_shipping.py)
+    curve: object | None = None   # this worker's CurveKeyPair when its links are curve links (one-host launcher)
+    admit: tuple = ()             # public keys its CURVE receivers admit (the run's other processes)
 
     @property
     def name(self) -> str:
@@ -116,13 +118,20 @@ class WorkerLinks:
 
 
 def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
-    """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox."""
-    window = spec.outbox.window if spec.outbox else 1
-    return WorkerLinks(spec.inbox.receiver(codec, spec.name),
-                       spec.outbox.sender(codec) if spec.outbox else None,
-                       spec.results.sender(codec),
-                       spec.control.receiver(codec, spec.name) if spec.control else None,
-                       lambda address: Link(address, window).sender(codec))
+    """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox.
+
+    Links whose transport is curve use the spec's CurveKeyPair, and its receivers admit `spec.admit`."""
+    curve = spec.curve
+    inbox = spec.inbox.receiver(codec, spec.name, curve=curve)
+    control = spec.control.receiver(codec, spec.name, curve=curve) if spec.control else None
+    for key in spec.admit if inbox.allowed is not None else ():
+        inbox.allowed.allow(key)   # one allow-list per ZeroMQ context: the control inbox shares it
+    return WorkerLinks(inbox,
+                       spec.outbox.sender(codec, curve=curve) if spec.outbox else None,
+                       spec.results.sender(codec, curve=curve),
+                       control,
+                       lambda address: (replace(spec.outbox, address=address) if spec.outbox
+                                        else Link(address, 1)).sender(codec, curve=curve))
 
 
 def to_host(t: torch.Tensor) -> torch.Tensor:
@@ -525,7 +534,8 @@ def worker_main(spec: WorkerSpec) -> None:
     try:
         links = open_links(spec, codec)
     except ValueError:
-        if not os.path.isdir(os.path.dirname(spec.inbox.address.removeprefix("ipc://"))):
+        ipc = spec.inbox.address.startswith("ipc://")
+        if ipc and not os.path.isdir(os.path.dirname(spec.inbox.address.removeprefix("ipc://"))):
             os._exit(0)      # the attempt ended while this worker started (its socket folder is gone): nothing to do
         raise
     serve(spec, links, coordinator_watch(spec.coordinator_pid))

@@ -100,3 +100,9 @@ def test_the_same_worker_failing_again_falls_back(reference, tmp_path):
     assert paths == [(0, "one"), (0, "all"), (1, "one"), (1, "all")]
     assert failure["restarts"][1]["fallback"] == "worker 1 failed again"
     assert_no_orphan_workers()
+
+
+def test_one_worker_restarts_alone_over_curve_links(reference, tmp_path):
+    """--transport curve: the restarted worker binds new encrypted inboxes, its upstream relinks with the same
+    keys, and the run still ends bitwise equal."""
+    run_one(reference, tmp_path, "kill:worker=1:step=8", "3", [1], transport="curve")

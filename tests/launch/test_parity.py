@@ -137,3 +137,16 @@ def test_pipeline_equals_sequential_with_kernel_options(memory_format, precision
 ])
 def test_pipeline_equals_sequential_kernel_matrix(memory_format, precision, workers, tmp_path):
     _kernel_parity(memory_format, precision, workers, tmp_path)
+
+
+@pytest.mark.parametrize("transport", [pytest.param("tcp", marks=pytest.mark.slow), "curve"])
+def test_pipeline_over_tcp_and_curve_links_equals_sequential(transport, tmp_path):
+    """--transport tcp/curve: every link on a loopback port picked at run time (curve: encrypted, each
+    receiver admitting only the attempt's keys), same weights as the sequential run."""
+    cfg, data = small_run("auglocal", epochs=1, max_steps=4)
+    model, aux, _, _ = sequential_reference(cfg, data)
+    out = tmp_path / f"run-{transport}"
+    code = train_pipeline(cfg, data, PipelineOptions(workers="2", balance="flops", threads=1, transport=transport),
+                          out=str(out), progress=False)
+    assert code == 0
+    assert_same_weights(model, aux, out)

@@ -1,0 +1,111 @@
+"""CurveZMQ for links across hosts: ephemeral key pairs, an allow-list of client keys, one ZAP authenticator.
+
+CURVE encrypts a tcp:// link and authenticates both ends: a Sender must know its Receiver's public key to
+connect at all, and the Receiver's ZAP authenticator admits a client only if its public key is on the
+allow-list, so a peer with an unknown key completes no handshake and never delivers a message (the run-secret
+check in the Codec still follows for those that do). Keys are per process and never written to disk
+(`CurveKeyPair.generate`, i.e. zmq.curve_keypair()); the public halves travel in signed endpoint records
+(workers/endpoint_record.py).
+
+A ZAP handler belongs to a ZeroMQ context and there is at most one per context: `authenticator(context)`
+starts it on first use and returns the context's `KeyAllowList` after that; every CURVE Receiver of that
+context shares it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+
+@dataclass(frozen=True)
+class CurveKeyPair:
+    """A z85-encoded CURVE key pair (40 ASCII characters each). Keep `secret` in this process."""
+
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def generate(cls) -> CurveKeyPair:
+        """A fresh ephemeral pair (requires libzmq built with CURVE; raises RuntimeError otherwise)."""
+        if not zmq.has("curve"):
+            raise RuntimeError("this libzmq has no CURVE support; install pyzmq's bundled libzmq")
+        public, secret = zmq.curve_keypair()
+        return cls(public, secret)
+
+    def __repr__(self) -> str:   # never print the secret half in logs or tracebacks
+        return f"CurveKeyPair(public={self.public!r})"
+
+
+class KeyAllowList:
+    """The client public keys (z85) a CURVE Receiver admits; also the ZAP credentials provider (thread-safe)."""
+
+    def __init__(self, keys=()):
+        self._keys: set[bytes] = set()
+        self._lock = threading.Lock()
+        self.refused = 0
+        """Handshakes refused so far (unknown keys)."""
+        for key in keys:
+            self.allow(key)
+
+    def allow(self, public_key: bytes | str) -> None:
+        """Admit clients holding this public key (one verified from a signed endpoint record)."""
+        key = public_key.encode("ascii") if isinstance(public_key, str) else bytes(public_key)
+        if len(key) != 40:
+            raise ValueError(f"a z85 CURVE public key has 40 characters, got {len(key)}")
+        with self._lock:
+            self._keys.add(key)
+
+    def __contains__(self, public_key: bytes) -> bool:
+        with self._lock:
+            return bytes(public_key) in self._keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials-provider hook, called in the authenticator thread for each handshake."""
+        admitted = key in self
+        if not admitted:
+            with self._lock:
+                self.refused += 1
+        return admitted
+
+
+_authenticators: dict[int, tuple[ThreadAuthenticator, KeyAllowList]] = {}
+_registry_lock = threading.Lock()
+
+
+def authenticator(context: zmq.Context) -> KeyAllowList:
+    """The allow-list of `context`'s ZAP authenticator, starting the authenticator on first use."""
+    with _registry_lock:
+        entry = _authenticators.get(id(context))
+        if entry is None or entry[0].context is not context or entry[0].thread is None:
+            auth = ThreadAuthenticator(context)
+            auth.start()
+            allow = KeyAllowList()
+            auth.configure_curve_callback(domain="*", credentials_provider=allow)
+            entry = _authenticators[id(context)] = (auth, allow)
+        return entry[1]
+
+
+def stop_authenticator(context: zmq.Context) -> None:
+    """Stop `context`'s authenticator (before terminating the context); a no-op if none runs."""
+    with _registry_lock:
+        entry = _authenticators.pop(id(context), None)
+    if entry is not None:
+        entry[0].stop()
+
+
+def make_server(socket: zmq.Socket, keys: CurveKeyPair) -> None:
+    """Make a socket (before bind) a CURVE server with `keys`; its context's authenticator vets clients."""
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_server = True
+
+
+def make_client(socket: zmq.Socket, keys: CurveKeyPair, server_public: bytes | str) -> None:
+    """Make a socket (before connect) a CURVE client of the server holding `server_public`."""
+    socket.curve_secretkey = keys.secret
+    socket.curve_publickey = keys.public
+    socket.curve_serverkey = server_public.encode("ascii") if isinstance(server_public, str) else server_public
