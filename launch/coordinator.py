@@ -75,6 +75,7 @@ class Placement:
     devices: list[str]
     threads: list[int]
     input_shapes: list[tuple[int, ...]] | None = None   # per worker: one input activation's shape (no batch)
+    hosts: list[list[int]] | None = None                # thread workers: the ranks of each host process
 
 
 @dataclass
@@ -103,18 +104,26 @@ class RunCounters:
 def forkserver_context() -> mp.context.BaseContext:
     """Workers start from a forkserver that has imported torch once: a fresh import costs seconds each."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "engine.stage", "engine.auxnets", "engine.models", "workers.worker"])
+    ctx.set_forkserver_preload(["torch", "engine.stage", "engine.auxnets", "engine.models", "workers.worker",
+                                "workers.host"])
     return ctx
 
 
 class WorkerProcess:
-    """A worker process started from the forkserver, watched by its pid as well.
+    """A worker process started from the forkserver, watched by its pid as well; with `hosted`, a host
+    process running those workers as threads (workers/host.py), which then stands for each of them.
 
     If the forkserver dies, multiprocessing reports its children as exited (code 255) although they run on,
     reparented to init: `orphaned` tells that case apart and `stop` ends them through their pid."""
 
-    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext):
-        self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
+    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext, hosted: list[WorkerSpec] | None = None):
+        if hosted:
+            from workers.host import host_main
+
+            self.process = ctx.Process(target=host_main, args=(hosted,), daemon=True,
+                                       name=f"host-{hosted[0].name}-{hosted[-1].name}")
+        else:
+            self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
         self.process.start()
         self._ps = psutil.Process(self.process.pid)
 
@@ -233,7 +242,8 @@ class Coordinator:
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
                 resume_dir=self.opts.resume_dir, fault=self._fault_for(r), heartbeat_s=heartbeat_s,
                 malloc=self.opts.malloc, control=self.specs_control[r],
-                replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp))
+                replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp,
+                replay_log=self.placement.hosts is None))
         return out
 
     def attach(self, results, feed, workers: list) -> None:
@@ -249,12 +259,18 @@ class Coordinator:
         results = self.results_link.receiver(self.codec, "coordinator")
         ctx = forkserver_context()
         workers = []
+        specs = self.specs()
         try:
-            for spec in self.specs():
-                workers.append(WorkerProcess(spec, ctx))
+            if self.placement.hosts is None:
+                for spec in specs:
+                    workers.append(WorkerProcess(spec, ctx))
+            for group in self.placement.hosts or []:   # one handle per rank: its host process
+                host = WorkerProcess(specs[group[0]], ctx, hosted=[specs[r] for r in group])
+                workers.extend([host] * len(group))
         finally:
             self.attach(results, self.inboxes[0].sender(self.codec), workers)
-        self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
+        if self.placement.hosts is None:
+            self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -270,7 +286,7 @@ class Coordinator:
 
     def shutdown(self) -> None:
         """Stop whatever still runs, close sockets, remove the ipc folder."""
-        for w in self.workers:
+        for w in {id(w): w for w in self.workers}.values():   # a host process stands for several ranks
             w.stop()
         self.recovery.close()
         for end in (self.feed, self.results):

@@ -77,6 +77,8 @@ class WorkerSpec:
     resume_seq: int = -1          # seq of the last message the resumed state has handled (its checkpoint's)
     replay_log_bytes: int = REPLAY_LOG_BYTES   # memory bound of the replay log; more spills to files
     spill_dir: str | None = None  # where the replay log spills (None: the system's temporary folder)
+    replay_log: bool = True       # False for thread workers: their failure restarts the whole pipeline, which
+                                  # never replays, so keeping (encoding) every sent message would be waste
 
     @property
     def name(self) -> str:
@@ -178,6 +180,18 @@ def coordinator_watch(pid: int) -> Callable[[], bool]:
     return alive
 
 
+class InjectedError(RuntimeError):
+    """The `raise` fault: an unexpected exception inside a worker, as a bug would raise."""
+
+
+def _raise() -> None:
+    raise InjectedError("injected fault: an unexpected exception in the worker")
+
+
+#: what a fault firing at `train` does (workers/faults.py REGISTRY names the kinds)
+FAULT_ACTIONS: dict[str, Callable[[], None]] = {"kill": die, "hang": hang, "raise": _raise}
+
+
 class Worker:
     """The receive-compute-send loop of one worker; `handlers` is its half of the protocol."""
 
@@ -207,7 +221,7 @@ class Worker:
         self.dropped_repeats = 0
         self._in_control = False
         self.log = (ReplayLog(spec.replay_log_bytes, spec.spill_dir, spec.name)
-                    if links.outbox is not None else None)
+                    if links.outbox is not None and spec.replay_log else None)
         protocol.check_handlers(self.handlers, Route.DOWN, "worker")
         links.inbox.on_foreign = self._report_rejected
         if spec.resume_dir:
@@ -368,6 +382,11 @@ class Worker:
             time.sleep(min(left, self.spec.heartbeat_s / 2))
             self._maybe_heartbeat("recv")
 
+    def _outgoing(self, t: torch.Tensor) -> torch.Tensor:
+        """An output as the outgoing link carries it: by reference to a thread worker of this process (on its
+        device), else a host copy for the wire."""
+        return t.detach() if getattr(self.links.outbox, "by_reference", False) else to_host(t)
+
     # --- fault hooks (workers/faults.py says which kind fires where) --------------------------------------
     def _fire(self, point: str, **where) -> bool:
         return self.fault is not None and self.fault.fires(point, **where)
@@ -392,7 +411,7 @@ class Worker:
     def _train(self, msg: Message) -> None:
         g = msg.meta.g
         if self._fire("train", g=g):
-            (die if self.fault.kind == "kill" else hang)()
+            FAULT_ACTIONS[self.fault.kind]()
         position = (msg.epoch, msg.step)
         if self.stage.last_applied is not None and position <= self.stage.last_applied:
             self._fail(f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}: it would "
@@ -407,7 +426,7 @@ class Worker:
         def emit(out: torch.Tensor) -> None:
             t_emit = time.perf_counter()
             self.tracer.span("compute", msg.epoch, msg.step, t0, t_emit)
-            tensors = {"h": to_host(out), "y": y}
+            tensors = {"h": self._outgoing(out), "y": y}
             if self.spec.send_input and x is not None:
                 tensors["x"] = x
             out_msg = Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step, layer=self.stage.layer_ids[-1],
@@ -444,7 +463,7 @@ class Worker:
             self._report(Kind.EVAL_RESULT, EvalResultMeta(correct, int(y.shape[0])), msg.epoch, msg.step)
         else:
             self._send(self.links.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
-                                                  tensors={"h": to_host(out), "y": y}, meta=msg.meta))
+                                                  tensors={"h": self._outgoing(out), "y": y}, meta=msg.meta))
 
     def _save_layers(self, directory: str, before_each=None) -> None:
         from workers.layer_files import save_stage_layers
@@ -501,6 +520,26 @@ class Worker:
             protocol.dispatch(self.handlers, msg)
 
 
+def report_crash(links: WorkerLinks, name: str, err: BaseException) -> None:
+    """Tell the coordinator why this worker stops on an unexpected exception (with where it was raised)."""
+    import traceback
+
+    where = "".join(traceback.format_exception(err)[-3:])
+    try:
+        links.results.send(Message(Kind.ERROR, name, meta=ErrorMeta(f"{name} raised {where}"[:2000], True)),
+                           POLL_MS)
+    except (TimeoutError, ValueError):
+        pass
+
+
+def flush_reports(links: WorkerLinks) -> None:
+    """Wait (briefly) until the coordinator has read our reports: it must read why we stop before we exit."""
+    try:
+        links.results.wait_all(POLL_MS)
+    except TimeoutError:
+        pass
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Process entry point. Ctrl-C is the coordinator's to handle: workers ignore SIGINT and are stopped by it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -521,11 +560,10 @@ def worker_main(spec: WorkerSpec) -> None:
         worker.run()
     except CoordinatorGone:
         pass
-    except WorkerError:
-        try:
-            links.results.wait_all(POLL_MS)   # the coordinator must read why we stop before it sees us exit
-        except TimeoutError:
-            pass
+    except Exception as err:     # WorkerError was reported by _fail; anything else is a bug: report it first
+        if not isinstance(err, WorkerError):
+            report_crash(links, spec.name, err)
+        flush_reports(links)
         os._exit(3)
     finally:
         links.close()
