@@ -71,3 +71,13 @@ def describe_hosts(hosts: list[list[int]] | None, devices: list[str]) -> str:
     parts = [f"host {h}: workers {g[0]}..{g[-1]} on {devices[g[0]]}" if len(g) > 1
              else f"host {h}: worker {g[0]} on {devices[g[0]]}" for h, g in enumerate(hosts)]
     return f"worker kind: thread ({len(hosts)} host process(es); {'; '.join(parts)})"
+
+
+def gpu_sharing(devices: list[str]) -> list[list[int]]:
+    """Groups of workers that share one GPU (more than one worker on it): the planner bounds their
+    throughput by the sum of their work, as the shared CPU cores bound CPU workers."""
+    by_device: dict[str, list[int]] = {}
+    for r, device in enumerate(devices):
+        if device.startswith("cuda"):
+            by_device.setdefault(device, []).append(r)
+    return [ranks for ranks in by_device.values() if len(ranks) > 1]
