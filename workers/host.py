@@ -34,6 +34,7 @@ from workers.worker import (
     WorkerError,
     WorkerLinks,
     WorkerSpec,
+    apply_determinism,
     coordinator_watch,
     flush_reports,
     report_crash,
@@ -126,6 +127,7 @@ def host_main(specs: list[WorkerSpec]) -> None:
     threads = max(s.threads for s in specs)
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    apply_determinism()
     codec = Codec(specs[0].run_id, specs[0].secret)
     try:
         links = host_links(specs, codec)

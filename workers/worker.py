@@ -540,6 +540,17 @@ def flush_reports(links: WorkerLinks) -> None:
         pass
 
 
+DETERMINISTIC_VAR = "AUGLOCAL_DETERMINISTIC"
+
+
+def apply_determinism() -> None:
+    """With AUGLOCAL_DETERMINISTIC=1 in the environment, use deterministic algorithms only (the GPU parity
+    check: a pipeline on one GPU equals the sequential trainer there; CUDA also needs
+    CUBLAS_WORKSPACE_CONFIG=:4096:8)."""
+    if os.environ.get(DETERMINISTIC_VAR) == "1":
+        torch.use_deterministic_algorithms(True)
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Process entry point. Ctrl-C is the coordinator's to handle: workers ignore SIGINT and are stopped by it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -547,6 +558,7 @@ def worker_main(spec: WorkerSpec) -> None:
         return_freed_memory()
     torch.set_num_threads(spec.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
+    apply_determinism()
     codec = Codec(spec.run_id, spec.secret)
     try:
         links = open_links(spec, codec)
