@@ -1,7 +1,8 @@
 """A link between two thread workers of one host process: activations pass by reference, credits as on a socket.
 
 Two workers in the same process need not serialise anything: the producer hands its output tensor object to
-the consumer. What a ZeroMQ link guarantees still holds here:
+the consumer. What a ZeroMQ link guarantees still holds, because this is the in-memory link
+(workers/memlink.py) with one change, the payload:
 
 - the same credit window (2 by default): a sender has at most `window` messages the receiver has not taken
   with `recv`; a full window blocks `send` up to its timeout, so a slow consumer slows its producer and no
@@ -24,14 +25,10 @@ consumer may still read it.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
-
 import torch
 
-from workers.messages import Codec, Message, MessageError
+from workers.memlink import MemoryLink, MemorySender
+from workers.messages import Codec, Expect, Message
 
 
 def _record_event(tensors: dict[str, torch.Tensor]):
@@ -55,104 +52,33 @@ def _adopt(tensors: dict[str, torch.Tensor], event) -> None:
             t.record_stream(stream)
 
 
-class ThreadSender:
-    """The producer's end: at most `window` messages the consumer has not taken yet."""
+class ThreadSender(MemorySender):
+    """The producer's end: at most `window` messages the consumer has not taken yet, passed by reference."""
 
     by_reference = True     # the worker hands over its output tensor as it is (no copy to host memory)
 
-    def __init__(self, link: ThreadLink):
-        self._link = link
-        self.window = link.window
-        self.in_flight = 0
-
-    def send(self, message: Message, timeout_ms: float) -> None:
-        """Queue `message` (a shallow copy: its tensors by reference, detached from the producer's graph)."""
-        if timeout_ms < 0:
-            raise ValueError(f"timeout_ms must be >= 0, got {timeout_ms}")
+    def _payload(self, message: Message):
+        """A shallow copy of `message`: its tensors by reference, detached from the producer's graph, and the
+        CUDA event that marks them computed."""
         tensors = {name: t.detach() for name, t in message.tensors.items()}
-        out = Message(message.kind, message.sender, message.epoch, message.step, message.layer, tensors,
-                      message.meta)
-        event = _record_event(tensors)
-        deadline = time.monotonic() + timeout_ms / 1000
-        with self._link.cond:
-            while self.in_flight >= self.window:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"send to {self._link.name} timed out after {timeout_ms} ms: "
-                                       f"{self.in_flight} of {self.window} messages still unconsumed")
-                self._link.cond.wait(remaining)
-            self.in_flight += 1
-            self._link.queue.append((self, out, event))
-            self._link.cond.notify_all()
-
-    def send_raw(self, frames: list) -> None:
-        """Put encoded frames on the link outside the window (fault injection, as on a socket)."""
-        self._link.inject([bytes(f) for f in frames])
-
-    def wait_all(self, timeout_ms: float) -> None:
-        deadline = time.monotonic() + timeout_ms / 1000
-        with self._link.cond:
-            while self.in_flight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"{self.in_flight} messages to {self._link.name} still unconsumed after "
-                                       f"{timeout_ms} ms")
-                self._link.cond.wait(remaining)
-
-    def close(self) -> None:
-        pass
+        return (Message(message.kind, message.sender, message.epoch, message.step, message.layer, tensors,
+                        message.meta), _record_event(tensors))
 
 
-class ThreadLink:
+class ThreadLink(MemoryLink):
     """The consumer's inbox: messages from its one in-process producer (and raw frames), in arrival order."""
 
     def __init__(self, codec: Codec, name: str, window: int = 2):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
-        self.codec = codec
-        self.name = name
-        self.window = window
-        self.cond = threading.Condition()
-        self.queue: deque = deque()
-        self.rejected = 0
-        self.on_foreign: Callable[[MessageError], None] | None = None
+        super().__init__(codec, name, window)
 
-    def sender(self) -> ThreadSender:
-        return ThreadSender(self)
+    def sender(self, codec: Codec | None = None) -> ThreadSender:
+        return ThreadSender(self, codec or self.codec)
 
-    def inject(self, frames: list[bytes]) -> None:
-        with self.cond:
-            self.queue.append((None, frames, None))
-            self.cond.notify_all()
-
-    def recv(self, timeout_ms: float) -> Message:
-        """The next message; raw frames are decoded (a stranger's counted and dropped, a peer's bad one raises)."""
-        if timeout_ms < 0:
-            raise ValueError(f"timeout_ms must be >= 0, got {timeout_ms}")
-        deadline = time.monotonic() + timeout_ms / 1000
-        while True:
-            with self.cond:
-                while not self.queue:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"no message at {self.name} within {timeout_ms} ms (is the upstream "
-                                           "thread alive?)")
-                    self.cond.wait(remaining)
-                sender, item, event = self.queue.popleft()
-                if sender is not None:
-                    sender.in_flight -= 1
-                    self.cond.notify_all()
-            if sender is not None:
-                _adopt(item.tensors, event)
-                return item
-            try:
-                return self.codec.decode(item, peer=f"<raw frames at {self.name}>")
-            except MessageError as err:
-                if not err.foreign:
-                    raise
-                self.rejected += 1
-                if self.on_foreign is not None:
-                    self.on_foreign(err)
-
-    def close(self) -> None:
-        pass
+    def _open(self, sender: MemorySender | None, payload, expect: Expect | None) -> Message:
+        if sender is None:                      # raw frames: decoded and validated as on a socket
+            return super()._open(sender, payload, expect)
+        message, event = payload
+        _adopt(message.tensors, event)
+        return message

@@ -96,3 +96,15 @@ def test_simulator_bounds_workers_sharing_a_gpu_by_their_summed_work():
     shared = simulate(events, loads, 10, LinkCost(), shared=[[0, 1, 2, 3]])
     assert alone.images_per_s == pytest.approx(100, rel=0.05)
     assert shared.images_per_s == pytest.approx(25, rel=0.01)      # 10 images per 4 x 0.1 s
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--streams-per-gpu", "2", "--gpus", "cpu"], "needs GPUs"),
+    (["--workers-per-host", "-1"], "--workers-per-host"),
+])
+def test_impossible_thread_flags_exit_2(flags, message, capsys):
+    from launch.cli import main
+
+    code = main(["--dataset", "synthetic", "--model", "resnet20", "--dry-run", "--no-progress", *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err
