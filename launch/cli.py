@@ -310,10 +310,10 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
         from engine.planning.simulator import dry_run_line
         from launch.hosts import describe_hosts, gpu_sharing
 
-        print(describe_hosts(placement.hosts, placement.devices))
         print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda"),
                            shared=gpu_sharing(placement.devices)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
+        print(describe_hosts(placement.hosts, placement.devices))
     from engine.feed import FeedShape, format_feed
 
     shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
