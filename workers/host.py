@@ -79,6 +79,7 @@ class _Thread(threading.Thread):
 
     def run(self) -> None:
         spec = self.worker.spec
+        torch.set_num_threads(spec.threads)   # OpenMP's thread count is also a per-thread setting: set it here too
         try:
             if spec.device.startswith("cuda"):
                 device = torch.device(spec.device)
