@@ -139,7 +139,8 @@ def main() -> None:
              f"Machine: {machine()}; load average {', '.join(f'{v:.2f}' for v in load_before)} before "
              "(this machine is shared with other jobs: see the after figure too).",
              f"Command: `python -m benchmarks.threads --layer-steps {args.layer_steps} --layer-batch "
-             f"{args.layer_batch} --steps {args.steps} --repeats {args.repeats}`.", ""]
+             f"{args.layer_batch} --steps {args.steps} --repeats {args.repeats}"
+             f"{' --skip-layer' if args.skip_layer else ''}`.", ""]
     if not args.skip_layer:
         layer = {kind: layer_run(kind, args.layer_steps, args.layer_batch, args.sample_s, args.timeout)
                  for kind in ("thread", "process")}
