@@ -130,9 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="process (default): each worker is a process of its own; thread: consecutive workers of "
                         "one device run as threads of a host process and pass activations by reference (far "
                         "less memory with many workers, e.g. --workers layer; a failure restarts the whole "
-                        "pipeline); auto: thread on CPU (measured on a 2-core machine, ResNet-32 d=4 K=2: "
-                        "threads as fast as processes, see benchmarks/results/threads.md) unless --recovery one, "
-                        "thread on GPU with --streams-per-gpu above 1, else process")
+                        "pipeline); auto: thread where measured faster (benchmarks/results/threads.md, 2-core "
+                        "machine): on CPU with more workers than cores (ResNet-110 --workers layer: 0.11x the "
+                        "memory, faster start), on a GPU with --streams-per-gpu above 1; else process (ResNet-32 "
+                        "d=4 K=2: threads not faster than processes within the noise)")
     x.add_argument("--workers-per-host", type=int, default=0, metavar="N",
                    help="thread workers: at most N consecutive workers per host process (default 0: all the "
                         "workers of one device share one host)")
@@ -347,7 +348,7 @@ def pipeline_options(args: argparse.Namespace):
     gpus = parse_gpus(args.gpus)
     from launch.hosts import resolve_kind
 
-    resolve_kind(args.worker_kind, gpus, args.streams_per_gpu, args.recovery)   # bad combinations: exit 2 now
+    resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
     return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,

@@ -9,20 +9,19 @@ workers, each on its own CUDA stream, on every GPU: one host process per GPU.
 
 from __future__ import annotations
 
+import os
+
 from engine.config import UsageError
 
 KINDS = ("process", "thread", "auto")
 
-#: --worker-kind auto on CPU. Measured on this project's 2-core CI machine (benchmarks/results/threads.md):
-#: ResNet-32 d=4 K=2, thread workers ran at the images/s of process workers within the noise, and ResNet-110
-#: `--workers layer` held a fraction of the memory: threads wherever several workers share a host.
-AUTO_CPU_KIND = "thread"
+def resolve_kind(kind: str, gpus: list[str], streams_per_gpu: int, workers: int | None = None) -> str:
+    """The worker kind a run of `workers` workers uses (None: not known yet, only check the flags).
 
-
-def resolve_kind(kind: str, gpus: list[str], streams_per_gpu: int, recovery: str = "all") -> str:
-    """The worker kind a run uses: `auto` picks threads with several stream workers per GPU, and on CPU
-    where they were measured faster (AUTO_CPU_KIND) unless one-worker recovery is asked for (a thread worker
-    fails with its whole host, so `--recovery one` keeps processes)."""
+    `auto` picks threads where they were measured faster (benchmarks/results/threads.md, a 2-core machine):
+    with more workers than CPU cores (ResNet-110 `--workers layer`: 0.11x the memory of processes and a
+    faster start), and with several stream workers per GPU; with K <= cores (ResNet-32 d=4 K=2) threads were
+    not faster than processes within the noise, so processes stay (they also keep one-worker recovery)."""
     if kind not in KINDS:
         raise UsageError(f"--worker-kind {kind!r}: expected one of {', '.join(KINDS)}")
     if streams_per_gpu < 0:
@@ -37,7 +36,7 @@ def resolve_kind(kind: str, gpus: list[str], streams_per_gpu: int, recovery: str
         return kind
     if gpus:
         return "thread" if streams_per_gpu > 1 else "process"
-    return "process" if recovery == "one" else AUTO_CPU_KIND
+    return "thread" if workers is not None and workers > (os.cpu_count() or 1) else "process"
 
 
 def stream_devices(k: int, gpus: list[str], streams_per_gpu: int) -> list[str]:

@@ -122,8 +122,8 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     gpus = opts.gpus or []
     model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
-    kind = resolve_kind(opts.worker_kind, gpus, opts.streams_per_gpu, opts.recovery)
     k = number_of_workers(opts.workers, len(modules), gpus, opts.streams_per_gpu)
+    kind = resolve_kind(opts.worker_kind, gpus, opts.streams_per_gpu, k)
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
     c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure)
     plan = make_plan(modules, k, cfg.batch_size, c.costs, unit=c.unit, source=c.source)

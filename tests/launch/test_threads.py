@@ -71,7 +71,8 @@ def test_worker_kind_combinations_are_checked():
 
     assert resolve_kind("auto", ["cuda:0"], 4) == "thread"
     assert resolve_kind("auto", ["cuda:0"], 0) == "process"
-    assert resolve_kind("auto", [], 0, recovery="one") == "process"
+    assert resolve_kind("auto", [], 0, workers=1) == "process"
+    assert resolve_kind("auto", [], 0, workers=10_000) == "thread"     # more workers than cores
     with pytest.raises(UsageError, match="needs GPUs"):
         resolve_kind("thread", [], 2)
     with pytest.raises(UsageError, match="cannot be combined"):
