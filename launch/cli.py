@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "pipeline); auto: thread where measured faster (benchmarks/results/threads.md, 2-core "
                         "machine): on CPU with more workers than cores (ResNet-110 --workers layer: 0.11x the "
                         "memory, faster start), on a GPU with --streams-per-gpu above 1; else process (ResNet-32 "
-                        "d=4 K=2: threads not faster than processes within the noise)")
+                        "d=4 K=2: threads were not faster than processes)")
     x.add_argument("--workers-per-host", type=int, default=0, metavar="N",
                    help="thread workers: at most N consecutive workers per host process (default 0: all the "
                         "workers of one device share one host)")

@@ -21,7 +21,8 @@ def resolve_kind(kind: str, gpus: list[str], streams_per_gpu: int, workers: int 
     `auto` picks threads where they were measured faster (benchmarks/results/threads.md, a 2-core machine):
     with more workers than CPU cores (ResNet-110 `--workers layer`: 0.11x the memory of processes and a
     faster start), and with several stream workers per GPU; with K <= cores (ResNet-32 d=4 K=2) threads were
-    not faster than processes within the noise, so processes stay (they also keep one-worker recovery)."""
+    not faster than processes (thread/process medians 0.73..0.93 over three runs on a loaded machine), so
+    processes stay there (they also keep one-worker recovery). GPU: prepared, not measured yet."""
     if kind not in KINDS:
         raise UsageError(f"--worker-kind {kind!r}: expected one of {', '.join(KINDS)}")
     if streams_per_gpu < 0:
