@@ -309,7 +309,10 @@ class Coordinator:
             if not w.is_alive() and not (r in self.stopped and w.exitcode == 0):
                 if w.orphaned():
                     raise self._fail(r, "lost its launcher: the forkserver died (its workers were stopped)")
-                raise self._fail(r, f"died with exit code {w.exitcode}")
+                shared = [q for q, v in enumerate(self.workers) if v is w]
+                host = (f" (with its host process, which ran workers {shared[0]}..{shared[-1]} as threads: any "
+                        "of them may have caused it)" if len(shared) > 1 else "")
+                raise self._fail(r, f"died with exit code {w.exitcode}{host}")
         now = self.clock()
         timeout = self.opts.heartbeat_timeout
         silent = {r: now - self.last_seen.get(r, now) for r in self.ready if r not in self.stopped}
