@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,11 @@ from engine.rules import LocalModule
 from engine.schedule import LRSchedule, OptimConfig
 
 _MASK64 = (1 << 63) - 1
+
+
+def _draws_random(layer: nn.Module) -> bool:
+    """Whether a layer draws from the torch RNG in training (dropout, torchvision's stochastic depth)."""
+    return isinstance(layer, nn.modules.dropout._DropoutNd) or type(layer).__name__ == "StochasticDepth"
 
 
 def step_seed(seed: int, epoch: int, step: int, layer: int) -> int:
@@ -70,6 +76,10 @@ class Stage:
         self.last_applied: tuple[int, int] | None = None   # (epoch, step) of the last minibatch trained on
         self.epoch = -1
         self.set_epoch(0)
+        # Shared by every stage of one process whose stages run in threads (workers/host.py): the global RNG is
+        # per process, so a module that draws random numbers seeds and runs under it; the others skip the seed.
+        self.rng_lock: AbstractContextManager | None = None
+        self._random = [any(_draws_random(m) for m in module.modules()) for module in modules]
 
     @property
     def layer_ids(self) -> list[int]:
@@ -98,14 +108,19 @@ class Stage:
         result = StepResult(output=h, batch_size=int(y.shape[0]))
         last = len(self.modules) - 1
         for i, module in enumerate(self.modules):
-            torch.manual_seed(step_seed(self.seed, self.epoch, step, module.layer_ids[0]))
-            h = kernels.layout(h)
-            with kernels.autocast(self.device):
-                out = module(h)
-                handoff = kernels.handoff(out) if not module.is_top else out.detach()
-                if i == last and emit is not None and not module.is_top:
-                    emit(handoff)
-                loss = module.loss(out, y, x)
+            locked = self.rng_lock is not None and self._random[i]
+            with self.rng_lock if locked else nullcontext():
+                if self.rng_lock is None or locked:
+                    torch.manual_seed(step_seed(self.seed, self.epoch, step, module.layer_ids[0]))
+                h = kernels.layout(h)
+                with kernels.autocast(self.device):
+                    out = module(h)
+                    handoff = kernels.handoff(out) if not module.is_top else out.detach()
+                    if i == last and emit is not None and not module.is_top and not locked:
+                        emit(handoff)
+                    loss = module.loss(out, y, x)
+            if locked and i == last and emit is not None and not module.is_top:
+                emit(handoff)    # never block on a full link while holding the process's RNG
             if self.scalers is None:
                 loss.backward()
             else:

@@ -127,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(instant); auto (default) = the cached times of an earlier run on this machine, "
                         "else measure them for a training run and use FLOPs for a --dry-run")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
+    x.add_argument("--worker-kind", choices=("process", "thread", "auto"), default="process",
+                   help="process (default): each worker is a process of its own; thread: consecutive workers of "
+                        "one device run as threads of a host process and pass activations by reference (far "
+                        "less memory with many workers, e.g. --workers layer; a failure restarts the whole "
+                        "pipeline); auto: thread where measured faster (benchmarks/results/threads.md, 2-core "
+                        "machine): on CPU with more workers than cores (ResNet-110 --workers layer: 0.11x the "
+                        "memory, faster start), on a GPU with --streams-per-gpu above 1; else process (ResNet-32 "
+                        "d=4 K=2: threads were not faster than processes)")
+    x.add_argument("--workers-per-host", type=int, default=0, metavar="N",
+                   help="thread workers: at most N consecutive workers per host process (default 0: all the "
+                        "workers of one device share one host)")
+    x.add_argument("--streams-per-gpu", type=int, default=0, metavar="N",
+                   help="N thread workers on each GPU, each with its own CUDA stream, one host process per GPU "
+                        "(--workers auto then means N x GPUs); default 0: one process worker per GPU")
     x.add_argument("--worker-malloc", choices=("return", "keep"), default="keep",
                    help="(also for --sequential) keep (default): glibc's default heap reuse (fastest); "
                         "return: give freed activations back to the OS (glibc mmap threshold 64 KiB; lower "
@@ -174,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
 #: settings that define what a run computes (as flag names): --resume refuses a different value for any of them
 RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in IDENTITY_FIELDS)
 #: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
-RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_malloc", "trace", "checkpoint_every",
-                 "heartbeat_timeout", "max_restarts", "recovery", "replay_log_mb", "replay_spill_dir", "no_tensorboard",
-                 "transport")
+RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_kind", "workers_per_host", "streams_per_gpu",
+                 "worker_malloc", "trace", "checkpoint_every", "heartbeat_timeout", "max_restarts", "recovery",
+                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport")
 RUNTIME_FILE = "runtime.json"
 
 
@@ -196,6 +210,8 @@ def validate_runtime(args: argparse.Namespace) -> None:
     check_number("--heartbeat-timeout", args.heartbeat_timeout, low=0, low_open=True)
     check_number("--checkpoint-every", args.checkpoint_every, low=0)
     check_number("--max-restarts", args.max_restarts, low=0)
+    check_number("--workers-per-host", args.workers_per_host, low=0)
+    check_number("--streams-per-gpu", args.streams_per_gpu, low=0)
     if args.workers not in ("auto", "layer"):
         try:
             workers = int(args.workers)
@@ -302,9 +318,12 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
         print()
         print(plan.format())
         from engine.planning.simulator import dry_run_line
+        from launch.hosts import describe_hosts, gpu_sharing
 
-        print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda")))
+        print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda"),
+                           shared=gpu_sharing(placement.devices)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
+        print(describe_hosts(placement.hosts, placement.devices))
     from engine.feed import FeedShape, format_feed
 
     shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
@@ -336,12 +355,17 @@ def pipeline_options(args: argparse.Namespace):
     if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
                          f"got {args.replay_log_mb}")
-    return PipelineOptions(workers=args.workers, gpus=parse_gpus(args.gpus), balance=args.balance,
+    gpus = parse_gpus(args.gpus)
+    from launch.hosts import resolve_kind
+
+    resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
+    return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
                            malloc=args.worker_malloc, tensorboard=not args.no_tensorboard, recovery=args.recovery,
                            replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
-                           transport=transport)
+                           transport=transport, worker_kind=args.worker_kind,
+                           workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu)
 
 
 def link_transport(args: argparse.Namespace) -> str:

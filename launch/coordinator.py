@@ -77,6 +77,7 @@ class Placement:
     devices: list[str]
     threads: list[int]
     input_shapes: list[tuple[int, ...]] | None = None   # per worker: one input activation's shape (no batch)
+    hosts: list[list[int]] | None = None                # thread workers: the ranks of each host process
 
 
 @dataclass
@@ -106,18 +107,26 @@ class RunCounters:
 def forkserver_context() -> mp.context.BaseContext:
     """Workers start from a forkserver that has imported torch once: a fresh import costs seconds each."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "engine.stage", "engine.auxnets", "engine.models", "workers.worker"])
+    ctx.set_forkserver_preload(["torch", "engine.stage", "engine.auxnets", "engine.models", "workers.worker",
+                                "workers.host"])
     return ctx
 
 
 class WorkerProcess:
-    """A worker process started from the forkserver, watched by its pid as well.
+    """A worker process started from the forkserver, watched by its pid as well; with `hosted`, a host
+    process running those workers as threads (workers/host.py), which then stands for each of them.
 
     If the forkserver dies, multiprocessing reports its children as exited (code 255) although they run on,
     reparented to init: `orphaned` tells that case apart and `stop` ends them through their pid."""
 
-    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext):
-        self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
+    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext, hosted: list[WorkerSpec] | None = None):
+        if hosted:
+            from workers.host import host_main
+
+            self.process = ctx.Process(target=host_main, args=(hosted,), daemon=True,
+                                       name=f"host-{hosted[0].name}-{hosted[-1].name}")
+        else:
+            self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
         self.process.start()
         self._ps = psutil.Process(self.process.pid)
 
@@ -253,7 +262,8 @@ class Coordinator:
                 resume_dir=self.opts.resume_dir, fault=self._fault_for(r), heartbeat_s=heartbeat_s,
                 malloc=self.opts.malloc, control=self.specs_control[r],
                 curve=self.keys.workers[r] if self.keys else None, admit=self.keys.admitted() if self.keys else (),
-                replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp))
+                replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp,
+                replay_log=self.placement.hosts is None))
         return out
 
     def attach(self, results, feed, workers: list) -> None:
@@ -271,12 +281,18 @@ class Coordinator:
             results.allowed.allow(key)
         ctx = forkserver_context()
         workers = []
+        specs = self.specs()
         try:
-            for spec in self.specs():
-                workers.append(WorkerProcess(spec, ctx))
+            if self.placement.hosts is None:
+                for spec in specs:
+                    workers.append(WorkerProcess(spec, ctx))
+            for group in self.placement.hosts or []:   # one handle per rank: its host process
+                host = WorkerProcess(specs[group[0]], ctx, hosted=[specs[r] for r in group])
+                workers.extend([host] * len(group))
         finally:
             self.attach(results, self.inboxes[0].sender(self.codec, curve=self.curve), workers)
-        self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
+        if self.placement.hosts is None:
+            self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -292,7 +308,7 @@ class Coordinator:
 
     def shutdown(self) -> None:
         """Stop whatever still runs, close sockets, remove the ipc folder."""
-        for w in self.workers:
+        for w in {id(w): w for w in self.workers}.values():   # a host process stands for several ranks
             w.stop()
         self.recovery.close()
         for end in (self.feed, self.results):
@@ -315,7 +331,10 @@ class Coordinator:
             if not w.is_alive() and not (r in self.stopped and w.exitcode == 0):
                 if w.orphaned():
                     raise self._fail(r, "lost its launcher: the forkserver died (its workers were stopped)")
-                raise self._fail(r, f"died with exit code {w.exitcode}")
+                shared = [q for q, v in enumerate(self.workers) if v is w]
+                host = (f" (with its host process, which ran workers {shared[0]}..{shared[-1]} as threads: any "
+                        "of them may have caused it)" if len(shared) > 1 else "")
+                raise self._fail(r, f"died with exit code {w.exitcode}{host}")
         now = self.clock()
         timeout = self.opts.heartbeat_timeout
         silent = {r: now - self.last_seen.get(r, now) for r in self.ready if r not in self.stopped}

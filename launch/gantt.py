@@ -24,6 +24,22 @@ def read_traces(run_dir: Path) -> list[dict]:
     return spans
 
 
+def run_hosts(run_dir: Path) -> list[list[int]] | None:
+    """The host processes of a run of thread workers (plan.json), or None for process workers."""
+    try:
+        return json.loads((Path(run_dir) / "plan.json").read_text()).get("hosts")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def row_label(rank: int, hosts: list[list[int]] | None) -> str:
+    """A row per worker, also for thread workers that share a host process (and a core or a GPU)."""
+    for h, group in enumerate(hosts or []):
+        if rank in group and len(group) > 1:
+            return f"worker {rank} (thread, host {h})"
+    return f"worker {rank}"
+
+
 def steady_window(spans: list[dict], steps: int = 4) -> tuple[float, float]:
     """Time window covering `steps` minibatches after the pipeline has filled (skip the first quarter)."""
     train = sorted({(s["epoch"], s["step"]) for s in spans if s["span"] != "idle"})
@@ -42,6 +58,7 @@ def draw_gantt(run_dir: Path, out: Path, steps: int = 4) -> Path | None:
         return None
     t_lo, t_hi = steady_window(spans, steps)
     ranks = sorted({s["rank"] for s in spans})
+    hosts = run_hosts(run_dir)
     fig, ax = plt.subplots(figsize=(12, 1 + 0.6 * len(ranks)))
     for s in spans:
         if s["t1"] < t_lo or s["t0"] > t_hi:
@@ -51,7 +68,7 @@ def draw_gantt(run_dir: Path, out: Path, steps: int = 4) -> Path | None:
                 edgecolor="white", linewidth=0.3)
         if s["span"] == "compute" and (t1 - t0) > 0.05 * (t_hi - t_lo):
             ax.text((t0 - t_lo) * 1e3, s["rank"], f" {s['step']}", va="center", fontsize=7, color="white")
-    ax.set_yticks(ranks, [f"worker {r}" for r in ranks])
+    ax.set_yticks(ranks, [row_label(r, hosts) for r in ranks])
     ax.invert_yaxis()
     ax.set_xlabel("time (ms)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]

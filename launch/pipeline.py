@@ -25,6 +25,7 @@ from launch.coordinator import (
     WorkerFailed,
     default_devices,
 )
+from launch.hosts import describe_hosts, host_groups, resolve_kind, stream_devices
 from launch.plots import plot_run
 from launch.progress import EpochTracker, PipelineStats, TrackerState, epoch_line
 from launch.run_dir import RunDir, default_run_dir
@@ -54,6 +55,9 @@ class PipelineOptions:
     replay_log_mb: float = 256.0   # memory bound of each worker's replay log (more spills to files)
     replay_spill_dir: str | None = None   # where replay logs spill (None: the attempt's private temp folder)
     transport: str = "ipc"         # 'ipc' or 'tcp' links (launch/transport_choice.py resolves --transport)
+    worker_kind: str = "process"   # 'process', 'thread' (threads of host processes) or 'auto' (launch/hosts.py)
+    workers_per_host: int = 0      # thread workers: at most this many per host process (0: all of one device)
+    streams_per_gpu: int = 0       # thread workers per GPU, each on its own CUDA stream (0: one worker per GPU)
 
 
 def parse_gpus(spec: str | None) -> list[str]:
@@ -81,12 +85,13 @@ def parse_gpus(spec: str | None) -> list[str]:
     return [f"cuda:{i}" for i in ids]
 
 
-def number_of_workers(spec: str, num_modules: int, gpus: list[str]) -> int:
-    """--workers: 'layer' = one per local module, 'auto' = one per GPU (or per CPU core), K = K."""
+def number_of_workers(spec: str, num_modules: int, gpus: list[str], streams_per_gpu: int = 0) -> int:
+    """--workers: 'layer' = one per local module, 'auto' = one per GPU stream (--streams-per-gpu, default 1) or
+    per CPU core, K = K."""
     if spec == "layer":
         return num_modules
     if spec == "auto":
-        k = len(gpus) if gpus else (os.cpu_count() or 1)
+        k = len(gpus) * max(streams_per_gpu, 1) if gpus else (os.cpu_count() or 1)
     else:
         try:
             k = int(spec)
@@ -119,15 +124,18 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     gpus = opts.gpus or []
     model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
-    k = number_of_workers(opts.workers, len(modules), gpus)
+    k = number_of_workers(opts.workers, len(modules), gpus, opts.streams_per_gpu)
+    kind = resolve_kind(opts.worker_kind, gpus, opts.streams_per_gpu, k)
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size)
     c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure)
     plan = make_plan(modules, k, cfg.batch_size, c.costs, unit=c.unit, source=c.source)
     shapes = layer_output_shapes(model)
     inputs = [shapes[plan.layer_ids[r][0] - 1] if plan.layer_ids[r][0] > 0 else (3, cfg.input_size, cfg.input_size)
               for r in range(k)]
-    placement = Placement(groups=plan.groups, layer_ids=plan.layer_ids, devices=default_devices(k, gpus),
-                          threads=[opts.threads] * k, input_shapes=inputs)
+    devices = stream_devices(k, gpus, opts.streams_per_gpu) if opts.streams_per_gpu else default_devices(k, gpus)
+    placement = Placement(groups=plan.groups, layer_ids=plan.layer_ids, devices=devices,
+                          threads=[opts.threads] * k, input_shapes=inputs,
+                          hosts=host_groups(devices, kind, opts.workers_per_host))
     return plan, placement, [m.needs_input for m in modules]
 
 
@@ -209,8 +217,10 @@ def prepare_run(cfg: RunConfig, data, opts: PipelineOptions, out: str | None, pr
     store.on_commit = tb.checkpoint
     if not resume:
         run.write_json("config.json", cfg.to_dict())
-    run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads})
+    run.write_json("plan.json", {**plan.to_dict(), "devices": placement.devices, "threads": placement.threads,
+                                  "hosts": placement.hosts})
     print(plan.format())
+    print(describe_hosts(placement.hosts, placement.devices))
     return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, store, progress, tb, resume_from)
 
 

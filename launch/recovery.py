@@ -17,7 +17,8 @@ message, the coordinator (`OneWorkerRecovery.recover`)
 
 It falls back to the whole-pipeline restart (launch.pipeline.run_attempts) by re-raising the failure when
 it cannot work: `--recovery all`, a failure that blames no single worker, another worker down as well (two
-adjacent workers: a log lost with its worker), the same worker failing twice in one attempt, a failure
+adjacent workers: a log lost with its worker), a thread worker (it fails with its whole host process and keeps
+no replay log), the same worker failing twice in one attempt, a failure
 while recovering or after the stop marker was fed, or a coordinator driven without control links (tests).
 """
 
@@ -219,6 +220,8 @@ class OneWorkerRecovery:
         c, r = self.c, err.rank
         if c.opts.recovery != "one":
             return "--recovery all"
+        if c.placement.hosts is not None:
+            return "thread workers: a failed worker ends its host process, which restarts with the whole pipeline"
         if self.launch is None:
             return "no control links (a coordinator driven in-process)"
         if r is None:

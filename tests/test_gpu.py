@@ -1,6 +1,7 @@
 """GPU checks (run by benchmarks/gpu_check.sh on a CUDA machine; skipped where CUDA is absent)."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -13,6 +14,10 @@ from engine.stage import Stage
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+if torch.cuda.is_available():   # before any worker process starts: they read it (workers/worker.py)
+    os.environ.setdefault("AUGLOCAL_DETERMINISTIC", "1")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def test_stage_on_gpu_matches_cpu_to_float_tolerance():
@@ -75,3 +80,35 @@ def test_autocast_stage_on_gpu_keeps_fp32_weights_and_hands_on_half(precision):
     assert emitted[-1].dtype == activation_dtype(precision)
     assert emitted[-1].is_contiguous(memory_format=torch.channels_last)
     assert all(p.dtype == torch.float32 for p in stage.modules.parameters())
+
+
+def test_stream_workers_equal_sequential_on_one_gpu(tmp_path):
+    """Three thread workers on GPU 0, each on its own CUDA stream in one host process, end bitwise equal to the
+    sequential trainer on the same GPU, with deterministic algorithms on (in the host process too:
+    AUGLOCAL_DETERMINISTIC, set above before any worker starts)."""
+    from engine.config import build_network, optim_and_schedule
+    from engine.precision import Kernels
+    from engine.trainer import SequentialTrainer
+    from launch.pipeline import PipelineOptions, train_pipeline
+    from tests.launch.test_parity import small_run
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        cfg, data = small_run("auglocal", epochs=1)
+        cfg.device = "cuda:0"
+        model, aux = build_network(cfg, data)
+        optim, schedule = optim_and_schedule(cfg)
+        trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device="cuda:0",
+                                    kernels=Kernels.from_config(cfg))
+        trainer.fit(data, cfg.epochs, cfg.batch_size)
+        cfg, data = small_run("auglocal", epochs=1)
+        cfg.device = "cuda:0"
+        opts = PipelineOptions(workers="3", gpus=["cuda:0"], balance="flops", worker_kind="thread",
+                               streams_per_gpu=3)
+        out = tmp_path / "run"
+        assert train_pipeline(cfg, data, opts, out=str(out), progress=False) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    state = torch.load(out / "model.pt", weights_only=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(state[name].cpu(), value.cpu()), f"primary {name} differs"

@@ -12,7 +12,7 @@ of K workers, `help_text` is what `--help` prints, and `Fault.fires(point, ...)`
 
 `step` counts minibatches from the start of the run (global step, 0-based). A fault fires on the first
 attempt only, unless `always` is given. To add a kind: one `FaultKind` entry here, and its action at its
-firing point (workers/worker.py `_FAULT_ACTIONS`, or the coordinator for `feed`).
+firing point (workers/worker.py `FAULT_ACTIONS`, or the coordinator for `feed`).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class FaultKind:
 REGISTRY: dict[str, FaultKind] = {k.name: k for k in (
     FaultKind("kill", ("worker", "step", "always"), "train", "SIGKILL worker W before it trains minibatch S"),
     FaultKind("hang", ("worker", "step", "always"), "train", "worker W stops forever (no heartbeat) at S"),
+    FaultKind("raise", ("worker", "step", "always"), "train",
+              "worker W raises an unexpected exception (a bug) before it trains minibatch S"),
     FaultKind("slow", ("worker", "delay", "always"), "step",
               "worker W spends D more seconds on every step and test batch (alive: it heartbeats)"),
     FaultKind("slow-eval", ("worker", "delay", "always"), "eval",

@@ -27,8 +27,12 @@ class MemorySender:
         self.in_flight = 0
         self.sent = 0
 
+    def _payload(self, message: Message):
+        """What travels on the link: the encoded frames, copied (a socket copies them too)."""
+        return [bytes(f) for f in self._codec.encode(message)]
+
     def send(self, message: Message, timeout_ms: float) -> None:
-        frames = [bytes(f) for f in self._codec.encode(message)]
+        payload = self._payload(message)
         deadline = time.monotonic() + timeout_ms / 1000
         with self._link.cond:
             while self.in_flight >= self.window:
@@ -39,7 +43,7 @@ class MemorySender:
                 self._link.cond.wait(remaining)
             self.in_flight += 1
             self.sent += 1
-            self._link.queue.append((self, frames))
+            self._link.queue.append((self, payload))
             self._link.cond.notify_all()
 
     def send_raw(self, frames: list) -> None:
@@ -88,9 +92,9 @@ class MemoryLink:
                     if remaining <= 0:
                         raise TimeoutError(f"no message at {self.name} within {timeout_ms} ms")
                     self.cond.wait(remaining)
-                sender, frames = self.queue.popleft()
+                sender, payload = self.queue.popleft()
             try:
-                message = self.codec.decode(frames, expect, peer=f"<peer at {self.name}>")
+                message = self._open(sender, payload, expect)
             except MessageError as err:
                 if not err.foreign:
                     raise
@@ -103,6 +107,10 @@ class MemoryLink:
                     sender.in_flight -= 1
                     self.cond.notify_all()
             return message
+
+    def _open(self, sender: MemorySender | None, payload, expect: Expect | None) -> Message:
+        """The message of one queued payload (frames are decoded and validated)."""
+        return self.codec.decode(payload, expect, peer=f"<peer at {self.name}>")
 
     def pending(self) -> int:
         with self.cond:

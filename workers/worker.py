@@ -81,6 +81,8 @@ class WorkerSpec:
                                   # them into its folders (several machines: workers/layer_shipping.py)
     curve: object | None = None   # this worker's CurveKeyPair when its links are curve links (one-host launcher)
     admit: tuple = ()             # public keys its CURVE receivers admit (the run's other processes)
+    replay_log: bool = True       # False for thread workers: their failure restarts the whole pipeline, which
+                                  # never replays, so keeping (encoding) every sent message would be waste
 
     @property
     def name(self) -> str:
@@ -117,21 +119,34 @@ class WorkerLinks:
                 end.close()
 
 
+def bind_inbox(spec: WorkerSpec, codec: Codec):
+    """Bind a worker's ZeroMQ inbox; on curve links a CURVE server that admits only `spec.admit` (the allow-list
+    belongs to the process's ZeroMQ context, so its other CURVE receivers share it)."""
+    inbox = spec.inbox.receiver(codec, spec.name, curve=spec.curve)
+    for key in spec.admit if inbox.allowed is not None else ():
+        inbox.allowed.allow(key)
+    return inbox
+
+
+def reopen_outbox(spec: WorkerSpec, codec: Codec, window: int | None = None) -> Callable[[str], object]:
+    """A fresh sender to a (new) downstream inbox address, with the outbox's transport and keys."""
+    def reopen(address: str):
+        link = replace(spec.outbox, address=address) if spec.outbox else Link(address, window or 1)
+        return link.sender(codec, curve=spec.curve)
+    return reopen
+
+
 def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
     """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox.
 
     Links whose transport is curve use the spec's CurveKeyPair, and its receivers admit `spec.admit`."""
-    curve = spec.curve
-    inbox = spec.inbox.receiver(codec, spec.name, curve=curve)
-    control = spec.control.receiver(codec, spec.name, curve=curve) if spec.control else None
-    for key in spec.admit if inbox.allowed is not None else ():
-        inbox.allowed.allow(key)   # one allow-list per ZeroMQ context: the control inbox shares it
+    inbox = bind_inbox(spec, codec)
+    control = spec.control.receiver(codec, spec.name, curve=spec.curve) if spec.control else None
     return WorkerLinks(inbox,
-                       spec.outbox.sender(codec, curve=curve) if spec.outbox else None,
-                       spec.results.sender(codec, curve=curve),
+                       spec.outbox.sender(codec, curve=spec.curve) if spec.outbox else None,
+                       spec.results.sender(codec, curve=spec.curve),
                        control,
-                       lambda address: (replace(spec.outbox, address=address) if spec.outbox
-                                        else Link(address, 1)).sender(codec, curve=curve))
+                       reopen_outbox(spec, codec))
 
 
 def to_host(t: torch.Tensor) -> torch.Tensor:
@@ -189,6 +204,18 @@ def coordinator_watch(pid: int) -> Callable[[], bool]:
     return alive
 
 
+class InjectedError(RuntimeError):
+    """The `raise` fault: an unexpected exception inside a worker, as a bug would raise."""
+
+
+def _raise() -> None:
+    raise InjectedError("injected fault: an unexpected exception in the worker")
+
+
+#: what a fault firing at `train` does (workers/faults.py REGISTRY names the kinds)
+FAULT_ACTIONS: dict[str, Callable[[], None]] = {"kill": die, "hang": hang, "raise": _raise}
+
+
 class Worker:
     """The receive-compute-send loop of one worker; `handlers` is its half of the protocol."""
 
@@ -218,7 +245,7 @@ class Worker:
         self.dropped_repeats = 0
         self._in_control = False
         self.log = (ReplayLog(spec.replay_log_bytes, spec.spill_dir, spec.name)
-                    if links.outbox is not None else None)
+                    if links.outbox is not None and spec.replay_log else None)
         protocol.check_handlers(self.handlers, Route.DOWN, "worker")
         links.inbox.on_foreign = self._report_rejected
         if spec.resume_dir:
@@ -379,6 +406,11 @@ class Worker:
             time.sleep(min(left, self.spec.heartbeat_s / 2))
             self._maybe_heartbeat("recv")
 
+    def _outgoing(self, t: torch.Tensor) -> torch.Tensor:
+        """An output as the outgoing link carries it: by reference to a thread worker of this process (on its
+        device), else a host copy for the wire."""
+        return t.detach() if getattr(self.links.outbox, "by_reference", False) else to_host(t)
+
     # --- fault hooks (workers/faults.py says which kind fires where) --------------------------------------
     def _fire(self, point: str, **where) -> bool:
         return self.fault is not None and self.fault.fires(point, **where)
@@ -403,7 +435,7 @@ class Worker:
     def _train(self, msg: Message) -> None:
         g = msg.meta.g
         if self._fire("train", g=g):
-            (die if self.fault.kind == "kill" else hang)()
+            FAULT_ACTIONS[self.fault.kind]()
         position = (msg.epoch, msg.step)
         if self.stage.last_applied is not None and position <= self.stage.last_applied:
             self._fail(f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}: it would "
@@ -418,7 +450,7 @@ class Worker:
         def emit(out: torch.Tensor) -> None:
             t_emit = time.perf_counter()
             self.tracer.span("compute", msg.epoch, msg.step, t0, t_emit)
-            tensors = {"h": to_host(out), "y": y}
+            tensors = {"h": self._outgoing(out), "y": y}
             if self.spec.send_input and x is not None:
                 tensors["x"] = x
             out_msg = Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step, layer=self.stage.layer_ids[-1],
@@ -455,7 +487,7 @@ class Worker:
             self._report(Kind.EVAL_RESULT, EvalResultMeta(correct, int(y.shape[0])), msg.epoch, msg.step)
         else:
             self._send(self.links.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
-                                                  tensors={"h": to_host(out), "y": y}, meta=msg.meta))
+                                                  tensors={"h": self._outgoing(out), "y": y}, meta=msg.meta))
 
     def _save_layers(self, directory: str, before_each=None) -> None:
         """Write this worker's layer files into `directory`, or ship them there when it is another machine's."""
@@ -523,6 +555,37 @@ class Worker:
             protocol.dispatch(self.handlers, msg)
 
 
+def report_crash(links: WorkerLinks, name: str, err: BaseException) -> None:
+    """Tell the coordinator why this worker stops on an unexpected exception (with where it was raised)."""
+    import traceback
+
+    where = "".join(traceback.format_exception(err)[-3:])
+    try:
+        links.results.send(Message(Kind.ERROR, name, meta=ErrorMeta(f"{name} raised {where}"[:2000], True)),
+                           POLL_MS)
+    except (TimeoutError, ValueError):
+        pass
+
+
+def flush_reports(links: WorkerLinks) -> None:
+    """Wait (briefly) until the coordinator has read our reports: it must read why we stop before we exit."""
+    try:
+        links.results.wait_all(POLL_MS)
+    except TimeoutError:
+        pass
+
+
+DETERMINISTIC_VAR = "AUGLOCAL_DETERMINISTIC"
+
+
+def apply_determinism() -> None:
+    """With AUGLOCAL_DETERMINISTIC=1 in the environment, use deterministic algorithms only (the GPU parity
+    check: a pipeline on one GPU equals the sequential trainer there; CUDA also needs
+    CUBLAS_WORKSPACE_CONFIG=:4096:8)."""
+    if os.environ.get(DETERMINISTIC_VAR) == "1":
+        torch.use_deterministic_algorithms(True)
+
+
 def worker_main(spec: WorkerSpec) -> None:
     """Process entry point. Ctrl-C is the coordinator's to handle: workers ignore SIGINT and are stopped by it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -530,6 +593,7 @@ def worker_main(spec: WorkerSpec) -> None:
         return_freed_memory()
     torch.set_num_threads(spec.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
+    apply_determinism()
     codec = Codec(spec.run_id, spec.secret)
     try:
         links = open_links(spec, codec)
@@ -551,11 +615,10 @@ def serve(spec: WorkerSpec, links: WorkerLinks, coordinator_alive: Callable[[], 
         return True
     except CoordinatorGone:
         return False
-    except WorkerError:
-        try:
-            links.results.wait_all(POLL_MS)   # the coordinator must read why we stop before it sees us exit
-        except TimeoutError:
-            pass
+    except Exception as err:     # WorkerError was reported by _fail; anything else is a bug: report it first
+        if not isinstance(err, WorkerError):
+            report_crash(links, spec.name, err)
+        flush_reports(links)
         os._exit(3)
     finally:
         links.close()

@@ -14,8 +14,11 @@ work and the optimizer step. Eval batches run the primary forwards only; checkpo
 Every message passes every worker in the same order, so the event times follow from one recurrence over
 (event j, worker r): start[r][j] = max(arrival[r][j], done[r][j-1]); the send of j from r waits for
 start[r+1][j - window]. These are exactly the times a discrete-event simulation of that model produces.
-Workers are separate processes; with more workers than cores they share the cores, which the simulator
-bounds by the total work: images/s <= cores x batch / (sum of all workers' busy time per step).
+Workers are separate processes (or threads of host processes); with more workers than cores they share the
+cores, which the simulator bounds by the total work: images/s <= cores x batch / (sum of all workers' busy time
+per step). Workers that share one GPU (stream workers, `shared`) are bounded the same way, per GPU: images/s
+<= batch / (sum of their busy time per step), i.e. the model counts no overlap between streams (an upper bound
+on the time; kernels of different streams may overlap on a GPU that one of them does not fill).
 """
 
 from __future__ import annotations
@@ -119,12 +122,12 @@ class Simulation:
 
 def simulate(events: Sequence[Event], loads: Sequence[WorkerLoad], batch_size: int, link: LinkCost,
              window: int = 2, cores: int | None = None, feed_s: float = 0.0, input_bytes: int = 0,
-             skip: int = 2) -> Simulation:
+             skip: int = 2, shared: Sequence[Sequence[int]] = ()) -> Simulation:
     """Replay `events` through workers with `loads`; see the module docstring for the model.
 
     `feed_s` is the coordinator's time to produce one message, `input_bytes` the size of a fed batch, `skip`
     the train steps left out of the steady rate (the fill), `cores` the CPU cores the workers share (None:
-    one each, as with one GPU per worker).
+    one each, as with one GPU per worker), `shared` the groups of workers that share one GPU.
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
@@ -174,6 +177,9 @@ def simulate(events: Sequence[Event], loads: Sequence[WorkerLoad], batch_size: i
     if cores is not None and cores < k:
         per_step = sum(load.emit_s + load.tail_s for load in loads)
         rate = min(rate, cores * batch_size / per_step)
+    for group in shared:
+        per_step = sum(loads[r].emit_s + loads[r].tail_s for r in group)
+        rate = min(rate, batch_size / per_step) if per_step > 0 else rate
     return Simulation(images_per_s=rate, pipeline_images_per_s=pipeline_rate,
                       busy_fractions=[b / makespan for b in busy], makespan_s=makespan, train_done_s=train_done,
                       start_s=start)
@@ -243,7 +249,8 @@ def forward_shares(modules: Sequence[nn.Module], x: torch.Tensor) -> tuple[list[
 
 
 def simulate_plan(plan, shares: Sequence[float], out_bytes_per_image: Sequence[int], events: Sequence[Event],
-                  link: LinkCost = DEFAULT_CPU_LINK, cores: int | None = None, window: int = 2) -> Simulation:
+                  link: LinkCost = DEFAULT_CPU_LINK, cores: int | None = None, window: int = 2,
+                  shared: Sequence[Sequence[int]] = ()) -> Simulation:
     """Replay `events` through a PipelinePlan: each module's cost split at its forward share. Costs in MACs
     (a FLOPs plan) are replayed as seconds at one MAC per second with free links: only ratios then mean
     anything."""
@@ -251,10 +258,11 @@ def simulate_plan(plan, shares: Sequence[float], out_bytes_per_image: Sequence[i
     scale = 1.0 if seconds else float(plan.batch_size)   # FLOPs costs are per image
     times = [ModuleTime(c * scale * s, c * scale * (1 - s)) for c, s in zip(plan.module_costs, shares, strict=True)]
     loads = worker_loads(plan.groups, times, [b * plan.batch_size for b in out_bytes_per_image])
-    return simulate(events, loads, plan.batch_size, link if seconds else LinkCost(), window=window, cores=cores)
+    return simulate(events, loads, plan.batch_size, link if seconds else LinkCost(), window=window, cores=cores,
+                    shared=shared)
 
 
-def dry_run_line(cfg, data, plan, cpu_workers: bool) -> str:
+def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[int]] = ()) -> str:
     """The simulator's figure for `--dry-run`, beside the plan's own prediction (one epoch's feed order)."""
     import os
 
@@ -267,10 +275,13 @@ def dry_run_line(cfg, data, plan, cpu_workers: bool) -> str:
     shares, out_bytes = forward_shares(modules, x)
     events = run_events(data.steps_per_epoch(cfg.batch_size), 1, data.num_test_batches(cfg.batch_size),
                         max_steps=cfg.max_steps)
-    sim = simulate_plan(plan, shares, out_bytes, events, cores=os.cpu_count() if cpu_workers else None)
+    sim = simulate_plan(plan, shares, out_bytes, events, cores=os.cpu_count() if cpu_workers else None,
+                        shared=shared)
     busy = " ".join(f"{100 * b:.0f}%" for b in sim.busy_fractions)
     if sim.images_per_s < sim.pipeline_images_per_s:
-        busy += f"; bounded by {os.cpu_count()} shared CPU cores"
+        busy += (f"; bounded by {os.cpu_count()} shared CPU cores" if cpu_workers else
+                 "; bounded by GPUs shared by " + ", ".join(f"workers {g[0]}..{g[-1]}" for g in shared) +
+                 " (their work adds up: no stream overlap assumed)")
     if plan.unit == "s":
         return (f"simulated (feed order, links, credit window 2): {sim.images_per_s:,.1f} images/s "
                 f"(plan predicts {plan.predicted_images_per_s:,.1f}); busy {busy}")
