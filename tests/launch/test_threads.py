@@ -12,18 +12,18 @@ from launch.pipeline import PipelineOptions, train_pipeline
 from tests.launch.test_parity import assert_same_weights, sequential_reference, small_run
 
 
-def run_threads(cfg, data, workers, per_host: int, tmp_path):
-    out = tmp_path / f"threads-{cfg.rule}-{workers}-{per_host}"
+def run_threads(cfg, data, workers, per_host: int, tmp_path, transport: str = "ipc"):
+    out = tmp_path / f"threads-{cfg.rule}-{workers}-{per_host}-{transport}"
     opts = PipelineOptions(workers=str(workers), balance="flops", threads=1, worker_kind="thread",
-                           workers_per_host=per_host)
+                           workers_per_host=per_host, transport=transport)
     assert train_pipeline(cfg, data, opts, out=str(out), progress=False) == 0
     return out
 
 
-def check_parity(rule: str, workers, per_host: int, tmp_path, epochs: int = 2) -> dict:
+def check_parity(rule: str, workers, per_host: int, tmp_path, epochs: int = 2, transport: str = "ipc") -> dict:
     cfg, data = small_run(rule, epochs=epochs)
     model, aux, history, updates = sequential_reference(cfg, data)
-    out = run_threads(cfg, data, workers, per_host, tmp_path)
+    out = run_threads(cfg, data, workers, per_host, tmp_path, transport)
     assert_same_weights(model, aux, out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["test_accuracy"] for r in rows if r["kind"] == "epoch"] == [h.test_accuracy for h in history]
@@ -32,9 +32,11 @@ def check_parity(rule: str, workers, per_host: int, tmp_path, epochs: int = 2) -
     return json.loads((out / "plan.json").read_text())
 
 
-def test_mixed_hosts_equal_sequential(tmp_path):
-    """Two host processes of two thread workers each: by reference inside a host, ZeroMQ between them."""
-    plan = check_parity("auglocal", 4, 2, tmp_path, epochs=1)
+@pytest.mark.parametrize("transport", ["ipc", pytest.param("curve", marks=pytest.mark.slow)])
+def test_mixed_hosts_equal_sequential(transport, tmp_path):
+    """Two host processes of two thread workers each: by reference inside a host, ZeroMQ between them (also
+    with CurveZMQ: every host binds and connects with the attempt's keys)."""
+    plan = check_parity("auglocal", 4, 2, tmp_path, epochs=1, transport=transport)
     assert plan["hosts"] == [[0, 1], [2, 3]]
 
 
