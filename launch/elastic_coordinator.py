@@ -147,6 +147,8 @@ class ElasticCoordinator(Coordinator):
         keys = publish_key(self.run_store, 0, self.node_addr)
         hosts = self._peers()
         self.plan = plan = LinkPlan.resolve(self.transport, [self.node_addr, *hosts], self.placement.devices)
+        print(f"auglocal-launch: links into workers 0-{self.k - 1}: {', '.join(plan.inbox)}; results: {plan.results}"
+              + (f"; process group: {plan.group}" if plan.group else ""), flush=True)
         link = Link(f"tcp://{self.node_addr}:0", RESULTS_WINDOW, plan.results)
         results = bind_inbox(self.run_store, link, self.codec, "coordinator", keys, list(range(1, self.k + 1)))
         try:

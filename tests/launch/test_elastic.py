@@ -198,6 +198,7 @@ def test_two_nodes_equal_the_sequential_trainer(tmp_path, transport):
     from tests.launch.test_parity import assert_same_weights
 
     out, texts = two_nodes(tmp_path, ["--transport", transport])
+    assert f"links into workers 0-2: {transport}, {transport}, {transport}; results: curve" in "".join(texts)
     model, aux, history, updates = sequential_of(out)
     assert_same_weights(model, aux, out)
     summary = json.loads((out / "summary.json").read_text())
