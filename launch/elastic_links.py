@@ -4,17 +4,18 @@ Every rank makes an ephemeral CURVE key pair per attempt and publishes a signed 
 (workers/endpoint_record.py: its node address and public key, HMAC under the run secret) in rank 0's store
 (`publish_key`). A receiver reads the verified keys of exactly the processes that send to it, puts them on its
 CURVE allow-list, and only then binds and publishes its own signed endpoint record (`bind_inbox`,
-`publish_inbox`); a sender verifies that record and connects as a CURVE client of the key it names
-(`connect`). So no sender can connect before it is admitted, and a process whose key was not published under
-the run secret completes no handshake.
+`publish_inbox`); a sender verifies that record and connects as a CURVE client of the key it names (`connect`).
+So no sender can connect before it is admitted, and a process whose key was not published under the run secret
+completes no handshake.
 
 `LinkPlan` is the transport of each link, decided by rank 0 and published in the workers' sealed specs:
 `--transport auto` gives each pair what launch/transport_choice.pick_for_pair says for two hosts, except that
-two CPU ranks on one node also take curve (every inbox here binds on the node's routable address; no ipc
-folder is shared between ranks); `tcp` (no encryption: private networks only), `curve`, `gloo` and the GPU
-kinds are taken as asked. The results inbox of rank 0 is fed by every worker, so it is always a ZeroMQ link
-(curve, or tcp when asked). gloo and nccl links need the default process group: `init_group` makes it over
-the attempt's store (a PrefixStore keyed by the attempt token), and `destroy_group` ends it with the attempt.
+two CPU ranks on one node also take curve (every inbox here binds on the node's routable address; no ipc folder
+is shared between ranks); `tcp` (no encryption: private networks only), `curve`, `gloo` and the GPU kinds are
+taken as asked (a GPU kind between workers only: rank 0 feeds host-memory images over curve). The results inbox
+of rank 0 is fed by every worker, so it is always a ZeroMQ link (curve, or tcp when asked). gloo and nccl links
+need the default process group: `init_group` makes it over the attempt's store (a PrefixStore keyed by the
+attempt token), and `destroy_group` ends it with the attempt.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class LinkPlan:
         if asked == "auto":
             picked = [pick_for_pair(places[g], places[g + 1]) for g in range(len(places) - 1)]
             inbox = tuple("curve" if t == "ipc" else t for t in picked)
+        elif asked in ("nccl", "cuda-ipc"):      # rank 0 feeds images from host memory: its link stays ZeroMQ
+            inbox = ("curve",) + (asked,) * (len(places) - 2)
         else:
             inbox = (asked,) * (len(places) - 1)
         groups = {GROUP_TRANSPORTS[t] for t in inbox if t in GROUP_TRANSPORTS}

@@ -341,6 +341,7 @@ def test_an_elastic_inbox_admits_only_the_published_key_of_its_sender():
     ("tcp", ["a", "b"], ["cpu"], (("tcp",), "tcp", None)),
     ("gloo", ["a", "b", "b"], ["cpu"] * 2, (("gloo", "gloo"), "curve", "gloo")),
     ("auto", ["a", "a", "b"], ["cuda:0", "cuda:0"], (("curve", "nccl"), "curve", "cpu:gloo,cuda:nccl")),
+    ("cuda-ipc", ["a", "a", "a"], ["cuda:0", "cuda:1"], (("curve", "cuda-ipc"), "curve", None)),
 ])
 def test_the_link_plan_follows_the_transport_asked_and_the_pairs(asked, hosts, devices, expected):
     plan = LinkPlan.resolve(asked, hosts, devices)
