@@ -155,7 +155,7 @@ class ElasticCoordinator(Coordinator):
             publish_inbox(self.run_store, "results", results, keys)
             self.publish_specs(plan)
             if plan.group:
-                init_group(self.run_store, 0, self.k + 1, plan.group, READY_TIMEOUT_S)
+                init_group(self.run_store, 0, self.k + 1, plan.group, READY_TIMEOUT_S, self.node_addr)
             try:
                 first = connect(self.run_store, "inbox/0", self.codec, keys, plan.inbox[0], self.opts.window,
                                 src_rank=0, dst_rank=1)

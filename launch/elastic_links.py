@@ -111,9 +111,27 @@ def inbox_link(host: str, plan: LinkPlan, r: int, window: int) -> Link:
     return Link(f"tcp://{host}:0", window, plan.inbox[r], src_rank=r, dst_rank=r + 1, tag=r + 1)
 
 
-def init_group(store, rank: int, world_size: int, backend: str, timeout_s: float) -> None:
-    """The default process group of this attempt (all ranks), rendezvousing in rank 0's store under the token."""
+def interface_of(address: str) -> str | None:
+    """The name of this machine's network interface that holds `address` (None if none holds it exactly)."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address.split("%")[0] == address for a in addresses):
+            return name
+    return None
+
+
+def init_group(store, rank: int, world_size: int, backend: str, timeout_s: float, node_addr: str) -> None:
+    """The default process group of this attempt (all ranks), rendezvousing in rank 0's store under the token.
+
+    gloo listens on the address its host name resolves to unless GLOO_SOCKET_IFNAME names an interface: when it
+    is unset, the interface holding `node_addr` is named, so the group uses the address the other nodes reach."""
+    import os
+
     import torch.distributed as dist
+
+    if "GLOO_SOCKET_IFNAME" not in os.environ and (interface := interface_of(node_addr)):
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
 
     prefix = dist.PrefixStore(f"{store.token}/group", store.store)
     dist.init_process_group(backend, store=prefix, rank=rank, world_size=world_size,

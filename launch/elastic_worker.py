@@ -79,7 +79,7 @@ def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: st
     inbox = links = None
     try:
         if plan.group:
-            init_group(store, env.rank, env.world_size, plan.group, store.timeout_s)
+            init_group(store, env.rank, env.world_size, plan.group, store.timeout_s, node_addr)
         inbox = bind_inbox(store, inbox_link(node_addr, plan, r, window), codec, spec.name, keys, [env.rank - 1])
         store.put(f"pid/{r}", str(os.getpid()).encode())      # for summary.json's worker_pids (on its node)
         publish_inbox(store, f"inbox/{r}", inbox, keys)

@@ -348,6 +348,12 @@ def test_the_link_plan_follows_the_transport_asked_and_the_pairs(asked, hosts, d
     assert (plan.inbox, plan.results, plan.group) == expected
 
 
+def test_the_gloo_interface_is_the_one_holding_the_node_address():
+    from launch.elastic_links import interface_of
+
+    assert interface_of("127.0.0.1") is not None and interface_of("203.0.113.254") is None
+
+
 def test_elastic_refuses_ipc_links(tmp_path, capsys):
     assert main(["--elastic", "--transport", "ipc", "--out", str(tmp_path / "run")]) == 2
     assert "every inbox binds on its node's address" in capsys.readouterr().err
