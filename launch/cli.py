@@ -22,7 +22,7 @@ from engine.config import (
     validate,
 )
 from engine.precision import resolve_memory_format
-from launch.transport_choice import TRANSPORT_CHOICES, check_possible, one_host_transport
+from launch.transport_choice import TRANSPORT_CHOICES, check_possible, elastic_transport, one_host_transport
 
 EPILOG = """examples:
   auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, pipeline of one worker per core
@@ -146,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "return: give freed activations back to the OS (glibc mmap threshold 64 KiB; lower "
                         "resident memory, but on CPU about 2x slower from page faults)")
     x.add_argument("--transport", choices=TRANSPORT_CHOICES, default="auto",
-                   help="how links between processes move tensors: auto (default; ipc on one host, as before), "
-                        "ipc, tcp (loopback ports picked at run time), curve (tcp + CurveZMQ, fresh keys per "
-                        "attempt); gloo, nccl and cuda-ipc links are wired by the launch across hosts; cuda-ipc "
-                        "and nccl need GPU workers (exit 2 otherwise)")
+                   help="how links between processes move tensors: auto (default; ipc on one host, as before; "
+                        "with --elastic curve between CPU ranks, nccl/cuda-ipc between GPUs), ipc, tcp (no "
+                        "encryption: loopback, or private networks only), curve (tcp + CurveZMQ, fresh keys per "
+                        "attempt); gloo, nccl and cuda-ipc links are wired by --elastic only; cuda-ipc and nccl "
+                        "need GPU workers (exit 2 otherwise)")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
     e = p.add_argument_group("experiment presets")
@@ -380,6 +381,8 @@ def link_transport(args: argparse.Namespace) -> str:
         devices = []   # pipeline_options reports a bad --gpus itself
     try:
         check_possible(args.transport, devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        if getattr(args, "elastic", False):
+            return elastic_transport(args.transport)
         return one_host_transport(args.transport)
     except ValueError as err:
         raise UsageError(str(err)) from err

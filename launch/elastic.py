@@ -25,7 +25,8 @@ import sys
 
 from engine.config import RunConfig, UsageError
 from launch.elastic_store import NODE_ADDR_VAR, SHARE_STORE_VAR, STORE_PORT_VAR, RunStore, TorchrunEnv, read_secret
-from workers.endpoint_records import RecordRefused
+from launch.transport_choice import elastic_transport
+from workers.endpoint_record import EndpointRecordError
 
 STORE_TIMEOUT_S = 300.0
 
@@ -69,6 +70,10 @@ class ElasticRank:
         if not (args.out or args.resume):
             raise UsageError("--elastic needs --out RUN_DIR: every attempt of the run (torchrun restarts) must "
                              "find the same run folder on rank 0's node")
+        try:
+            elastic_transport(args.transport)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
         env = TorchrunEnv.from_environ(environ)
         if env.world_size < 2:
             raise UsageError(f"--elastic needs WORLD_SIZE >= 2 (a coordinator and a worker), got {env.world_size}")
@@ -88,7 +93,7 @@ class ElasticRank:
         else:
             try:
                 store = RunStore.connect(env.master_addr, port, secret, STORE_TIMEOUT_S)
-            except RecordRefused as err:
+            except EndpointRecordError as err:
                 raise UsageError(f"rank {env.rank}: rank 0's attempt record {err}: this node's run secret differs "
                                  "from rank 0's (copy the same --secret-file to every node)") from None
             store.put(f"restarts/{env.rank}", str(env.restart_count).encode())
@@ -139,8 +144,12 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
     opts.recovery, opts.max_restarts = "all", 0      # restarts are torchrun's (--max-restarts)
     if rank.restarts > 0 and opts.fault is not None and not opts.fault.always:
         opts.fault = None                            # a fault fires in the first attempt only
+    # The base Coordinator's own link table is unused here (each rank binds its own inbox): keep it plain tcp,
+    # and let ElasticCoordinator wire the asked transport per pair (launch/elastic_links.py).
+    transport, opts.transport = opts.transport, "tcp"
     prepared = prepare_run(cfg, data, opts, out, progress, resume)
-    prepared.make_coordinator = functools.partial(ElasticCoordinator, run_store=rank.store, node_addr=rank.node_addr)
+    prepared.make_coordinator = functools.partial(ElasticCoordinator, run_store=rank.store, node_addr=rank.node_addr,
+                                                  transport=transport)
     outcome = run_attempts(prepared)
     if outcome.error is not None:
         print("auglocal-launch: this attempt failed; torchrun restarts the group while --max-restarts allows, and "

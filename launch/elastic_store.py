@@ -7,7 +7,8 @@ TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment: otherwise MASTER
 rendezvous store, whose keys outlive restarts. Rank 0 first publishes the attempt token (its
 TORCHELASTIC_RESTART_COUNT, which counts restarts of its own node only, and a random part); every other key
 of the attempt carries that token. Everything a rank reads from the store is sealed under the run secret
-(workers/endpoint_records.py), because anyone who reaches the port can write keys.
+(workers/sealed.py) or is a signed endpoint record (workers/endpoint_record.py, read with `get_raw` and
+verified by its reader), because anyone who reaches the port can write keys.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from engine.config import UsageError
-from workers.endpoint_records import seal, unseal
+from workers.sealed import seal, unseal
 
 SECRET_VAR = "AUGLOCAL_SECRET"
 STORE_PORT_VAR = "AUGLOCAL_STORE_PORT"
@@ -137,7 +138,7 @@ class RunStore:
             time.sleep(poll_s)
 
     def get(self, name: str) -> bytes:
-        """The verified payload of `name` (waits for it); RecordRefused when its seal fails."""
+        """The verified payload of `name` (waits for it); EndpointRecordError when its seal fails."""
         return unseal(self.secret, self.get_raw(name))
 
     def get_raw(self, name: str) -> bytes:

@@ -1,10 +1,12 @@
 """A worker rank under torchrun: fetch its spec from rank 0's store, bind, publish, connect, serve.
 
-The spec and the resume files come from rank 0 (launch/elastic_coordinator.py), verified against the run
-secret and their SHA-256; the inbox binds on this node's address and is published as a signed record; the
-next worker's inbox and the coordinator's results inbox are looked up the same way. The worker watches rank
-0's store instead of a local pid: when it is gone (rank 0 died or the attempt ended), the worker exits with
-code 1, so torchrun counts it as failed and restarts the group instead of finishing this node alone.
+The worker first publishes its attempt's CURVE key (signed, launch/elastic_links.py); the spec, the link plan
+and the resume files come from rank 0 (launch/elastic_coordinator.py), verified against the run secret and their
+SHA-256. The inbox binds on this node's address admitting only its upstream rank's verified key and is published
+as a signed record; the next worker's inbox and the coordinator's results inbox are looked up and verified the
+same way before connecting. A gloo or nccl link first joins the attempt's process group. The worker watches rank
+0's store instead of a local pid: when it is gone (rank 0 died or the attempt ended), the worker exits with code
+1, so torchrun counts it as failed and restarts the group instead of finishing this node alone.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import tempfile
 import torch
 
 from launch.elastic_coordinator import RESULTS_WINDOW, spec_from_wire
+from launch.elastic_links import bind_inbox, connect, destroy_group, inbox_link, init_group, publish_inbox, publish_key
 from launch.elastic_store import RunStore, TorchrunEnv
-from workers.endpoint_records import RecordRefused, bind_inbox, codec_secret, link_from_record, sign
+from workers.endpoint_record import EndpointRecordError
 from workers.messages import Codec
+from workers.sealed import codec_secret
 from workers.worker import WorkerLinks, return_freed_memory, serve
 
 EXIT_COORDINATOR_GONE = 1
@@ -51,18 +55,19 @@ def run_worker(env: TorchrunEnv, store: RunStore, node_addr: str) -> int:
     except (TimeoutError, torch.distributed.DistError) as err:   # rank 0 went away while this worker started
         print(f"worker {r}: {err}; exiting", file=sys.stderr)
         return EXIT_COORDINATOR_GONE
-    except RecordRefused as err:      # a record in the store fails its HMAC: never connect to what it names
+    except EndpointRecordError as err:      # a record in the store fails its HMAC: never connect to what it names
         print(f"worker {r}: a record in rank 0's store was refused: {err}; exiting", file=sys.stderr)
         return EXIT_REFUSED
 
 
 def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: str) -> int:
+    keys = publish_key(store, env.rank, node_addr)
     try:
         store.wait_for(f"spec/{r}", alive=store.alive)
         published = spec_from_wire(store.get(f"spec/{r}"))
     except TimeoutError as err:
         raise TimeoutError(f"rank 0 published no spec for it ({err})") from None
-    spec, window = published.spec, published.window
+    spec, window, plan = published.spec, published.window, published.plan
     resume_dir = _fetch_resume_files(store, r, published.resume_files)
     if spec.device.startswith("cuda"):
         spec.device = f"cuda:{env.local_rank}"        # LOCAL_RANK picks this node's GPU
@@ -71,18 +76,22 @@ def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: st
         return_freed_memory()
     spec.resume_dir, spec.secret = resume_dir, codec_secret(secret, spec.run_id)
     codec = Codec(spec.run_id, spec.secret)
-    inbox = bind_inbox(f"tcp://{node_addr}:0", codec, spec.name, window)
-    links = None
+    inbox = links = None
     try:
+        if plan.group:
+            init_group(store, env.rank, env.world_size, plan.group, store.timeout_s, node_addr)
+        inbox = bind_inbox(store, inbox_link(node_addr, plan, r, window), codec, spec.name, keys, [env.rank - 1])
         store.put(f"pid/{r}", str(os.getpid()).encode())      # for summary.json's worker_pids (on its node)
-        store.put(f"inbox/{r}", sign(secret, inbox.address, b""))
-        outbox = None if published.last else link_from_record(secret, store.get(f"inbox/{r + 1}"), window)
-        results = link_from_record(secret, store.get("results"), RESULTS_WINDOW)
-        links = WorkerLinks(inbox, outbox.sender(codec) if outbox else None, results.sender(codec))
+        publish_inbox(store, f"inbox/{r}", inbox, keys)
+        outbox = None if published.last else connect(store, f"inbox/{r + 1}", codec, keys, plan.outbox(r), window,
+                                                     src_rank=env.rank, dst_rank=env.rank + 1)
+        results = connect(store, "results", codec, keys, plan.results, RESULTS_WINDOW)
+        links = WorkerLinks(inbox, outbox, results)
         finished = serve(spec, links, store.alive)
     finally:
-        if links is None:
+        if links is None and inbox is not None:
             inbox.close()
+        destroy_group()
         if resume_dir:
             shutil.rmtree(resume_dir, ignore_errors=True)
     return 0 if finished else EXIT_COORDINATOR_GONE

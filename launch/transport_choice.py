@@ -5,7 +5,8 @@ curve (tcp + CurveZMQ), GPU to GPU on one host -> cuda-ipc, GPU to GPU across ho
 GPU end goes like CPU (the GPU worker copies through pinned host memory, workers/worker.py). The single-host
 launcher (launch/coordinator.py) wires ZeroMQ links only, so there `auto` means ipc, exactly as before, and
 `tcp` and `curve` (loopback ports, keys from `OneHostKeys`) are the alternatives; gloo, nccl and cuda-ipc links
-are built by the launch across hosts (torchrun, launch/elastic.py), which owns the process group they need.
+are built by the launch across hosts (torchrun, launch/elastic.py, `elastic_transport`), which owns the
+process group they need.
 """
 
 from __future__ import annotations
@@ -58,6 +59,15 @@ def one_host_transport(transport: str) -> str:
         raise ValueError(f"--transport {transport}: the single-host launcher wires ipc, tcp or curve links; "
                          f"{transport} links need the process group of the launch across hosts "
                          "(torchrun, launch/elastic.py)")
+    return transport
+
+
+def elastic_transport(transport: str) -> str:
+    """The `--transport` of a run under torchrun, checked: every kind but ipc (each rank binds its inbox on its
+    node's routable address; launch/elastic_links.py resolves auto per pair)."""
+    if transport == "ipc":
+        raise ValueError("--transport ipc: under --elastic every inbox binds on its node's address (tcp); use auto, "
+                         "curve, tcp (private networks only) or gloo")
     return transport
 
 

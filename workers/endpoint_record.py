@@ -27,10 +27,16 @@ class EndpointRecordError(ValueError):
     """A record that is malformed or whose HMAC does not verify under this run's secret: never act on it."""
 
 
-def _mac(secret: str | bytes, endpoint: str, public_key: str) -> bytes:
+def mac(secret: str | bytes, *fields) -> bytes:
+    """HMAC-SHA256 under `secret` of `fields` packed as one msgpack array: the run's one MAC (endpoint records
+    here, sealed store values in workers/sealed.py); callers put a distinct first field in (a version number,
+    a purpose string), so a MAC made for one use never passes for another."""
     key = secret.encode() if isinstance(secret, str) else secret
-    signed = msgpack.packb([RECORD_VERSION, endpoint, public_key], use_bin_type=True)
-    return hmac.new(key, signed, hashlib.sha256).digest()
+    return hmac.new(key, msgpack.packb(list(fields), use_bin_type=True), hashlib.sha256).digest()
+
+
+def _mac(secret: str | bytes, endpoint: str, public_key: str) -> bytes:
+    return mac(secret, RECORD_VERSION, endpoint, public_key)
 
 
 def _text(value: str | bytes) -> str:

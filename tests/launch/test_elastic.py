@@ -12,14 +12,18 @@ from pathlib import Path
 
 import psutil
 import pytest
+import zmq
 
 from engine.config import RunConfig, UsageError, build_data, resolve
 from launch.cli import main
 from launch.elastic_coordinator import spec_from_wire, spec_to_wire
+from launch.elastic_links import LinkPlan, bind_inbox, connect, publish_inbox, publish_key
 from launch.elastic_store import RunStore, TorchrunEnv, read_secret
-from workers.endpoint_records import RecordRefused, seal
-from workers.messages import TensorSpec
+from workers.curve import CurveKeyPair, stop_authenticator
+from workers.endpoint_record import EndpointRecordError, sign
+from workers.messages import Codec, Kind, Message, TensorSpec
 from workers.protocol import InboxSchema
+from workers.sealed import seal
 from workers.transport import Link
 from workers.worker import WorkerSpec
 
@@ -85,9 +89,13 @@ def test_a_spec_survives_the_wire_without_its_machine_local_fields():
                       secret="codec-secret", out_dir="/runs/x", coordinator_pid=123, schema=schema,
                       resume_dir="/runs/x/checkpoints/ckpt-000001", fault={"kind": "kill", "worker": 1, "step": 3},
                       ship_layers=True)
-    published = spec_from_wire(spec_to_wire(spec, {"layer_002.pt": "ab" * 32}))
+    spec.curve, spec.admit = CurveKeyPair.generate(), ("k" * 40,)
+    plan = LinkPlan(inbox=("curve", "gloo"), results="curve", group="gloo")
+    published = spec_from_wire(spec_to_wire(spec, {"layer_002.pt": "ab" * 32}, plan))
     got = published.spec
     assert (published.window, published.last, published.resume_files) == (3, False, {"layer_002.pt": "ab" * 32})
+    assert published.plan == plan and published.plan.outbox(0) == "gloo" and published.plan.outbox(1) is None
+    assert got.curve is None and got.admit == ()  # a one-host key pair (its secret half) is never published
     assert got.schema == schema and got.modules == [2, 3] and got.fault == spec.fault and got.ship_layers
     assert got.secret == "" and got.inbox is None and got.resume_dir is None    # never published
     assert got.out_dir == "/runs/x"               # the coordinator's folder: the tag shipped layer files carry
@@ -101,12 +109,12 @@ def test_rank_0_store_gives_verified_records_of_this_attempt_only():
     host.put("inbox/0", b"tcp://127.0.0.1:1")
     assert other.get("inbox/0") == b"tcp://127.0.0.1:1"
     host.store.set(f"{host.token}/inbox/1", b"tcp://evil:1")               # anyone may write the store
-    with pytest.raises(RecordRefused):
+    with pytest.raises(EndpointRecordError):
         other.get("inbox/1")
     host.store.set(f"{host.token}/inbox/2", seal("another-secret", b"tcp://evil:1"))
-    with pytest.raises(RecordRefused):
+    with pytest.raises(EndpointRecordError):
         other.get("inbox/2")
-    with pytest.raises(RecordRefused):
+    with pytest.raises(EndpointRecordError):
         RunStore.connect("127.0.0.1", port, "wrong-secret", timeout_s=5)
     host.store.set("attempt", seal("s", b"9.newer"))                      # a new attempt: this one is over
     assert not other.alive()
@@ -183,10 +191,14 @@ def sequential_of(out: Path):
 
 
 @pytest.mark.slow
-def test_two_nodes_equal_the_sequential_trainer(tmp_path):
+@pytest.mark.parametrize("transport", ["curve", "gloo"])
+def test_two_nodes_equal_the_sequential_trainer(tmp_path, transport):
+    """Over curve (what auto picks across hosts: every link CurveZMQ) and gloo (tensor bytes by the attempt's
+    process group, headers and credits on ZeroMQ)."""
     from tests.launch.test_parity import assert_same_weights
 
-    out, texts = two_nodes(tmp_path, [])
+    out, texts = two_nodes(tmp_path, ["--transport", transport])
+    assert f"links into workers 0-2: {transport}, {transport}, {transport}; results: curve" in "".join(texts)
     model, aux, history, updates = sequential_of(out)
     assert_same_weights(model, aux, out)
     summary = json.loads((out / "summary.json").read_text())
@@ -276,8 +288,9 @@ def test_a_worker_refuses_a_forged_results_record_and_never_connects(tmp_path, c
     spec = WorkerSpec(rank=0, modules=[0], config={}, inbox=Link("ipc:///unused", 2), outbox=None,
                       results=Link("ipc:///unused", 64), run_id="r1", secret="", out_dir=str(tmp_path),
                       coordinator_pid=0)
-    host.put("spec/0", spec_to_wire(spec, {}))
-    host.store.set(f"{host.token}/results", seal("not-the-run-secret", b'{"endpoint": "tcp://127.0.0.1:9"}'))
+    host.put("spec/0", spec_to_wire(spec, {}, LinkPlan(inbox=("curve",), results="curve", group=None)))
+    keys = publish_key(host, 0, "127.0.0.1")
+    host.store.set(f"{host.token}/results", sign("not-the-run-secret", "tcp://127.0.0.1:9", keys.public))
     env = TorchrunEnv(rank=1, world_size=2, local_rank=0, restart_count=0, master_addr="127.0.0.1", master_port=port)
     worker_store = RunStore.connect("127.0.0.1", port, "s", timeout_s=5)
     previous = signal.getsignal(signal.SIGINT)
@@ -286,6 +299,64 @@ def test_a_worker_refuses_a_forged_results_record_and_never_connects(tmp_path, c
     finally:
         signal.signal(signal.SIGINT, previous)       # run_worker leaves Ctrl-C to rank 0
     assert "was refused" in capsys.readouterr().err
+
+
+def test_an_elastic_inbox_admits_only_the_published_key_of_its_sender():
+    """Worker 0's inbox as the elastic launch sets it up: it admits rank 0's verified key; a process holding
+    the inbox's verified record and the codec secret, but whose own key was never published, completes no
+    CURVE handshake and delivers nothing; a key record signed under another secret is refused outright."""
+    port = free_port()
+    store = RunStore.host(port, "s", restart_count=0, timeout_s=5)
+    codec = Codec("r1", "codec-secret")
+    rank0 = publish_key(store, 0, "127.0.0.1")
+    worker = CurveKeyPair.generate()
+    inbox = bind_inbox(store, Link("tcp://127.0.0.1:0", 2, "curve"), codec, "w0", worker, senders=[0])
+    context = zmq.Context.instance()
+    try:
+        publish_inbox(store, "inbox/0", inbox, worker)
+        with (connect(store, "inbox/0", codec, CurveKeyPair.generate(), "curve", 2) as stranger,
+              connect(store, "inbox/0", codec, rank0, "curve", 2) as feed):
+            try:
+                stranger.send(Message(Kind.TRAIN, "stranger", step=1), 1000)
+            except TimeoutError:
+                pass                    # the handshake was refused: nothing to queue the message on
+            with pytest.raises(TimeoutError):
+                inbox.recv(1000)
+            feed.send(Message(Kind.TRAIN, "coordinator", step=2), 5000)
+            got = inbox.recv(5000)
+            assert (got.sender, got.step) == ("coordinator", 2)
+            with pytest.raises(TimeoutError):
+                inbox.recv(300)
+        assert inbox.allowed.refused >= 1 and inbox.rejected == 0
+        store.store.set(f"{store.token}/key/2", sign("another-secret", "127.0.0.9", CurveKeyPair.generate().public))
+        with pytest.raises(EndpointRecordError, match="HMAC"):
+            bind_inbox(store, Link("tcp://127.0.0.1:0", 2, "curve"), codec, "w1", worker, senders=[2])
+    finally:
+        inbox.close()
+        stop_authenticator(context)
+
+
+@pytest.mark.parametrize("asked, hosts, devices, expected", [
+    ("auto", ["a", "b", "b", "a"], ["cpu"] * 3, (("curve",) * 3, "curve", None)),
+    ("tcp", ["a", "b"], ["cpu"], (("tcp",), "tcp", None)),
+    ("gloo", ["a", "b", "b"], ["cpu"] * 2, (("gloo", "gloo"), "curve", "gloo")),
+    ("auto", ["a", "a", "b"], ["cuda:0", "cuda:0"], (("curve", "nccl"), "curve", "cpu:gloo,cuda:nccl")),
+    ("cuda-ipc", ["a", "a", "a"], ["cuda:0", "cuda:1"], (("curve", "cuda-ipc"), "curve", None)),
+])
+def test_the_link_plan_follows_the_transport_asked_and_the_pairs(asked, hosts, devices, expected):
+    plan = LinkPlan.resolve(asked, hosts, devices)
+    assert (plan.inbox, plan.results, plan.group) == expected
+
+
+def test_the_gloo_interface_is_the_one_holding_the_node_address():
+    from launch.elastic_links import interface_of
+
+    assert interface_of("127.0.0.1") is not None and interface_of("203.0.113.254") is None
+
+
+def test_elastic_refuses_ipc_links(tmp_path, capsys):
+    assert main(["--elastic", "--transport", "ipc", "--out", str(tmp_path / "run")]) == 2
+    assert "every inbox binds on its node's address" in capsys.readouterr().err
 
 
 @pytest.mark.slow
