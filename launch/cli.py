@@ -322,7 +322,7 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
         from launch.hosts import describe_hosts, gpu_sharing
 
         print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda"),
-                           shared=gpu_sharing(placement.devices)))
+                           shared=gpu_sharing(placement.devices), network=(model, aux)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
         print(describe_hosts(placement.hosts, placement.devices))
     from engine.feed import FeedShape, format_feed

@@ -207,14 +207,13 @@ def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
 
 
 def layer_output_shapes(model: LayeredModel) -> list[tuple[int, ...]]:
-    """Each local layer's output shape for one image (no batch dim), from a forward on the meta device."""
-    twin_model = _twin([model], meta=True)[0]
+    """Each local layer's output shape for one image (no batch dim), from a forward on the meta device (the
+    layers `layer_costs` counted already are not run again: see `_counted_call`)."""
     h, _ = _dummy_batch(model, torch.device("meta"))
     shapes = []
-    with torch.no_grad():
-        for layer in twin_model.layers:
-            h = layer(h)
-            shapes.append(tuple(int(d) for d in h.shape[1:]))
+    for layer in model.layers:
+        h = _counted_call(layer, (h,), COUNT_BATCH, meta=True)[1]
+        shapes.append(tuple(int(d) for d in h.shape[1:]))
     return shapes
 
 

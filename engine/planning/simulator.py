@@ -262,16 +262,18 @@ def simulate_plan(plan, shares: Sequence[float], out_bytes_per_image: Sequence[i
                     shared=shared)
 
 
-def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[int]] = ()) -> str:
-    """The simulator's figure for `--dry-run`, beside the plan's own prediction (one epoch's feed order)."""
+def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[int]] = (),
+                 network: tuple | None = None) -> str:
+    """The simulator's figure for `--dry-run`, beside the plan's own prediction (one epoch's feed order).
+    `network`: the (model, aux nets) the caller built already."""
     import os
 
     from engine.config import build_network
     from engine.rules import build_local_modules
 
-    model, aux = build_network(cfg, data)
+    model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
-    x, _ = data.train_batch(cfg.seed, 0, 0, 2)
+    x, _ = data.test_batch(0, 2)   # only its shape counts (MACs on the meta device)
     shares, out_bytes = forward_shares(modules, x)
     events = run_events(data.steps_per_epoch(cfg.batch_size), 1, data.num_test_batches(cfg.batch_size),
                         max_steps=cfg.max_steps)
