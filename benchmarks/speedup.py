@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.memory import machine
+from benchmarks.report import emit
 from engine.config import RunConfig, build_network, resolve
 from engine.data import build_dataset
 from engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
@@ -234,10 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         png = Path(args.out).with_name("speedup_gpus.png") if args.out else None
         lines += gpu_prediction(png) + [""]
     lines.append(f"Load average at the end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}.")
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

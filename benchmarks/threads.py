@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.memory import machine
+from benchmarks.report import emit
 from benchmarks.throughput import config, ratio_text, spread
 from launch.pipeline import PipelineOptions, train_pipeline
 
@@ -173,10 +174,7 @@ def main() -> None:
               f"| thread (one host process) | {spread(thread)} |", f"| process | {spread(process)} |", "",
               f"- thread / process, per repeat: {ratio_text(ratios)}; target >= 1.0: {verdict}",
               f"- load average after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}"]
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

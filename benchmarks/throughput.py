@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.memory import machine
+from benchmarks.report import emit
 from engine.config import RunConfig, build_network, optim_and_schedule, resolve
 from engine.data import build_dataset
 from engine.planning import PipelinePlan
@@ -163,10 +164,7 @@ def main() -> None:
                      f"{verdict(ratio[k], 0.85, 1.15)}")
     lines += [f"- pipeline K=2 / sequential AugLocal 2 threads = {med(measured[2]) / al2:.3f}",
               f"- sequential AugLocal / BP, 2 threads = {al2 / bp2:.3f}"]
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        Path(args.out).write_text(report + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

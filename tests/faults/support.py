@@ -200,3 +200,15 @@ def assert_no_tagged(tag: str) -> None:
     """After a subprocess run, nothing it started (workers, forkserver) may remain on the machine."""
     left = wait_until_gone(lambda: tagged_processes(tag), timeout=15.0)
     assert not left, f"processes of the run outlived it: {describe(left)}"
+
+
+def one_line_exit(args, capsys, code: int = 2) -> str:
+    """Run the CLI in this process and return its one stderr line: it must exit `code`, with no traceback."""
+    from launch.cli import main
+
+    assert main([str(a) for a in args]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -7,17 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from launch.cli import main
-from tests.faults.support import SMALL_FLAGS
-
-
-def one_line_exit(args, capsys, code: int = 2) -> str:
-    assert main([str(a) for a in args]) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
+from tests.faults.support import SMALL_FLAGS, one_line_exit
 
 
 @pytest.mark.parametrize("flag, value, words", [

@@ -21,6 +21,7 @@ from tests.faults.support import (
     assert_no_orphan_workers,
     assert_no_tagged,
     new_tag,
+    one_line_exit,
     small_flags,
 )
 
@@ -40,15 +41,6 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 240.0) -> None:
                                  f"{proc.stderr.read()}")
         assert time.monotonic() < deadline, "timed out waiting for the run"
         time.sleep(0.05)
-
-
-def one_line_exit(args, capsys, code: int = 2) -> str:
-    assert main([str(a) for a in args]) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_second_run_into_a_folder_in_use_is_refused(reference, tmp_path, capsys):
