@@ -126,10 +126,10 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     modules = build_local_modules(model, aux)
     k = number_of_workers(opts.workers, len(modules), gpus, opts.streams_per_gpu)
     kind = resolve_kind(opts.worker_kind, gpus, opts.streams_per_gpu, k)
-    # only timing needs a real training batch; FLOPs need the input's shape, which an un-augmented test batch has
-    # (augmenting imports torchvision: seconds a dry run should not spend)
+    # only timing needs a real training batch; FLOPs need the input's shape and dtype, which raw test pixels have
+    # (augmenting and normalising import torchvision: seconds a dry run should not spend)
     timing_possible = measure or opts.balance == "time"
-    x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size) if timing_possible else data.test_batch(0, cfg.batch_size)
+    x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size) if timing_possible else data.shape_batch(cfg.batch_size)
     c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure)
     plan = make_plan(modules, k, cfg.batch_size, c.costs, unit=c.unit, source=c.source)
     shapes = layer_output_shapes(model)

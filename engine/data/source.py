@@ -94,6 +94,12 @@ class DataSource:
         start = index * batch_size
         return self._test_examples(start, min(start + batch_size, self.test_size))
 
+    def shape_batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first test minibatch as float32 pixels in [0, 255], not normalised: what counting FLOPs needs
+        (shape, dtype, labels) without importing torchvision, which normalising does (seconds of a dry run)."""
+        stop = min(self._check_batch_size(batch_size), self.test_size)
+        return self.test_images[:stop].to(torch.float32), self.test_labels[:stop]
+
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """All test minibatches in order."""
         for index in range(self.num_test_batches(batch_size)):

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.models.base import LayeredModel
+from engine.planning import mac_cache
 from engine.rules import LocalModule
 
 #: batch used for counting: BatchNorm1d and batch-wise losses misbehave at batch 1; results are per image
@@ -107,12 +108,15 @@ def count_macs(fn: Callable[[], Any], batch: int) -> int:
     return _counted(fn, batch)[0]
 
 
-#: (type, architecture, argument shapes, batch) -> (MACs per image, output shape or None); see _counted_call
-_MEMO: dict[tuple, tuple[int, torch.Size | None]] = {}
+#: "type|architecture|argument shapes|batch" -> (MACs per image, output shape or None); see _counted_call.
+#: Filled from the user's cache (mac_cache.py) on first use; counts not yet written there are in _UNSAVED.
+_MEMO: dict[str, mac_cache.Count] = {}
+_UNSAVED: dict[str, mac_cache.Count] = {}
+_LOADED = False
 
 
 def _shape(arg: Any) -> tuple | None:
-    return (tuple(arg.shape), arg.dtype) if isinstance(arg, torch.Tensor) else None
+    return (tuple(arg.shape), str(arg.dtype)) if isinstance(arg, torch.Tensor) else None
 
 
 def _architecture(module: nn.Module) -> str:
@@ -124,28 +128,49 @@ def _architecture(module: nn.Module) -> str:
     return repr(module)
 
 
+def _memo_key(module: nn.Module, args: tuple, batch: int) -> str:
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}|{_architecture(module)}|{[_shape(a) for a in args]}|{batch}"
+
+
+def _remembered(key: str) -> mac_cache.Count | None:
+    global _LOADED
+    if not _LOADED:
+        _MEMO.update(mac_cache.MacCache().load())
+        _LOADED = True
+    return _MEMO.get(key)
+
+
+def _save_new_counts() -> None:
+    """Write the counts made since the last save to the user's cache: the next process need not count them."""
+    if _UNSAVED:
+        mac_cache.MacCache().add(_UNSAVED)
+        _UNSAVED.clear()
+
+
 def _counted_call(module: nn.Module, args: tuple, batch: int, meta: bool) -> tuple[int, Any]:
     """MACs per image of `module(*args)` and its output, run on an eval-mode twin (see `_twin`).
 
-    On the meta device the count is remembered by the module's architecture and the argument shapes, for
-    the life of the process. Deep networks repeat the same block many times (ResNet-110: 18 identical blocks
-    per stage; aux nets of equal depth within a stage), and counting on the meta device is slow (every op
-    goes through torch's Python meta kernels and decompositions): a dry run of ResNet-110 spent most of its
-    time counting identical blocks. On the meta device FLOPs depend only on the architecture (its repr:
-    types, channels, strides, kernel and pool sizes) and the input shapes, so a repeated block is counted
-    once and its output is a fresh meta tensor of the remembered shape; only a block counted for the first
-    time is copied. Off the meta device everything runs.
+    On the meta device the count is remembered by the module's architecture and the argument shapes, in this
+    process and (through mac_cache.py) for later ones. Deep networks repeat the same block many times
+    (ResNet-110: 18 identical blocks per stage; aux nets of equal depth within a stage), and counting on the
+    meta device is slow (every op goes through torch's Python meta kernels and decompositions, and the first
+    one imports torch._dynamo): a dry run of ResNet-110 spent most of its time counting. On the meta device
+    FLOPs depend only on the architecture (its repr: types, channels, strides, kernel and pool sizes) and the
+    input shapes, so a remembered block is not run: its output is a fresh meta tensor of the remembered
+    shape; only a block counted for the first time is copied. Off the meta device everything runs.
     """
     key = None
     if meta:
-        key = (type(module), _architecture(module), tuple(_shape(a) for a in args), batch)
-        if key in _MEMO:
-            macs, out_shape = _MEMO[key]
+        key = _memo_key(module, args, batch)
+        known = _remembered(key)
+        if known is not None:
+            macs, out_shape = known
             return macs, None if out_shape is None else torch.empty(out_shape, device="meta")
     twin = _twin([module], meta)[0]
     macs, out = _counted(lambda: twin(*args), batch)
     if key is not None and (out is None or (isinstance(out, torch.Tensor) and out.dtype == torch.float32)):
-        _MEMO[key] = (macs, None if out is None else out.shape)
+        _MEMO[key] = _UNSAVED[key] = (macs, None if out is None else tuple(out.shape))
     return macs, out
 
 
@@ -195,6 +220,7 @@ def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool =
             cost.selected = [int(j) for j in getattr(aux, "selected", [])]
             cost.notation = str(getattr(aux, "notation", type(aux).__name__))
         costs.append(cost)
+    _save_new_counts()
     return costs
 
 
@@ -203,7 +229,9 @@ def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
     h, _ = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
     for layer in model.layers:
         h = _counted_call(layer, (h,), COUNT_BATCH, meta)[1]
-    return HeadCost(params=num_params(model.head), macs=_counted_call(model.head, (h,), COUNT_BATCH, meta)[0])
+    head = HeadCost(params=num_params(model.head), macs=_counted_call(model.head, (h,), COUNT_BATCH, meta)[0])
+    _save_new_counts()
+    return head
 
 
 def layer_output_shapes(model: LayeredModel) -> list[tuple[int, ...]]:
@@ -214,6 +242,7 @@ def layer_output_shapes(model: LayeredModel) -> list[tuple[int, ...]]:
     for layer in model.layers:
         h = _counted_call(layer, (h,), COUNT_BATCH, meta=True)[1]
         shapes.append(tuple(int(d) for d in h.shape[1:]))
+    _save_new_counts()
     return shapes
 
 
@@ -279,6 +308,7 @@ def module_macs(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor |
             xin = x if getattr(aux, "needs_input", False) else None
             aux_macs = _counted_call(aux, (h, y, xin), batch, meta)[0]
         out.append(ModuleMacs(primary, aux_macs, h.numel() * h.element_size() // batch))
+    _save_new_counts()
     return out
 
 

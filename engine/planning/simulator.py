@@ -273,7 +273,7 @@ def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[i
 
     model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
-    x, _ = data.test_batch(0, 2)   # only its shape counts (MACs on the meta device)
+    x, _ = data.shape_batch(2)   # only its shape counts (MACs on the meta device)
     shares, out_bytes = forward_shares(modules, x)
     events = run_events(data.steps_per_epoch(cfg.batch_size), 1, data.num_test_batches(cfg.batch_size),
                         max_steps=cfg.max_steps)

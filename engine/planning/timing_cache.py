@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engine.atomic import atomic_write_bytes
+from engine.planning.user_cache import CacheFile, cache_dir
 
 #: bump when the meaning of a cached figure changes: older entries are then ignored
 FORMAT = 1
@@ -21,8 +21,7 @@ FILE_NAME = "module_times.json"
 
 def cache_path() -> Path:
     """$XDG_CACHE_HOME/auglocal/module_times.json, by default ~/.cache/auglocal/module_times.json."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "auglocal" / FILE_NAME
+    return cache_dir() / FILE_NAME
 
 
 def cpu_model() -> str:
@@ -95,26 +94,16 @@ def _entry_key(machine: MachineKey, key: CostKey) -> str:
 class TimingCache:
     """A JSON file of measured module times, keyed by machine and by what decides the cost.
 
-    A cache that is missing, unreadable or of another format reads as empty and is rewritten on the next
-    `put`; it only ever saves a measurement, so losing it costs one timing run, never a wrong result beyond
-    a worse balance.
+    Losing it costs one timing run, never a wrong result beyond a worse balance (see user_cache.CacheFile).
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else cache_path()
-
-    def _read(self) -> dict[str, dict]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
-            return {}
-        return data["entries"]
+        self._file = CacheFile(FILE_NAME, FORMAT, path)
+        self.path = self._file.path
 
     def get(self, machine: MachineKey, key: CostKey, num_modules: int) -> CachedTimes | None:
         """The cached times for this machine and run, or None (also when the module count no longer fits)."""
-        entry = self._read().get(_entry_key(machine, key))
+        entry = self._file.read().get(_entry_key(machine, key))
         try:
             costs = [float(c) for c in entry["costs"]]
             measured_at = float(entry["measured_at"])
@@ -126,10 +115,6 @@ class TimingCache:
 
     def put(self, machine: MachineKey, key: CostKey, costs: list[float]) -> None:
         """Remember `costs` (seconds per batch per module); a write that fails is not an error of the run."""
-        entries = self._read()
+        entries = self._file.read()
         entries[_entry_key(machine, key)] = {"costs": [float(c) for c in costs], "measured_at": time.time()}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.path, json.dumps({"format": FORMAT, "entries": entries}, indent=1).encode())
-        except OSError:
-            pass
+        self._file.write(entries)

@@ -66,3 +66,28 @@ def test_measured_times_are_cached_for_the_next_dry_run(timings, capsys):
     assert len(timings) == 1
     assert main(FLAGS + ["--batch-size", "16"]) == 0                # another batch: another cost
     assert "balanced by FLOPs" in capsys.readouterr().out
+
+
+def test_a_second_dry_run_neither_counts_again_nor_imports_torchvision(tmp_path, capsys, monkeypatch):
+    """The first dry run files its MAC counts in the user's cache; a later process reads them, so it never
+    imports torch._dynamo (which counting pulls in) or torchvision (which normalising would): seconds each."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys; from launch.cli import main; rc = main(sys.argv[1:]); "
+             "print('IMPORTED', [m for m in ('torch._dynamo', 'torchvision') if m in sys.modules]); sys.exit(rc)")
+    from engine.planning import costs
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for name, fresh in (("_MEMO", {}), ("_UNSAVED", {}), ("_LOADED", False)):   # as a process that just started
+        monkeypatch.setattr(costs, name, fresh)
+    assert main(FLAGS) == 0   # this process: counts, and files the counts
+    first = capsys.readouterr().out
+    assert json.loads((tmp_path / "auglocal" / "module_macs.json").read_text())["entries"]
+    second = subprocess.run([sys.executable, "-c", probe, *FLAGS], capture_output=True, text=True,
+                            timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert second.returncode == 0, second.stderr
+    assert "IMPORTED []" in second.stdout
+    assert plan_lines(second.stdout) == plan_lines(first)
