@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 def forward_macs(module: nn.Module, input_shape: tuple[int, ...], method: str = "forward") -> int:
@@ -16,6 +15,8 @@ def forward_macs(module: nn.Module, input_shape: tuple[int, ...], method: str = 
     The module runs in eval mode (so BatchNorm1d accepts batch 1); every submodule's mode is restored after.
     Works on meta-device modules, which is how the width search counts thousands of candidates cheaply.
     """
+    from torch.utils.flop_counter import FlopCounterMode  # 0.3 s to import: only when something is counted
+
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     modes = [(m, m.training) for m in module.modules()]
     module.eval()

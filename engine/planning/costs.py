@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from engine.models.base import LayeredModel
 from engine.planning import mac_cache
@@ -92,6 +91,8 @@ def _twin(modules: Sequence[nn.Module], meta: bool) -> nn.ModuleList:
 
 def _counted(fn: Callable[[], Any], batch: int) -> tuple[int, Any]:
     """Run `fn()` under FlopCounterMode: (forward MACs per image, what fn returned); FLOPs = 2 x MACs."""
+    from torch.utils.flop_counter import FlopCounterMode  # 0.3 s to import: a dry run with cached counts skips it
+
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             result = fn()
