@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from engine.config import RunConfig, UsageError, build_network
 from engine.planning import CostKey, PipelinePlan, choose_module_costs, layer_output_shapes, make_plan
+from engine.precision import Kernels
 from engine.rules import build_local_modules
 from engine.trainer import EpochRecord, StepRecord
 from launch.checkpoints import CheckpointStore, start_identity
@@ -130,7 +131,8 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     # (augmenting and normalising import torchvision: seconds a dry run should not spend)
     timing_possible = measure or opts.balance == "time"
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size) if timing_possible else data.shape_batch(cfg.batch_size)
-    c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure)
+    c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure,
+                            kernels=Kernels.from_config(cfg))
     plan = make_plan(modules, k, cfg.batch_size, c.costs, unit=c.unit, source=c.source)
     shapes = layer_output_shapes(model)
     inputs = [shapes[plan.layer_ids[r][0] - 1] if plan.layer_ids[r][0] > 0 else (3, cfg.input_size, cfg.input_size)

@@ -11,6 +11,7 @@ from torch import nn
 from engine.planning.costs import module_costs_flops
 from engine.planning.timing import TIMING_THREADS, module_costs_timed
 from engine.planning.timing_cache import CostKey, MachineKey, TimingCache
+from engine.precision import Kernels
 
 BALANCES = ("auto", "time", "flops")
 
@@ -30,7 +31,7 @@ def _flops(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, why: 
 
 def choose_module_costs(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, balance: str,
                         key: CostKey, k: int, measure: bool = True,
-                        cache: TimingCache | None = None) -> ModuleCosts:
+                        cache: TimingCache | None = None, kernels: Kernels | None = None) -> ModuleCosts:
     """The costs a plan of `k` workers balances.
 
     - 'flops': forward + backward MACs per module (module_costs_flops); instant, but blind to what FLOPs
@@ -40,7 +41,8 @@ def choose_module_costs(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.
     - 'auto': times from the cache when this machine measured this run's modules before; otherwise measure
       them if `measure` (a training run: a good balance pays for the seconds it costs), else FLOPs (a dry
       run, which must print at once).
-    With one module per worker there is nothing to balance: FLOPs, as before.
+    With one module per worker there is nothing to balance: FLOPs, as before. `kernels`: the run's memory
+    format and precision, which modules are timed in (default: a default run's on their device).
     """
     if balance not in BALANCES:
         raise ValueError(f"balance {balance!r}: expected one of {', '.join(BALANCES)}")
@@ -59,6 +61,6 @@ def choose_module_costs(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.
         if not measure:
             return _flops(modules, x, y, "no module times cached for this machine yet; --balance time "
                                          "measures them")
-    costs = module_costs_timed(modules, x, y, steps=2)
+    costs = module_costs_timed(modules, x, y, steps=2, kernels=kernels)
     cache.put(machine, key, costs)
     return ModuleCosts(costs, "s", f"module times measured now (cached in {cache.path})")

@@ -23,9 +23,7 @@ on the time; kernels of different streams may overlap on a GPU that one of them 
 
 from __future__ import annotations
 
-import copy
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 
 from engine.feed import CheckpointMarker, EvalBatch, FeedShape, TrainStep, feed_plan
+from engine.planning.timing import time_module_phases
 
 TRAIN, EVAL, CHECKPOINT = "train", "eval", "checkpoint"
 
@@ -186,42 +185,13 @@ def simulate(events: Sequence[Event], loads: Sequence[WorkerLoad], batch_size: i
 
 
 def module_phase_times(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int = 2,
-                       warmup: int = 1) -> tuple[list[ModuleTime], list[int]]:
-    """Measured (primary forward, rest) seconds per batch of each local module at one thread, and the bytes
-    of each module's output (what a worker ending with it sends downstream).
-
-    Runs like engine.planning.module_costs_timed (a deep copy in train mode, modules chained on detached
-    outputs, medians over `steps`), but splits each module's time at its primary forward, where a worker
-    emits its output.
-    """
-    if not modules:
-        raise ValueError("no local modules to time; pass the list build_local_modules returns")
-    work = copy.deepcopy(nn.ModuleList(modules)).train()
-    fwd: list[list[float]] = [[] for _ in work]
-    rest: list[list[float]] = [[] for _ in work]
-    out_bytes = [0] * len(work)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            for run in range(warmup + steps):
-                h = x
-                for i, m in enumerate(work):
-                    t0 = time.perf_counter()
-                    out = m(h)
-                    t1 = time.perf_counter()
-                    m.loss(out, y, x).backward()
-                    t2 = time.perf_counter()
-                    if run >= warmup:
-                        fwd[i].append(t1 - t0)
-                        rest[i].append(t2 - t1)
-                    out_bytes[i] = out.numel() * out.element_size()
-                    h = out.detach()
-                work.zero_grad(set_to_none=True)
-    finally:
-        torch.set_num_threads(threads)
-    return ([ModuleTime(statistics.median(f), statistics.median(r)) for f, r in zip(fwd, rest, strict=True)],
-            out_bytes)
+                       warmup: int = 1, kernels=None) -> tuple[list[ModuleTime], list[int]]:
+    """Measured (primary forward, rest) seconds per batch of each local module at one thread (medians of
+    engine.planning.timing.time_module_phases, which runs them as a Stage does), and the bytes of each
+    module's output (what a worker ending with it sends downstream). The split is where a worker emits."""
+    s = time_module_phases(modules, x, y, steps, warmup, kernels)
+    return ([ModuleTime(statistics.median(f), statistics.median(r)) for f, r in zip(s.forward, s.rest, strict=True)],
+            s.out_bytes)
 
 
 def module_times_from_flops(flops_costs: Sequence[float], primary_macs: Sequence[float], macs_per_s: float,

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 
 from engine.planning.user_cache import CacheFile, cache_dir
+from engine.precision import Kernels
 
 #: bump when the meaning of a cached figure changes: older entries are then ignored
-FORMAT = 1
+#: (2: times are taken in the run's memory format and precision, which the key now names)
+FORMAT = 2
 FILE_NAME = "module_times.json"
 
 
@@ -55,8 +57,9 @@ class MachineKey:
 
 @dataclass(frozen=True)
 class CostKey:
-    """What decides the cost of each local module: the network, the rule and its aux nets, the input and the
-    batch. (Not the data set itself, the seed or the schedule: they change values, not the work.)"""
+    """What decides the cost of each local module: the network, the rule and its aux nets, the input, the batch
+    and the kernels (memory format, precision). (Not the data set itself, the seed or the schedule: they
+    change values, not the work.)"""
 
     model: str
     rule: str
@@ -67,12 +70,15 @@ class CostKey:
     input_size: int
     num_classes: int
     batch_size: int
+    memory_format: str = "contiguous"
+    precision: str = "fp32"
 
     @classmethod
     def of(cls, cfg: Any) -> CostKey:
         """The key of a resolved RunConfig (or anything with these attributes)."""
+        kernels = Kernels.from_config(cfg)
         return cls(cfg.model, cfg.rule, int(cfg.d), cfg.tau, cfg.strategy, cfg.convention, int(cfg.input_size),
-                   int(cfg.num_classes), int(cfg.batch_size))
+                   int(cfg.num_classes), int(cfg.batch_size), kernels.memory_format, kernels.precision)
 
 
 @dataclass

@@ -48,7 +48,8 @@ def test_cache_keys_by_machine_and_by_what_decides_the_cost(tmp_path):
     assert cache.get(here, key, 4) is None                                  # the module count changed
     other_machine = MachineKey(here.cpu + " (another)", here.cores, here.torch, here.threads, here.device)
     assert cache.get(other_machine, key, 3) is None
-    for change in ({"d": 5}, {"batch_size": 64}, {"input_size": 64}, {"tau": 0.0}, {"rule": "dgl"}):
+    for change in ({"d": 5}, {"batch_size": 64}, {"input_size": 64}, {"tau": 0.0}, {"rule": "dgl"},
+                   {"memory_format": "channels_last"}, {"precision": "bf16"}):
         assert cache.get(here, CostKey(**{**key.__dict__, **change}), 3) is None, change
     cache.put(here, CostKey(**{**key.__dict__, "d": 5}), [1.0, 2.0, 3.0])   # a second entry keeps the first
     assert cache.get(here, key, 3).costs == [0.1, 0.2, 0.3]
@@ -80,7 +81,7 @@ def test_auto_uses_flops_for_a_dry_run_and_measures_then_caches_for_a_training_r
     cache = TimingCache(tmp_path / "times.json")
     timed = []
 
-    def fake_timing(mods, xb, yb, steps=3, warmup=1):
+    def fake_timing(mods, xb, yb, steps=3, warmup=1, kernels=None):
         timed.append(len(mods))
         return [0.01 * (i + 1) for i in range(len(mods))]
 

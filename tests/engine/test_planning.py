@@ -24,6 +24,7 @@ from engine.planning import (
     module_costs_timed,
     partition,
 )
+from engine.precision import Kernels
 from engine.rules import build_local_modules
 
 SEEN_X: list[tuple[int, tuple[int, ...]]] = []
@@ -164,6 +165,38 @@ def test_module_costs_timed_measures_each_module_without_side_effects():
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="must match"):
         module_costs_timed(modules, x, y[:3])
+
+
+class KernelProbe(nn.Module):
+    """A one-layer local module that records the layout and autocast state it runs in (on the timed copy)."""
+
+    layer_ids, needs_input, is_top = [0], False, True
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, h):
+        SEEN_KERNELS.append((h.is_contiguous(memory_format=torch.channels_last),
+                             self.conv.weight.is_contiguous(memory_format=torch.channels_last),
+                             torch.is_autocast_enabled("cpu")))
+        return self.conv(h)
+
+    def loss(self, out, y, x=None):
+        return out.float().mean()
+
+
+SEEN_KERNELS: list = []
+
+
+@pytest.mark.parametrize("kernels,seen", [(None, (True, True, False)),   # a default CPU run: channels_last
+                                          (Kernels("contiguous"), (False, False, False)),
+                                          (Kernels("channels_last", "bf16"), (True, True, True))])
+def test_modules_are_timed_in_the_kernels_a_stage_runs_them_with(kernels, seen):
+    SEEN_KERNELS.clear()
+    times = module_costs_timed([KernelProbe()], torch.randn(2, 3, 8, 8), torch.zeros(2), steps=1, warmup=0,
+                               kernels=kernels)
+    assert len(times) == 1 and SEEN_KERNELS == [seen]
 
 
 # --- dry-run table -----------------------------------------------------------------------------------------
