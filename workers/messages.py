@@ -162,18 +162,12 @@ def _plain_meta(meta: Any) -> dict[str, Any]:
     return meta
 
 
-def _wire_layout(tensor: torch.Tensor) -> str:
-    """'channels_last' for a 4-D tensor stored NHWC (and not also row-major, as when C or H*W is 1), else
-    'contiguous': the frame then holds row-major bytes (copied first if the tensor is neither)."""
-    if tensor.dim() == 4 and not tensor.is_contiguous() and tensor.is_contiguous(memory_format=torch.channels_last):
-        return "channels_last"
-    return "contiguous"
-
-
 def _tensor_frame(name: str, tensor: torch.Tensor, keep_device: bool = False) -> tuple[memoryview | torch.Tensor, str]:
-    """Raw bytes of a tensor as a zero-copy view in its own memory order (a row-major copy first only if it is
-    neither row-major nor channels_last), and the layout name of those bytes.
+    """Raw bytes of a tensor as a zero-copy view in its own memory order, and that order's layout name.
 
+    'contiguous' (row-major) for a row-major tensor; 'channels_last' for a 4-D tensor stored NHWC and not also
+    row-major (as when C or H*W is 1); any other tensor is copied row-major first. Row-major is tested first:
+    it is what activations almost always are, and each torch call on this per-message path costs.
     Through numpy's buffer where numpy has the dtype (one cheap call), else through a uint8 view (bfloat16).
     With `keep_device`, a GPU tensor's bytes stay on the GPU as a flat uint8 tensor (for transports that move
     device memory themselves: NCCL, CUDA IPC).
@@ -182,15 +176,15 @@ def _tensor_frame(name: str, tensor: torch.Tensor, keep_device: bool = False) ->
         raise ValueError(f"tensor {name!r} is on {tensor.device}; move it to the CPU before sending")
     if tensor.requires_grad:
         tensor = tensor.detach()
-    layout = _wire_layout(tensor)
-    if layout == "channels_last":
-        tensor = tensor.permute(0, 2, 3, 1)   # NHWC view of the same storage: row-major, so no copy
-    elif not tensor.is_contiguous():
-        tensor = tensor.contiguous()
+    layout = LAYOUTS[0]
+    if not tensor.is_contiguous():
+        if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+            layout = LAYOUTS[1]
+            tensor = tensor.permute(0, 2, 3, 1)   # NHWC view of the same storage: row-major, so no copy
+        else:
+            tensor = tensor.contiguous()
     if not tensor.is_cpu:
         return tensor.reshape(-1).view(torch.uint8), layout
-    if tensor.numel() == 0:
-        return memoryview(b""), layout
     try:
         return memoryview(tensor.numpy()).cast("B"), layout
     except TypeError:  # a dtype numpy lacks
@@ -260,15 +254,17 @@ class Codec:
         specs = []
         total = 0
         for name, tensor in message.tensors.items():
-            if tensor.dtype not in _DTYPE_NAMES:
+            dtype_name = _DTYPE_NAMES.get(tensor.dtype)
+            if dtype_name is None:
                 raise ValueError(f"tensor {name!r} has unsupported dtype {tensor.dtype}; use one of {list(DTYPES)}")
-            if not name or len(name) > MAX_NAME_CHARS or tensor.dim() > MAX_NDIM:
+            shape = list(tensor.shape)
+            if not name or len(name) > MAX_NAME_CHARS or len(shape) > MAX_NDIM:
                 raise ValueError(f"tensor {name!r}: names are 1..{MAX_NAME_CHARS} characters, at most {MAX_NDIM} dims")
             frame, layout = _tensor_frame(name, tensor, keep_device)
             nbytes = _frame_bytes(frame)
             total += nbytes
             frames.append(frame)
-            specs.append([name, _DTYPE_NAMES[tensor.dtype], list(tensor.shape), nbytes, layout])  # TENSOR_FIELDS
+            specs.append([name, dtype_name, shape, nbytes, layout])  # TENSOR_FIELDS
         if total > self.max_message_bytes:
             raise ValueError(
                 f"message of {total} tensor bytes exceeds max_message_bytes={self.max_message_bytes}; "
