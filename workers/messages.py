@@ -217,6 +217,14 @@ def _tensor_from_frame(buffer: memoryview | torch.Tensor, dtype: torch.dtype, sh
     return flat if len(shape) == 1 else flat.view(shape)
 
 
+def _dims_ok(shape: list[Any]) -> bool:
+    """Every dim a non-negative int (a plain loop: cheaper than all() over a generator for a few dims)."""
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            return False
+    return True
+
+
 def _frame_bytes(frame: memoryview | torch.Tensor) -> int:
     return frame.numel() if isinstance(frame, torch.Tensor) else frame.nbytes
 
@@ -305,9 +313,15 @@ class Codec:
             )
         tensors: dict[str, torch.Tensor] = {}
         if specs:
-            tensor_frames = [f if isinstance(f, torch.Tensor) else memoryview(f) for f in frames[1:]]
-            declared = sum(s[3] for s in specs if type(s) is list and len(s) == _N_TENSOR_FIELDS and _is_int(s[3]))
-            received = sum(_frame_bytes(f) for f in tensor_frames)
+            # One pass for the views and both byte totals: every loop on this path runs once per message.
+            tensor_frames = []
+            declared = received = 0
+            for spec, frame in zip(specs, frames[1:], strict=True):
+                view = frame if isinstance(frame, torch.Tensor) else memoryview(frame)
+                tensor_frames.append(view)
+                received += _frame_bytes(view)
+                if type(spec) is list and len(spec) == _N_TENSOR_FIELDS and _is_int(spec[3]):
+                    declared += spec[3]
             if max(declared, received) > self.max_message_bytes:
                 raise MessageError(
                     sender,
@@ -404,9 +418,9 @@ class Codec:
             raise MessageError(
                 sender, "kind", f"unknown kind {header[4]!r}, expected one of {[k.value for k in Kind]}"
             )
-        for index in (5, 6, 7):
-            if not _is_int(header[index]):
-                raise MessageError(sender, HEADER_FIELDS[index], f"expected an int, got {header[index]!r}")
+        if not (type(header[5]) is int and type(header[6]) is int and type(header[7]) is int):
+            index = next(i for i in (5, 6, 7) if not _is_int(header[i]))
+            raise MessageError(sender, HEADER_FIELDS[index], f"expected an int, got {header[index]!r}")
         if not isinstance(header[9], dict):
             raise MessageError(sender, "meta", f"expected a map, got {type(header[9]).__name__}")
         if not isinstance(header[8], list) or len(header[8]) > MAX_TENSORS:
@@ -428,7 +442,7 @@ class Codec:
             raise MessageError(
                 sender, f"tensors[{name}].dtype", f"unknown dtype {dtype_name!r}, expected one of {list(DTYPES)}"
             )
-        if type(shape) is not list or len(shape) > MAX_NDIM or not all(_is_int(d) and d >= 0 for d in shape):
+        if type(shape) is not list or len(shape) > MAX_NDIM or not _dims_ok(shape):
             raise MessageError(
                 sender, f"tensors[{name}].shape", f"expected at most {MAX_NDIM} non-negative ints, got {shape!r}"
             )
