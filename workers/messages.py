@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -74,6 +75,19 @@ _UNPACK_LIMITS = dict(
     max_array_len=4096,
     max_map_len=256,
 )
+
+
+# One msgpack Packer per thread, reused: msgpack.packb builds a fresh Packer (and its buffer) on every call,
+# about half the cost of packing a header. Per thread, because packing a Mapping subclass calls back into
+# Python, where another thread could take the GIL and interleave its own header into a shared buffer.
+_PACKERS = threading.local()
+
+
+def _pack(value: Any) -> bytes:
+    packer = getattr(_PACKERS, "packer", None)
+    if packer is None:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(value)   # the buffer is reset after each call, also when packing fails
 
 
 class Kind(str, Enum):
@@ -284,7 +298,7 @@ class Codec:
         header = [SCHEMA_VERSION, self.secret, self.run_id, message.sender, message.kind.value,   # HEADER_FIELDS
                   message.epoch, message.step, message.layer, specs, _plain_meta(message.meta)]
         try:
-            packed = msgpack.packb(header, use_bin_type=True)
+            packed = _pack(header)
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(
                 f"message meta must hold only plain int/float/str/bool/None/list/dict values: {exc}"

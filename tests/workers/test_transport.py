@@ -336,6 +336,8 @@ def test_encode_refuses_what_the_wire_cannot_carry(codec):
         codec.encode(sample_message(z=torch.ones(2, dtype=torch.complex64)))
     with pytest.raises(ValueError, match="plain"):
         codec.encode(Message(Kind.METRICS, "w0", meta={"loss": torch.tensor(1.0)}))
+    # the header packer is reused: a failed pack leaves nothing behind in it
+    assert codec.decode(codec.encode(Message(Kind.METRICS, "w0", meta={"loss": 1.0}))).meta == {"loss": 1.0}
     with pytest.raises(ValueError, match="sender"):
         codec.encode(Message(Kind.METRICS, ""))
     with pytest.raises(ValueError, match="header"):
