@@ -16,7 +16,7 @@ peer that sent the consumed message. A sender at its window waits for a credit, 
 bytes buffered per sender are at most ``window`` messages however ZeroMQ and the kernel buffer internally,
 and a slow worker slows its upstream instead of growing queues. The data direction's high-water marks are
 set to window + 1 as a second fence, so they never bite before the credit check does. The credit direction's
-are generous (`_CREDIT_HWM`): a credit is a ~150-byte header, at most one per consumed message, and ZeroMQ
+are generous (`_CREDIT_HWM`): a credit is a ~80-byte header, at most one per consumed message, and ZeroMQ
 learns of a pipe's reads lazily (every few messages, when the socket next processes commands), so a tight
 mark there could refuse a credit that has room, and a lost credit would shrink the window for good. A message
 rejected by validation earns no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls
