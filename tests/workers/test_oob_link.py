@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import torch
 
+from tests.workers.wire_headers import header_of, packed_header
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.oob_link import OobReceiver, OobSender, as_byte_tensor
 from workers.transport import Sender, ipc_address
@@ -94,9 +95,9 @@ def test_a_peer_without_a_route_frame_or_with_an_oversized_header_fails_before_a
         peer.send(Message(Kind.TRAIN, "plain", tensors={"x": torch.ones(3)}), WAIT_MS)
         with pytest.raises(MessageError, match="route frame"):
             receiver.recv(WAIT_MS)
-        header = msgpack.unpackb(codec.encode(Message(Kind.TRAIN, "big", tensors={"x": torch.ones(3)}))[0])
+        header = header_of(codec.encode(Message(Kind.TRAIN, "big", tensors={"x": torch.ones(3)})))
         header["tensors"][0].update(shape=[1 << 29], nbytes=4 << 29)   # 2 GiB: above the codec's 1 GiB limit
-        peer.send_raw([msgpack.packb(header), msgpack.packb({"path": "shelf"})])
+        peer.send_raw([packed_header(header), msgpack.packb({"path": "shelf"})])
         with pytest.raises(MessageError, match="exceed the limit"):
             receiver.recv(WAIT_MS)
     assert not [e for e in log if e[0] == "receive"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 import zmq
 
+from tests.workers.wire_headers import header_of, with_header
 from workers.messages import (
     MAX_HEADER_BYTES,
     Codec,
@@ -96,16 +97,6 @@ def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
         assert got[name].shape == tensor.shape, name
         assert torch.equal(got[name], tensor.detach()), name
         assert got[name].data_ptr() % got[name].element_size() == 0, f"{name} is misaligned"
-
-
-def header_of(frames) -> dict:
-    return msgpack.unpackb(frames[0], raw=False)
-
-
-def with_header(frames, **changes) -> list:
-    header = header_of(frames)
-    header.update(changes)
-    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
 
 
 # ---------------------------------------------------------------- round trips
@@ -264,7 +255,8 @@ def test_shape_inconsistent_with_nbytes_is_rejected(codec):
         b"\xc1\xff\x00garbage",  # 0xc1 is never valid msgpack
         b"\xdd\x7f\xff\xff\xff",  # an array claiming 2**31 elements
         b"\xdb\x7f\xff\xff\xff",  # a string claiming 2 GiB
-        msgpack.packb([1, 2, 3]),  # valid msgpack, not a map
+        msgpack.packb({"v": 3}),  # valid msgpack, not an array
+        msgpack.packb(7),  # valid msgpack, not an array
         b"\x91" * 5000,  # deep nesting
         b"\x80" + b"\x00" * MAX_HEADER_BYTES,  # over the header size cap
     ],
@@ -274,13 +266,49 @@ def test_garbage_header_is_rejected_naming_the_peer(codec, garbage):
     assert (error.sender, error.field) == ("<peer 01>", "header")
 
 
-def test_header_with_missing_or_extra_keys_is_rejected(codec):
+def test_array_without_this_runs_secret_or_run_is_a_strangers(codec):
+    for header, field in (([1, 2, 3], "secret"), ([], "secret"), ([3, SECRET], "run_id"), ([3, SECRET, "x"], "run_id")):
+        error = rejected(codec, [msgpack.packb(header)])
+        assert (error.sender, error.field, error.foreign) == ("<peer 01>", field, True)
+
+
+def test_header_with_a_wrong_field_count_is_rejected_naming_the_fields(codec):
     frames = encoded(codec)
-    assert rejected(codec, with_header(frames, extra=1)).field == "header"
-    header = header_of(frames)
-    del header["step"]
-    assert rejected(codec, [msgpack.packb(header)]).field == "header"
+    fields = msgpack.unpackb(frames[0], raw=False)
+    for wrong in (fields[:-1], [*fields, 1]):
+        error = rejected(codec, [msgpack.packb(wrong)])
+        assert (error.sender, error.field, error.foreign) == ("w0", "header", False)
+        assert f"{len(wrong)} fields, expected 10: v, secret, run, sender, kind" in str(error)
     assert rejected(codec, with_header(frames, step="3")).field == "step"
+    assert rejected(codec, with_header(frames, meta=[1])).field == "meta"
+
+
+def test_tensor_description_with_a_wrong_field_count_is_rejected(codec):
+    frames = encoded(codec, x=torch.ones(2))
+    header = msgpack.unpackb(frames[0], raw=False)
+    for spec in (header[8][0][:-1], [*header[8][0], "extra"], {"name": "x"}):
+        header[8] = [spec]
+        error = rejected(codec, [msgpack.packb(header), frames[1]])
+        assert (error.sender, error.field) == ("w0", "tensors[0]")
+        assert "name, dtype, shape, nbytes, layout" in str(error)
+
+
+def test_unhashable_dtype_is_rejected_not_crashed(codec):
+    frames = encoded(codec, x=torch.ones(2))
+    spec = dict(header_of(frames)["tensors"][0], dtype=["float32"])
+    assert rejected(codec, with_header(frames, tensors=[spec])).field == "tensors[x].dtype"
+
+
+def test_map_header_of_an_older_build_of_this_run_is_a_version_mismatch(codec):
+    """Schema 2 headers were maps: a peer of this run on an older build is told so; a stranger's map is not."""
+    old = {"v": 2, "kind": "train", "run": RUN, "secret": SECRET, "sender": "w0", "epoch": 0, "step": 0,
+           "layer": -1, "tensors": [], "meta": {}}
+    error = rejected(codec, [msgpack.packb(old)])
+    assert (error.sender, error.field, error.foreign) == ("w0", "version", False)
+    assert "schema version 2" in str(error)
+    for stranger in (dict(old, secret="guess"), dict(old, run="run-0"), {"kind": "gossip"}):
+        error = rejected(codec, [msgpack.packb(stranger)])
+        assert (error.sender, error.field, error.foreign) == ("<peer 01>", "header", True)
 
 
 def test_expect_checks_kind_names_dtypes_and_shape_but_not_batch(codec):
@@ -308,6 +336,8 @@ def test_encode_refuses_what_the_wire_cannot_carry(codec):
         codec.encode(sample_message(z=torch.ones(2, dtype=torch.complex64)))
     with pytest.raises(ValueError, match="plain"):
         codec.encode(Message(Kind.METRICS, "w0", meta={"loss": torch.tensor(1.0)}))
+    # the header packer is reused: a failed pack leaves nothing behind in it
+    assert codec.decode(codec.encode(Message(Kind.METRICS, "w0", meta={"loss": 1.0}))).meta == {"loss": 1.0}
     with pytest.raises(ValueError, match="sender"):
         codec.encode(Message(Kind.METRICS, ""))
     with pytest.raises(ValueError, match="header"):

@@ -87,3 +87,26 @@ def test_queued_messages_are_received_in_order_each_with_its_credit(address):
         assert sender.in_flight == 0
         with pytest.raises(ValueError, match="timeout_ms"):
             receiver.recv(-1)
+
+
+def test_a_credit_with_extra_frames_is_read_whole_and_refused(address):
+    """Credits are read frame by frame (Frame.more): a valid credit header followed by another frame is not a
+    credit, and the trailing frame is not left behind to be mistaken for the next one."""
+    codec = Codec(RUN, SECRET)
+    context = zmq.Context.instance()
+    fake = context.socket(zmq.ROUTER)
+    fake.bind(address)
+    try:
+        with Sender(address, codec, window=1) as sender:
+            (valid,) = codec.encode(Message(Kind.CREDIT, "w1"))
+            sender.send(train(0), WAIT_MS)
+            identity, *_ = fake.recv_multipart()
+            fake.send_multipart([identity, valid, valid])
+            with pytest.raises(MessageError) as info:
+                sender.wait_all(WAIT_MS)
+            assert info.value.field == "frames" and sender.in_flight == 1
+            fake.send_multipart([identity, valid])
+            sender.wait_all(WAIT_MS)          # the next, well-formed credit counts
+            assert sender.in_flight == 0
+    finally:
+        fake.close(linger=0)

@@ -10,6 +10,7 @@ import torch
 
 from engine.config import RunConfig, resolve
 from engine.data import build_dataset
+from tests.workers.wire_headers import with_header
 from workers.memlink import MemoryLink
 from workers.messages import Codec, Kind, Message
 from workers.protocol import (
@@ -117,11 +118,7 @@ def test_a_peer_message_that_breaks_the_protocol_is_a_failure(bad, config, tmp_p
         message.meta = {"g": "zero"}
     frames = h.codec.encode(message)
     if bad == "unknown kind":
-        import msgpack
-
-        header = msgpack.unpackb(frames[0])
-        header["kind"] = "gossip"
-        frames[0] = msgpack.packb(header)
+        frames = with_header(frames, kind="gossip")
     h.inbox.inject([bytes(f) for f in frames])
     with pytest.raises(WorkerError):
         h.worker._recv()
