@@ -139,7 +139,8 @@ def one_run(model: str, workers: str, steps: int, every: int, kill_after: int | 
     else:
         coord = probe.attempts[0]["coord"]
         ready = detected + restart["ready_s"]
-        first = min(t for t in coord.stats.step_done_at if t > ready)
+        # a failure in the run's tail may leave no minibatch to complete after the restart: first = ready then
+        first = min((t for t in coord.stats.step_done_at if t > ready), default=ready)
         caught_up = detected + restart["recovery_s"]
         restart_from = coord.recovery.recoveries[0].restart_from
     row.update(detect_s=detected - killed["at"], ready_s=ready - detected, first_s=first - detected,

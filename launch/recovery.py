@@ -285,7 +285,9 @@ class OneWorkerRecovery:
         self._flush_commits()
         print(f"auglocal-launch: {err}; restarted worker {r} alone from "
               f"{f'checkpoint {self.committed_id}' if self.committed_id else 'the attempt start'}; "
-              f"the other workers kept running", flush=True)
+              f"the other workers kept running"
+              f"{' (after the stop marker: they stay until every worker has stopped)' if self.stopping else ''}",
+              flush=True)
 
     def _restart(self, err, r: int) -> None:
         c = self.c
