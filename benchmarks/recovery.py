@@ -145,7 +145,7 @@ def one_run(model: str, workers: str, steps: int, every: int, kill_after: int | 
         restart_from = coord.recovery.recoveries[0].restart_from
     row.update(detect_s=detected - killed["at"], ready_s=ready - detected, first_s=first - detected,
                caught_up_s=caught_up - detected, done_at_kill=killed["steps_done"], restart_from=restart_from,
-               error=restart["error"])
+               error=restart["error"], after_stop=restart.get("after_stop", False))
     return row
 
 
@@ -211,7 +211,8 @@ def main() -> None:
             for recovery in args.paths:
                 row = one_run(args.model, workers, args.steps, args.checkpoint_every, args.kill_after, rank,
                               recovery, args.replay_log_mb)
-                rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}"})
+                tail = " (after the stop marker)" if row.get("after_stop") else ""
+                rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}{tail}"})
                 print(table(rows)[-1], flush=True)
     load_after = os.getloadavg()
     faulted = [r for r in rows if "detect_s" in r]

@@ -462,6 +462,7 @@ class Coordinator:
         """Feed one event's message (kept, or its `build`er, for a replay to a restarted worker 0)."""
         self._put(message, self._guarded)
         self.recovery.fed(message.meta.seq, build or (lambda: message))
+        self.recovery.stopping |= message.kind is Kind.STOP    # a failure from here on comes after the marker
         self._guarded(self._drain)
 
     def _train_message(self, event: TrainStep, seq: int) -> Message:
@@ -504,7 +505,6 @@ class Coordinator:
         """Feed the stop marker (kept for a replay, like every event) and wait until every worker reported
         stopped, recovering a failed worker alone meanwhile as during the feed; then release held workers."""
         self._send(Message(Kind.STOP, "coordinator", meta=SeqMeta(self.recovery.next_seq())))
-        self.recovery.stopping = True
         while len(self.stopped) < self.k:
             self._guarded(lambda: self._drain(POLL_MS))
         self.recovery.release_all()
