@@ -221,12 +221,14 @@ def main() -> None:
         "",
         f"- Machine: {machine()}; load average {load[0]:.2f} before, {load_after[0]:.2f} after",
         f"- {args.model}, AugLocal d = {D}, CPU workers (1 torch thread each), synthetic {INPUT}x{INPUT}, batch "
-        f"{BATCH}, {args.steps} minibatches, checkpoint every {args.checkpoint_every}; worker K // 2 SIGKILLed "
+        f"{BATCH}, {args.steps} minibatches, checkpoint every {args.checkpoint_every}; worker "
+        f"{'K // 2' if args.kill_rank is None else args.kill_rank} SIGKILLed "
         f"once {args.kill_after} minibatches were done ({args.repeats} repetitions per path), replay logs "
         f"bounded to {args.replay_log_mb:g} MiB in memory.",
         f"- Command: `python -m benchmarks.recovery --model {args.model} --workers {' '.join(args.workers)} "
         f"--repeats {args.repeats} --steps {args.steps} --checkpoint-every {args.checkpoint_every} --kill-after "
-        f"{args.kill_after} --clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --paths "
+        f"{args.kill_after}{'' if args.kill_rank is None else f' --kill-rank {args.kill_rank}'} "
+        f"--clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --paths "
         f"{' '.join(args.paths)}`",
         "",
         *table(rows),
