@@ -139,12 +139,13 @@ def one_run(model: str, workers: str, steps: int, every: int, kill_after: int | 
     else:
         coord = probe.attempts[0]["coord"]
         ready = detected + restart["ready_s"]
-        first = min(t for t in coord.stats.step_done_at if t > ready)
+        # a failure in the run's tail may leave no minibatch to complete after the restart: first = ready then
+        first = min((t for t in coord.stats.step_done_at if t > ready), default=ready)
         caught_up = detected + restart["recovery_s"]
         restart_from = coord.recovery.recoveries[0].restart_from
     row.update(detect_s=detected - killed["at"], ready_s=ready - detected, first_s=first - detected,
                caught_up_s=caught_up - detected, done_at_kill=killed["steps_done"], restart_from=restart_from,
-               error=restart["error"])
+               error=restart["error"], after_stop=restart.get("after_stop", False))
     return row
 
 
@@ -210,7 +211,8 @@ def main() -> None:
             for recovery in args.paths:
                 row = one_run(args.model, workers, args.steps, args.checkpoint_every, args.kill_after, rank,
                               recovery, args.replay_log_mb)
-                rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}"})
+                tail = " (after the stop marker)" if row.get("after_stop") else ""
+                rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}{tail}"})
                 print(table(rows)[-1], flush=True)
     load_after = os.getloadavg()
     faulted = [r for r in rows if "detect_s" in r]
@@ -219,12 +221,14 @@ def main() -> None:
         "",
         f"- Machine: {machine()}; load average {load[0]:.2f} before, {load_after[0]:.2f} after",
         f"- {args.model}, AugLocal d = {D}, CPU workers (1 torch thread each), synthetic {INPUT}x{INPUT}, batch "
-        f"{BATCH}, {args.steps} minibatches, checkpoint every {args.checkpoint_every}; worker K // 2 SIGKILLed "
+        f"{BATCH}, {args.steps} minibatches, checkpoint every {args.checkpoint_every}; worker "
+        f"{'K // 2' if args.kill_rank is None else args.kill_rank} SIGKILLed "
         f"once {args.kill_after} minibatches were done ({args.repeats} repetitions per path), replay logs "
         f"bounded to {args.replay_log_mb:g} MiB in memory.",
         f"- Command: `python -m benchmarks.recovery --model {args.model} --workers {' '.join(args.workers)} "
         f"--repeats {args.repeats} --steps {args.steps} --checkpoint-every {args.checkpoint_every} --kill-after "
-        f"{args.kill_after} --clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --paths "
+        f"{args.kill_after}{'' if args.kill_rank is None else f' --kill-rank {args.kill_rank}'} "
+        f"--clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --paths "
         f"{' '.join(args.paths)}`",
         "",
         *table(rows),

@@ -263,7 +263,7 @@ class Coordinator:
                 malloc=self.opts.malloc, control=self.specs_control[r],
                 curve=self.keys.workers[r] if self.keys else None, admit=self.keys.admitted() if self.keys else (),
                 replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp,
-                replay_log=self.placement.hosts is None))
+                replay_log=self.placement.hosts is None, hold_after_stop=self.recovery.holds_after_stop))
         return out
 
     def attach(self, results, feed, workers: list) -> None:
@@ -280,6 +280,8 @@ class Coordinator:
         for key in self.keys.admitted() if self.keys else ():
             results.allowed.allow(key)
         ctx = forkserver_context()
+        if self.placement.hosts is None:    # before the specs: they say whether workers wait for their release
+            self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
         workers = []
         specs = self.specs()
         try:
@@ -291,8 +293,6 @@ class Coordinator:
                 workers.extend([host] * len(group))
         finally:
             self.attach(results, self.inboxes[0].sender(self.codec, curve=self.curve), workers)
-        if self.placement.hosts is None:
-            self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
         self.wait_ready()
 
     def wait_ready(self) -> None:
@@ -462,6 +462,7 @@ class Coordinator:
         """Feed one event's message (kept, or its `build`er, for a replay to a restarted worker 0)."""
         self._put(message, self._guarded)
         self.recovery.fed(message.meta.seq, build or (lambda: message))
+        self.recovery.stopping |= message.kind is Kind.STOP    # a failure from here on comes after the marker
         self._guarded(self._drain)
 
     def _train_message(self, event: TrainStep, seq: int) -> Message:
@@ -501,10 +502,12 @@ class Coordinator:
                            meta=CheckpointMeta(ckpt_id, str(directory), seq)))
 
     def _feed_stop(self, event: Stop) -> None:
+        """Feed the stop marker (kept for a replay, like every event) and wait until every worker reported
+        stopped, recovering a failed worker alone meanwhile as during the feed; then release held workers."""
         self._send(Message(Kind.STOP, "coordinator", meta=SeqMeta(self.recovery.next_seq())))
-        self.recovery.stopping = True
         while len(self.stopped) < self.k:
             self._guarded(lambda: self._drain(POLL_MS))
+        self.recovery.release_all()
         for w in self.workers:
             w.join(timeout=30)
 

@@ -15,11 +15,21 @@ message, the coordinator (`OneWorkerRecovery.recover`)
    metrics and test results of replayed steps are counted once (`ReportDedupe`), and checkpoints that
    waited for r's acknowledgement complete when the new r acknowledges.
 
+The stop marker is an event like the others, so a failure after the coordinator fed it (the whole tail of a
+deep pipeline: with one worker per layer the marker is fed about three minibatches per worker before the run
+ends) is recovered the same way: the marker is in the coordinator's sent-log and in each worker's replay log,
+and the coordinator's stop-drain loop goes through `recover` like the feed loop. For that, workers are held
+after the marker (`WorkerSpec.hold_after_stop`): once a worker has reported stopped it keeps its process,
+links and replay log, relinks and replays when its downstream restarts, drops the repeats of a restarted
+upstream, and exits when the coordinator releases every worker (`release_all`, once all K reported stopped)
+or when the coordinator is gone. A restarted worker reports stopped again; the old process's report no
+longer counts.
+
 It falls back to the whole-pipeline restart (launch.pipeline.run_attempts) by re-raising the failure when
 it cannot work: `--recovery all`, a failure that blames no single worker, another worker down as well (two
 adjacent workers: a log lost with its worker), a thread worker (it fails with its whole host process and keeps
-no replay log), the same worker failing twice in one attempt, a failure
-while recovering or after the stop marker was fed, or a coordinator driven without control links (tests).
+no replay log), the same worker failing twice in one attempt, a failure while recovering, or a coordinator
+driven without control links (tests).
 """
 
 from __future__ import annotations
@@ -29,12 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from workers.messages import Kind, Message
-from workers.protocol import CommittedMeta, ExpectReplayMeta, RelinkMeta
+from workers.protocol import CommittedMeta, ExpectReplayMeta, NoMeta, RelinkMeta
 from workers.transport import Link
 from workers.worker import worker_name
 
 CONTROL_WINDOW = 8
 SEND_TIMEOUT_MS = 10_000
+RELEASE_TIMEOUT_MS = 1_000   # a held worker reads its control inbox every 100 ms; one that does not is gone
 
 #: how long a failure waits for other workers that died with it to show it (e.g. a node losing power)
 DEATH_GRACE_S = 0.25
@@ -82,6 +93,7 @@ class Recovery:
     ready_at: float | None = None
     first_step: tuple[int, int] | None = None     # the new worker's first step that had not been reported
     first_step_done_at: float | None = None
+    after_stop: bool = False                      # detected after the coordinator fed the stop marker
 
     def to_dict(self, attempt: int) -> dict:
         done = self.first_step_done_at or self.ready_at
@@ -92,7 +104,7 @@ class Recovery:
         return {"attempt": attempt, "worker": self.worker, "layers": self.layers, "error": self.error,
                 "restart_from": self.restart_from, "path": "one", "pid_before": self.pid_before,
                 "pid_after": self.pid_after, "recovery_s": since(done), "stopped_s": since(self.stopped_at),
-                "ready_s": since(self.ready_at)}
+                "ready_s": since(self.ready_at), "after_stop": self.after_stop}
 
 
 class OneWorkerRecovery:
@@ -127,6 +139,19 @@ class OneWorkerRecovery:
     def enable(self, launch: Callable) -> None:
         """Real worker processes with control inboxes: recovery is possible (start() calls this)."""
         self.launch = launch
+
+    @property
+    def holds_after_stop(self) -> bool:
+        """Whether workers wait for `release_all` after the stop marker (so a failure in the run's tail can
+        still be recovered alone); only where one-worker recovery can happen."""
+        return self.launch is not None and self.c.opts.recovery == "one"
+
+    def release_all(self) -> None:
+        """Every worker reported stopped: let the held ones exit. A worker that misses it (it died meanwhile)
+        needs nothing more: its final layers are written."""
+        if self.holds_after_stop:
+            for rank in range(self.c.k):
+                self.tell(rank, Kind.RELEASE, NoMeta(), RELEASE_TIMEOUT_MS)
 
     def _control(self, rank: int):
         if rank not in self.controls:
@@ -232,8 +257,6 @@ class OneWorkerRecovery:
             return "another failure during a one-worker recovery"
         if r in self.recovered:
             return f"worker {r} failed again"
-        if self.stopping:
-            return "the stop marker was already fed"
         time.sleep(DEATH_GRACE_S)   # processes that died together show it milliseconds apart: let them all show
         down = [q for q, w in enumerate(c.workers) if q != r and not w.is_alive()]
         adjacent = [q for q in down if abs(q - r) == 1]
@@ -262,7 +285,9 @@ class OneWorkerRecovery:
         self._flush_commits()
         print(f"auglocal-launch: {err}; restarted worker {r} alone from "
               f"{f'checkpoint {self.committed_id}' if self.committed_id else 'the attempt start'}; "
-              f"the other workers kept running", flush=True)
+              f"the other workers kept running"
+              f"{' (after the stop marker: they stay until every worker has stopped)' if self.stopping else ''}",
+              flush=True)
 
     def _restart(self, err, r: int) -> None:
         c = self.c
@@ -270,7 +295,8 @@ class OneWorkerRecovery:
         from_seq, from_dir, events = self.committed_seq, self.committed_dir, list(self.sent)
         self._pin(r, self.committed_id, c.next_ckpt - 1)
         old = c.workers[r]
-        rec = Recovery(r, err.layers, str(err), self.committed_id, err.detected_at, getattr(old, "pid", None))
+        rec = Recovery(r, err.layers, str(err), self.committed_id, err.detected_at, getattr(old, "pid", None),
+                       after_stop=self.stopping)
         self.recoveries.append(rec)
         self.recovered.add(r)
         old.stop()
@@ -289,6 +315,7 @@ class OneWorkerRecovery:
                        incarnation=self.incarnations[r], fault=spec.fault if (f and f.always) else None)
         c.ranks[spec.name] = r
         c.ready.discard(r)
+        c.stopped.discard(r)             # the new worker passes the stop marker again (if it was fed)
         c.waiting[r] = None
         if r + 1 < c.k:
             self._must_tell(r + 1, Kind.EXPECT_REPLAY, ExpectReplayMeta(spec.name))

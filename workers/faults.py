@@ -8,7 +8,8 @@ of K workers, `help_text` is what `--help` prints, and `Fault.fires(point, ...)`
 - `feed` (the coordinator, after feeding a training minibatch), `train` (a worker, before a training step),
   `send` (a worker, when it sends a step's output downstream), `checkpoint` (a worker, between two layer files
   of a checkpoint), `step` (a worker, after each training step and each test batch), `eval` (a worker, while
-  it computes a test batch).
+  it computes a test batch), `stop` (a worker, once it has passed the stop marker on, before it reports
+  stopped).
 
 `step` counts minibatches from the start of the run (global step, 0-based). A fault fires on the first
 attempt only, unless `always` is given. To add a kind: one `FaultKind` entry here, and its action at its
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 ENV_VAR = "AUGLOCAL_INJECT_FAULT"
-POINTS = ("feed", "train", "send", "checkpoint", "step", "eval")
+POINTS = ("feed", "train", "send", "checkpoint", "step", "eval", "stop")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ REGISTRY: dict[str, FaultKind] = {k.name: k for k in (
               "a stranger (another run's secret) sends on worker W's link before its output of S", on_link=True),
     FaultKind("kill-checkpoint", ("worker", "checkpoint", "always"), "checkpoint",
               "SIGKILL worker W after the first layer file of checkpoint C"),
+    FaultKind("kill-stop", ("worker", "always"), "stop",
+              "SIGKILL worker W once it has passed the stop marker on, before it reports stopped (a failure in "
+              "the run's tail, after the coordinator fed its last message)"),
     FaultKind("kill-coordinator", ("step",), "feed", "SIGKILL the coordinator after feeding minibatch S",
               target="coordinator"),
     FaultKind("kill-pair", ("worker", "step"), "feed",

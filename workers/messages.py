@@ -108,6 +108,7 @@ class Kind(str, Enum):
     RELINK = "relink"
     EXPECT_REPLAY = "expect_replay"
     COMMITTED = "committed"
+    RELEASE = "release"
     LAYER_FILE = "layer_file"
     CREDIT = "credit"  # transport-internal: a receiver returns one per consumed message (see transport.py)
 

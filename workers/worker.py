@@ -83,6 +83,9 @@ class WorkerSpec:
     admit: tuple = ()             # public keys its CURVE receivers admit (the run's other processes)
     replay_log: bool = True       # False for thread workers: their failure restarts the whole pipeline, which
                                   # never replays, so keeping (encoding) every sent message would be waste
+    hold_after_stop: bool = False  # after reporting stopped, keep process, links and replay log until the
+                                   # coordinator's RELEASE: a neighbour failing in the run's tail can still be
+                                   # recovered alone (launch/recovery.py)
 
     @property
     def name(self) -> str:
@@ -235,10 +238,11 @@ class Worker:
         self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000, CONTROL_POLL_MS if links.control else poll_ms)
         self._last_report = clock()
         self.stopped = False
+        self.released = False
         self.handlers: dict[Kind, Callable[[Message], None]] = {
             Kind.TRAIN: self._train, Kind.EVAL: self._eval, Kind.CHECKPOINT: self._checkpoint,
             Kind.STOP: self._stop, Kind.RELINK: self._relink, Kind.EXPECT_REPLAY: self._expect_replay,
-            Kind.COMMITTED: self._committed,
+            Kind.COMMITTED: self._committed, Kind.RELEASE: self._release,
         }
         self.last_seq = spec.resume_seq       # seq of the last DOWN message handled
         self.replay_from: str | None = None   # sender whose repeats (seq <= last_seq) are dropped, after a restart
@@ -267,11 +271,14 @@ class Worker:
         except TimeoutError:
             pass   # the coordinator is busy; it will see our next message
 
-    def _recv(self) -> Message:
-        """Next message of this run, validated against the table; a peer's malformed message ends the worker."""
+    def _recv(self) -> Message | None:
+        """Next message of this run, validated against the table; a peer's malformed message ends the worker.
+        None once the coordinator has released this (stopped) worker."""
         while True:
             self._maybe_heartbeat("recv")
             self._poll_control()
+            if self.released:
+                return None
             try:
                 msg = protocol.validate(self.links.inbox.recv(self.poll_ms), Route.DOWN, self.spec.schema)
             except TimeoutError:
@@ -347,6 +354,12 @@ class Worker:
         if self.log is not None:
             self.log.prune(msg.meta.seq)
 
+    def _release(self, msg: Message) -> None:
+        """Every worker reported stopped: nobody can need this worker's replay, or it to drop a replay, again."""
+        if not self.stopped:
+            self._fail(f"{self.spec.name}: released before the stop marker reached it")
+        self.released = True
+
     def _send(self, end, message: Message, log: bool = True) -> None:
         """Send, heartbeating while the link is full; a report to the coordinator also proves liveness.
 
@@ -390,14 +403,18 @@ class Worker:
         raise WorkerError(detail)
 
     def _wait_consumed(self, end) -> None:
-        """Wait until the receiver of `end` has consumed everything sent on it, heartbeating meanwhile."""
+        """Wait until the receiver of `end` has consumed everything sent on it, heartbeating meanwhile. On the
+        outgoing link, control messages are handled meanwhile (a relink replaces the link and replays onto it)."""
+        downstream = end is self.links.outbox
         while True:
             try:
-                end.wait_all(self.poll_ms)
+                (self.links.outbox if downstream else end).wait_all(self.poll_ms)
                 return
             except TimeoutError:
                 self._check_coordinator()
                 self._maybe_heartbeat("send")
+                if downstream:
+                    self._poll_control()
 
     def _sleep_alive(self, seconds: float) -> None:
         """Sleep `seconds` the way a slow but healthy worker computes: heartbeating."""
@@ -529,11 +546,15 @@ class Worker:
         self._report(Kind.CHECKPOINT_ACK, CheckpointAckMeta(ckpt_id), msg.epoch, msg.step)
 
     def _stop(self, msg: Message) -> None:
+        """Save the final layers, pass the marker on (it goes into the replay log like any sequenced message),
+        report stopped. A held worker then waits for its release (`run`)."""
         self._save_layers(os.path.join(self.spec.out_dir, "layers"))
         self.tracer.close()
         if self.links.outbox is not None:
             self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step, meta=msg.meta))
             self._wait_consumed(self.links.outbox)
+        if self._fire("stop"):
+            die()
         self._report(Kind.STOPPED, StoppedMeta(self.max_in_flight, self._gpu_peak(),
                                                {str(k): v for k, v in self.stage.update_counts.items()},
                                                self.log.stats() if self.log is not None else {}),
@@ -546,13 +567,23 @@ class Worker:
         return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
 
     def run(self) -> None:
-        """Report ready, then handle messages until the stop marker has passed."""
+        """Report ready, then handle messages until the stop marker has passed; a held worker then stays until
+        released (`_await_release`)."""
         self._report(Kind.READY, NoMeta())
         while not self.stopped:
             t_wait = time.perf_counter()
             msg = self._recv()
             self.tracer.span("idle", msg.epoch, msg.step, t_wait, time.perf_counter())
             protocol.dispatch(self.handlers, msg)
+        if self.spec.hold_after_stop and self.links.control is not None:
+            self._await_release()
+
+    def _await_release(self) -> None:
+        """After the stop marker, until the coordinator's RELEASE: relink and replay the log (the marker included)
+        when the next worker restarts, drop the repeats of a restarted upstream, heartbeat, and exit when the
+        coordinator is gone. Nothing new may arrive: every message after the marker is a repeat."""
+        while (msg := self._recv()) is not None:
+            self._fail(f"{self.spec.name}: {msg.kind.value} from {msg.sender} arrived after the stop marker")
 
 
 def report_crash(links: WorkerLinks, name: str, err: BaseException) -> None:

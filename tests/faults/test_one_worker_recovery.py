@@ -6,8 +6,9 @@ The small run has 12 minibatches and checkpoints every 2 (tests/faults/support.p
 seconds on an idle 2-core machine; the default run keeps one case per path (a middle worker, worker 0, the
 fall-back), the rest are marked slow.
 
-A failure after the coordinator fed the stop marker falls back by design, and the feed runs up to about
-window + 1 messages per link ahead of the last worker: faults on the last worker fire early in the run.
+The feed runs up to about window + 1 messages per link ahead of the last worker, so a fault late in the run
+may hit after the coordinator fed the stop marker; `kill-stop` places one there for certain (the worker dies
+once it has passed the marker on): it is recovered alone as well, its neighbours held until released.
 """
 
 import pytest
@@ -106,3 +107,15 @@ def test_one_worker_restarts_alone_over_curve_links(reference, tmp_path):
     """--transport curve: the restarted worker binds new encrypted inboxes, its upstream relinks with the same
     keys, and the run still ends bitwise equal."""
     run_one(reference, tmp_path, "kill:worker=1:step=8", "3", [1], transport="curve")
+
+
+@pytest.mark.parametrize("fault, failed", [
+    ("kill-stop:worker=1", [1]),             # worker 0 (stopped, held) replays its log, stop marker included;
+                                             # worker 2 (stopped, held) drops the repeats
+    pytest.param("kill-stop:worker=0", [0], marks=slow),   # the coordinator re-feeds, stop marker included
+    pytest.param("kill-stop:worker=2", [2], marks=slow),   # the last: its held upstream relinks and replays
+])
+def test_a_worker_failing_after_the_stop_marker_restarts_alone(fault, failed, reference, tmp_path):
+    s = run_one(reference, tmp_path, fault, "3", failed)
+    assert s["restarts"][0]["after_stop"] is True
+    assert "died with exit code -9" in s["restarts"][0]["error"]

@@ -1,7 +1,11 @@
 """One-worker recovery inside a worker, through in-memory links: sequence numbers, dropping what a restarted
-upstream resends, relinking and replaying the log, pruning it at commits."""
+upstream resends, relinking and replaying the log, pruning it at commits, and staying (held) after the stop
+marker until the coordinator releases it."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 import torch
@@ -14,6 +18,7 @@ from workers.protocol import (
     CommittedMeta,
     ExpectReplayMeta,
     InboxSchema,
+    NoMeta,
     RelinkMeta,
     Route,
     SeqMeta,
@@ -22,7 +27,7 @@ from workers.protocol import (
     validate,
 )
 from workers.transport import Link
-from workers.worker import Worker, WorkerError, WorkerLinks, WorkerSpec
+from workers.worker import CoordinatorGone, Worker, WorkerError, WorkerLinks, WorkerSpec
 
 RUN, SECRET = "run-replay", "s3cret"
 SIZE = 8
@@ -39,7 +44,7 @@ def config() -> dict:
 class Harness:
     """Worker 0 of two with a control inbox; `relinked` holds the fresh downstream inboxes it opened."""
 
-    def __init__(self, config: dict, tmp_path, replay_log_bytes: int = 1 << 20):
+    def __init__(self, config: dict, tmp_path, replay_log_bytes: int = 1 << 20, hold_after_stop: bool = False):
         self.codec = Codec(RUN, SECRET)
         self.inbox = MemoryLink(self.codec, "inbox", window=16)
         self.downstream = MemoryLink(self.codec, "next", window=16)
@@ -50,10 +55,12 @@ class Harness:
         spec = WorkerSpec(rank=0, modules=[0, 1], config=config, inbox=unused, outbox=unused, results=unused,
                           run_id=RUN, secret=SECRET, out_dir=str(tmp_path), coordinator_pid=0,
                           schema=InboxSchema(activation_spec((3, SIZE, SIZE)), activation_spec((3, SIZE, SIZE))),
-                          heartbeat_s=60.0, replay_log_bytes=replay_log_bytes, spill_dir=str(tmp_path / "spill"))
+                          heartbeat_s=60.0, replay_log_bytes=replay_log_bytes, spill_dir=str(tmp_path / "spill"),
+                          hold_after_stop=hold_after_stop)
         links = WorkerLinks(self.inbox, self.downstream.sender(), self.results.sender(), self.control,
                             self.reopen)
-        self.worker = Worker(spec, links, poll_ms=50)
+        self.coordinator_alive = True
+        self.worker = Worker(spec, links, poll_ms=50, coordinator_alive=lambda: self.coordinator_alive)
         self.feed = self.inbox.sender()
         self.coordinator = self.control.sender()
 
@@ -158,3 +165,89 @@ def test_a_replay_from_before_the_pruned_part_fails_the_worker(config, tmp_path)
     h.tell(Kind.COMMITTED, CommittedMeta(1, 1))
     with pytest.raises(WorkerError, match="cannot replay"):
         h.tell(Kind.RELINK, RelinkMeta("fresh", 0))
+
+
+class Running:
+    """The harness's worker running `run()` in a thread, as in its process; `error` is what ended it."""
+
+    def __init__(self, h: Harness):
+        self.h, self.error = h, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.h.worker.run()
+        except Exception as err:   # noqa: BLE001 - the test asserts on it
+            self.error = err
+
+    def receive(self, link: MemoryLink, count: int, route: Route = Route.DOWN) -> list[Message]:
+        """The next `count` messages on `link` (the worker's downstream, a relinked one, or its reports)."""
+        return [validate(link.recv(10_000), route) for _ in range(count)]
+
+    def reports_until(self, kind: Kind) -> None:
+        while validate(self.h.results.recv(10_000), Route.REPORT).kind is not kind:
+            pass
+
+    def tell(self, kind: Kind, meta) -> None:
+        self.h.coordinator.send(Message(kind, "coordinator", meta=meta), 1000)
+
+
+def stop(seq: int, sender: str = "coordinator") -> Message:
+    return Message(Kind.STOP, sender, meta=SeqMeta(seq))
+
+
+def run_to_stop(h: Harness) -> Running:
+    """Feed two minibatches and the stop marker to a running worker; return once it has reported stopped."""
+    running = Running(h)
+    for m in (h.train(0), h.train(1), stop(2)):
+        h.feed.send(m, 1000)
+    assert [m.kind for m in running.receive(h.downstream, 3)] == [Kind.TRAIN, Kind.TRAIN, Kind.STOP]
+    running.reports_until(Kind.STOPPED)
+    return running
+
+
+def test_a_held_worker_replays_up_to_the_stop_marker_then_exits_when_released(config, tmp_path):
+    h = Harness(config, tmp_path, hold_after_stop=True)
+    running = run_to_stop(h)
+    time.sleep(0.2)
+    assert running.thread.is_alive()                         # held: its log and links are still there
+    running.tell(Kind.RELINK, RelinkMeta("fresh", 0))        # its downstream restarted from seq 0's checkpoint
+    while "fresh" not in h.relinked:
+        time.sleep(0.01)
+    replayed = running.receive(h.relinked["fresh"], 2)
+    assert [(m.kind, m.meta.seq) for m in replayed] == [(Kind.TRAIN, 1), (Kind.STOP, 2)]
+    running.tell(Kind.RELEASE, NoMeta())
+    running.thread.join(10)
+    assert not running.thread.is_alive() and running.error is None
+
+
+def test_a_held_worker_drops_a_restarted_upstreams_repeats_stop_marker_included(config, tmp_path):
+    h = Harness(config, tmp_path, hold_after_stop=True)
+    running = run_to_stop(h)
+    running.tell(Kind.EXPECT_REPLAY, ExpectReplayMeta("worker9.1"))
+    time.sleep(0.2)                                           # the worker reads its control inbox every 50 ms
+    for m in (h.train(1, "worker9.1"), stop(2, "worker9.1")):
+        h.feed.send(m, 1000)
+    deadline = time.monotonic() + 10                          # consumed (the credit comes back first), then counted
+    while h.worker.dropped_repeats < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert h.worker.dropped_repeats == 2 and not h.downstream.pending()
+    assert running.thread.is_alive()
+    h.feed.send(h.train(3), 1000)                             # nothing new may follow the stop marker
+    running.thread.join(10)
+    assert isinstance(running.error, WorkerError) and "arrived after the stop marker" in str(running.error)
+
+
+def test_a_held_worker_exits_when_its_coordinator_is_gone(config, tmp_path):
+    h = Harness(config, tmp_path, hold_after_stop=True)
+    running = run_to_stop(h)
+    h.coordinator_alive = False
+    running.thread.join(10)
+    assert isinstance(running.error, CoordinatorGone)
+
+
+def test_a_worker_without_hold_exits_after_the_stop_marker(config, tmp_path):
+    running = run_to_stop(Harness(config, tmp_path))
+    running.thread.join(10)
+    assert not running.thread.is_alive() and running.error is None
