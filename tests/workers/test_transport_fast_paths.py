@@ -23,33 +23,40 @@ def address():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def train(step: int) -> Message:
-    return Message(Kind.TRAIN, "w0", step=step, tensors={"x": torch.full((4096,), float(step))})
-
-
-def test_a_forged_credit_after_valid_ones_is_still_rejected(address):
-    """Credits equal to a validated one skip decoding; any other bytes are decoded and checked in full."""
+@pytest.fixture
+def fake_receiver(address):
+    """A bare ROUTER at `address` playing the receiver, a Sender (window 1) connected to it, and a valid
+    credit for the fake to send back."""
     codec = Codec(RUN, SECRET)
-    context = zmq.Context.instance()
-    fake = context.socket(zmq.ROUTER)
+    fake = zmq.Context.instance().socket(zmq.ROUTER)
     fake.bind(address)
     try:
         with Sender(address, codec, window=1) as sender:
             (valid,) = codec.encode(Message(Kind.CREDIT, "w1"))
-            (forged,) = Codec(RUN, "old-secret").encode(Message(Kind.CREDIT, "w1"))
-            for step in range(3):          # the second and third send each collect a (cached) valid credit
-                sender.send(train(step), WAIT_MS)
-                identity, *_ = fake.recv_multipart()
-                fake.send_multipart([identity, valid])
-            sender.wait_all(WAIT_MS)
-            sender.send(train(3), WAIT_MS)
-            identity, *_ = fake.recv_multipart()
-            fake.send_multipart([identity, forged])
-            with pytest.raises(MessageError) as info:
-                sender.wait_all(WAIT_MS)
-            assert info.value.field == "secret"
+            yield fake, sender, valid
     finally:
         fake.close(linger=0)
+
+
+def train(step: int) -> Message:
+    return Message(Kind.TRAIN, "w0", step=step, tensors={"x": torch.full((4096,), float(step))})
+
+
+def test_a_forged_credit_after_valid_ones_is_still_rejected(fake_receiver):
+    """Credits equal to a validated one skip decoding; any other bytes are decoded and checked in full."""
+    fake, sender, valid = fake_receiver
+    (forged,) = Codec(RUN, "old-secret").encode(Message(Kind.CREDIT, "w1"))
+    for step in range(3):          # the second and third send each collect a (cached) valid credit
+        sender.send(train(step), WAIT_MS)
+        identity, *_ = fake.recv_multipart()
+        fake.send_multipart([identity, valid])
+    sender.wait_all(WAIT_MS)
+    sender.send(train(3), WAIT_MS)
+    identity, *_ = fake.recv_multipart()
+    fake.send_multipart([identity, forged])
+    with pytest.raises(MessageError) as info:
+        sender.wait_all(WAIT_MS)
+    assert info.value.field == "secret"
 
 
 def test_sends_before_the_receiver_binds_are_delivered_and_still_windowed(address):
@@ -89,24 +96,16 @@ def test_queued_messages_are_received_in_order_each_with_its_credit(address):
             receiver.recv(-1)
 
 
-def test_a_credit_with_extra_frames_is_read_whole_and_refused(address):
+def test_a_credit_with_extra_frames_is_read_whole_and_refused(fake_receiver):
     """Credits are read frame by frame (Frame.more): a valid credit header followed by another frame is not a
     credit, and the trailing frame is not left behind to be mistaken for the next one."""
-    codec = Codec(RUN, SECRET)
-    context = zmq.Context.instance()
-    fake = context.socket(zmq.ROUTER)
-    fake.bind(address)
-    try:
-        with Sender(address, codec, window=1) as sender:
-            (valid,) = codec.encode(Message(Kind.CREDIT, "w1"))
-            sender.send(train(0), WAIT_MS)
-            identity, *_ = fake.recv_multipart()
-            fake.send_multipart([identity, valid, valid])
-            with pytest.raises(MessageError) as info:
-                sender.wait_all(WAIT_MS)
-            assert info.value.field == "frames" and sender.in_flight == 1
-            fake.send_multipart([identity, valid])
-            sender.wait_all(WAIT_MS)          # the next, well-formed credit counts
-            assert sender.in_flight == 0
-    finally:
-        fake.close(linger=0)
+    fake, sender, valid = fake_receiver
+    sender.send(train(0), WAIT_MS)
+    identity, *_ = fake.recv_multipart()
+    fake.send_multipart([identity, valid, valid])
+    with pytest.raises(MessageError) as info:
+        sender.wait_all(WAIT_MS)
+    assert info.value.field == "frames" and sender.in_flight == 1
+    fake.send_multipart([identity, valid])
+    sender.wait_all(WAIT_MS)          # the next, well-formed credit counts
+    assert sender.in_flight == 0
