@@ -65,8 +65,10 @@ def test_second_run_into_a_folder_in_use_is_refused(reference, tmp_path, capsys)
 def test_signal_stops_cleanly_with_the_resume_hint(sig, code, what, reference, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     tag = new_tag()
+    # slowed (0.3 s more per step, arithmetic unchanged) so that the signal surely lands before the 12-step run
+    # ends: on a fast machine the run could finish between the first commit and the signal
     proc = start_cli(small_flags(out, "--workers", "2", "--heartbeat-timeout", "30", "--worker-malloc", "keep",
-                                 "--max-restarts", "1"), tag)
+                                 "--max-restarts", "1", "--inject-fault", "slow:worker=1:delay=0.3"), tag)
     wait_for(lambda: CheckpointStore(out).committed_ids(), proc)         # mid-run, after a commit
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
