@@ -3,10 +3,13 @@
 Shared by the measured module times (timing_cache.py) and the counted MACs (mac_cache.py). A cache only ever
 saves work: a file that is missing, unreadable, of another format or another program's reads as empty and is
 rewritten on the next write, and a write that fails (read-only home, full disk) is not an error of the run.
+The entries carry their SHA-256, so a damaged file (a flipped digit is still valid JSON, and would be a wrong
+MAC count or module time) reads as empty too, never as a wrong figure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +22,10 @@ def cache_dir() -> Path:
     """$XDG_CACHE_HOME/auglocal, by default ~/.cache/auglocal."""
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(root) / "auglocal"
+
+
+def _digest(entries: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 class CacheFile:
@@ -36,12 +43,15 @@ class CacheFile:
             return {}
         if not isinstance(data, dict) or data.get("format") != self.format or not isinstance(data.get("entries"), dict):
             return {}
+        if data.get("sha256") != _digest(data["entries"]):
+            return {}
         return data["entries"]
 
     def write(self, entries: dict[str, Any]) -> None:
         """Replace the file atomically (a concurrent reader sees the old or the new file, never half of one)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.path, json.dumps({"format": self.format, "entries": entries}, indent=1).encode())
+            content = {"format": self.format, "sha256": _digest(entries), "entries": entries}
+            atomic_write_bytes(self.path, json.dumps(content, indent=1).encode())
         except OSError:
             pass

@@ -82,3 +82,17 @@ def test_an_unwritable_cache_is_not_an_error(fresh_process, monkeypatch):
     fresh_process.parent.write_text("a file where the cache folder should be")
     model, aux = network()
     assert layer_costs(model, aux)[0].primary_macs == 3 * 16 * 9 * 32 * 32
+
+
+def test_a_damaged_count_that_is_still_valid_json_is_not_read(fresh_process, monkeypatch):
+    """A flipped digit leaves valid JSON and a plausible number: the file's checksum refuses it as a whole."""
+    model, aux = network()
+    first = layer_costs(model, aux)
+    saved = json.loads(fresh_process.read_text())
+    entries = saved["entries"][mac_cache.code_version()]
+    key = next(iter(entries))
+    entries[key][0] += 1                       # one count off by one, the file otherwise intact
+    fresh_process.write_text(json.dumps(saved))
+    restart(monkeypatch)
+    calls = count_calls(monkeypatch)
+    assert layer_costs(model, aux) == first and len(calls) == len(entries)
