@@ -32,6 +32,7 @@ from torch import nn
 
 from engine.feed import CheckpointMarker, EvalBatch, FeedShape, TrainStep, feed_plan
 from engine.planning.timing import time_module_phases
+from engine.precision import Kernels
 
 TRAIN, EVAL, CHECKPOINT = "train", "eval", "checkpoint"
 
@@ -185,7 +186,7 @@ def simulate(events: Sequence[Event], loads: Sequence[WorkerLoad], batch_size: i
 
 
 def module_phase_times(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int = 2,
-                       warmup: int = 1, kernels=None) -> tuple[list[ModuleTime], list[int]]:
+                       warmup: int = 1, kernels: Kernels | None = None) -> tuple[list[ModuleTime], list[int]]:
     """Measured (primary forward, rest) seconds per batch of each local module at one thread (medians of
     engine.planning.timing.time_module_phases, which runs them as a Stage does), and the bytes of each
     module's output (what a worker ending with it sends downstream). The split is where a worker emits."""
