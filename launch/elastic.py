@@ -133,7 +133,7 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
     """Rank 0: one attempt of the pipelined run with the other ranks as its workers; 0 done, 1 failed (torchrun
     then restarts the group, and the next rank 0 resumes from the last committed checkpoint)."""
     from launch.elastic_coordinator import ElasticCoordinator
-    from launch.pipeline import prepare_run, report_failure, report_success, run_attempts
+    from launch.pipeline import coordinator_threads, prepare_run, report_failure, report_success, run_attempts
 
     k = rank.env.world_size - 1
     if opts.workers == "auto":
@@ -150,7 +150,8 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
     prepared = prepare_run(cfg, data, opts, out, progress, resume)
     prepared.make_coordinator = functools.partial(ElasticCoordinator, run_store=rank.store, node_addr=rank.node_addr,
                                                   transport=transport)
-    outcome = run_attempts(prepared)
+    with coordinator_threads(prepared.placement.devices):   # some worker ranks may share this host's cores
+        outcome = run_attempts(prepared)
     if outcome.error is not None:
         print("auglocal-launch: this attempt failed; torchrun restarts the group while --max-restarts allows, and "
               "rank 0 then resumes from the last committed checkpoint", file=sys.stderr)
