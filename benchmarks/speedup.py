@@ -8,8 +8,8 @@ Four sections, written to benchmarks/results/speedup.md (the plot next to it, sp
 2. The measured pipeline at K = 1, 2 as a fraction of its plan's predicted images/s (ResNet-32, d = 2..6).
 3. The simulator (engine/planning/simulator.py) against measured CPU runs: K = 2, 3 and `--workers layer` on
    ResNet-20 and ResNet-32 (d = 4): measured steady images/s vs simulated from module times measured at one
-   thread, the run's own partition, the link cost measured here (ipc latency and 8 MB bandwidth) and the
-   machine's core count.
+   thread, the run's own partition, the link cost measured here (ipc latency and 8 MB bandwidth), the
+   coordinator's CPU per batch measured here, and the machine's cores shared by time-slicing.
 4. The simulator's prediction for `--gpus 0-9` on ResNet-110 d = 4, batch 128, K = 1..10, from FLOPs
    (not measured on a GPU): module times = MACs / an assumed effective rate; links = a GPU->host->GPU copy
    over ipc. Speedup over BP on one GPU.
@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -120,14 +122,33 @@ def measured_link(round_trips: int) -> LinkCost:
     return LinkCost(latency_s=r["lat_median_us"] * 1e-6, bytes_per_s=r["gb_per_s"] * 1e9)
 
 
+def feed_seconds(model: str, d: int, batch: int, steps: int = 5) -> float:
+    """The coordinator's CPU seconds to produce one training batch (augment, normalise) on its one thread."""
+    cfg, data = setup(model, "auglocal", d, batch, steps)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        for step in range(steps + 1):
+            start = time.perf_counter()
+            data.train_batch(cfg.seed, 0, step, batch)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return statistics.median(times[1:])
+
+
 def validation(models: list[str], worker_specs: list[str], d: int, batch: int, steps: int,
                link: LinkCost) -> list[str]:
     cores = os.cpu_count() or 1
+    feed_s = feed_seconds(models[0], d, batch)
     lines = ["## 3. Simulator vs measured CPU runs", "",
              f"AugLocal d = {d}, batch {batch}, {steps} steady steps (+2 fill), one test batch, the epoch-end "
              f"marker. Simulated from module (forward, rest) times measured at one thread in this process, the "
              f"run's own partition, link {link.latency_s * 1e6:.0f} us + bytes / {link.bytes_per_s / 1e9:.2f} GB/s "
-             f"(measured here), {cores} cores shared by the workers.", "",
+             f"(measured here), {cores} cores shared by the workers and the coordinator (time-sliced: "
+             f"engine/planning/shared_cores.py), the coordinator's batch {feed_s * 1e3:.1f} ms of CPU "
+             "(measured here).", "",
              "| model | workers | K | measured images/s | simulated images/s | simulated / measured | "
              "measured busy | simulated busy |", "|---|---|---:|---:|---:|---:|---|---|"]
     for name in models:
@@ -138,7 +159,7 @@ def validation(models: list[str], worker_specs: list[str], d: int, batch: int, s
             groups = PipelinePlan.from_dict(s["plan"]).groups
             events = run_events(steps + 2, 1, 1)
             sim = simulate(events, worker_loads(groups, times, out_bytes), batch, link, cores=cores,
-                           input_bytes=x.numel() * x.element_size())
+                           feed_s=feed_s, input_bytes=x.numel() * x.element_size())
             m = s["steady_images_per_s"]
             mb = " ".join(f"{100 * b:.0f}" for b in s["busy_fractions"])
             sb = " ".join(f"{100 * b:.0f}" for b in sim.busy_fractions)

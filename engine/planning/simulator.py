@@ -14,11 +14,13 @@ work and the optimizer step. Eval batches run the primary forwards only; checkpo
 Every message passes every worker in the same order, so the event times follow from one recurrence over
 (event j, worker r): start[r][j] = max(arrival[r][j], done[r][j-1]); the send of j from r waits for
 start[r+1][j - window]. These are exactly the times a discrete-event simulation of that model produces.
-Workers are separate processes (or threads of host processes); with more workers than cores they share the
-cores, which the simulator bounds by the total work: images/s <= cores x batch / (sum of all workers' busy time
-per step). Workers that share one GPU (stream workers, `shared`) are bounded the same way, per GPU: images/s
-<= batch / (sum of their busy time per step), i.e. the model counts no overlap between streams (an upper bound
-on the time; kernels of different streams may overlap on a GPU that one of them does not fill).
+Workers are separate processes (or threads of host processes). With more busy processes (the workers, and
+the coordinator when `feed_s` is given) than `cores`, the run is replayed instead by engine/planning/
+shared_cores.py, which time-slices the cores fairly among the processes computing at each moment (what Linux
+does); with a core each that replay gives exactly this recurrence's times. Workers that share one GPU (stream
+workers, `shared`) are bounded per GPU: images/s <= batch / (sum of their busy time per step), i.e. the model
+counts no overlap between streams (an upper bound on the time; kernels of different streams may overlap on a
+GPU that one of them does not fill).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 
 from engine.feed import CheckpointMarker, EvalBatch, FeedShape, TrainStep, feed_plan
+from engine.planning.shared_cores import replay_shared
 from engine.planning.timing import time_module_phases
 from engine.precision import Kernels
 
@@ -150,12 +153,7 @@ def simulate(events: Sequence[Event], loads: Sequence[WorkerLoad], batch_size: i
         for r, load in enumerate(loads):
             t = start[r][j] = max(arrival[r][j], done[r])
             last = r == k - 1
-            if event.kind == TRAIN:
-                work_before, work_after, nbytes = load.emit_s, load.tail_s, load.out_bytes
-            elif event.kind == EVAL:
-                work_before, work_after, nbytes = load.eval_s, 0.0, load.out_bytes
-            else:
-                work_before, work_after, nbytes = load.checkpoint_s, 0.0, 0
+            work_before, work_after, nbytes = event_cost(load, event)
             t += work_before
             if not last:
                 if j >= window:   # credit: the downstream must have taken event j - window
@@ -168,21 +166,40 @@ def simulate(events: Sequence[Event], loads: Sequence[WorkerLoad], batch_size: i
             if last and event.kind == TRAIN:
                 train_done.append(t)
     makespan = max(done)
-    steady = train_done[skip:] if len(train_done) > skip + 1 else train_done
-    if len(steady) >= 2:
-        pipeline_rate = (len(steady) - 1) * batch_size / (steady[-1] - steady[0])
-    else:
-        pipeline_rate = batch_size * len(train_done) / makespan
-    rate = pipeline_rate
-    if cores is not None and cores < k:
-        per_step = sum(load.emit_s + load.tail_s for load in loads)
-        rate = min(rate, cores * batch_size / per_step)
+    pipeline_rate = _steady_rate(train_done, skip, batch_size, makespan)
+    rate, fractions, starts = pipeline_rate, [b / makespan for b in busy], start
+    if cores is not None and cores < k + (feed_s > 0):
+        # more busy processes than cores: replay with time-slicing (engine/planning/shared_cores.py)
+        costs = [[(feed_s, 0.0, 0 if e.kind == CHECKPOINT else input_bytes) for e in events]]
+        costs += [[event_cost(load, e) for e in events] for load in loads]
+        starts, finished, shared_busy = replay_shared(costs, link, window, cores)
+        starts = starts[1:]
+        train_done = [finished[k][j] for j, e in enumerate(events) if e.kind == TRAIN]
+        makespan = max(row[-1] for row in finished[1:])
+        rate = _steady_rate(train_done, skip, batch_size, makespan)
+        fractions = [b / makespan for b in shared_busy[1:]]
     for group in shared:
         per_step = sum(loads[r].emit_s + loads[r].tail_s for r in group)
         rate = min(rate, batch_size / per_step) if per_step > 0 else rate
-    return Simulation(images_per_s=rate, pipeline_images_per_s=pipeline_rate,
-                      busy_fractions=[b / makespan for b in busy], makespan_s=makespan, train_done_s=train_done,
-                      start_s=start)
+    return Simulation(images_per_s=rate, pipeline_images_per_s=pipeline_rate, busy_fractions=fractions,
+                      makespan_s=makespan, train_done_s=train_done, start_s=starts)
+
+
+def event_cost(load: WorkerLoad, event: Event) -> tuple[float, float, int]:
+    """(work before the send, work after it, bytes sent) of one worker for one event."""
+    if event.kind == TRAIN:
+        return load.emit_s, load.tail_s, load.out_bytes
+    if event.kind == EVAL:
+        return load.eval_s, 0.0, load.out_bytes
+    return load.checkpoint_s, 0.0, 0
+
+
+def _steady_rate(train_done: Sequence[float], skip: int, batch_size: int, makespan: float) -> float:
+    """Images/s between the last worker's train completions after the fill (`skip` steps)."""
+    steady = train_done[skip:] if len(train_done) > skip + 1 else train_done
+    if len(steady) >= 2:
+        return (len(steady) - 1) * batch_size / (steady[-1] - steady[0])
+    return batch_size * len(train_done) / makespan
 
 
 def module_phase_times(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int = 2,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from engine.planning.shared_cores import replay_shared
 from engine.planning.simulator import (
     CHECKPOINT,
     EVAL,
@@ -11,6 +12,7 @@ from engine.planning.simulator import (
     LinkCost,
     ModuleTime,
     WorkerLoad,
+    event_cost,
     module_phase_times,
     run_events,
     simulate,
@@ -63,9 +65,43 @@ def test_link_cost_is_latency_plus_bytes_over_bandwidth():
 
 def test_shared_cores_bound_the_rate_by_total_work():
     load = WorkerLoad(emit_s=0.5, tail_s=0.5, eval_s=0.5)
-    sim = simulate(trains(12), [load] * 4, batch_size=8, link=FREE, cores=2)
+    sim = simulate(trains(200), [load] * 4, batch_size=8, link=FREE, cores=2)
     assert sim.pipeline_images_per_s == pytest.approx(8.0)
-    assert sim.images_per_s == pytest.approx(2 * 8 / 4.0)
+    assert sim.images_per_s == pytest.approx(2 * 8 / 4.0, rel=0.02)   # 4 s of work per step on 2 cores
+
+
+def test_time_slicing_slows_each_worker_that_shares_a_core():
+    """One core, two workers of 1 s each: after worker 0's first step alone, both run at half speed."""
+    load = WorkerLoad(emit_s=1.0, tail_s=0.0, eval_s=0.5)
+    sim = simulate(trains(4), [load, load], batch_size=1, link=FREE, cores=1)
+    assert sim.train_done_s == pytest.approx([3.0, 5.0, 7.0, 8.0])   # the last step runs alone again
+    assert sim.busy_fractions == pytest.approx([7 / 8, 7 / 8])       # time-sliced seconds count in full
+    assert sim.pipeline_images_per_s == pytest.approx(1.0)           # the same run with a core each
+
+
+def test_the_coordinator_takes_its_share_of_the_cores():
+    load = WorkerLoad(emit_s=1.0, tail_s=0.0, eval_s=0.5)
+    sim = simulate(trains(4), [load], batch_size=1, link=FREE, cores=1, feed_s=1.0)
+    assert sim.train_done_s == pytest.approx([3.0, 5.0, 7.0, 8.0])
+    assert simulate(trains(4), [load], batch_size=1, link=FREE, cores=2, feed_s=1.0).train_done_s == \
+        pytest.approx([2.0, 3.0, 4.0, 5.0])
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_shared_replay_with_a_core_each_is_the_recurrence(window):
+    """With as many cores as processes nothing is time-sliced: the event-by-event replay must give the
+    recurrence's times for every event on every worker (eval batches, markers, links and credits included)."""
+    events = run_events(steps_per_epoch=5, epochs=2, test_batches=2, checkpoint_every=3)
+    loads = [WorkerLoad(0.3, 0.4, 0.1, 0.05, 4000), WorkerLoad(0.9, 0.2, 0.3, 0.05, 2000),
+             WorkerLoad(0.1, 0.1, 0.05, 0.05, 0)]
+    link = LinkCost(latency_s=0.01, bytes_per_s=1e5)
+    ref = simulate(events, loads, 4, link, window=window, feed_s=0.2, input_bytes=1000)
+    costs = [[(0.2, 0.0, 0 if e.kind == CHECKPOINT else 1000) for e in events]]
+    costs += [[event_cost(load, e) for e in events] for load in loads]
+    start, done, busy = replay_shared(costs, link, window, cores=len(costs))
+    assert [row for row in start[1:]] == [pytest.approx(row) for row in ref.start_s]
+    assert [done[-1][j] for j, e in enumerate(events) if e.kind == TRAIN] == pytest.approx(ref.train_done_s)
+    assert [b / ref.makespan_s for b in busy[1:]] == pytest.approx(ref.busy_fractions)
 
 
 def test_eval_batches_and_markers_pass_through_and_cost_time():
