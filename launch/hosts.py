@@ -75,7 +75,7 @@ def describe_hosts(hosts: list[list[int]] | None, devices: list[str]) -> str:
 
 def gpu_sharing(devices: list[str]) -> list[list[int]]:
     """Groups of workers that share one GPU (more than one worker on it): the planner bounds their
-    throughput by the sum of their work, as the shared CPU cores bound CPU workers."""
+    throughput by the sum of their work (CPU workers on shared cores are time-sliced instead)."""
     by_device: dict[str, list[int]] = {}
     for r, device in enumerate(devices):
         if device.startswith("cuda"):

@@ -269,7 +269,7 @@ def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[i
                         shared=shared)
     busy = " ".join(f"{100 * b:.0f}%" for b in sim.busy_fractions)
     if sim.images_per_s < sim.pipeline_images_per_s:
-        busy += (f"; bounded by {os.cpu_count()} shared CPU cores" if cpu_workers else
+        busy += (f"; slowed by time-slicing {os.cpu_count()} shared CPU cores" if cpu_workers else
                  "; bounded by GPUs shared by " + ", ".join(f"workers {g[0]}..{g[-1]}" for g in shared) +
                  " (their work adds up: no stream overlap assumed)")
     if plan.unit == "s":
