@@ -58,6 +58,7 @@ from dataclasses import dataclass
 import zmq
 
 from workers import curve as _curve
+from workers.credit_pipe import CreditPipe, CreditPipes, socket_path
 from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, MessageError
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
@@ -105,11 +106,13 @@ def _check_bind_address(address: str, allow_remote: bool) -> None:
             )
 
 
-def _wait(poller: zmq.Poller, socket: zmq.Socket, deadline: float) -> bool:
-    """Wait until `socket` is ready for the registered events or `deadline` (time.monotonic) passes."""
+def _wait(poller, deadline: float) -> bool:
+    """Wait until what `poller` holds (one socket, or one pipe) is ready, or `deadline` (time.monotonic) passes.
+
+    `poller` is a zmq.Poller or a select.poll object: both take a timeout in milliseconds."""
     while True:
         remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        if poller.poll(remaining_ms):   # the poller holds this one socket: any event is ours
+        if poller.poll(remaining_ms):   # the poller holds one socket or pipe: any event is ours
             return True
         if remaining_ms == 0 or time.monotonic() >= deadline:  # re-wait only after an early wake-up
             return False
@@ -193,6 +196,8 @@ class Receiver(_Endpoint):
             raise ValueError(f"cannot bind link address {address!r}: {exc} (in use by another process?)") from exc
         self.address: str = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         """The bound address, with the actual port when an ephemeral tcp port was asked for."""
+        path = socket_path(self.address)
+        self._pipes: CreditPipes | None = None if path is None else CreditPipes(path)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self.rejected = 0
@@ -213,7 +218,7 @@ class Receiver(_Endpoint):
         while True:
             # Ask before receiving: a refused non-blocking recv raises zmq.Again, and building that exception
             # costs more (~15 us) than the whole check (~2 us, and it also processes ZeroMQ's pending commands).
-            if not socket.getsockopt(_EVENTS) & _POLLIN and not _wait(self._poller, socket, deadline):
+            if not socket.getsockopt(_EVENTS) & _POLLIN and not _wait(self._poller, deadline):
                 raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
             try:
                 first = socket.recv(_NOBLOCK, copy=False)
@@ -237,20 +242,37 @@ class Receiver(_Endpoint):
                 if self.on_foreign is not None:
                     self.on_foreign(err)
                 continue
-            for attempt in range(2):
-                try:
-                    socket.send(identity, _NOBLOCK | _SNDMORE)
-                    socket.send(self._credit, _NOBLOCK)
-                except zmq.Again:
-                    if attempt:
-                        raise
-                    socket.getsockopt(_EVENTS)   # process pending commands: the pipe's lazily reported reads
-                    continue
-                except zmq.ZMQError as exc:
-                    if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
-                        raise
-                break
+            if self._pipes is None or not self._pipes.give(identity):
+                self._send_credit(identity)
             return message
+
+    def _send_credit(self, identity: bytes) -> None:
+        """Return a credit as a message on the socket (senders without a credit pipe: tcp, curve, others)."""
+        socket = self._socket
+        for attempt in range(2):
+            try:
+                socket.send(identity, _NOBLOCK | _SNDMORE)
+                socket.send(self._credit, _NOBLOCK)
+            except zmq.Again:
+                if attempt:
+                    raise
+                socket.getsockopt(_EVENTS)   # process pending commands: the pipe's lazily reported reads
+                continue
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
+                    raise
+            break
+
+    def close(self) -> None:
+        """Close the socket (linger 0) and the credit pipes of its senders. Safe to call twice."""
+        super().close()
+        if self._pipes is not None:
+            self._pipes.close()
+
+    @property
+    def open_credit_pipes(self) -> int:
+        """How many senders' credit pipes this receiver holds open (a departed sender's is closed once noticed)."""
+        return 0 if self._pipes is None else self._pipes.open_pipes
 
     def _decode(self, frames: list, expect: Expect | None, peer: str) -> Message:
         """Validate and rebuild one message from its ZeroMQ frames (out-of-band transports fetch tensors here)."""
@@ -276,13 +298,30 @@ class Sender(_Endpoint):
             _curve.make_client(self._socket, curve, server_key)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
-        self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)
+        self._pipe: CreditPipe | None = None
+        path = socket_path(address)
+        if path is not None:
+            try:
+                self._pipe = CreditPipe(path)   # before connecting: the first credit may come at once
+            except ValueError:
+                self._socket.close(linger=0)
+                raise
+            # Credits come through the pipe; nothing the receiver sends on the socket is read, so keep little.
+            self._socket.setsockopt(zmq.ROUTING_ID, self._pipe.identity)
+            self._socket.setsockopt(zmq.RCVHWM, 1)
+        else:
+            self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
         self._socket.connect(address)
         self._credits = zmq.Poller()
         self._credits.register(self._socket, zmq.POLLIN)
         self._writable = zmq.Poller()
         self._writable.register(self._socket, zmq.POLLOUT)
+
+    @property
+    def credit_pipe_path(self) -> str | None:
+        """The named pipe this sender's credits come through (ipc:// links), None where they are messages."""
+        return None if self._pipe is None else self._pipe.path
 
     @property
     def in_flight(self) -> int:
@@ -318,7 +357,7 @@ class Sender(_Endpoint):
         deadline = None
         while not self._send_now(frames):
             deadline = _deadline(timeout_ms) if deadline is None else deadline
-            if not _wait(self._writable, self._socket, deadline):
+            if not _wait(self._writable, deadline):
                 raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
         self._in_flight += 1
 
@@ -358,12 +397,14 @@ class Sender(_Endpoint):
 
     def _collect_credits(self, deadline: float | None) -> bool:
         """Take every credit that has arrived, first waiting until `deadline` if given; True if any came."""
+        if self._pipe is not None:
+            return self._collect_pipe_credits(deadline)
         socket = self._socket
         got = False
         while True:
             # Readiness first, as in Receiver.recv: most calls find no credit, and a refused recv raises.
             if not socket.getsockopt(_EVENTS) & _POLLIN:
-                if got or deadline is None or not _wait(self._credits, socket, deadline):
+                if got or deadline is None or not _wait(self._credits, deadline):
                     return got
                 continue   # something arrived: take it, and whatever came with it, before returning
             try:
@@ -379,10 +420,32 @@ class Sender(_Endpoint):
             if len(frames) != 1 or frames[0] != self._valid_credit:
                 self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
                 self._valid_credit = frames[0] if len(frames) == 1 else None
-            if self._in_flight:
-                self._in_flight -= 1
-                self._consumed()
+            self._credited()
             got = True
+
+    def _collect_pipe_credits(self, deadline: float | None) -> bool:
+        """`_collect_credits` for a link whose credits come through its pipe (one byte each)."""
+        pipe = self._pipe
+        count = pipe.take()
+        while not count and deadline is not None and _wait(pipe.poller, deadline):
+            count = pipe.take()
+            if not count and time.monotonic() >= deadline:   # a wake-up without a credit never loops past it
+                break
+        for _ in range(count):
+            self._credited()
+        return count > 0
+
+    def _credited(self) -> None:
+        """Count one credit: one fewer message in flight (more credits than messages are ignored)."""
+        if self._in_flight:
+            self._in_flight -= 1
+            self._consumed()
+
+    def close(self) -> None:
+        """Close the socket (linger 0) and remove its credit pipe. Safe to call twice."""
+        super().close()
+        if self._pipe is not None:
+            self._pipe.close()
 
 
 #: Transports a link may name. ipc/tcp/curve: everything on ZeroMQ (ipc:// or tcp://, curve = tcp:// with
