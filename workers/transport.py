@@ -11,20 +11,31 @@ Python-side copy; received tensors are views on the received ZeroMQ frames.
 
 Backpressure is a credit window, not just ZeroMQ's high-water marks. A Sender may have at most ``window``
 messages that the receiving *application* has not yet taken with `Receiver.recv`; each recv returns one
-CREDIT message (a validated header-only message of the same run) over the same connection to exactly the
-peer that sent the consumed message. A sender at its window waits for a credit, up to its timeout. So the
-bytes buffered per sender are at most ``window`` messages however ZeroMQ and the kernel buffer internally,
-and a slow worker slows its upstream instead of growing queues. The data direction's high-water marks are
-set to window + 1 as a second fence, so they never bite before the credit check does. The credit direction's
-are generous (`_CREDIT_HWM`): a credit is a ~80-byte header, at most one per consumed message, and ZeroMQ
-learns of a pipe's reads lazily (every few messages, when the socket next processes commands), so a tight
-mark there could refuse a credit that has room, and a lost credit would shrink the window for good. A message
-rejected by validation earns no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls
-visibly (TimeoutError).
+credit to exactly the peer that sent the consumed message, once that message has passed full validation. A
+sender at its window waits for a credit, up to its timeout. So the bytes buffered per sender are at most
+``window`` messages however ZeroMQ and the kernel buffer internally, and a slow worker slows its upstream
+instead of growing queues. The data direction's high-water marks are set to window + 1 as a second fence, so
+they never bite before the credit check does. A message rejected by validation earns no credit: a stray
+process gets nothing, and a misbehaving legitimate peer stalls visibly (TimeoutError).
 
-Every wait takes ``timeout_ms`` and is a `zmq.Poller` wait, never a spin; on expiry it raises TimeoutError
-so the caller can check for shutdown or a dead peer and decide. Credits cannot survive a peer restart:
-after one, close both ends and open a fresh link.
+A credit travels one of two ways:
+- ipc:// links (same host by definition): one byte written to a named pipe that the Sender made next to the
+  receiver's socket file and named by the token in its routing identity (workers/credit_pipe.py). Why: a
+  credit message wakes the ZeroMQ I/O threads of both processes, which compete for the cores just while the
+  receiving worker encodes its reply; a pipe write wakes nobody unless the sender is waiting at a full
+  window. Nothing on such a sender's socket is a credit (what arrives there is never read; its high-water
+  mark is 1). A sender that left needs no credit: a missing pipe, or one without a reader, is skipped.
+- every other link (tcp, curve, and gloo/nccl/cuda-ipc headers on tcp), and any peer whose routing identity
+  is not exactly the pipe form: a CREDIT message (a validated header-only message of the same run) on the
+  same connection. The credit direction's high-water marks are generous (`_CREDIT_HWM`): a credit is a
+  ~80-byte header, at most one per consumed message, and ZeroMQ learns of a pipe's reads lazily (every few
+  messages, when the socket next processes commands), so a tight mark there could refuse a credit that has
+  room, and a lost credit would shrink the window for good.
+
+Every wait takes ``timeout_ms`` and is a poll (`zmq.Poller`, or select.poll on a credit pipe), never a
+spin; on expiry it raises TimeoutError so the caller can check for shutdown or a dead peer and decide.
+Credits cannot survive a peer restart: after one, close both ends and open a fresh link (a new Sender makes
+a new token and pipe).
 
 Many-to-one and one-to-many need no separate class. A Receiver accepts any number of Senders, each with its
 own window and credits, fair-queued: workers -> coordinator metrics/acks/heartbeats is one coordinator
