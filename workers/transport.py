@@ -323,7 +323,11 @@ class Sender(_Endpoint):
             self._socket.setsockopt(zmq.RCVHWM, 1)
         else:
             self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
-        self._socket.connect(address)
+        try:
+            self._socket.connect(address)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self._credits = zmq.Poller()
         self._credits.register(self._socket, zmq.POLLIN)
         self._writable = zmq.Poller()
