@@ -11,20 +11,31 @@ Python-side copy; received tensors are views on the received ZeroMQ frames.
 
 Backpressure is a credit window, not just ZeroMQ's high-water marks. A Sender may have at most ``window``
 messages that the receiving *application* has not yet taken with `Receiver.recv`; each recv returns one
-CREDIT message (a validated header-only message of the same run) over the same connection to exactly the
-peer that sent the consumed message. A sender at its window waits for a credit, up to its timeout. So the
-bytes buffered per sender are at most ``window`` messages however ZeroMQ and the kernel buffer internally,
-and a slow worker slows its upstream instead of growing queues. The data direction's high-water marks are
-set to window + 1 as a second fence, so they never bite before the credit check does. The credit direction's
-are generous (`_CREDIT_HWM`): a credit is a ~80-byte header, at most one per consumed message, and ZeroMQ
-learns of a pipe's reads lazily (every few messages, when the socket next processes commands), so a tight
-mark there could refuse a credit that has room, and a lost credit would shrink the window for good. A message
-rejected by validation earns no credit: a stray process gets nothing, and a misbehaving legitimate peer stalls
-visibly (TimeoutError).
+credit to exactly the peer that sent the consumed message, once that message has passed full validation. A
+sender at its window waits for a credit, up to its timeout. So the bytes buffered per sender are at most
+``window`` messages however ZeroMQ and the kernel buffer internally, and a slow worker slows its upstream
+instead of growing queues. The data direction's high-water marks are set to window + 1 as a second fence, so
+they never bite before the credit check does. A message rejected by validation earns no credit: a stray
+process gets nothing, and a misbehaving legitimate peer stalls visibly (TimeoutError).
 
-Every wait takes ``timeout_ms`` and is a `zmq.Poller` wait, never a spin; on expiry it raises TimeoutError
-so the caller can check for shutdown or a dead peer and decide. Credits cannot survive a peer restart:
-after one, close both ends and open a fresh link.
+A credit travels one of two ways:
+- ipc:// links (same host by definition): one byte written to a named pipe that the Sender made next to the
+  receiver's socket file and named by the token in its routing identity (workers/credit_pipe.py). Why: a
+  credit message wakes the ZeroMQ I/O threads of both processes, which compete for the cores just while the
+  receiving worker encodes its reply; a pipe write wakes nobody unless the sender is waiting at a full
+  window. Nothing on such a sender's socket is a credit (what arrives there is never read; its high-water
+  mark is 1). A sender that left needs no credit: a missing pipe, or one without a reader, is skipped.
+- every other link (tcp, curve, and gloo/nccl/cuda-ipc headers on tcp), and any peer whose routing identity
+  is not exactly the pipe form: a CREDIT message (a validated header-only message of the same run) on the
+  same connection. The credit direction's high-water marks are generous (`_CREDIT_HWM`): a credit is a
+  ~80-byte header, at most one per consumed message, and ZeroMQ learns of a pipe's reads lazily (every few
+  messages, when the socket next processes commands), so a tight mark there could refuse a credit that has
+  room, and a lost credit would shrink the window for good.
+
+Every wait takes ``timeout_ms`` and is a poll (`zmq.Poller`, or select.poll on a credit pipe), never a
+spin; on expiry it raises TimeoutError so the caller can check for shutdown or a dead peer and decide.
+Credits cannot survive a peer restart: after one, close both ends and open a fresh link (a new Sender makes
+a new token and pipe).
 
 Many-to-one and one-to-many need no separate class. A Receiver accepts any number of Senders, each with its
 own window and credits, fair-queued: workers -> coordinator metrics/acks/heartbeats is one coordinator
@@ -58,6 +69,7 @@ from dataclasses import dataclass
 import zmq
 
 from workers import curve as _curve
+from workers.credit_pipe import CreditPipe, CreditPipes, socket_path
 from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, MessageError
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
@@ -105,11 +117,13 @@ def _check_bind_address(address: str, allow_remote: bool) -> None:
             )
 
 
-def _wait(poller: zmq.Poller, socket: zmq.Socket, deadline: float) -> bool:
-    """Wait until `socket` is ready for the registered events or `deadline` (time.monotonic) passes."""
+def _wait(poller, deadline: float) -> bool:
+    """Wait until what `poller` holds (one socket, or one pipe) is ready, or `deadline` (time.monotonic) passes.
+
+    `poller` is a zmq.Poller or a select.poll object: both take a timeout in milliseconds."""
     while True:
         remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        if poller.poll(remaining_ms):   # the poller holds this one socket: any event is ours
+        if poller.poll(remaining_ms):   # the poller holds one socket or pipe: any event is ours
             return True
         if remaining_ms == 0 or time.monotonic() >= deadline:  # re-wait only after an early wake-up
             return False
@@ -193,6 +207,8 @@ class Receiver(_Endpoint):
             raise ValueError(f"cannot bind link address {address!r}: {exc} (in use by another process?)") from exc
         self.address: str = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         """The bound address, with the actual port when an ephemeral tcp port was asked for."""
+        path = socket_path(self.address)
+        self._pipes: CreditPipes | None = None if path is None else CreditPipes(path)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self.rejected = 0
@@ -213,7 +229,7 @@ class Receiver(_Endpoint):
         while True:
             # Ask before receiving: a refused non-blocking recv raises zmq.Again, and building that exception
             # costs more (~15 us) than the whole check (~2 us, and it also processes ZeroMQ's pending commands).
-            if not socket.getsockopt(_EVENTS) & _POLLIN and not _wait(self._poller, socket, deadline):
+            if not socket.getsockopt(_EVENTS) & _POLLIN and not _wait(self._poller, deadline):
                 raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
             try:
                 first = socket.recv(_NOBLOCK, copy=False)
@@ -237,20 +253,37 @@ class Receiver(_Endpoint):
                 if self.on_foreign is not None:
                     self.on_foreign(err)
                 continue
-            for attempt in range(2):
-                try:
-                    socket.send(identity, _NOBLOCK | _SNDMORE)
-                    socket.send(self._credit, _NOBLOCK)
-                except zmq.Again:
-                    if attempt:
-                        raise
-                    socket.getsockopt(_EVENTS)   # process pending commands: the pipe's lazily reported reads
-                    continue
-                except zmq.ZMQError as exc:
-                    if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
-                        raise
-                break
+            if self._pipes is None or not self._pipes.give(identity):
+                self._send_credit(identity)
             return message
+
+    def _send_credit(self, identity: bytes) -> None:
+        """Return a credit as a message on the socket (senders without a credit pipe: tcp, curve, others)."""
+        socket = self._socket
+        for attempt in range(2):
+            try:
+                socket.send(identity, _NOBLOCK | _SNDMORE)
+                socket.send(self._credit, _NOBLOCK)
+            except zmq.Again:
+                if attempt:
+                    raise
+                socket.getsockopt(_EVENTS)   # process pending commands: the pipe's lazily reported reads
+                continue
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
+                    raise
+            break
+
+    def close(self) -> None:
+        """Close the socket (linger 0) and the credit pipes of its senders. Safe to call twice."""
+        super().close()
+        if self._pipes is not None:
+            self._pipes.close()
+
+    @property
+    def open_credit_pipes(self) -> int:
+        """How many senders' credit pipes this receiver holds open (a departed sender's is closed once noticed)."""
+        return 0 if self._pipes is None else self._pipes.open_pipes
 
     def _decode(self, frames: list, expect: Expect | None, peer: str) -> Message:
         """Validate and rebuild one message from its ZeroMQ frames (out-of-band transports fetch tensors here)."""
@@ -276,13 +309,34 @@ class Sender(_Endpoint):
             _curve.make_client(self._socket, curve, server_key)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
-        self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)
-        self._socket.connect(address)
+        self._pipe: CreditPipe | None = None
+        path = socket_path(address)
+        if path is not None:
+            try:
+                self._pipe = CreditPipe(path)   # before connecting: the first credit may come at once
+            except ValueError:
+                self._socket.close(linger=0)
+                raise
+            # Credits come through the pipe; nothing the receiver sends on the socket is read, so keep little.
+            self._socket.setsockopt(zmq.ROUTING_ID, self._pipe.identity)
+            self._socket.setsockopt(zmq.RCVHWM, 1)
+        else:
+            self._socket.setsockopt(zmq.RCVHWM, _CREDIT_HWM)   # only credits come back
+        try:
+            self._socket.connect(address)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self._credits = zmq.Poller()
         self._credits.register(self._socket, zmq.POLLIN)
         self._writable = zmq.Poller()
         self._writable.register(self._socket, zmq.POLLOUT)
+
+    @property
+    def credit_pipe_path(self) -> str | None:
+        """The named pipe this sender's credits come through (ipc:// links), None where they are messages."""
+        return None if self._pipe is None else self._pipe.path
 
     @property
     def in_flight(self) -> int:
@@ -318,7 +372,7 @@ class Sender(_Endpoint):
         deadline = None
         while not self._send_now(frames):
             deadline = _deadline(timeout_ms) if deadline is None else deadline
-            if not _wait(self._writable, self._socket, deadline):
+            if not _wait(self._writable, deadline):
                 raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
         self._in_flight += 1
 
@@ -358,12 +412,14 @@ class Sender(_Endpoint):
 
     def _collect_credits(self, deadline: float | None) -> bool:
         """Take every credit that has arrived, first waiting until `deadline` if given; True if any came."""
+        if self._pipe is not None:
+            return self._collect_pipe_credits(deadline)
         socket = self._socket
         got = False
         while True:
             # Readiness first, as in Receiver.recv: most calls find no credit, and a refused recv raises.
             if not socket.getsockopt(_EVENTS) & _POLLIN:
-                if got or deadline is None or not _wait(self._credits, socket, deadline):
+                if got or deadline is None or not _wait(self._credits, deadline):
                     return got
                 continue   # something arrived: take it, and whatever came with it, before returning
             try:
@@ -379,10 +435,32 @@ class Sender(_Endpoint):
             if len(frames) != 1 or frames[0] != self._valid_credit:
                 self._codec.decode(frames, _CREDIT_ONLY, peer=f"<receiver at {self.address}>")
                 self._valid_credit = frames[0] if len(frames) == 1 else None
-            if self._in_flight:
-                self._in_flight -= 1
-                self._consumed()
+            self._credited()
             got = True
+
+    def _collect_pipe_credits(self, deadline: float | None) -> bool:
+        """`_collect_credits` for a link whose credits come through its pipe (one byte each)."""
+        pipe = self._pipe
+        count = pipe.take()
+        while not count and deadline is not None and _wait(pipe.poller, deadline):
+            count = pipe.take()
+            if not count and time.monotonic() >= deadline:   # a wake-up without a credit never loops past it
+                break
+        for _ in range(count):
+            self._credited()
+        return count > 0
+
+    def _credited(self) -> None:
+        """Count one credit: one fewer message in flight (more credits than messages are ignored)."""
+        if self._in_flight:
+            self._in_flight -= 1
+            self._consumed()
+
+    def close(self) -> None:
+        """Close the socket (linger 0) and remove its credit pipe. Safe to call twice."""
+        super().close()
+        if self._pipe is not None:
+            self._pipe.close()
 
 
 #: Transports a link may name. ipc/tcp/curve: everything on ZeroMQ (ipc:// or tcp://, curve = tcp:// with

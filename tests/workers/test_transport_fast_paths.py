@@ -10,7 +10,7 @@ import torch
 import zmq
 
 from workers.messages import Codec, Kind, Message, MessageError
-from workers.transport import Receiver, Sender, ipc_address
+from workers.transport import Receiver, Sender, ipc_address, tcp_address
 
 RUN, SECRET = "run-1", "s3cret"
 WAIT_MS = 5000
@@ -24,12 +24,14 @@ def address():
 
 
 @pytest.fixture
-def fake_receiver(address):
-    """A bare ROUTER at `address` playing the receiver, a Sender (window 1) connected to it, and a valid
-    credit for the fake to send back."""
+def fake_receiver():
+    """A bare ROUTER playing the receiver, a Sender (window 1) connected to it, and a valid credit for the fake
+    to send back. Over tcp: credit messages exist only where there is no credit pipe (an ipc link's credits
+    come through one, tests/workers/test_credit_pipe.py)."""
     codec = Codec(RUN, SECRET)
     fake = zmq.Context.instance().socket(zmq.ROUTER)
-    fake.bind(address)
+    fake.bind(tcp_address())
+    address = fake.getsockopt(zmq.LAST_ENDPOINT).decode()
     try:
         with Sender(address, codec, window=1) as sender:
             (valid,) = codec.encode(Message(Kind.CREDIT, "w1"))
