@@ -25,6 +25,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,6 +37,8 @@ from engine.data import build_dataset
 from engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
 from engine.planning.simulator import (
     LinkCost,
+    ModuleTime,
+    WorkerLoad,
     forward_shares,
     module_phase_times,
     module_times_from_flops,
@@ -144,30 +147,53 @@ def validation(models: list[str], worker_specs: list[str], d: int, batch: int, s
     feed_s = feed_seconds(models[0], d, batch)
     lines = ["## 3. Simulator vs measured CPU runs", "",
              f"AugLocal d = {d}, batch {batch}, {steps} steady steps (+2 fill), one test batch, the epoch-end "
-             f"marker. Simulated from module (forward, rest) times measured at one thread in this process, the "
-             f"run's own partition, link {link.latency_s * 1e6:.0f} us + bytes / {link.bytes_per_s / 1e9:.2f} GB/s "
-             f"(measured here), {cores} cores shared by the workers and the coordinator (time-sliced: "
-             f"engine/planning/shared_cores.py), the coordinator's batch {feed_s * 1e3:.1f} ms of CPU "
-             "(measured here).", "",
-             "| model | workers | K | measured images/s | simulated images/s | simulated / measured | "
-             "measured busy | simulated busy |", "|---|---|---:|---:|---:|---:|---|---|"]
+             f"marker. Simulated from module (forward, rest) times measured at one thread in this process right "
+             f"before and right after each run (their mean: module times on this kind of VM drift by tens of "
+             f"percent within minutes; the drift column is after / before), the run's own partition, link "
+             f"{link.latency_s * 1e6:.0f} us + bytes / {link.bytes_per_s / 1e9:.2f} GB/s (measured here), {cores} "
+             f"cores shared by the workers and the coordinator (time-sliced: engine/planning/shared_cores.py), the "
+             f"coordinator's batch {feed_s * 1e3:.1f} ms of CPU (measured here). The second simulation takes "
+             f"each worker's work from the run itself: its mean CPU seconds per step (summary.json "
+             f"cpu_s_per_step; split into emit and tail as its module times split), so that neither the VM's drift "
+             f"nor what time-slicing costs the caches is guessed: it tests the pipeline model alone.", "",
+             "| model | workers | K | measured images/s | simulated (module times) | / measured | "
+             "simulated (run's CPU s) | / measured | module-time drift | measured busy | simulated busy |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for name in models:
         modules, x, y, _ = modules_of(name, "auglocal", d, batch)
-        times, out_bytes = module_phase_times(modules, x, y, steps=2)
         for spec in worker_specs:
+            before, out_bytes = module_phase_times(modules, x, y, steps=3)
             s = pipeline_summary(name, d, batch, steps, spec)
+            after, _ = module_phase_times(modules, x, y, steps=3)
+            times = [ModuleTime((a.forward_s + b.forward_s) / 2, (a.rest_s + b.rest_s) / 2)
+                     for a, b in zip(after, before, strict=True)]
+            drift = sum(a.total_s for a in after) / sum(b.total_s for b in before)
             groups = PipelinePlan.from_dict(s["plan"]).groups
             events = run_events(steps + 2, 1, 1)
-            sim = simulate(events, worker_loads(groups, times, out_bytes), batch, link, cores=cores,
-                           feed_s=feed_s, input_bytes=x.numel() * x.element_size())
+            loads = worker_loads(groups, times, out_bytes)
+            sims = [simulate(events, w, batch, link, cores=cores, feed_s=feed_s,
+                             input_bytes=x.numel() * x.element_size())
+                    for w in (loads, scaled_loads(loads, s["cpu_s_per_step"]))]
             m = s["steady_images_per_s"]
             mb = " ".join(f"{100 * b:.0f}" for b in s["busy_fractions"])
-            sb = " ".join(f"{100 * b:.0f}" for b in sim.busy_fractions)
-            row = (f"| {name} | {spec} | {len(groups)} | {m:.1f} | {sim.images_per_s:.1f} | "
-                   f"{sim.images_per_s / m:.3f} | {mb} | {sb} |")
+            sb = " ".join(f"{100 * b:.0f}" for b in sims[1].busy_fractions)
+            row = (f"| {name} | {spec} | {len(groups)} | {m:.1f} | {sims[0].images_per_s:.1f} | "
+                   f"{sims[0].images_per_s / m:.3f} | {sims[1].images_per_s:.1f} | {sims[1].images_per_s / m:.3f} | "
+                   f"{drift:.2f} | {mb} | {sb} |")
             lines.append(row)
             print(row, flush=True)
     return lines
+
+
+def scaled_loads(loads: list[WorkerLoad], cpu_per_step: list[float]) -> list[WorkerLoad]:
+    """Each worker's load rescaled so that a training step costs the CPU seconds its run measured."""
+    if len(cpu_per_step) != len(loads):
+        raise ValueError(f"{len(cpu_per_step)} workers' CPU seconds for {len(loads)} workers")
+    out = []
+    for load, cpu in zip(loads, cpu_per_step, strict=True):
+        f = cpu / (load.emit_s + load.tail_s)
+        out.append(replace(load, emit_s=load.emit_s * f, tail_s=load.tail_s * f, eval_s=load.eval_s * f))
+    return out
 
 
 def gpu_prediction(out_png: Path | None, batch: int = 128, d: int = 4, gpus: int = 10) -> list[str]:

@@ -346,6 +346,7 @@ def report_success(p: PreparedRun, outcome: Outcome) -> int:
     save_networks(run, model, aux)
     run.write_json("summary.json", {
         "images_per_s": stats.images_done / max(elapsed, 1e-9), "busy_fractions": busy,
+        "cpu_s_per_step": stats.cpu_s_per_step(),
         "steady_images_per_s": stats.steady_images_per_s(cfg.batch_size), "updates": updates,
         "expected_updates": expected, "max_in_flight": stats.max_in_flight, "window": opts.window,
         "gpu_peak_bytes": stats.gpu_peak_bytes, "rejected_messages": outcome.counters.rejected,

@@ -17,6 +17,7 @@ class PipelineStats:
     """What the coordinator learned while the run went (per attempt, except where noted)."""
 
     busy_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+    cpu_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))     # train steps' CPU seconds
     started: float = 0.0
     first_step_done: float | None = None
     steps_done: int = 0
@@ -31,6 +32,10 @@ class PipelineStats:
     def busy_fractions(self, now: float) -> list[float]:
         elapsed = max(now - self.started, 1e-9)
         return [self.busy_s[r] / elapsed for r in sorted(self.busy_s)]
+
+    def cpu_s_per_step(self) -> list[float]:
+        """Each worker's mean CPU seconds per training step (what its compute costs without time-slicing)."""
+        return [self.cpu_s[r] / max(self.reported[r], 1) for r in sorted(self.cpu_s)]
 
     def steady_images_per_s(self, batch_size: int, skip: int = 2) -> float | None:
         """Throughput after the pipeline has filled: steps skip.. end, timed between completions."""
@@ -122,6 +127,7 @@ class EpochTracker:
     def metrics(self, rank: int, epoch: int, step: int, meta: MetricsMeta) -> None:
         """One worker's report of one training step; the step's record follows its last report."""
         self.stats.busy_s[rank] += meta.busy
+        self.stats.cpu_s[rank] += meta.cpu
         self.stats.reported[rank] += 1
         entry = self.pending.setdefault((epoch, step), _PendingStep())
         entry.losses.update({int(k): v for k, v in meta.losses.items()})

@@ -84,6 +84,8 @@ class MetricsMeta:
     n: int                      # images in the minibatch
     losses: dict[str, float]    # first layer id of each module -> its local (or global) loss
     correct: int | None         # top-1 hits of the top module; None on other workers
+    cpu: float = 0.0            # CPU seconds of this step's compute on the worker's thread, send excluded
+                                # (busy is wall time: on cores shared by time-slicing it counts the waits)
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,8 @@ PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
     MessageType(Kind.READY, Route.REPORT, NoMeta, (), "the worker has built its stage and bound its inbox"),
     MessageType(Kind.HEARTBEAT, Route.REPORT, HeartbeatMeta, (),
                 "alive while waiting (sent on a timer inside every receive and send wait)"),
-    MessageType(Kind.METRICS, Route.REPORT, MetricsMeta, (), "one training step done: losses, hits, busy time"),
+    MessageType(Kind.METRICS, Route.REPORT, MetricsMeta, (),
+                "one training step done: losses, hits, busy (wall) and CPU time"),
     MessageType(Kind.EVAL_RESULT, Route.REPORT, EvalResultMeta, (), "the last worker's hits on one test batch"),
     MessageType(Kind.CHECKPOINT_ACK, Route.REPORT, CheckpointAckMeta, (), "this worker's layer files are written"),
     MessageType(Kind.STOPPED, Route.REPORT, StoppedMeta, (), "final layers saved; update counters and link stats"),

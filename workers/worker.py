@@ -461,11 +461,11 @@ class Worker:
         x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
         if self.stage.epoch != msg.epoch:
             self.stage.set_epoch(msg.epoch)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         sent = {}
 
         def emit(out: torch.Tensor) -> None:
-            t_emit = time.perf_counter()
+            t_emit, c_emit = time.perf_counter(), time.thread_time()
             self.tracer.span("compute", msg.epoch, msg.step, t0, t_emit)
             tensors = {"h": self._outgoing(out), "y": y}
             if self.spec.send_input and x is not None:
@@ -477,6 +477,7 @@ class Worker:
                 return
             self._send(self.links.outbox, out_msg)
             sent["t"], sent["t_emit"] = time.perf_counter(), t_emit
+            sent["c"], sent["c_emit"] = time.thread_time(), c_emit
             self.max_in_flight = max(self.max_in_flight, self.links.outbox.in_flight)
             self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
 
@@ -484,12 +485,14 @@ class Worker:
         result = self.stage.train_step(h, y, stage_input, step=msg.step, emit=None if self.is_last else emit)
         if self._fire("step"):
             self._sleep_alive(self.fault.delay)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step, sent.get("t", t0), t1)
         busy = (t1 - t0) - (sent["t"] - sent["t_emit"] if sent else 0.0)
+        cpu = (c1 - c0) - (sent["c"] - sent["c_emit"] if sent else 0.0)
         correct = int(result.correct) if result.correct is not None else None
         self._report(Kind.METRICS, MetricsMeta(busy, result.batch_size,
-                                               {str(k): v for k, v in result.loss_values().items()}, correct),
+                                               {str(k): v for k, v in result.loss_values().items()}, correct,
+                                               cpu=cpu),
                      msg.epoch, msg.step)
 
     def _eval(self, msg: Message) -> None:
