@@ -177,6 +177,10 @@ def simulate(events: Sequence[Event], loads: Sequence[WorkerLoad], batch_size: i
         train_done = [finished[k][j] for j, e in enumerate(events) if e.kind == TRAIN]
         makespan = max(row[-1] for row in finished[1:])
         rate = _steady_rate(train_done, skip, batch_size, makespan)
+        # a short run's drain (upstream done, the last workers alone on the cores) must not read as faster
+        # than the cores can ever be: every step's work, the coordinator's included, on `cores` at full speed
+        work = sum(load.emit_s + load.tail_s for load in loads) + feed_s
+        rate = min(rate, cores * batch_size / work) if work > 0 else rate
         fractions = [b / makespan for b in shared_busy[1:]]
     for group in shared:
         per_step = sum(loads[r].emit_s + loads[r].tail_s for r in group)

@@ -68,6 +68,9 @@ def test_shared_cores_bound_the_rate_by_total_work():
     sim = simulate(trains(200), [load] * 4, batch_size=8, link=FREE, cores=2)
     assert sim.pipeline_images_per_s == pytest.approx(8.0)
     assert sim.images_per_s == pytest.approx(2 * 8 / 4.0, rel=0.02)   # 4 s of work per step on 2 cores
+    # a run too short for a steady state: its drain alone would read faster than 2 cores can go
+    short = simulate(trains(4), [load] * 8, batch_size=8, link=FREE, cores=2)
+    assert short.images_per_s <= 2 * 8 / 8.0 + 1e-9
 
 
 def test_time_slicing_slows_each_worker_that_shares_a_core():
