@@ -127,17 +127,15 @@ def measured_link(round_trips: int) -> LinkCost:
 
 def feed_seconds(model: str, d: int, batch: int, steps: int = 5) -> float:
     """The coordinator's CPU seconds to produce one training batch (augment, normalise) on its one thread."""
+    from launch.pipeline import coordinator_threads
+
     cfg, data = setup(model, "auglocal", d, batch, steps)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times = []
+    times = []
+    with coordinator_threads(["cpu"]):   # the thread count the coordinator runs with beside CPU workers
         for step in range(steps + 1):
             start = time.perf_counter()
             data.train_batch(cfg.seed, 0, step, batch)
             times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
     return statistics.median(times[1:])
 
 
