@@ -338,11 +338,12 @@ def pipeline_options(args: argparse.Namespace):
     """--workers/--gpus/--balance/--worker-threads/--trace as PipelineOptions; CPU when CUDA is absent."""
     from launch.pipeline import PipelineOptions, parse_gpus
 
-    if args.gpus is None:
+    gpus_text = args.gpus   # args keeps what was asked: runtime.json records that, not this machine's GPUs
+    if gpus_text is None:
         import torch
 
         if torch.cuda.is_available():
-            args.gpus = ",".join(str(i) for i in range(torch.cuda.device_count()))
+            gpus_text = ",".join(str(i) for i in range(torch.cuda.device_count()))
         else:
             print("auglocal-launch: no CUDA device found; workers run on CPU cores (--gpus cpu)")
     from workers.faults import fault_from_env, parse_fault
@@ -352,11 +353,11 @@ def pipeline_options(args: argparse.Namespace):
     except ValueError as err:
         raise UsageError(str(err)) from err
     validate_runtime(args)
-    transport = link_transport(args)
+    transport = link_transport(args, gpus_text)
     if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
                          f"got {args.replay_log_mb}")
-    gpus = parse_gpus(args.gpus)
+    gpus = parse_gpus(gpus_text)
     from launch.hosts import resolve_kind
 
     resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
@@ -369,14 +370,14 @@ def pipeline_options(args: argparse.Namespace):
                            workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu)
 
 
-def link_transport(args: argparse.Namespace) -> str:
+def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:
     """--transport checked against the workers' devices and resolved for this launcher (exit 2 if impossible)."""
     import torch
 
     from launch.pipeline import parse_gpus
 
     try:
-        devices = parse_gpus(args.gpus)
+        devices = parse_gpus(gpus_text)
     except ValueError:
         devices = []   # pipeline_options reports a bad --gpus itself
     try:
@@ -388,16 +389,17 @@ def link_transport(args: argparse.Namespace) -> str:
         raise UsageError(str(err)) from err
 
 
-def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data) -> int:
+def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data, opts) -> int:
+    """Train with `opts` (pipeline_options, checked before the run folder was claimed)."""
     from launch.pipeline import train_pipeline
 
     if args.elastic:
         from launch.elastic import train_elastic
 
-        return train_elastic(args.elastic_rank, cfg, data, pipeline_options(args), out=args.out,
+        return train_elastic(args.elastic_rank, cfg, data, opts, out=args.out,
                              progress=not args.no_progress, resume=bool(args.resume))
 
-    return train_pipeline(cfg, data, pipeline_options(args), out=args.out, progress=not args.no_progress,
+    return train_pipeline(cfg, data, opts, out=args.out, progress=not args.no_progress,
                           resume=bool(args.resume))
 
 
@@ -508,6 +510,9 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         return dry_run(cfg, data, args)
     from launch.run_dir import claim_run_folder, default_run_dir
 
+    # every runtime flag (transport, GPUs, faults, worker kind) is checked before a run folder exists: a bad
+    # flag exits 2 without leaving a half-made run behind
+    opts = None if args.sequential else pipeline_options(args)
     args.out = str(args.out or default_run_dir(cfg.model, cfg.rule))
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
         data = build_data(cfg, check_files=True)
@@ -524,7 +529,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
             return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads,
                                     malloc=args.worker_malloc, tensorboard=not args.no_tensorboard)
         cleanup(quiet=True)
-        return run_pipeline(args, cfg, data)
+        return run_pipeline(args, cfg, data, opts)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def test_single_host_addresses(tmp_path):
     ("nccl", "moves tensors between GPUs"),
     ("gloo", "single-host launcher wires ipc, tcp or curve"),
 ])
-def test_impossible_transport_exits_2(transport, expected, capsys):
+def test_impossible_transport_exits_2(transport, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     code = main(["--transport", transport, "--gpus", "cpu", "--epochs", "1", "--max-steps", "1"])
     assert code == 2
     assert expected in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()   # a bad flag leaves no half-made run folder behind
