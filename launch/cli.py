@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(instant); auto (default) = the cached times of an earlier run on this machine, "
                         "else measure them for a training run and use FLOPs for a --dry-run")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
-    x.add_argument("--worker-kind", choices=("process", "thread", "auto"), default="process",
-                   help="process (default): each worker is a process of its own; thread: consecutive workers of "
+    x.add_argument("--worker-kind", choices=("process", "thread", "auto"), default=None,
+                   help="default: thread with --streams-per-gpu above 1 (stream workers of one GPU share a host), "
+                        "else process; process: each worker is a process of its own; thread: consecutive workers of "
                         "one device run as threads of a host process and pass activations by reference (far "
                         "less memory with many workers, e.g. --workers layer; a failure restarts the whole "
                         "pipeline); auto: thread where measured faster (benchmarks/results/threads.md, 2-core "

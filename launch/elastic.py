@@ -132,9 +132,13 @@ class ElasticRank:
 def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progress: bool, resume: bool) -> int:
     """Rank 0: one attempt of the pipelined run with the other ranks as its workers; 0 done, 1 failed (torchrun
     then restarts the group, and the next rank 0 resumes from the last committed checkpoint)."""
+    from launch.devices import coordinator_gpu_asked
     from launch.elastic_coordinator import ElasticCoordinator
     from launch.pipeline import coordinator_threads, prepare_run, report_failure, report_success, run_attempts
+    from workers.process_setup import select_device
 
+    if coordinator_gpu_asked():
+        select_device("cuda:0")                      # rank 0 keeps GPU 0 of its node (launch/devices.py)
     k = rank.env.world_size - 1
     if opts.workers == "auto":
         opts.workers = str(k)

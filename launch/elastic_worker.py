@@ -2,11 +2,13 @@
 
 The worker first publishes its attempt's CURVE key (signed, launch/elastic_links.py); the spec, the link plan
 and the resume files come from rank 0 (launch/elastic_coordinator.py), verified against the run secret and their
-SHA-256. The inbox binds on this node's address admitting only its upstream rank's verified key and is published
-as a signed record; the next worker's inbox and the coordinator's results inbox are looked up and verified the
-same way before connecting. A gloo or nccl link first joins the attempt's process group. The worker watches rank
-0's store instead of a local pid: when it is gone (rank 0 died or the attempt ended), the worker exits with code
-1, so torchrun counts it as failed and restarts the group instead of finishing this node alone.
+SHA-256. The worker then sets its process up as every worker does (workers/process_setup.py), on this node's
+GPU from the device map (launch/devices.py: the coordinator, rank 0, holds none). The inbox binds on this
+node's address admitting only its upstream rank's verified key and is published as a signed record; the next
+worker's inbox and the coordinator's results inbox are looked up and verified the same way before connecting.
+A gloo or nccl link first joins the attempt's process group. The worker watches rank 0's store instead of a
+local pid: when it is gone (rank 0 died or the attempt ended), the worker exits with code 1, so torchrun counts
+it as failed and restarts the group instead of finishing this node alone.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import tempfile
 
 import torch
 
+from launch.devices import coordinator_gpu_asked, torchrun_device
 from launch.elastic_coordinator import RESULTS_WINDOW, spec_from_wire
 from launch.elastic_links import bind_inbox, connect, destroy_group, inbox_link, init_group, publish_inbox, publish_key
 from launch.elastic_store import RunStore, TorchrunEnv
 from workers.endpoint_record import EndpointRecordError
 from workers.messages import Codec
+from workers.process_setup import set_up_process
 from workers.sealed import codec_secret
-from workers.worker import WorkerLinks, return_freed_memory, serve
+from workers.worker import WorkerLinks, serve
 
 EXIT_COORDINATOR_GONE = 1
 EXIT_REFUSED = 2
@@ -68,12 +72,15 @@ def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: st
     except TimeoutError as err:
         raise TimeoutError(f"rank 0 published no spec for it ({err})") from None
     spec, window, plan = published.spec, published.window, published.plan
+    if spec.device.startswith("cuda"):                # this node's GPU, from the one device map
+        try:
+            spec.device = torchrun_device(env.rank, env.local_rank, torch.cuda.device_count(),
+                                          coordinator_gpu_asked())
+        except ValueError as err:
+            print(f"worker {r}: {err}; exiting", file=sys.stderr)
+            return EXIT_REFUSED
+    set_up_process(spec.threads, spec.malloc, spec.device)   # as worker_main and host_main do
     resume_dir = _fetch_resume_files(store, r, published.resume_files)
-    if spec.device.startswith("cuda"):
-        spec.device = f"cuda:{env.local_rank}"        # LOCAL_RANK picks this node's GPU
-    torch.set_num_threads(spec.threads)
-    if spec.malloc == "return":
-        return_freed_memory()
     spec.resume_dir, spec.secret = resume_dir, codec_secret(secret, spec.run_id)
     codec = Codec(spec.run_id, spec.secret)
     inbox = links = None

@@ -12,18 +12,24 @@ from __future__ import annotations
 import os
 
 from engine.config import UsageError
+from launch.devices import stream_devices  # noqa: F401 - the device map lives in launch/devices.py
 
 KINDS = ("process", "thread", "auto")
 
-def resolve_kind(kind: str, gpus: list[str], streams_per_gpu: int, workers: int | None = None) -> str:
+
+def resolve_kind(kind: str | None, gpus: list[str], streams_per_gpu: int, workers: int | None = None) -> str:
     """The worker kind a run of `workers` workers uses (None: not known yet, only check the flags).
+
+    `kind` None (--worker-kind not given): thread workers when --streams-per-gpu asks for more than one per GPU
+    (README's single-GPU command, `--gpus 0 --streams-per-gpu 8`: 8 stream workers in one host on cuda:0), else
+    process workers. Only an explicit `--worker-kind process` with --streams-per-gpu is refused.
 
     `auto` picks threads where they were measured faster (benchmarks/results/threads.md, a 2-core machine):
     with more workers than CPU cores (ResNet-110 `--workers layer`: 0.11x the memory of processes and a
     faster start), and with several stream workers per GPU; with K <= cores (ResNet-32 d=4 K=2) threads were
     not faster than processes (thread/process medians 0.73..0.93 over three runs on a loaded machine), so
     processes stay there (they also keep one-worker recovery). GPU: prepared, not measured yet."""
-    if kind not in KINDS:
+    if kind is not None and kind not in KINDS:
         raise UsageError(f"--worker-kind {kind!r}: expected one of {', '.join(KINDS)}")
     if streams_per_gpu < 0:
         raise UsageError(f"--streams-per-gpu must be >= 0, got {streams_per_gpu}")
@@ -32,19 +38,14 @@ def resolve_kind(kind: str, gpus: list[str], streams_per_gpu: int, workers: int 
                          "[--workers-per-host N]")
     if streams_per_gpu and kind == "process":
         raise UsageError("--streams-per-gpu runs thread workers (one CUDA stream each); it cannot be combined "
-                         "with --worker-kind process")
+                         "with --worker-kind process; leave --worker-kind out or give thread")
+    if kind is None:
+        return "thread" if gpus and streams_per_gpu > 1 else "process"
     if kind != "auto":
         return kind
     if gpus:
         return "thread" if streams_per_gpu > 1 else "process"
     return "thread" if workers is not None and workers > (os.cpu_count() or 1) else "process"
-
-
-def stream_devices(k: int, gpus: list[str], streams_per_gpu: int) -> list[str]:
-    """Worker r on gpus[r // streams_per_gpu]: consecutive workers share a GPU (and its host process)."""
-    if streams_per_gpu * len(gpus) < k:
-        raise UsageError(f"{k} workers do not fit on {len(gpus)} GPU(s) with --streams-per-gpu {streams_per_gpu}")
-    return [gpus[r // streams_per_gpu] for r in range(k)]
 
 
 def host_groups(devices: list[str], kind: str, per_host: int = 0) -> list[list[int]] | None:

@@ -25,9 +25,9 @@ from launch.coordinator import (
     Position,
     RunCounters,
     WorkerFailed,
-    default_devices,
 )
-from launch.hosts import describe_hosts, host_groups, resolve_kind, stream_devices
+from launch.devices import one_host_devices
+from launch.hosts import describe_hosts, host_groups, resolve_kind
 from launch.plots import plot_run
 from launch.progress import EpochTracker, PipelineStats, TrackerState, epoch_line
 from launch.run_dir import RunDir, default_run_dir
@@ -57,7 +57,8 @@ class PipelineOptions:
     replay_log_mb: float = 256.0   # memory bound of each worker's replay log (more spills to files)
     replay_spill_dir: str | None = None   # where replay logs spill (None: the attempt's private temp folder)
     transport: str = "ipc"         # 'ipc' or 'tcp' links (launch/transport_choice.py resolves --transport)
-    worker_kind: str = "process"   # 'process', 'thread' (threads of host processes) or 'auto' (launch/hosts.py)
+    worker_kind: str | None = None  # 'process', 'thread' (threads of host processes), 'auto' or None: thread with
+                                    # streams_per_gpu > 1, else process (launch/hosts.py resolve_kind)
     workers_per_host: int = 0      # thread workers: at most this many per host process (0: all of one device)
     streams_per_gpu: int = 0       # thread workers per GPU, each on its own CUDA stream (0: one worker per GPU)
 
@@ -132,13 +133,13 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     # (augmenting and normalising import torchvision: seconds a dry run should not spend)
     timing_possible = measure or opts.balance == "time"
     x, y = data.train_batch(cfg.seed, 0, 0, cfg.batch_size) if timing_possible else data.shape_batch(cfg.batch_size)
+    devices = one_host_devices(k, gpus, opts.streams_per_gpu)
     c = choose_module_costs(modules, x, y, opts.balance, CostKey.of(cfg), k, measure=measure,
-                            kernels=Kernels.from_config(cfg))
+                            kernels=Kernels.from_config(cfg), device=devices[0])   # timed where workers compute
     plan = make_plan(modules, k, cfg.batch_size, c.costs, unit=c.unit, source=c.source)
     shapes = layer_output_shapes(model)
     inputs = [shapes[plan.layer_ids[r][0] - 1] if plan.layer_ids[r][0] > 0 else (3, cfg.input_size, cfg.input_size)
               for r in range(k)]
-    devices = stream_devices(k, gpus, opts.streams_per_gpu) if opts.streams_per_gpu else default_devices(k, gpus)
     placement = Placement(groups=plan.groups, layer_ids=plan.layer_ids, devices=devices,
                           threads=[opts.threads] * k, input_shapes=inputs,
                           hosts=host_groups(devices, kind, opts.workers_per_host))

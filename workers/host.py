@@ -20,12 +20,12 @@ as for a dead worker process and the restart path resumes from the last committe
 from __future__ import annotations
 
 import os
-import signal
 import threading
 
 import torch
 
 from workers.messages import Codec
+from workers.process_setup import set_up_process
 from workers.threadlink import ThreadLink
 from workers.worker import (
     CoordinatorGone,
@@ -33,13 +33,11 @@ from workers.worker import (
     WorkerError,
     WorkerLinks,
     WorkerSpec,
-    apply_determinism,
     bind_inbox,
     coordinator_watch,
     flush_reports,
     reopen_outbox,
     report_crash,
-    return_freed_memory,
 )
 
 CRASH_EXIT = 3
@@ -114,21 +112,18 @@ def build_workers(specs: list[WorkerSpec], links: list[WorkerLinks]) -> list[Wor
             crash(end, spec.name, err)
         worker.stage.rng_lock = rng_lock
         workers.append(worker)
-    if any(spec.device.startswith("cuda") for spec in specs):
-        torch.cuda.synchronize()   # weights were written on the default stream; each thread runs on its own
+    # weights were written on the host GPU's default stream; each thread runs on its own. synchronize() without a
+    # device waits for the current one only, which need not be this host's GPU
+    for device in sorted({spec.device for spec in specs if spec.device.startswith("cuda")}):
+        torch.cuda.synchronize(torch.device(device))
     return workers
 
 
 def host_main(specs: list[WorkerSpec]) -> None:
-    """Process entry point of a host: start one thread per worker, exit when all have stopped."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Process entry point of a host: the one process set-up (workers/process_setup.py; a host's workers share
+    one device), then one thread per worker; exit when all have stopped."""
     check_consecutive(specs)
-    if specs[0].malloc == "return":
-        return_freed_memory()
-    threads = max(s.threads for s in specs)
-    torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    apply_determinism()
+    set_up_process(max(s.threads for s in specs), specs[0].malloc, specs[0].device)
     codec = Codec(specs[0].run_id, specs[0].secret)
     try:
         links = host_links(specs, codec)

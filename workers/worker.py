@@ -9,9 +9,7 @@ sends a heartbeat at least every `heartbeat_s`, so a worker is silent only when 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,6 +20,12 @@ import torch
 from workers import protocol
 from workers.faults import Fault, die, hang
 from workers.messages import Codec, Kind, Message, MessageError
+from workers.process_setup import (  # noqa: F401 - the set-up helpers moved there; importers of them here still work
+    DETERMINISTIC_VAR,
+    apply_determinism,
+    return_freed_memory,
+    set_up_process,
+)
 from workers.protocol import (
     SEQUENCED,
     CheckpointAckMeta,
@@ -44,7 +48,6 @@ POLL_MS = 1000          # longest single wait before a blocked worker checks tha
 HEARTBEAT_S = 1.0       # a waiting worker reports at least this often
 CONTROL_POLL_MS = 100   # with a control inbox, the longest wait before a worker looks at it
 REPLAY_LOG_BYTES = 256 << 20
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 @dataclass
@@ -161,14 +164,6 @@ def to_host(t: torch.Tensor) -> torch.Tensor:
     host.copy_(t, non_blocking=True)
     torch.cuda.current_stream(t.device).synchronize()
     return host
-
-
-def return_freed_memory() -> None:
-    """Tell glibc to serve large blocks by mmap so freed activations go back to the OS (see README)."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 65536)
-    except (OSError, AttributeError):
-        pass
 
 
 def build_stage(spec: WorkerSpec):
@@ -609,25 +604,10 @@ def flush_reports(links: WorkerLinks) -> None:
         pass
 
 
-DETERMINISTIC_VAR = "AUGLOCAL_DETERMINISTIC"
-
-
-def apply_determinism() -> None:
-    """With AUGLOCAL_DETERMINISTIC=1 in the environment, use deterministic algorithms only (the GPU parity
-    check: a pipeline on one GPU equals the sequential trainer there; CUDA also needs
-    CUBLAS_WORKSPACE_CONFIG=:4096:8)."""
-    if os.environ.get(DETERMINISTIC_VAR) == "1":
-        torch.use_deterministic_algorithms(True)
-
-
 def worker_main(spec: WorkerSpec) -> None:
-    """Process entry point. Ctrl-C is the coordinator's to handle: workers ignore SIGINT and are stopped by it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if spec.malloc == "return":
-        return_freed_memory()
-    torch.set_num_threads(spec.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(spec.threads))
-    apply_determinism()
+    """Process entry point: the one process set-up (workers/process_setup.py: signals, allocator, threads,
+    determinism, the worker's GPU), then open the links and serve."""
+    set_up_process(spec.threads, spec.malloc, spec.device)
     codec = Codec(spec.run_id, spec.secret)
     try:
         links = open_links(spec, codec)
