@@ -33,7 +33,8 @@ class PhaseSamples:
 
 
 def time_module_phases(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int = 3,
-                       warmup: int = 1, kernels: Kernels | None = None) -> PhaseSamples:
+                       warmup: int = 1, kernels: Kernels | None = None,
+                       device: str | torch.device | None = None) -> PhaseSamples:
     """Time each local module's forward and the rest of its training step, `steps` runs after `warmup`.
 
     The modules run in order like a Stage runs them (the output of one, detached, feeds the next), in train
@@ -42,7 +43,8 @@ def time_module_phases(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.T
     workers' mispredicts them by as much), autocast precision and hand-off dtype. They run on a deep copy: the
     caller's parameters, gradients, BatchNorm statistics and RNG state are untouched. Timing uses one intra-op
     thread, as a pipeline worker does, so the numbers compare across modules; the previous thread count is
-    restored afterwards.
+    restored afterwards. `device`: where they run (default: where the modules' parameters are), e.g. the
+    run's GPU while the caller's modules stay on the CPU.
     """
     if not modules:
         raise ValueError("no local modules to time; pass the list build_local_modules returns")
@@ -50,7 +52,8 @@ def time_module_phases(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.T
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels; they must match")
-    device = next((p.device for m in modules for p in m.parameters()), x.device)
+    device = torch.device(device) if device is not None else next((p.device for m in modules for p in m.parameters()),
+                                                                   x.device)
     kernels = kernels or Kernels.default(device)
     work = copy.deepcopy(nn.ModuleList(modules)).train().to(device, memory_format=kernels.torch_memory_format)
     x, y = kernels.layout(x.to(device)), y.to(device)
@@ -85,9 +88,10 @@ def time_module_phases(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.T
 
 
 def module_costs_timed(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int = 3,
-                       warmup: int = 1, kernels: Kernels | None = None) -> list[float]:
-    """Seconds per batch of `x` that each local module needs for forward + loss + backward: the median over
-    `steps` runs of `time_module_phases` (which says how the modules run)."""
-    s = time_module_phases(modules, x, y, steps, warmup, kernels)
+                       warmup: int = 1, kernels: Kernels | None = None,
+                       device: str | torch.device | None = None) -> list[float]:
+    """Seconds per batch of `x` that each local module needs for forward + loss + backward on `device`: the
+    median over `steps` runs of `time_module_phases` (which says how the modules run)."""
+    s = time_module_phases(modules, x, y, steps, warmup, kernels, device)
     return [statistics.median(f + r for f, r in zip(fs, rs, strict=True)) for fs, rs in zip(s.forward, s.rest,
                                                                                            strict=True)]

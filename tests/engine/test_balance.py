@@ -81,7 +81,7 @@ def test_auto_uses_flops_for_a_dry_run_and_measures_then_caches_for_a_training_r
     cache = TimingCache(tmp_path / "times.json")
     timed = []
 
-    def fake_timing(mods, xb, yb, steps=3, warmup=1, kernels=None):
+    def fake_timing(mods, xb, yb, steps=3, warmup=1, kernels=None, device=None):
         timed.append(len(mods))
         return [0.01 * (i + 1) for i in range(len(mods))]
 
@@ -130,3 +130,63 @@ def test_meta_counting_leaves_the_callers_modules_alone():
     layer_costs(model, aux)
     module_costs_flops(modules, x[:2], y[:2])
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_gpu_run_is_timed_on_its_gpu(tmp_path, monkeypatch):
+    """--balance auto/time for a GPU run times the modules on the run's GPU (before: on the CPU, where the modules
+    are built, and cached under the CPU's key), with a CUDA double standing in for the GPU."""
+    cfg, _, _, modules, x, y = network()
+    asked = []
+
+    def fake_timing(mods, xb, yb, steps=3, warmup=1, kernels=None, device=None):
+        asked.append(None if device is None else str(device))
+        return [0.01 * (i + 1) for i in range(len(mods))]
+
+    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake_timing)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    cache = TimingCache(tmp_path / "times.json")
+    run = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), k=2, cache=cache, device="cuda:1")
+    assert asked == ["cuda:1"] and run.unit == "s"
+    key = CostKey.of(cfg)
+    assert cache.get(MachineKey.here("cuda:1", 1), key, len(modules)) is not None   # cached as the GPU's times
+    assert cache.get(MachineKey.here("cpu", 1), key, len(modules)) is None
+
+
+def test_a_gpu_this_process_cannot_reach_is_balanced_by_macs_and_says_so(tmp_path, monkeypatch):
+    cfg, _, _, modules, x, y = network()
+    monkeypatch.setattr("engine.planning.balance.module_costs_timed", lambda *a, **k: pytest.fail("timed"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for balance in ("auto", "time"):
+        chosen = choose_module_costs(modules, x, y, balance, CostKey.of(cfg), k=2,
+                                     cache=TimingCache(tmp_path / "t.json"), device="cuda:0")
+        assert chosen.unit == "MAC" and "cannot time modules on cuda:0" in chosen.source
+        assert "balanced by MACs" in chosen.source and "\n" not in chosen.source
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    chosen = choose_module_costs(modules, x, y, "time", CostKey.of(cfg), k=2, cache=TimingCache(tmp_path / "t.json"),
+                                 device="cuda:3")
+    assert chosen.unit == "MAC" and "sees 1 GPU(s)" in chosen.source
+
+
+def test_the_pipeline_plan_times_modules_on_the_workers_device(tmp_path, monkeypatch):
+    """plan_pipeline asks for timing on the first worker's device: cuda:0 for --gpus 0."""
+    from launch.pipeline import PipelineOptions, plan_pipeline
+
+    cfg, model, aux, modules, x, y = network()
+    asked = []
+
+    def fake_timing(mods, xb, yb, steps=3, warmup=1, kernels=None, device=None):
+        asked.append(str(device))
+        return [0.01] * len(mods)
+
+    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake_timing)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    data = build_data(cfg)
+    plan, placement, _ = plan_pipeline(cfg, data, PipelineOptions(workers="2", gpus=["cuda:0"], balance="time"),
+                                       network=(model, aux))
+    assert asked == ["cuda:0"] and placement.devices == ["cuda:0", "cuda:0"] and plan.unit == "s"

@@ -17,7 +17,7 @@ def timings(monkeypatch):
     """Replaces module timing by a fake that records each call (timing for real takes seconds)."""
     calls = []
 
-    def fake(modules, x, y, steps=3, warmup=1, kernels=None):
+    def fake(modules, x, y, steps=3, warmup=1, kernels=None, device=None):
         calls.append(len(modules))
         return [0.001 * (1 + i % 3) for i in range(len(modules))]
 
