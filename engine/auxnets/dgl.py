@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from engine.auxnets.base import AuxNet
+from engine.auxnets.deterministic import AdaptiveAvgPool2d
 
 
 class DGLAux(AuxNet):
@@ -15,7 +16,8 @@ class DGLAux(AuxNet):
 
     m = min(ceil(S/4), 2). The hidden FC width equals the flattened size C*m*m (4C whenever S > 4, as in the
     paper's "AP-16C1-16C1-16C1-AP-64FC-64FC-10FC"); for S <= 4 (m = 1, e.g. VGG's last layers) it is C.
-    S is the layer's actual output size (LayerInfo.spatial). Loss: mean cross-entropy, weight 1.
+    S is the layer's actual output size (LayerInfo.spatial). Loss: mean cross-entropy, weight 1. The pools
+    switch to a deterministic formulation under deterministic algorithms (engine/auxnets/deterministic.py).
     """
 
     def __init__(self, layer: int, channels: int, spatial: int, num_classes: int):
@@ -28,7 +30,7 @@ class DGLAux(AuxNet):
                       nn.ReLU(inplace=True)]
         parts = ["AP"] + [f"{channels}C1"] * 3 + ["AP", f"{flat}FC", f"{flat}FC", f"{num_classes}FC"]
         super().__init__(layer, "-".join(parts))
-        self.features = nn.Sequential(nn.AdaptiveAvgPool2d(first), *convs, nn.AdaptiveAvgPool2d(m),
+        self.features = nn.Sequential(AdaptiveAvgPool2d(first), *convs, AdaptiveAvgPool2d(m),
                                       nn.Flatten())
         self.classifier = nn.Sequential(
             nn.Linear(flat, flat, bias=False), nn.BatchNorm1d(flat), nn.ReLU(inplace=True),

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.auxnets.base import AuxNet
+from engine.auxnets.deterministic import deterministic_on, interpolate_bilinear
 
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -67,8 +68,12 @@ class InfoProAux(AuxNet):
         return self.head(h)
 
     def reconstruct(self, h: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """The decoder's image in [0, 1] at the input resolution `size`."""
-        up = F.interpolate(h, size=size, mode="bilinear", align_corners=True)
+        """The decoder's image in [0, 1] at the input resolution `size`. Bilinear upsampling has no deterministic
+        CUDA backward: under deterministic algorithms it runs as the same fixed linear map by matmul."""
+        if deterministic_on():
+            up = interpolate_bilinear(h, size)
+        else:
+            up = F.interpolate(h, size=size, mode="bilinear", align_corners=True)
         return self.decoder(up)
 
     def forward(self, h: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
