@@ -40,3 +40,36 @@ def test_a_damaged_final_layer_file_is_refused_and_the_run_resumes(reference, tm
     assert code == 0, capsys.readouterr().err
     assert_complete(reference, out, restarts=0)
     assert_no_orphan_workers()
+
+
+def test_a_checkpoint_damaged_before_a_one_worker_recovery_falls_back(reference, tmp_path, monkeypatch, capfd):
+    """The committed checkpoint worker 1 would restart from is damaged when worker 1 dies: it is verified again
+    (it was verified only when committed), the whole restart takes the older intact one, and nothing is ever
+    loaded from the damaged file."""
+    import launch.recovery
+    from launch.checkpoints import CheckpointStore
+    from tests.faults.support import run_in_process
+
+    out = tmp_path / "run"
+    damaged = []
+    original = launch.recovery.OneWorkerRecovery.recover
+
+    def recover(self, err):
+        if not damaged:
+            ckpt = CheckpointStore(out).dir_for(self.committed_id)
+            flip_middle(ckpt / "layer_004.pt")
+            damaged.append(self.committed_id)
+        return original(self, err)
+
+    monkeypatch.setattr(launch.recovery.OneWorkerRecovery, "recover", recover)
+    assert run_in_process(out, "kill:worker=1:step=8", workers="2", recovery="one") == 0
+    (newest,) = damaged
+    err = capfd.readouterr().err
+    s = assert_complete(reference, out, restarts=1)
+    (restart,) = s["restarts"]
+    assert restart["path"] == "all" and restart["restart_from"] == newest - 1, restart
+    assert restart["fallback"].startswith(f"checkpoint {newest} to restart from: layer_004.pt "), restart
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"auglocal-launch: checkpoint {newest}: layer_004.pt fails its SHA-256 checksum (damaged); skipped"]
+    assert_no_orphan_workers()
