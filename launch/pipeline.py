@@ -112,10 +112,15 @@ def number_of_workers(spec: str, num_modules: int, gpus: list[str], streams_per_
 
 def assemble(cfg: RunConfig, data, run_dir: str):
     """Rebuild the network and load every worker's final per-layer files: the trained model and aux nets."""
-    from workers.layer_files import load_layers_into
+    from launch.checkpoints import CheckpointError
+    from workers.layer_files import LayerFileDamaged, load_layers_into
 
     model, aux = build_network(cfg, data)
-    updates = load_layers_into(model, aux, os.path.join(run_dir, "layers"))
+    try:
+        updates = load_layers_into(model, aux, os.path.join(run_dir, "layers"))
+    except LayerFileDamaged as err:     # never a network assembled from damaged files: one line, exit 1
+        raise CheckpointError(f"{err}: the trained network cannot be assembled; recompute its end with "
+                              f"auglocal-launch --resume {run_dir}") from None
     return model, aux, updates
 
 

@@ -28,18 +28,23 @@ longer counts.
 It falls back to the whole-pipeline restart (launch.pipeline.run_attempts) by re-raising the failure when
 it cannot work: `--recovery all`, a failure that blames no single worker, another worker down as well (two
 adjacent workers: a log lost with its worker), a thread worker (it fails with its whole host process and keeps
-no replay log), the same worker failing twice in one attempt, a failure while recovering, or a coordinator
-driven without control links (tests).
+no replay log), the same worker failing twice in one attempt, a failure while recovering, a coordinator
+driven without control links (tests), a checkpoint to restart from that fails its verification, or a replay
+log that cannot serve the replay: an entry damaged or missing (workers/replay_log.py checks each one's
+checksum before resending it, so nothing damaged reaches the restarted worker). The last is said in one line
+on stderr; every fallback's reason is in summary.json's `restarts`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from workers.messages import Kind, Message
 from workers.protocol import CommittedMeta, ExpectReplayMeta, NoMeta, RelinkMeta
+from workers.replay_log import UNUSABLE
 from workers.transport import Link
 from workers.worker import worker_name
 
@@ -253,6 +258,8 @@ class OneWorkerRecovery:
             return "no single worker to blame"
         if not err.restartable:
             return "a restart would fail the same way"
+        if UNUSABLE in err.what:
+            return f"worker {r}'s {UNUSABLE} ({err.what.split(UNUSABLE, 1)[1].lstrip(': ')})"
         if self.recovering:
             return "another failure during a one-worker recovery"
         if r in self.recovered:
@@ -264,13 +271,29 @@ class OneWorkerRecovery:
             return f"two adjacent workers down ({min(r, adjacent[0])} and {max(r, adjacent[0])})"
         if down:
             return f"workers {sorted([r, *down])} down"
-        return None
+        return self._checkpoint_problem()
+
+    def _checkpoint_problem(self) -> str | None:
+        """Why the checkpoint a restarted worker would load cannot be used (None: intact, or the attempt's
+        start): checked like a resume's (launch/checkpoints.py), since it was verified only when committed."""
+        store, ckpt_id = self.c.store, self.committed_id
+        if ckpt_id is None or not hasattr(store, "problem"):
+            return None
+        try:
+            problem = store.problem(ckpt_id)
+        except Exception as exc:       # ForeignCheckpoint: what restart from it could be right?
+            problem = str(exc)
+        return None if problem is None else f"checkpoint {ckpt_id} to restart from: {problem}"
 
     def recover(self, err) -> None:
         """Restart worker err.rank alone, or re-raise `err` (whole-pipeline restart) when that cannot work."""
         reason = self.why_not(err)
         if reason is not None:
             err.fallback = reason
+            if UNUSABLE in err.what:
+                print(f"auglocal-launch: {reason}; the restarted worker was not trained on it: restarting every "
+                      f"worker from {f'checkpoint {self.committed_id}' if self.committed_id else 'the attempt start'}"
+                      " instead", file=sys.stderr, flush=True)
             raise err
         r = err.rank
         self.recovering = True
