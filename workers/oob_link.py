@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 from collections import deque
+from dataclasses import replace
 
 import msgpack
 import torch
@@ -140,14 +141,20 @@ class OobSender(Sender):
     def __init__(self, address: str, codec: Codec, path, **kwargs):
         super().__init__(address, codec, **kwargs)
         self.path = path
-        self._keep_device = path.device.type != "cpu"
+        self.keeps_device = path.device.type != "cpu"   # the worker sends device tensors as they are
         self._pending: deque = deque()
         path.warm_send()
 
     def send(self, message: Message, timeout_ms: float) -> None:
         """As Sender.send. Once the window has room the path prepares the bytes (a CUDA IPC slot is filled
-        and its event recorded before the header can be read); after the header is queued it sends them."""
-        header, *tensor_frames = self._codec.encode(message, keep_device=self._keep_device)
+        and its event recorded before the header can be read); after the header is queued it sends them.
+        On a device path every tensor travels from the path's device (labels and a replayed message's tensors
+        may be host tensors): the receiver posts device receives, and a host tensor's send would take the
+        group's CPU backend and never pair with them."""
+        if self.keeps_device and any(t.device != self.path.device for t in message.tensors.values()):
+            message = replace(message, tensors={name: t.to(self.path.device, non_blocking=True)
+                                                for name, t in message.tensors.items()})
+        header, *tensor_frames = self._codec.encode(message, keep_device=self.keeps_device)
         self._reserve(timeout_ms)
         route = msgpack.packb(self.path.prepare(tensor_frames), use_bin_type=True)
         self._put([header, route], timeout_ms)

@@ -56,6 +56,15 @@ class CudaStreams:
     def query(self, event) -> bool:
         return event.query()
 
+    def wait_host(self, event) -> None:
+        """Block the host until `event`'s work is done."""
+        event.synchronize()
+
+    def copy_async(self, dst: torch.Tensor, src: torch.Tensor, stream) -> None:
+        """Queue `dst.copy_(src)` on `stream`; the host goes on at once."""
+        with torch.cuda.stream(stream):
+            dst.copy_(src, non_blocking=True)
+
     def host_buffer(self, tensor: torch.Tensor) -> torch.Tensor:
         """An empty host tensor to copy `tensor` into asynchronously: pinned (from torch's caching host
         allocator), so the copy is a DMA the stream runs while the host goes on."""

@@ -10,9 +10,14 @@ CUDA sanitizer, a vector clock per stream (which op of every other stream it is 
 
 - a read or write on stream T of memory last written by op k of stream S != T, when T is not ordered after
   that op, is a violation (a missing wait);
-- a block that the allocator hands out again (a new output at the same address) while a stream other than its
-  allocating stream used it, with no `record_stream` for that stream and the reuse not ordered after that use,
-  is a violation (the caching allocator would have reused memory a stream may still read).
+- memory freed (seen through a finalizer on its storage) while a stream other than its allocating stream used
+  it, with no `record_stream` for that stream and the allocating stream not ordered after that use, is a
+  violation: the caching allocator would give the block back to the allocating stream, which may reuse it
+  while the other stream still reads it.
+
+Memory is tracked per storage (the address a storage starts at, dropped when it is freed), so two slices of
+one storage are one block: a test of a sliced buffer (the cuda-ipc double's segment) sends one message at a
+time.
 
 Violations are collected (`violations`) and `check()` raises them as one AssertionError. Within one stream, or
 between streams that waited properly, nothing is reported, so the real thread-worker path passes.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -79,6 +85,7 @@ class StreamChecker:
         self.streams: dict[int, CpuStream] = {}
         self.violations: list[str] = []
         self.cross_stream_uses = 0               # checked uses of another stream's memory (a test's sanity)
+        self.closed = False                      # set by check(): what is freed at teardown is not judged
         self.local = threading.local()
 
     def _ordered(self, stream: CpuStream, other: int, op: int) -> bool:
@@ -98,29 +105,38 @@ class StreamChecker:
                 if writer != stream.id:
                     self.cross_stream_uses += 1
                     if not self._ordered(stream, writer, wop):
-                        self.violations.append(f"{name} on {stream.name} uses memory that op {wop} of "
-                                               f"{self.streams[writer].name} wrote, without a wait on it")
+                        self._report(f"{name} on {stream.name} uses memory that op {wop} of "
+                                     f"{self.streams[writer].name} wrote, without a wait on it")
                 block.used[stream.id] = k
             for t in writes:
-                if (key := _key(t)) is None:
-                    continue
-                if key in self.blocks:
+                if (key := _key(t)) is not None and key in self.blocks:
                     self.blocks[key].write = (stream.id, k)
-                else:   # memory made outside any watched thread: its first write counts as its allocation
-                    self.blocks[key] = _Block(stream.id, (stream.id, k), {stream.id: k})
+                elif key is not None:   # memory made outside any watched thread: its first write allocates it
+                    self._track(key, t, stream, k)
             for t in fresh:
-                if (key := _key(t)) is None:
-                    continue
-                old = self.blocks.get(key)
-                if old is not None:
-                    self._check_reuse(old, stream, name)
-                self.blocks[key] = _Block(stream.id, (stream.id, k), {stream.id: k})
+                if (key := _key(t)) is not None:
+                    self._track(key, t, stream, k)
 
-    def _check_reuse(self, old: _Block, stream: CpuStream, name: str) -> None:
-        for user, uop in old.used.items():
-            if user != old.alloc and user not in old.recorded and not self._ordered(stream, user, uop):
-                self.violations.append(f"{name} on {stream.name} got memory that {self.streams[user].name} "
-                                       "may still use: no record_stream for that stream")
+    def _track(self, key: int, t: torch.Tensor, stream: CpuStream, k: int) -> None:
+        block = self.blocks[key] = _Block(stream.id, (stream.id, k), {stream.id: k})
+        weakref.finalize(t.untyped_storage(), self._freed, key, block)   # fires when the memory is freed
+
+    def _freed(self, key: int, block: _Block) -> None:
+        """The block goes back to its allocating stream's pool: that stream may reuse it at once, so every
+        other stream that used it must be named by record_stream or be ordered before that stream now."""
+        with self.lock:
+            if self.blocks.get(key) is block:
+                del self.blocks[key]
+            alloc = self.streams.get(block.alloc)
+            for user, uop in block.used.items():
+                if (alloc is not None and user != block.alloc and user not in block.recorded
+                        and not self._ordered(alloc, user, uop)):
+                    self._report(f"memory of {alloc.name} was freed while {self.streams[user].name} may still "
+                                 "use it: no record_stream for that stream")
+
+    def _report(self, violation: str) -> None:
+        if not self.closed:
+            self.violations.append(violation)
 
     def record(self, event: CpuEvent, stream: CpuStream) -> None:
         with self.lock:
@@ -143,6 +159,8 @@ class StreamChecker:
             self.floor[stream.id] = max(self.floor.get(stream.id, 0), stream.clock[stream.id])
 
     def check(self) -> None:
+        """Stop judging (the test's teardown frees everything at once) and raise what was found."""
+        self.closed = True
         if self.violations:
             raise AssertionError("stream discipline violated:\n" + "\n".join(self.violations[:20]))
 
@@ -234,6 +252,13 @@ class CpuStreams:
 
     def query(self, event: CpuEvent) -> bool:
         return True
+
+    def wait_host(self, event: CpuEvent) -> None:
+        pass
+
+    def copy_async(self, dst: torch.Tensor, src: torch.Tensor, stream: CpuStream) -> None:
+        with self.using(stream):
+            dst.copy_(src)
 
     def host_buffer(self, tensor: torch.Tensor) -> torch.Tensor:
         return torch.empty_like(tensor)
