@@ -10,13 +10,24 @@ side), copies the bytes out to its own device, and synchronises its stream befor
 the slot is free again when the sender may reuse it. No byte touches host memory.
 
 A slot grows (a new allocation, a new handle in the route) when a larger message comes; the receiver keeps
-the handles it has opened. Used through `Link(transport="cuda-ipc")` and workers/oob_link.py.
+the slots it has opened, keyed by (memory handle, offset, size) as torch's own reductions key by handle and
+offset (torch/multiprocessing/reductions.py): the caching allocator carves several slots out of one segment,
+and they share the segment's handle and differ only in offset, so a cache by handle alone would read slot 1
+from slot 0's bytes, and a slot grown inside the same segment from the stale, shorter view.
+
+The device side (allocate a slot, share and open its handle, interprocess events) is `CudaMemory`, and stream
+operations go through workers/streams.py: `CudaIpcPath(memory=...)` takes a double, so the slot, handle, offset
+and event logic runs on CPU in CI (tests/workers/ipc_double.py shares one file-backed buffer the way the caching
+allocator shares a segment). Used through `Link(transport="cuda-ipc")` and workers/oob_link.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from workers import streams
 from workers.messages import MessageError
 from workers.oob_link import as_byte_tensor
 
@@ -31,22 +42,65 @@ def _offsets(sizes: list[int]) -> tuple[list[int], int]:
     return offsets, total
 
 
-class CudaIpcPath:
-    """Tensor bytes through CUDA IPC slots; see the module docstring for the protocol."""
+def slot_key(storage: list) -> tuple:
+    """What tells one opened slot from another: its segment's handle, its offset and size in that segment
+    (`storage` is `UntypedStorage._share_cuda_()`'s record: device, handle, size, offset, ...)."""
+    return (storage[1], storage[3], storage[2])
 
-    def __init__(self, window: int, receiving: bool):
+
+class CudaMemory:
+    """Device memory and interprocess events of the current CUDA device: the real side of the seam."""
+
+    def __init__(self):
         if not torch.cuda.is_available():
             raise RuntimeError("the cuda-ipc transport needs a CUDA GPU in both processes; use ipc or gloo on CPU")
         self.device = torch.device("cuda", torch.cuda.current_device())
+
+    @property
+    def streams(self):
+        return streams.active()
+
+    def allocate(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    @staticmethod
+    def share(slot: torch.Tensor) -> list:
+        return list(slot.untyped_storage()._share_cuda_())
+
+    @staticmethod
+    def open(storage: list) -> torch.Tensor:
+        shared = torch.UntypedStorage._new_shared_cuda(*storage)
+        return torch.empty(0, dtype=torch.uint8, device=shared.device).set_(shared, 0, (shared.nbytes(),), (1,))
+
+    @staticmethod
+    def event():
+        return torch.cuda.Event(interprocess=True)
+
+    @staticmethod
+    def event_handle(event) -> bytes:
+        return event.ipc_handle()
+
+    def open_event(self, handle: bytes):
+        return torch.cuda.Event.from_ipc_handle(self.device, handle)
+
+
+class CudaIpcPath:
+    """Tensor bytes through CUDA IPC slots; see the module docstring for the protocol. `memory` defaults to
+    the current CUDA device; `key` is how opened slots are told apart (a test injects the old, wrong one)."""
+
+    def __init__(self, window: int, receiving: bool, memory=None, key: Callable[[list], object] = slot_key):
+        self.memory = memory if memory is not None else CudaMemory()
+        self.device = self.memory.device
         self.window = window
         self.receiving = receiving
+        self._key = key
         self._slots: list[torch.Tensor | None] = [None] * window
         self._handles: list[list | None] = [None] * window
-        self._events = [] if receiving else [torch.cuda.Event(interprocess=True) for _ in range(window)]
-        self._event_handles = [event.ipc_handle() for event in self._events]
+        self._events = [] if receiving else [self.memory.event() for _ in range(window)]
+        self._event_handles = [self.memory.event_handle(event) for event in self._events]
         self._next = 0
-        self._opened: dict[bytes, torch.Tensor] = {}
-        self._opened_events: dict[bytes, torch.cuda.Event] = {}
+        self._opened: dict[object, torch.Tensor] = {}
+        self._opened_events: dict[bytes, object] = {}
 
     def warm_send(self) -> None:
         """Nothing to warm: slots are allocated at the first message (their size is known then)."""
@@ -61,14 +115,15 @@ class CudaIpcPath:
         index = self._next   # advanced only once the header is out (send): a refused send reuses this slot
         slot = self._slots[index]
         if slot is None or slot.numel() < total:
-            slot = torch.empty(max(total, _ALIGN), dtype=torch.uint8, device=self.device)
+            slot = self.memory.allocate(max(total, _ALIGN))
             self._slots[index] = slot
-            self._handles[index] = list(slot.untyped_storage()._share_cuda_())
-        stream = torch.cuda.current_stream(self.device)
+            self._handles[index] = self.memory.share(slot)
+        ops = self.memory.streams
+        stream = ops.current(self.device)
         for tensor, offset in zip(tensors, offsets, strict=True):
             if tensor.numel():
                 slot[offset:offset + tensor.numel()].copy_(tensor, non_blocking=True)
-        self._events[index].record(stream)
+        ops.record(self._events[index], stream)
         return {"path": "cuda-ipc", "slot": index, "storage": self._handles[index],
                 "event": self._event_handles[index], "offsets": offsets}
 
@@ -94,18 +149,17 @@ class CudaIpcPath:
         slot = self._open_slot(storage)
         ipc_event = self._opened_events.get(event)
         if ipc_event is None:
-            ipc_event = self._opened_events[event] = torch.cuda.Event.from_ipc_handle(self.device, event)
-        stream = torch.cuda.current_stream(self.device)
-        stream.wait_event(ipc_event)
+            ipc_event = self._opened_events[event] = self.memory.open_event(event)
+        ops = self.memory.streams
+        stream = ops.current(self.device)
+        ops.wait_event(stream, ipc_event)
         buffers = [slot[o:o + n].to(self.device, copy=True) for o, n in zip(offsets, sizes, strict=True)]
-        stream.synchronize()   # our copies are done: the credit may hand the slot back
+        ops.synchronize(stream)   # our copies are done: the credit may hand the slot back
         return buffers
 
     def _open_slot(self, storage: list) -> torch.Tensor:
-        handle = storage[1]
-        slot = self._opened.get(handle)
+        key = self._key(storage)
+        slot = self._opened.get(key)
         if slot is None:
-            shared = torch.UntypedStorage._new_shared_cuda(*storage)
-            slot = torch.empty(0, dtype=torch.uint8, device=shared.device).set_(shared, 0, (shared.nbytes(),), (1,))
-            self._opened[handle] = slot
+            slot = self._opened[key] = self.memory.open(storage)
         return slot

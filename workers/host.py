@@ -10,7 +10,9 @@ own results and control ends (so heartbeats, acknowledgements and errors stay pe
 Compute runs in parallel: torch releases the GIL inside every kernel. `torch.set_num_threads` is per process,
 so the host sets it once to its workers' intra-op threads (1 by default): K thread workers on K cores each
 compute with one thread, as K single-threaded processes would. On a GPU each thread runs on its own CUDA
-stream, so the kernels of different local layers may overlap on one device.
+stream, so the kernels of different local layers may overlap on one device; the stream starts ordered after
+the default stream the weights were written on (`streams.worker_stream`, checkable on CPU with the stream
+double of tests/workers/stream_check.py).
 
 Failure is all or nothing: a worker that raises (or stops on a bad message) reports the error on its own
 results link, then ends the whole process with exit code 3, so the coordinator sees the attempt fail exactly
@@ -24,6 +26,7 @@ import threading
 
 import torch
 
+from workers import streams
 from workers.messages import Codec
 from workers.process_setup import set_up_process
 from workers.threadlink import ThreadLink
@@ -79,12 +82,10 @@ class _Thread(threading.Thread):
         spec = self.worker.spec
         torch.set_num_threads(spec.threads)   # OpenMP's thread count is also a per-thread setting: set it here too
         try:
+            device = torch.device(spec.device)
             if spec.device.startswith("cuda"):
-                device = torch.device(spec.device)
                 torch.cuda.set_device(device)
-                with torch.cuda.stream(torch.cuda.Stream(device)):
-                    self.worker.run()
-            else:
+            with streams.worker_stream(device):   # its own stream, after the weights' writes (workers/streams.py)
                 self.worker.run()
         except CoordinatorGone:
             pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 from collections import deque
+from dataclasses import replace
 
 import msgpack
 import torch
@@ -56,21 +57,29 @@ class DistPath:
     """Tensor bytes by torch.distributed point-to-point ops (gloo: CPU tensors; NCCL: CUDA tensors).
 
     `peer` is the other end's global rank, `tag` tells this link from others between the same ranks.
-    `warm` posts a one-byte exchange at start-up so the pair's connection (an NCCL communicator) exists
-    before the first activation; it is waited for at the first message, so building ends never blocks.
+    `warm` posts a one-byte exchange so the pair's connection (an NCCL communicator) exists before the first
+    activation. NCCL makes that communicator lazily, at the pair's first send or receive, and blocks until
+    the other rank joins: so the receiving end warms only once its endpoint record is out (OobReceiver warms
+    at its first `recv`, never while it is bound), else it would wait for a sender that cannot find it yet.
+    `ops` is what posts the sends and receives (`isend`/`irecv` as torch.distributed's): the default process
+    group unless a test hands a stand-in (a gloo group of its own, tests/workers/dist_standin.py).
     """
 
-    def __init__(self, backend: str, peer: int, tag: int, device: torch.device):
-        import torch.distributed as dist
+    def __init__(self, backend: str, peer: int, tag: int, device: torch.device, ops=None,
+                 bytes_timeout_s: float = BYTES_TIMEOUT_S):
+        if ops is None:
+            import torch.distributed as dist
 
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError(f"the {backend} transport needs torch.distributed's default process group: call "
-                               "torch.distributed.init_process_group first (launch/elastic.py does)")
-        if backend not in str(dist.get_backend()):   # "gloo", "nccl" or a mix such as "cpu:gloo,cuda:nccl"
-            raise RuntimeError(f"the {backend} transport needs a {backend} process group, this one is "
-                               f"{dist.get_backend()}")
-        self._dist = dist
+            if not dist.is_available() or not dist.is_initialized():
+                raise RuntimeError(f"the {backend} transport needs torch.distributed's default process group: "
+                                   "call torch.distributed.init_process_group first (launch/elastic.py does)")
+            if backend not in str(dist.get_backend()):   # "gloo", "nccl" or a mix such as "cpu:gloo,cuda:nccl"
+                raise RuntimeError(f"the {backend} transport needs a {backend} process group, this one is "
+                                   f"{dist.get_backend()}")
+            ops = dist
+        self._dist = ops
         self.peer, self.tag, self.device = peer, tag, device
+        self.bytes_timeout_s = bytes_timeout_s
         self._warm_work = None
 
     def warm_send(self) -> None:
@@ -106,16 +115,23 @@ class DistPath:
             work.wait()
 
     def receive(self, route: dict, sizes: list[int], peer: str) -> list[torch.Tensor]:
-        """Receive one message's tensor bytes into fresh buffers, in the header's order."""
+        """Receive one message's tensor bytes into fresh buffers, in the header's order. Bytes that do not come
+        within `bytes_timeout_s` are a MessageError: gloo and NCCL raise from `Work.wait(timeout)` on a timeout
+        (a RuntimeError, DistError included) rather than return False, so both ways are caught."""
         if route.get("path") != "dist" or route.get("tag") != self.tag:
             raise MessageError(peer, "route", f"expected a dist route with tag {self.tag}, got {route!r}")
         self._finish_warm()
         buffers = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in sizes]
         works = [self._dist.irecv(b, self.peer, tag=self.tag) for b in buffers if b.numel()]
-        timeout = datetime.timedelta(seconds=BYTES_TIMEOUT_S)
+        timeout = datetime.timedelta(seconds=self.bytes_timeout_s)
         for work in works:
-            if not work.wait(timeout):
-                raise MessageError(peer, "tensors", f"tensor bytes did not arrive within {BYTES_TIMEOUT_S} s")
+            try:
+                done = work.wait(timeout)
+            except RuntimeError as exc:
+                raise MessageError(peer, "tensors", f"tensor bytes did not arrive within {self.bytes_timeout_s} s "
+                                   f"({str(exc).strip()[:200]})") from exc
+            if done is False:
+                raise MessageError(peer, "tensors", f"tensor bytes did not arrive within {self.bytes_timeout_s} s")
         return buffers
 
 
@@ -125,14 +141,20 @@ class OobSender(Sender):
     def __init__(self, address: str, codec: Codec, path, **kwargs):
         super().__init__(address, codec, **kwargs)
         self.path = path
-        self._keep_device = path.device.type != "cpu"
+        self.keeps_device = path.device.type != "cpu"   # the worker sends device tensors as they are
         self._pending: deque = deque()
         path.warm_send()
 
     def send(self, message: Message, timeout_ms: float) -> None:
         """As Sender.send. Once the window has room the path prepares the bytes (a CUDA IPC slot is filled
-        and its event recorded before the header can be read); after the header is queued it sends them."""
-        header, *tensor_frames = self._codec.encode(message, keep_device=self._keep_device)
+        and its event recorded before the header can be read); after the header is queued it sends them.
+        On a device path every tensor travels from the path's device (labels and a replayed message's tensors
+        may be host tensors): the receiver posts device receives, and a host tensor's send would take the
+        group's CPU backend and never pair with them."""
+        if self.keeps_device and any(t.device != self.path.device for t in message.tensors.values()):
+            message = replace(message, tensors={name: t.to(self.path.device, non_blocking=True)
+                                                for name, t in message.tensors.items()})
+        header, *tensor_frames = self._codec.encode(message, keep_device=self.keeps_device)
         self._reserve(timeout_ms)
         route = msgpack.packb(self.path.prepare(tensor_frames), use_bin_type=True)
         self._put([header, route], timeout_ms)
@@ -154,7 +176,18 @@ class OobReceiver(Receiver):
     def __init__(self, address: str, codec: Codec, name: str, path, **kwargs):
         super().__init__(address, codec, name, **kwargs)
         self.path = path
-        path.warm_recv()
+        self._warmed = False
+
+    def warm(self) -> None:
+        """Post the path's warm-up receive (once). Not in the constructor: the end is bound before its endpoint
+        record is published, and an NCCL warm-up blocks until the sender, who needs that record, joins."""
+        if not self._warmed:
+            self._warmed = True
+            self.path.warm_recv()
+
+    def recv(self, timeout_ms: float, expect: Expect | None = None) -> Message:
+        self.warm()
+        return super().recv(timeout_ms, expect)
 
     def _decode(self, frames: list, expect: Expect | None, peer: str) -> Message:
         if not frames:

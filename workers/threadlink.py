@@ -20,36 +20,15 @@ output is a fresh tensor), so no copy is needed. On a GPU each thread worker run
 producer records an event on its stream after the output is computed and the consumer's stream waits on it
 before any kernel reads the tensor; `record_stream` tells the caching allocator that the consumer's stream
 uses the memory, so the producer dropping its reference never lets the allocator hand the block out while the
-consumer may still read it.
+consumer may still read it. Those stream operations go through workers/streams.py, so a CPU double can check
+them in tests (tests/workers/stream_check.py).
 """
 
 from __future__ import annotations
 
-import torch
-
+from workers import streams
 from workers.memlink import MemoryLink, MemorySender
 from workers.messages import Codec, Expect, Message
-
-
-def _record_event(tensors: dict[str, torch.Tensor]):
-    """A CUDA event on the current stream after the producer's kernels, or None for host tensors."""
-    for t in tensors.values():
-        if t.is_cuda:
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(t.device))
-            return event
-    return None
-
-
-def _adopt(tensors: dict[str, torch.Tensor], event) -> None:
-    """Make the consumer's current stream wait for the producer's kernels, and own the memory's lifetime."""
-    if event is None:
-        return
-    for t in tensors.values():
-        if t.is_cuda:
-            stream = torch.cuda.current_stream(t.device)
-            stream.wait_event(event)
-            t.record_stream(stream)
 
 
 class ThreadSender(MemorySender):
@@ -62,7 +41,7 @@ class ThreadSender(MemorySender):
         CUDA event that marks them computed."""
         tensors = {name: t.detach() for name, t in message.tensors.items()}
         return (Message(message.kind, message.sender, message.epoch, message.step, message.layer, tensors,
-                        message.meta), _record_event(tensors))
+                        message.meta), streams.handoff(tensors))
 
 
 class ThreadLink(MemoryLink):
@@ -80,5 +59,5 @@ class ThreadLink(MemoryLink):
         if sender is None:                      # raw frames: decoded and validated as on a socket
             return super()._open(sender, payload, expect)
         message, event = payload
-        _adopt(message.tensors, event)
+        streams.adopt(message.tensors, event)
         return message

@@ -18,6 +18,7 @@ import psutil
 import torch
 
 from workers import protocol
+from workers.device_log import DeferredLog
 from workers.faults import Fault, die, hang
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.process_setup import (  # noqa: F401 - the set-up helpers moved there; importers of them here still work
@@ -243,7 +244,7 @@ class Worker:
         self.replay_from: str | None = None   # sender whose repeats (seq <= last_seq) are dropped, after a restart
         self.dropped_repeats = 0
         self._in_control = False
-        self.log = (ReplayLog(spec.replay_log_bytes, spec.spill_dir, spec.name)
+        self.log = (DeferredLog(ReplayLog(spec.replay_log_bytes, spec.spill_dir, spec.name), self.codec)
                     if links.outbox is not None and spec.replay_log else None)
         protocol.check_handlers(self.handlers, Route.DOWN, "worker")
         links.inbox.on_foreign = self._report_rejected
@@ -376,8 +377,11 @@ class Worker:
             self._last_report = self.clock()
 
     def _log(self, message: Message) -> None:
+        """Keep a sent message for replay. Device tensors are not encoded here: the log queues their copy to
+        pinned host memory on a side stream and encodes them once it is done (workers/device_log.py), so no
+        host round trip waits for the GPU on the step's path."""
         if self.log is not None and message.kind in SEQUENCED and message.meta.seq >= 0:
-            self.log.append(message.meta.seq, self.codec.encode(message))
+            self.log.append(message.meta.seq, message)
 
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
         self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
@@ -419,9 +423,13 @@ class Worker:
             self._maybe_heartbeat("recv")
 
     def _outgoing(self, t: torch.Tensor) -> torch.Tensor:
-        """An output as the outgoing link carries it: by reference to a thread worker of this process (on its
-        device), else a host copy for the wire."""
-        return t.detach() if getattr(self.links.outbox, "by_reference", False) else to_host(t)
+        """An output as the outgoing link carries it: on its device to a thread worker of this process (by
+        reference) or over a link that moves device memory itself (cuda-ipc, nccl: `keeps_device`); a host copy
+        only for a host transport (ipc, tcp, curve, gloo)."""
+        outbox = self.links.outbox
+        if getattr(outbox, "by_reference", False) or getattr(outbox, "keeps_device", False):
+            return t.detach()
+        return to_host(t)
 
     # --- fault hooks (workers/faults.py says which kind fires where) --------------------------------------
     def _fire(self, point: str, **where) -> bool:
@@ -498,7 +506,7 @@ class Worker:
             self._sleep_alive(self.fault.delay)
         y = msg.tensors["y"]
         if self.is_last:
-            correct = int((out.argmax(1).cpu() == y).sum())
+            correct = int((out.argmax(1).cpu() == y.cpu()).sum())   # y is on the GPU after a cuda-ipc/nccl link
             self._report(Kind.EVAL_RESULT, EvalResultMeta(correct, int(y.shape[0])), msg.epoch, msg.step)
         else:
             self._send(self.links.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,

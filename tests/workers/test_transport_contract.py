@@ -6,8 +6,11 @@ in-memory links of unit tests, with a peer thread) to a peer process
 group (FileStore), so gloo links are real cross-process links. The promises: a window of 2 (the third send
 waits and times out), order kept, receive timeouts, strangers (wrong secret or run) dropped and counted
 without costing the link anything, every dtype the wire allows arriving bitwise equal, channels_last layout
-kept. CUDA IPC and NCCL rows run the same tests on a GPU machine (marked gpu; skipped without CUDA, NCCL also
-without two GPUs). Plus CURVE's own promise (an unknown client key never delivers) and signed endpoint records.
+kept, payload bytes checked in every test (not only header steps). CUDA IPC and NCCL rows run the same tests
+on a GPU machine (marked gpu; skipped without CUDA, NCCL also without two GPUs); the cuda-ipc-double row runs
+the cuda-ipc path's slot, handle, offset and event logic on CPU everywhere (tests/workers/ipc_double.py;
+tests/workers/test_cuda_ipc_double.py shows it fails on the old handle-only slot cache). Plus CURVE's own
+promise (an unknown client key never delivers) and signed endpoint records.
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ import torch
 import torch.distributed as dist
 import zmq
 
-from tests.workers.transport_peer import address_for, init_group, make_link, serve, serve_memory
+from tests.workers.transport_peer import (
+    DOUBLE,
+    address_for,
+    close_end,
+    init_group,
+    receiver_of,
+    sender_of,
+    serve,
+    serve_memory,
+)
 from workers import endpoint_record
 from workers.curve import CurveKeyPair, stop_authenticator
 from workers.memlink import MemoryLink
@@ -40,7 +52,7 @@ _GPU = torch.cuda.is_available()
 _TWO_GPUS = _GPU and torch.cuda.device_count() >= 2
 
 TRANSPORTS = [
-    "memlink", "ipc", "tcp", "curve", "gloo",
+    "memlink", "ipc", "tcp", "curve", "gloo", DOUBLE,
     pytest.param("cuda-ipc", marks=[pytest.mark.gpu, pytest.mark.skipif(not _GPU, reason="needs a CUDA GPU")]),
     pytest.param("nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(not _TWO_GPUS, reason="needs two CUDA GPUs")]),
 ]
@@ -114,13 +126,13 @@ class Pair:
         self.device = torch.device("cuda", 0) if transport in ("cuda-ipc", "nccl") else torch.device("cpu")
         tag = next(peer["tags"])
         public = self.keys.public.decode() if self.keys else None
-        self.inbox = make_link(transport, address_for(transport, peer["dir"], f"test{tag}"), 1, 0, tag + 1
-                               ).receiver(self.codec, "test", curve=self.keys, context=self.context)
+        self.inbox = receiver_of(transport, address_for(transport, peer["dir"], f"test{tag}"), 1, 0, tag + 1,
+                                 self.codec, "test", peer["dir"], curve=self.keys, context=self.context)
         peer_address, peer_key = ask(self.conn, "open", transport, self.inbox.address, public, tag)
         if self.inbox.allowed is not None:
             self.inbox.allowed.allow(peer_key)
-        self.outbox = make_link(transport, peer_address, 0, 1, tag, peer_key).sender(
-            self.codec, curve=self.keys, context=self.context)
+        self.outbox = sender_of(transport, peer_address, 0, 1, tag, peer_key, self.codec, peer["dir"],
+                                curve=self.keys, context=self.context)
         ask(self.conn, "connect")
 
     def stranger(self, codec: Codec):
@@ -134,8 +146,8 @@ class Pair:
         return Sender(self.inbox.address, codec, context=self.context, curve=keys, server_key=self.keys.public)
 
     def close(self) -> None:
-        self.outbox.close()
-        self.inbox.close()
+        close_end(self.outbox)
+        close_end(self.inbox)
         ask(self.conn, "close")
         if self.thread is not None:
             self.thread.join(10)
@@ -204,7 +216,10 @@ def test_order_is_kept_under_a_full_window(pair):
 def test_window_of_two_then_timeout(pair):
     outcomes = ask(pair.conn, "burst", 3, 300)
     assert outcomes == ["sent", "sent", "timeout"]
-    assert [pair.inbox.recv(WAIT_MS).step for _ in range(2)] == [0, 1]
+    got = [pair.inbox.recv(WAIT_MS) for _ in range(2)]
+    assert [message.step for message in got] == [0, 1]
+    for message in got:   # the payload bytes, not only the header: two slots of one link are two offsets
+        assert torch.equal(message.tensors["x"].cpu(), torch.full((8,), message.step)), message.step
     with pytest.raises(TimeoutError):
         pair.inbox.recv(100)
 
@@ -227,7 +242,24 @@ def test_strangers_are_dropped_and_counted(pair, intruder):
     assert pair.inbox.rejected == 1
     pair.outbox.send(Message(Kind.TRAIN, "test", step=3, tensors={"x": torch.ones(4, device=pair.device)}), WAIT_MS)
     assert ask(pair.conn, "echo", 1, WAIT_MS)[0] == "ok"
-    assert pair.inbox.recv(WAIT_MS).step == 3   # the link still works, nothing of the stranger's got through
+    got = pair.inbox.recv(WAIT_MS)
+    assert got.step == 3   # the link still works, nothing of the stranger's got through
+    assert torch.equal(got.tensors["x"].cpu(), torch.ones(4))
+
+
+def test_growing_messages_arrive_bitwise_equal(pair):
+    """Messages that grow and shrink: a slot grown inside its segment must be read whole, never through the
+    stale, shorter view of an earlier slot at the same offset (cuda-ipc), and every payload byte must be the
+    sent one."""
+    sizes = [128, 128, 256, 256, 512, 512, 64, 1024, 32, 1024]
+    pair.conn.send(("echo", len(sizes), WAIT_MS))
+    for step, n in enumerate(sizes):
+        x = torch.arange(n, dtype=torch.float32, device=pair.device) + 1000 * step
+        pair.outbox.send(Message(Kind.TRAIN, "test", step=step, tensors={"x": x}), WAIT_MS)
+        message = pair.inbox.recv(WAIT_MS)
+        assert message.step == step
+        assert torch.equal(message.tensors["x"].cpu(), x.cpu()), (step, n)
+    assert pair.conn.recv()[0] == "ok"
 
 
 def test_peer_with_an_unknown_curve_key_never_delivers():

@@ -3,6 +3,10 @@ opens links of any transport to the test process and does what it is told over a
 
 The pipe is the test's control channel, not a transport under test. Commands: ("open", transport, ...),
 ("connect",), ("echo", n, timeout_ms), ("burst", n, timeout_ms), ("close",), ("stop",).
+
+`cuda-ipc-double` is the cuda-ipc path (workers/cuda_ipc.py) over the CPU double of CUDA IPC memory
+(tests/workers/ipc_double.py): its ends are built here (`receiver_of`, `sender_of`), not by `Link`, which
+knows only the real transports.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import tempfile
 
 import torch
 
+from workers.cuda_ipc import CudaIpcPath
 from workers.curve import CurveKeyPair
 from workers.messages import Codec, Kind, Message
+from workers.oob_link import OobReceiver, OobSender
 from workers.transport import Link, ipc_address, tcp_address
 
 WAIT_MS = 20_000
+DOUBLE = "cuda-ipc-double"
 
 
 def make_link(transport: str, address: str, src: int, dst: int, tag: int, server_key: str | None = None) -> Link:
@@ -26,7 +33,37 @@ def make_link(transport: str, address: str, src: int, dst: int, tag: int, server
 
 
 def address_for(transport: str, directory: str, name: str) -> str:
-    return ipc_address(name, directory) if transport in ("ipc", "cuda-ipc") else tcp_address()
+    return ipc_address(name, directory) if transport in ("ipc", "cuda-ipc", DOUBLE) else tcp_address()
+
+
+def receiver_of(transport: str, address: str, src: int, dst: int, tag: int, codec: Codec, name: str,
+                directory: str, **kwargs):
+    """The receiving end of a window-2 link of `transport` (the double's segments live in `directory`)."""
+    if transport == DOUBLE:
+        from tests.workers.ipc_double import CpuIpcMemory
+
+        path = CudaIpcPath(2, receiving=True, memory=CpuIpcMemory(directory))
+        return OobReceiver(address, codec, name, path, window=2, **kwargs)
+    return make_link(transport, address, src, dst, tag).receiver(codec, name, **kwargs)
+
+
+def sender_of(transport: str, address: str, src: int, dst: int, tag: int, server_key: str | None, codec: Codec,
+              directory: str, **kwargs):
+    """The sending end of a window-2 link of `transport` to `address`."""
+    if transport == DOUBLE:
+        from tests.workers.ipc_double import CpuIpcMemory
+
+        path = CudaIpcPath(2, receiving=False, memory=CpuIpcMemory(directory))
+        return OobSender(address, codec, path, window=2, **kwargs)
+    return make_link(transport, address, src, dst, tag, server_key).sender(codec, **kwargs)
+
+
+def close_end(end) -> None:
+    """Close a link end and remove the double's segments it made (if any)."""
+    end.close()
+    memory = getattr(getattr(end, "path", None), "memory", None)
+    if hasattr(memory, "segments"):
+        memory.close()
 
 
 def init_group(store_path: str, rank: int, backend: str = "gloo") -> None:
@@ -89,22 +126,23 @@ def serve(conn, run_id: str, secret: str, store_path: str | None, backend: str =
                 if command == "open":   # bind our inbox; the test's key is admitted before anyone connects
                     transport, test_address, test_key, tag = args
                     keys = CurveKeyPair.generate() if transport == "curve" else None
-                    inbox = make_link(transport, address_for(transport, directory, f"peer{tag}"), 0, 1, tag
-                                      ).receiver(codec, "peer", curve=keys)
+                    inbox = receiver_of(transport, address_for(transport, directory, f"peer{tag}"), 0, 1, tag,
+                                        codec, "peer", directory, curve=keys)
                     if inbox.allowed is not None:
                         inbox.allowed.allow(test_key)
                     pending = (transport, test_address, test_key, tag)
                     conn.send((inbox.address, keys.public.decode() if keys else None))
                 elif command == "connect":   # the test has admitted our key: connect our outbox
                     transport, test_address, test_key, tag = pending
-                    outbox = make_link(transport, test_address, 1, 0, tag + 1, test_key).sender(codec, curve=keys)
+                    outbox = sender_of(transport, test_address, 1, 0, tag + 1, test_key, codec, directory,
+                                       curve=keys)
                     conn.send("ok")
                 elif command in ("echo", "burst"):
                     conn.send(exchange(command, args, inbox, outbox))
                 elif command == "close":
                     for end in (outbox, inbox):
                         if end is not None:
-                            end.close()
+                            close_end(end)
                     inbox = outbox = None
                     conn.send("ok")
                 elif command == "stop":
@@ -115,7 +153,7 @@ def serve(conn, run_id: str, secret: str, store_path: str | None, backend: str =
     finally:
         for end in (outbox, inbox):
             if end is not None:
-                end.close()
+                close_end(end)
         if store_path:
             import torch.distributed as dist
             dist.destroy_process_group()
