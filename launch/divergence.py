@@ -99,7 +99,7 @@ def report(p, outcome, describe_checkpoint) -> int:
     div: Divergence = outcome.error.divergence
     latest = p.store.verified_latest(report=lambda line: None)
     print(f"auglocal-launch: stopped: {div.describe()} (--nonfinite stop; not restarted: it would diverge again); "
-          f"last committed {describe_checkpoint(latest)}; {resume_hint(p.run.path)}", file=sys.stderr)
+          f"last committed: {describe_checkpoint(latest)}; {resume_hint(p.run.path)}", file=sys.stderr)
     p.run.write_json("summary.json", {
         "stopped": "nonfinite", "divergence": div.to_dict(), "nonfinite": p.cfg.nonfinite,
         "skipped": outcome.tracker.skipped_totals(), "last_checkpoint": latest[0] if latest else None,
