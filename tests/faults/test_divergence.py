@@ -55,7 +55,7 @@ def test_lr_1e6_stops_both_trainers_at_the_same_step_then_skip_mode_ends_them_eq
     got = WHERE.search(line)
     assert got and got.group(6).startswith("worker"), line
     assert f"resume with: auglocal-launch --resume {pipe} --nonfinite skip" in line
-    assert "last committed checkpoint" in line
+    assert "last committed: checkpoint" in line
     s = summary(pipe)
     assert s["stopped"] == "nonfinite" and s["restarts"][0]["path"] == "all" and len(s["restarts"]) == 1
     with RunLock(pipe):          # released: the folder can be resumed at once
