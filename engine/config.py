@@ -12,6 +12,7 @@ import torch
 from engine.auxnets import RULES, STRATEGIES, build_aux_nets
 from engine.data import DATASETS, build_dataset
 from engine.models import build_model, model_names
+from engine.nonfinite import POLICIES as NONFINITE_POLICIES
 from engine.precision import MEMORY_FORMATS, PRECISIONS, resolve_memory_format
 from engine.schedule import SCHEDULES, SHORT_RUN_EPOCHS, LRSchedule, OptimConfig, default_warmup
 
@@ -46,6 +47,8 @@ class RunConfig:
     device: str = "cpu"
     memory_format: str = "auto"       # auto: the device's faster one (engine.precision.AUTO_MEMORY_FORMAT)
     precision: str = "fp32"           # fp32, or bf16/fp16 autocast (weights and optimizer state stay fp32)
+    nonfinite: str = "stop"           # a non-finite loss/gradient: 'stop' the run or 'skip' that module's update;
+                                      # not in IDENTITY_FIELDS: --resume may change it (engine/nonfinite.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +116,8 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {cfg.memory_format!r}")
     if cfg.precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.nonfinite not in NONFINITE_POLICIES:
+        raise UsageError(f"--nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {cfg.nonfinite!r}")
 
 
 def build_data(cfg: RunConfig, check_files: bool = False):

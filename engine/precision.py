@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.nonfinite import drop_update
+
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -132,8 +134,7 @@ class LossScaler:
             g.mul_(inv)
         finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
         if not finite:
-            for p in params:
-                p.grad = None
+            drop_update(params)
             self.scale *= 0.5
             self.clean_steps = 0
             self.skipped += 1

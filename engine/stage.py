@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from engine.nonfinite import DIVERGED_SCALE, POLICIES, BufferSnapshot, NonFiniteLoss, drop_update, folded_loss
 from engine.precision import Kernels, LossScaler
 from engine.rules import LocalModule
 from engine.schedule import LRSchedule, OptimConfig
@@ -38,8 +40,13 @@ class StepResult:
     losses: dict[int, torch.Tensor] = field(default_factory=dict)   # first layer id of module -> loss
     correct: torch.Tensor | None = None                                # top stage only
     batch_size: int = 0
+    values: dict[int, float] | None = None    # the losses as read back once by the check (folded: nan when a
+                                              # gradient was not finite); None when the stage does not check
+    skipped: list[int] = field(default_factory=list)   # modules (first layer ids) whose update was skipped
 
     def loss_values(self) -> dict[int, float]:
+        if self.values is not None:
+            return dict(self.values)
         return {k: float(v) for k, v in self.losses.items()}
 
 
@@ -57,12 +64,20 @@ class Stage:
     format, every module input is laid out in it, every forward and loss runs under autocast and every
     hand-off is in the activation dtype, so trainer and workers run the same kernels on the same tensors.
     Weights and optimizer state stay float32; fp16 scales each module's loss by its own `LossScaler`.
+
+    `nonfinite` says what a non-finite loss or gradient of a module does (engine/nonfinite.py): 'stop' raises
+    NonFiniteLoss before the optimizer step, 'skip' drops that module's update (and restores its buffers) and
+    counts it in `skipped`; None does not check (benchmarks/nonfinite.py measures the check's cost with it).
     """
 
     def __init__(self, modules: list[LocalModule], optim: OptimConfig, schedule: LRSchedule, seed: int = 0,
-                 device: torch.device | str = "cpu", kernels: Kernels | None = None):
+                 device: torch.device | str = "cpu", kernels: Kernels | None = None, nonfinite: str | None = "stop"):
         if not modules:
             raise ValueError("a stage needs at least one local module")
+        if nonfinite is not None and nonfinite not in POLICIES:
+            raise ValueError(f"unknown non-finite policy {nonfinite!r}; expected one of {', '.join(POLICIES)}")
+        self.nonfinite = nonfinite
+        self.skipped = {m.layer_ids[0]: 0 for m in modules}   # updates skipped per module (first layer id)
         self.modules = nn.ModuleList(modules)
         self.device = torch.device(device)
         self.kernels = kernels or Kernels.default(self.device)   # = a default RunConfig's options
@@ -107,7 +122,11 @@ class Stage:
         x = kernels.layout(x.to(self.device, non_blocking=True)) if x is not None else None
         result = StepResult(output=h, batch_size=int(y.shape[0]))
         last = len(self.modules) - 1
+        checked: list[torch.Tensor] = []
+        snapshots: list[BufferSnapshot] = []
         for i, module in enumerate(self.modules):
+            if self.nonfinite == "skip":
+                snapshots.append(BufferSnapshot.take(module))
             locked = self.rng_lock is not None and self._random[i]
             with self.rng_lock if locked else nullcontext():
                 if self.rng_lock is None or locked:
@@ -128,15 +147,43 @@ class Stage:
                 scaler.backward(loss)
                 scaler.unscale(list(module.parameters()))
             result.losses[module.layer_ids[0]] = loss.detach()
+            if self.nonfinite is not None:
+                checked.append(folded_loss(loss, list(module.parameters()), check_grads=self.scalers is None))
             if module.is_top:
                 result.correct = (out.detach().argmax(1) == y).sum()
             h = handoff
+        if self.nonfinite is not None:
+            self._check(result, checked, snapshots, step)
         self.optimizer.step()
         for i in self.update_counts:
             self.update_counts[i] += 1
         self.last_applied = (self.epoch, step)
         result.output = h
         return result
+
+    def _check(self, result: StepResult, checked: list[torch.Tensor], snapshots: list[BufferSnapshot],
+               step: int) -> None:
+        """Decide each module's update from its own folded loss, read back in one transfer for the whole stage.
+
+        Every module whose reported loss is non-finite counts in `skipped`: updates this check skips, and fp16
+        overflows whose update the module's loss scaler already dropped (those stop nothing while the scale is
+        at least DIVERGED_SCALE)."""
+        values = torch.stack(checked).tolist()
+        result.values = {m.layer_ids[0]: v for m, v in zip(self.modules, values, strict=True)}
+        for i, (module, value) in enumerate(zip(self.modules, values, strict=True)):
+            if math.isfinite(value):
+                continue
+            layer = module.layer_ids[0]
+            scaler = self.scalers[layer] if self.scalers is not None else None
+            if scaler is None or scaler.scale < DIVERGED_SCALE:    # not an fp16 overflow the scaler absorbs
+                if self.nonfinite == "stop":
+                    loss = float(result.losses[layer])
+                    what, shown = ("loss", loss) if not math.isfinite(loss) else ("gradient", value)
+                    raise NonFiniteLoss(self.epoch, step, layer, what, shown)
+                drop_update(list(module.parameters()))
+                snapshots[i].restore()
+            self.skipped[layer] += 1
+            result.skipped.append(layer)
 
     @torch.no_grad()
     def eval_step(self, h: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 
 from engine.feed import EpochEnd, EvalBatch, FeedShape, TrainStep, feed_plan
 from engine.models.base import LayeredModel
+from engine.nonfinite import add_skips, skipped_layers
 from engine.precision import Kernels
 from engine.rules import build_local_modules
 from engine.schedule import LRSchedule, OptimConfig
@@ -44,6 +45,8 @@ class EpochRecord:
     test_accuracy: float
     best_accuracy: float
     seconds: float
+    skipped: dict[str, int] = field(default_factory=dict)   # module updates skipped this epoch (--nonfinite skip),
+                                                             # by first layer id (engine/nonfinite.py)
 
 
 def evaluate(model: nn.Module, batches, device: torch.device | str = "cpu") -> float:
@@ -64,11 +67,12 @@ class SequentialTrainer:
 
     def __init__(self, model: LayeredModel, aux_nets: list[nn.Module], optim: OptimConfig,
                  schedule: LRSchedule, seed: int = 0, device: torch.device | str = "cpu",
-                 kernels: Kernels | None = None):
+                 kernels: Kernels | None = None, nonfinite: str | None = "stop"):
         self.model = model
         self.aux_nets = nn.ModuleList(aux_nets)
         self.device = torch.device(device)
-        self.stage = Stage(build_local_modules(model, list(aux_nets)), optim, schedule, seed, self.device, kernels)
+        self.stage = Stage(build_local_modules(model, list(aux_nets)), optim, schedule, seed, self.device, kernels,
+                           nonfinite=nonfinite)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> StepResult:
         if self.stage.epoch != epoch:
@@ -81,19 +85,23 @@ class SequentialTrainer:
         """Train for `epochs` (or until `max_steps` minibatches), evaluating after every epoch.
 
         The order of steps and evaluations is the feed plan's (engine/feed.py), the same the pipeline's
-        coordinator feeds; checkpoint markers mean nothing in one process and are skipped."""
+        coordinator feeds; checkpoint markers mean nothing in one process and are skipped. Under --nonfinite stop
+        a non-finite loss raises engine.nonfinite.NonFiniteLoss out of here."""
         shape = FeedShape(epochs, data.steps_per_epoch(batch_size), data.num_test_batches(batch_size), max_steps)
         history: list[EpochRecord] = []
         best = 0.0
         t_epoch = time.perf_counter()
         loss_sum = correct = seen = 0.0
         hits = tested = 0
+        skipped: dict[str, int] = {}
         for event in feed_plan(shape):
             if isinstance(event, TrainStep):
                 t0 = time.perf_counter()
                 x, y = data.train_batch(self.stage.seed, event.epoch, event.step, batch_size)
                 res = self.train_step(x, y, event.epoch, event.step)
-                top_loss = float(res.losses[max(res.losses)])
+                losses = res.loss_values()
+                top_loss = losses[max(losses)]
+                add_skips(skipped, skipped_layers(losses))
                 n = res.batch_size
                 loss_sum += top_loss * n
                 correct += float(res.correct)
@@ -101,7 +109,7 @@ class SequentialTrainer:
                 if on_step is not None:
                     on_step(StepRecord(event.epoch, event.step, event.global_step + 1, top_loss,
                                        100.0 * float(res.correct) / n, self.stage.schedule(event.epoch),
-                                       n / (time.perf_counter() - t0), res.loss_values(), n))
+                                       n / (time.perf_counter() - t0), losses, n))
             elif isinstance(event, EvalBatch):
                 x, y = data.test_batch(event.index, batch_size)
                 logits = self.stage.eval_step(x)
@@ -111,11 +119,12 @@ class SequentialTrainer:
                 acc = 100.0 * hits / max(tested, 1)
                 best = max(best, acc)
                 record = EpochRecord(event.epoch, loss_sum / seen, 100.0 * correct / seen, acc, best,
-                                     time.perf_counter() - t_epoch)
+                                     time.perf_counter() - t_epoch, skipped)
                 history.append(record)
                 if on_epoch is not None:
                     on_epoch(record)
                 loss_sum = correct = seen = 0.0
                 hits = tested = 0
+                skipped = {}
                 t_epoch = time.perf_counter()
         return history

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32 (default, the paper's), bf16 or fp16: autocast in every local module's forward "
                         "and loss, weights and optimizer state in fp32; activations travel in bf16/fp16 (half "
                         "the bytes per hop); fp16 scales each module's loss on its own")
+    t.add_argument("--nonfinite", choices=("stop", "skip"), default="stop",
+                   help="a local module's loss or gradient is nan/inf: stop (default) = stop the run at that step "
+                        "naming step, worker and layer (exit 1); skip = skip that module's update for that step "
+                        "and count it (summary.json: skipped); --resume may change it (docs/divergence.md)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=None, help="run folder (default runs/<model>-<rule>-<time>)")
     o.add_argument("--overwrite", action="store_true",
@@ -255,6 +259,8 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig
         if value != old:
             raise UsageError(f"--resume {args.resume}: that run has --{name.replace('_', '-')} {old}, not {value}; "
                              "a checkpoint only continues the run it belongs to")
+    if "nonfinite" in given:       # not the run's identity: a run that stopped at a divergence had skipped nothing
+        saved.nonfinite = args.nonfinite
     return saved
 
 
@@ -295,6 +301,18 @@ def record_runtime(args: argparse.Namespace, overrides: dict) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=1).encode())
 
 
+def record_nonfinite(run_dir: str, policy: str) -> None:
+    """--resume with another --nonfinite: config.json says which one the run continues with (a later --resume
+    keeps it unless given again), the only setting --resume may change there."""
+    path = Path(run_dir) / "config.json"
+    raw = json.loads(path.read_bytes())
+    if raw.get("nonfinite", "stop") != policy:
+        from engine.atomic import atomic_write_bytes
+
+        print(f"auglocal-launch: resuming with --nonfinite {policy} (was {raw.get('nonfinite', 'stop')})")
+        atomic_write_bytes(path, json.dumps({**raw, "nonfinite": policy}, indent=2).encode())
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(model=args.model, rule=args.rule, d=args.d, tau=args.tau, strategy=args.strategy,
                      convention=args.convention, dataset=args.dataset, data_dir=args.data_dir,
@@ -302,7 +320,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      test_size=args.test_size, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, schedule=args.schedule,
                      seed=args.seed,
-                     max_steps=args.max_steps, memory_format=args.memory_format, precision=args.precision)
+                     max_steps=args.max_steps, memory_format=args.memory_format, precision=args.precision,
+                     nonfinite=args.nonfinite)
 
 
 def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
@@ -519,6 +538,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         data = build_data(cfg, check_files=True)
         resolve(cfg, data)
         record_runtime(args, overrides)
+        if args.resume:
+            record_nonfinite(args.out, cfg.nonfinite)
         if overrides:
             print("auglocal-launch: resuming with " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                                 for k, v in overrides.items()))

@@ -37,6 +37,7 @@ from engine.feed import (
 )
 from engine.precision import activation_dtype
 from launch.checkpoints import CheckpointStore
+from launch.divergence import Divergence, settle
 from launch.progress import EpochTracker
 from launch.recovery import OneWorkerRecovery
 from launch.sockets import make_socket_dir
@@ -63,6 +64,7 @@ class WorkerFailed(RuntimeError):
     def __init__(self, rank: int | None, layers: list[int], what: str, restartable: bool = True):
         self.rank, self.layers, self.what, self.restartable = rank, layers, what, restartable
         self.fallback: str | None = None         # why one-worker recovery did not apply (launch/recovery.py)
+        self.divergence = None                   # launch.divergence.Divergence when a loss went non-finite
         self.detected_at = time.perf_counter()   # recovery time counts from here, stopping the workers included
         who = f"worker {rank} (layers {layers[0]}..{layers[-1]})" if rank is not None else "a process of this run"
         super().__init__(f"{who} {what}")
@@ -209,7 +211,7 @@ class Coordinator:
             Kind.READY: self._on_ready, Kind.HEARTBEAT: lambda msg: None, Kind.METRICS: self._on_metrics,
             Kind.EVAL_RESULT: self._on_eval_result, Kind.CHECKPOINT_ACK: self._on_checkpoint_ack,
             Kind.STOPPED: self._on_stopped, Kind.ERROR: self._on_error, Kind.REJECTED: self._on_rejected,
-            Kind.LAYER_FILE: self._on_layer_file,
+            Kind.LAYER_FILE: self._on_layer_file, Kind.DIVERGED: self._on_diverged,
         }
         protocol.check_handlers(self.handlers, Route.REPORT, "coordinator")
 
@@ -400,6 +402,13 @@ class Coordinator:
 
     def _on_error(self, msg: Message) -> None:
         raise self._fail(self.ranks[msg.sender], f"stopped: {msg.meta.detail}", msg.meta.restartable)
+
+    def _on_diverged(self, msg: Message) -> None:
+        """--nonfinite stop: find the earliest divergence, then fail the run for good (launch/divergence.py)."""
+        div = settle(self, Divergence.from_message(self.ranks[msg.sender], msg))
+        err = self._fail(div.worker, f"stopped: {div.describe()}", restartable=False)
+        err.divergence = div
+        raise err
 
     def _on_stopped(self, msg: Message) -> None:
         rank = self.ranks[msg.sender]

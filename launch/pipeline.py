@@ -317,8 +317,9 @@ def run_attempts(p: PreparedRun) -> Outcome:
             restarts.append({"attempt": attempt, "worker": err.rank, "layers": err.layers, "error": str(err),
                              "restart_from": latest[0] if latest else None, "path": "all",
                              "fallback": err.fallback})
-            bar.write(f"auglocal-launch: {err}; all workers stopped{fallback}; last committed: "
-                      f"{_describe_checkpoint(latest)}")
+            if err.divergence is None:      # a divergence is said once, by report_failure
+                bar.write(f"auglocal-launch: {err}; all workers stopped{fallback}; last committed: "
+                          f"{_describe_checkpoint(latest)}")
             p.tb.restart(f"{err}; last committed: {_describe_checkpoint(latest)}")
             attempt += 1
             if attempt > opts.max_restarts or not err.restartable:
@@ -329,6 +330,10 @@ def run_attempts(p: PreparedRun) -> Outcome:
 
 def report_failure(p: PreparedRun, outcome: Outcome) -> int:
     """Say why the run stopped and how to resume it; write failure.json. Returns exit code 1."""
+    if outcome.error.divergence is not None:
+        from launch.divergence import report
+
+        return report(p, outcome, _describe_checkpoint)
     err, latest = outcome.error, p.store.verified_latest(report=lambda line: None)
     why = (f"giving up after {p.opts.max_restarts} restart(s)" if err.restartable
            else "stopping: a restart would fail the same way")
@@ -357,6 +362,7 @@ def report_success(p: PreparedRun, outcome: Outcome) -> int:
         "expected_updates": expected, "max_in_flight": stats.max_in_flight, "window": opts.window,
         "gpu_peak_bytes": stats.gpu_peak_bytes, "rejected_messages": outcome.counters.rejected,
         "restarts": outcome.restarts, "worker_pids": outcome.pids, "replay_log": stats.replay_log,
+        "nonfinite": cfg.nonfinite, "skipped": outcome.tracker.skipped_totals(),
         "plan": p.plan.to_dict()})
     history = outcome.tracker.history
     run.close()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from engine.config import RunConfig, optim_and_schedule
+from engine.nonfinite import add_skips, format_skips, skipped_layers
 from engine.trainer import EpochRecord, StepRecord
 from workers.protocol import EvalResultMeta, MetricsMeta
 
@@ -55,6 +56,7 @@ class TrackerState:
     done_train: dict[str, int] = field(default_factory=dict)
     steps_done: int = 0
     metrics_lines: int = 0
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)   # epoch -> layer -> updates skipped
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,11 +108,22 @@ class EpochTracker:
         self.done_train: dict[int, int] = defaultdict(int)
         self.done_train.update({int(k): v for k, v in state.done_train.items()})
         self.steps_done = state.steps_done
+        self.skipped: dict[int, dict[str, int]] = defaultdict(dict)
+        self.skipped.update({int(k): dict(v) for k, v in state.skipped.items()})
 
     def snapshot(self) -> TrackerState:
         return TrackerState([asdict(h) for h in self.history], self.best,
                             {str(k): list(v) for k, v in self.train.items()},
-                            {str(k): v for k, v in self.done_train.items()}, self.steps_done, self.lines())
+                            {str(k): v for k, v in self.done_train.items()}, self.steps_done, self.lines(),
+                            {str(k): dict(v) for k, v in self.skipped.items()})
+
+    def skipped_totals(self) -> dict[str, int]:
+        """Module updates skipped over the whole run (--nonfinite skip), by first layer id, as in summary.json."""
+        totals: dict[str, int] = {}
+        for counts in self.skipped.values():
+            for layer, n in counts.items():
+                totals[layer] = totals.get(layer, 0) + n
+        return dict(sorted(totals.items(), key=lambda kv: int(kv[0])))
 
     def expect_epoch(self, epoch: int, fed: int) -> None:
         """All training batches of `epoch` are fed (`fed` = how many, counted from the epoch's start)."""
@@ -156,6 +169,7 @@ class EpochTracker:
         if self.stats.first_step_done is None:
             self.stats.first_step_done = now
         self.done_train[epoch] += 1
+        add_skips(self.skipped[epoch], skipped_layers(entry.losses))
         self.on_step(StepRecord(epoch, step, self.steps_done, top, 100.0 * correct / n,
                                 self.schedule(epoch), n / max(now - prev, 1e-9), dict(sorted(entry.losses.items())),
                                 n))
@@ -173,7 +187,7 @@ class EpochTracker:
         self.best = max(self.best, acc)
         started = self.epoch_started.get(epoch, time.perf_counter())
         record = EpochRecord(epoch, loss_n / max(n, 1), 100.0 * correct / max(n, 1), acc, self.best,
-                             time.perf_counter() - started)
+                             time.perf_counter() - started, dict(self.skipped.get(epoch, {})))
         self.history.append(record)
         self.on_epoch(record)
 
@@ -181,4 +195,5 @@ class EpochTracker:
 def epoch_line(r: EpochRecord) -> str:
     """The line both trainers print at the end of an epoch."""
     return (f"epoch {r.epoch + 1}: train loss {r.train_loss:.4f}, train acc {r.train_accuracy:.2f}%, "
-            f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s")
+            f"test acc {r.test_accuracy:.2f}% (best {r.best_accuracy:.2f}%), {r.seconds:.1f} s"
+            + (f"; updates skipped (non-finite): {format_skips(r.skipped)}" if r.skipped else ""))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
 from tqdm import tqdm
 
 from engine.config import RunConfig, build_network, optim_and_schedule
+from engine.nonfinite import NonFiniteLoss, value_text
 from engine.precision import Kernels
 from engine.trainer import EpochRecord, SequentialTrainer, StepRecord
+from launch.divergence import Divergence, resume_hint
 from launch.plots import plot_run
 from launch.progress import epoch_line
 from launch.run_dir import RunDir, default_run_dir
@@ -60,7 +63,7 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
     model, aux = build_network(cfg, data)
     optim, schedule = optim_and_schedule(cfg)
     trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device=cfg.device,
-                                kernels=Kernels.from_config(cfg))
+                                kernels=Kernels.from_config(cfg), nonfinite=cfg.nonfinite)
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
     run.truncate_metrics(0)          # a fresh run: records of an earlier, interrupted one in this folder go
     run.write_json("config.json", {**cfg.to_dict(), "trainer": "sequential"})
@@ -77,7 +80,10 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
         bar.set_postfix(loss=f"{r.loss:.3f}", acc=f"{r.accuracy:.1f}%", img_s=f"{r.images_per_s:.0f}")
         bar.update(1)
 
+    closed: list[EpochRecord] = []
+
     def on_epoch(r: EpochRecord) -> None:
+        closed.append(r)
         run.log("epoch", r)
         tb.epoch(r)
         bar.write(epoch_line(r))
@@ -90,19 +96,29 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
         train_s[0] += r.images / max(r.images_per_s, 1e-9)
         on_step(r)
 
+    diverged = None
     try:
         history = trainer.fit(data, cfg.epochs, cfg.batch_size, max_steps=cfg.max_steps,
                               on_step=counting_on_step, on_epoch=on_epoch)
+    except NonFiniteLoss as err:
+        diverged, history = Divergence(err.epoch, err.step, err.layer, err.what, value_text(err.value)), closed
     finally:
         bar.close()
         save_networks(run, model, aux)
+    skipped = {str(k): v for k, v in trainer.stage.skipped.items() if v}
     run.write_json("summary.json", {
         "trainer": "sequential", "best_accuracy": history[-1].best_accuracy if history else None,
         "last_accuracy": history[-1].test_accuracy if history else None,
         "images_per_s": images[0] / max(train_s[0], 1e-9), "train_s": train_s[0],
         "wall_s": time.perf_counter() - t0,
-        "peak_rss_mb": peak_rss_mb(), "updates": trainer.stage.update_counts})
+        "peak_rss_mb": peak_rss_mb(), "updates": trainer.stage.update_counts, "nonfinite": cfg.nonfinite,
+        "skipped": skipped, **({"stopped": "nonfinite", "divergence": diverged.to_dict()} if diverged else {})})
     run.close()
+    if diverged is not None:
+        tb.close()
+        print(f"auglocal-launch: stopped: {diverged.describe()} (--nonfinite stop); "
+              f"{resume_hint(run.path, resumable=False)}", file=sys.stderr)
+        return 1
     if history:
         tb.pictures(plot_run(run.read_metrics(), run.path, f"{cfg.model} {cfg.rule} d={cfg.d} on {cfg.dataset}"))
     tb.close()

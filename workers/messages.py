@@ -103,6 +103,7 @@ class Kind(str, Enum):
     CHECKPOINT_ACK = "checkpoint_ack"
     STOPPED = "stopped"
     ERROR = "error"
+    DIVERGED = "diverged"
     REJECTED = "rejected"
     HEARTBEAT = "heartbeat"
     RELINK = "relink"

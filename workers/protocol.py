@@ -123,6 +123,13 @@ class ErrorMeta:
 
 
 @dataclass(frozen=True)
+class DivergedMeta:
+    layer: int                  # first layer id of the local module whose loss (or gradient) was not finite
+    what: str                   # 'loss' or 'gradient'
+    value: str                  # 'nan', 'inf' or '-inf' (the message's epoch and step say when)
+
+
+@dataclass(frozen=True)
 class RejectedMeta:
     detail: str
 
@@ -175,6 +182,8 @@ PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
                 "a chunk of one layer file, for workers without the run folder (several machines, launch/elastic.py)"),
     MessageType(Kind.ERROR, Route.REPORT, ErrorMeta, (),
                 "this worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice)"),
+    MessageType(Kind.DIVERGED, Route.REPORT, DivergedMeta, (),
+                "--nonfinite stop: a local module's loss or gradient was not finite at this step; the run stops"),
     MessageType(Kind.REJECTED, Route.REPORT, RejectedMeta, (), "a stranger's message was dropped (counted)"),
 )}
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import psutil
 import torch
 
+from engine.nonfinite import NonFiniteLoss, value_text
 from workers import protocol
 from workers.device_log import DeferredLog
 from workers.faults import Fault, die, hang
@@ -30,6 +31,7 @@ from workers.process_setup import (  # noqa: F401 - the set-up helpers moved the
 from workers.protocol import (
     SEQUENCED,
     CheckpointAckMeta,
+    DivergedMeta,
     ErrorMeta,
     EvalResultMeta,
     HeartbeatMeta,
@@ -180,7 +182,8 @@ def build_stage(spec: WorkerSpec):
     modules = build_local_modules(model, aux)
     optim, schedule = optim_and_schedule(cfg)
     mine = [modules[i] for i in spec.modules]
-    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg))
+    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg),
+                 nonfinite=cfg.nonfinite)
 
 
 @dataclass
@@ -235,6 +238,7 @@ class Worker:
         self._last_report = clock()
         self.stopped = False
         self.released = False
+        self.diverged = False        # a module's loss went non-finite under --nonfinite stop (_report_diverged)
         self.handlers: dict[Kind, Callable[[Message], None]] = {
             Kind.TRAIN: self._train, Kind.EVAL: self._eval, Kind.CHECKPOINT: self._checkpoint,
             Kind.STOP: self._stop, Kind.RELINK: self._relink, Kind.EXPECT_REPLAY: self._expect_replay,
@@ -393,6 +397,14 @@ class Worker:
         except TimeoutError:
             pass
 
+    def _report_diverged(self, err: NonFiniteLoss) -> None:
+        """--nonfinite stop: report where the loss went non-finite, then drop every minibatch and marker that
+        follows (`run`). The worker stays: its upstream is not blocked, its downstream still reports the steps
+        before this one (the coordinator waits for those to name the earliest divergence, launch/divergence.py),
+        and no checkpoint after the divergence can commit without this worker's acknowledgement."""
+        self.diverged = True
+        self._report(Kind.DIVERGED, DivergedMeta(err.layer, err.what, value_text(err.value)), err.epoch, err.step)
+
     def _fail(self, detail: str, restartable: bool = True) -> None:
         try:
             self.links.results.send(Message(Kind.ERROR, self.spec.name,
@@ -485,7 +497,11 @@ class Worker:
             self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
 
         stage_input = x if self.stage.needs_input else None
-        result = self.stage.train_step(h, y, stage_input, step=msg.step, emit=None if self.is_last else emit)
+        try:
+            result = self.stage.train_step(h, y, stage_input, step=msg.step, emit=None if self.is_last else emit)
+        except NonFiniteLoss as err:
+            self._report_diverged(err)
+            return
         if self._fire("step"):
             self._sleep_alive(self.fault.delay)
         t1, c1 = time.perf_counter(), time.thread_time()
@@ -580,7 +596,8 @@ class Worker:
             t_wait = time.perf_counter()
             msg = self._recv()
             self.tracer.span("idle", msg.epoch, msg.step, t_wait, time.perf_counter())
-            protocol.dispatch(self.handlers, msg)
+            if not self.diverged:
+                protocol.dispatch(self.handlers, msg)
         if self.spec.hold_after_stop and self.links.control is not None:
             self._await_release()
 
