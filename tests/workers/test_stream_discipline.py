@@ -115,8 +115,8 @@ def run_thread_pipeline(ops, tmp: str, monkeypatch) -> list:
         t.start()
     feed, g = inbox.sender(), torch.Generator().manual_seed(0)
     for step in range(2):
-        feed.send(Message(Kind.TRAIN, "coordinator", 0, step, tensors={
-            "h": torch.randn(4, 3, SIZE, SIZE, generator=g), "y": torch.arange(4) % 4}, meta=TrainMeta(step, step)), 5000)
+        tensors = {"h": torch.randn(4, 3, SIZE, SIZE, generator=g), "y": torch.arange(4) % 4}
+        feed.send(Message(Kind.TRAIN, "coordinator", 0, step, tensors=tensors, meta=TrainMeta(step, step)), 5000)
     feed.send(Message(Kind.STOP, "coordinator", meta=SeqMeta(2)), 5000)
     for t in threads:
         t.join(120)
