@@ -5,17 +5,27 @@ steps (torch.cuda.synchronize around the clock) and report torch.cuda.max_memory
 run the real coordinator with K workers sharing one GPU (each worker its own process and CUDA context) and
 report steady-state images/s; peak memory is the sum of the workers' max_memory_allocated. Stream rows
 (`--streams`) run N thread workers in one host process on GPU 0, each on its own CUDA stream (issue 13); their
-peak is that process's max_memory_allocated.
+peak is that process's max_memory_allocated. The table file is rewritten after every row, so a run stopped by
+its time budget keeps the rows it finished.
 
     python -m benchmarks.gpu --batch-sizes 128 1024 --out benchmarks/results/gpu.md
+
+`--device cpu` is the smoke path (gpu_check.sh's dry run, with tiny sizes): the same rows on CPU, stream rows
+as N thread workers in one host process, no memory figures (the column reads n/a), so a bad flag or a broken
+row fails on a CPU machine before it can waste GPU time:
+
+    python -m benchmarks.gpu --device cpu --model resnet20 --input-size 16 --batch-sizes 8 --steps 2 \
+        --workers --streams 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,65 +36,89 @@ from engine.trainer import SequentialTrainer
 from launch.pipeline import PipelineOptions, train_pipeline
 
 
-def setup(rule: str, batch: int, steps: int, d: int, model: str):
-    data = build_dataset("synthetic", seed=0, input_size=32, num_classes=10, train_size=batch * (steps + 3),
-                         test_size=batch)
-    cfg = RunConfig(model=model, rule=rule, d=d, dataset="synthetic", epochs=1, batch_size=batch, lr=0.05,
-                    warmup=0, seed=0, input_size=32, num_classes=10, device="cuda:0")
-    return resolve(cfg, data), data
+@dataclass(frozen=True)
+class Bench:
+    """What every row shares: the device, the network and the synthetic images' side."""
+
+    device: str
+    model: str
+    d: int
+    input_size: int
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def setup(self, rule: str, batch: int, steps: int):
+        data = build_dataset("synthetic", seed=0, input_size=self.input_size, num_classes=10,
+                             train_size=batch * (steps + 3), test_size=batch)
+        cfg = RunConfig(model=self.model, rule=rule, d=self.d, dataset="synthetic", epochs=1, batch_size=batch,
+                        lr=0.05, warmup=0, seed=0, input_size=self.input_size, num_classes=10, device=self.device)
+        return resolve(cfg, data), data
+
+    def sync(self) -> None:
+        if self.on_gpu:
+            torch.cuda.synchronize(self.device)
 
 
-def sequential(rule: str, batch: int, steps: int, d: int, model: str) -> tuple[float, float]:
-    cfg, data = setup(rule, batch, steps, d, model)
+def sequential(b: Bench, rule: str, batch: int, steps: int) -> tuple[float, float | None]:
+    cfg, data = b.setup(rule, batch, steps)
     net, aux = build_network(cfg, data)
     optim, schedule = optim_and_schedule(cfg)
-    trainer = SequentialTrainer(net, aux, optim, schedule, seed=0, device="cuda:0")
+    trainer = SequentialTrainer(net, aux, optim, schedule, seed=0, device=b.device)
     batches = [data.train_batch(0, 0, s, batch) for s in range(steps + 2)]
     for s in range(2):
         trainer.train_step(*batches[s], 0, s)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    b.sync()
+    if b.on_gpu:
+        torch.cuda.reset_peak_memory_stats(b.device)
     t0 = time.perf_counter()
     for s in range(2, steps + 2):
         trainer.train_step(*batches[s], 0, s)
-    torch.cuda.synchronize()
+    b.sync()
     ips = steps * batch / (time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 1e9
+    peak = torch.cuda.max_memory_allocated(b.device) / 1e9 if b.on_gpu else None
     del trainer, net, aux
-    torch.cuda.empty_cache()
+    if b.on_gpu:
+        torch.cuda.empty_cache()
     return ips, peak
 
 
-def pipeline(k: int, batch: int, steps: int, d: int, model: str) -> tuple[float, float]:
-    cfg, data = setup("auglocal", batch, steps, d, model)
+def _run(b: Bench, batch: int, steps: int, what: str, **options) -> dict:
+    cfg, data = b.setup("auglocal", batch, steps)
     cfg.max_steps = steps + 2
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        opts = PipelineOptions(workers=str(k), gpus=["cuda:0"], balance="flops", threads=1)
+        opts = PipelineOptions(gpus=[b.device] if b.on_gpu else None, balance="flops", threads=1,
+                               tensorboard=False, **options)
         if train_pipeline(cfg, data, opts, out=str(out), progress=False) != 0:
-            raise RuntimeError(f"pipeline K={k} failed")
-        s = json.loads((out / "summary.json").read_text())
-    return s["steady_images_per_s"], sum(s.get("gpu_peak_bytes", {}).values()) / 1e9
+            raise RuntimeError(f"pipeline with {what} failed")
+        return json.loads((out / "summary.json").read_text())
 
 
-def stream_pipeline(n: int, batch: int, steps: int, d: int, model: str) -> tuple[float, float]:
+def pipeline(b: Bench, k: int, batch: int, steps: int) -> tuple[float, float | None]:
+    s = _run(b, batch, steps, f"{k} process workers", workers=str(k))
+    return s["steady_images_per_s"], sum(s["gpu_peak_bytes"].values()) / 1e9 if b.on_gpu else None
+
+
+def stream_pipeline(b: Bench, n: int, batch: int, steps: int) -> tuple[float, float | None]:
     """The pipeline with `n` thread workers on GPU 0, each on its own CUDA stream, in one host process: the
-    peak is that process's max_memory_allocated (every worker reports the same process-wide figure)."""
-    cfg, data = setup("auglocal", batch, steps, d, model)
-    cfg.max_steps = steps + 2
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        opts = PipelineOptions(workers=str(n), gpus=["cuda:0"], balance="flops", threads=1, worker_kind="thread",
-                               streams_per_gpu=n, tensorboard=False)
-        if train_pipeline(cfg, data, opts, out=str(out), progress=False) != 0:
-            raise RuntimeError(f"pipeline with {n} stream workers failed")
-        s = json.loads((out / "summary.json").read_text())
-    return s["steady_images_per_s"], max(s.get("gpu_peak_bytes", {0: 0}).values()) / 1e9
+    peak is that process's max_memory_allocated (every worker reports the same process-wide figure). On CPU:
+    `n` thread workers in one host process."""
+    s = _run(b, batch, steps, f"{n} stream workers", workers=str(n), worker_kind="thread",
+             streams_per_gpu=n if b.on_gpu else 0)
+    return s["steady_images_per_s"], max(s["gpu_peak_bytes"].values()) / 1e9 if b.on_gpu else None
+
+
+def _cell(peak: float | None) -> str:
+    return "n/a" if peak is None else f"{peak:.2f}"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda:0", help="cuda:N, or cpu: the smoke path (gpu_check.sh's dry run)")
     p.add_argument("--model", default="resnet110")
+    p.add_argument("--input-size", type=int, default=32, help="side of the synthetic images (default 32, CIFAR)")
     p.add_argument("--d", type=int, default=4)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
     p.add_argument("--steps", type=int, default=10)
@@ -94,31 +128,36 @@ def main() -> None:
                    help="pipeline rows with N thread workers on GPU 0, one CUDA stream each (e.g. 1 2 4 8)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
-    lines = [f"# GPU: {torch.cuda.get_device_name(0)}, {args.model}, d={args.d}, synthetic 32x32", "",
+    b = Bench(args.device, args.model, args.d, args.input_size)
+    if b.on_gpu and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (or --device cpu, the smoke path)")
+    name = torch.cuda.get_device_name(b.device) if b.on_gpu else "CPU smoke path (not a GPU figure)"
+    lines = [f"# GPU: {name}, {args.model}, d={args.d}, synthetic {args.input_size}x{args.input_size}", "",
              "| batch | configuration | images/s | peak GPU memory (GB) |", "|---:|---|---:|---:|"]
     print("\n".join(lines), flush=True)
-    for bs in args.batch_sizes:
-        rows = [("sequential BP", *sequential("bp", bs, args.steps, args.d, args.model)),
-                ("sequential AugLocal", *sequential("auglocal", bs, args.steps, args.d, args.model))]
-        rows += [(f"pipeline, {k} workers on one GPU", *pipeline(k, bs, args.steps, args.d, args.model))
-                 for k in args.workers]
-        rows += [(f"pipeline, {n} stream worker(s) in one process", *stream_pipeline(n, bs, args.steps, args.d,
-                                                                                      args.model))
-                 for n in args.streams]
-        for name, ips, peak in rows:
-            line = f"| {bs} | {name} | {ips:.0f} | {peak:.2f} |"
-            lines.append(line)
-            print(line, flush=True)
-        base = rows[1][1]
-        ratios = [f"{name}: {ips / base:.2f}x" for name, ips, _ in rows[2:]]
-        if ratios:
-            lines += ["", f"batch {bs}, images/s over sequential AugLocal: " + "; ".join(ratios), ""]
-            print(lines[-2], flush=True)
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
 
+    def emit(*new: str) -> None:
+        lines.extend(new)
+        print("\n".join(new), flush=True)
+        if args.out:    # after every row: a run stopped by its budget keeps what it measured
+            Path(args.out).write_text("\n".join(lines) + "\n")
+
+    for bs in args.batch_sizes:
+        rows = []
+        cases = [("sequential BP", functools.partial(sequential, b, "bp", bs, args.steps)),
+                 ("sequential AugLocal", functools.partial(sequential, b, "auglocal", bs, args.steps))]
+        cases += [(f"pipeline, {k} workers on one GPU", functools.partial(pipeline, b, k, bs, args.steps))
+                  for k in args.workers]
+        cases += [(f"pipeline, {n} stream worker(s) in one process",
+                   functools.partial(stream_pipeline, b, n, bs, args.steps)) for n in args.streams]
+        for label, measure in cases:
+            ips, peak = measure()
+            rows.append((label, ips))
+            emit(f"| {bs} | {label} | {ips:.0f} | {_cell(peak)} |")
+        base = rows[1][1]
+        ratios = [f"{label}: {ips / base:.2f}x" for label, ips in rows[2:]]
+        if ratios:
+            emit("", f"batch {bs}, images/s over sequential AugLocal: " + "; ".join(ratios), "")
 
 if __name__ == "__main__":
     main()

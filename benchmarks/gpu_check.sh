@@ -1,28 +1,116 @@
 #!/usr/bin/env bash
-# One script for a CUDA machine: the GPU tests, then ResNet-110 d=4 at batch 128 and 1024 (sequential BP,
-# sequential AugLocal, the pipeline with 2 and 4 workers sharing the GPU), then the memory format x precision
-# table (contiguous/channels_last x fp32/bf16, 3 interleaved repeats) at batch 128 and 1024 (prepared without a
-# GPU at hand: never run yet; budget about 4 + 5 minutes on top of the first part), and bf16 against fp32
-# accuracy over 3 seeds; the single-GPU stream rows of thread workers go to OUT_DIR/gpu_streams.md (ResNet-20 AugLocal d=4, 2000 MNIST-5k images, 4 epochs; a few minutes).
-# Usage: bash benchmarks/gpu_check.sh [OUT_DIR]   (figures go to OUT_DIR/gpu.md, default benchmarks/results)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-out="${1:-benchmarks/results}"
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(0))"
-# deterministic algorithms for the GPU parity test of thread (stream) workers (tests/test_gpu.py)
-AUGLOCAL_DETERMINISTIC=1 CUBLAS_WORKSPACE_CONFIG=:4096:8 python3 -m pytest -q -m gpu tests/ 2>&1 \
-    | tee "$out/gpu_tests.log"
-# single-GPU stream rows (issue 13; prepared without a GPU, never run yet; about 3 minutes): ResNet-110 d=4
-# batch 128, sequential BP and AugLocal, the pipeline with 1, 2, 4, 8 stream workers in one process
-timeout 420 python3 -m benchmarks.gpu --batch-sizes 128 --steps 8 --workers --streams 1 2 4 8 \
-    --out "$out/gpu_streams.md"
-timeout 300 python3 -m benchmarks.transport --round-trips 500 --messages 20 --out "$out/transport_gpu.md"
-timeout 480 python3 -m benchmarks.gpu --batch-sizes 128 1024 --steps 8 --out "$out/gpu.md"
-timeout 300 python3 -m benchmarks.kernels --device cuda --model resnet110 --batch-size 128 --steps 8 \
-    --half-steps 8 --repeats 3 --out "$out/kernels_gpu.md"
-timeout 360 python3 -m benchmarks.kernels --device cuda --model resnet110 --batch-size 1024 --steps 4 \
-    --half-steps 4 --repeats 3 --out "$out/kernels_gpu.md"
-timeout 600 python3 -m benchmarks.precision_accuracy --device cuda:0 --train-size 2000 --test-size 1000 \
-    --epochs 4 --batch-size 128 --out "$out/kernels_gpu.md"
+# The one-shot GPU check: one call on a CUDA machine, everything under OUT_DIR, at most 480 s of step budgets.
+# It runs from source with the machine's own torch (PYTHONPATH=., the project is not installed). Steps, in order
+# of value, each with its own time budget and its exit status in OUT_DIR/summary.md (a failing or timed-out step
+# never stops the next; 124 = out of time), its output in OUT_DIR/<step>.log:
+#   deps       (20 s)  install the wheels of benchmarks/wheels (benchmarks/fetch_wheels.sh; Python 3.12, e.g.
+#                      pyzmq) that the machine lacks into a private temporary path, then import every module the
+#                      steps need and name each that fails (OUT_DIR/imports.md; benchmarks/gpu_deps.py)
+#   gpu_tests  (140 s) pytest -m gpu over tests/ (deterministic algorithms): tests/test_gpu.py's parity of stream
+#                      workers, of two process workers sharing the GPU and of cuda-ipc worker ranks (a one-node
+#                      torchrun) with the sequential trainer on the same GPU, every tensor of model.pt and aux.pt;
+#                      the cuda-ipc rows of the transport contract; GPU-only unit checks (OUT_DIR/gpu_tests.xml)
+#   streams    (140 s) one GPU, ResNet-110 d=4, batch 128, 8 timed steps: sequential BP, sequential AugLocal,
+#                      the pipeline with 1, 2, 4, 8 stream workers in one process: images/s, max_memory_allocated
+#                      and the ratios over sequential AugLocal, in one run (OUT_DIR/gpu_streams.md)
+#   transport  (40 s)  ipc vs cuda-ipc links: 16 KB latency and 8 MB bandwidth (OUT_DIR/transport_gpu.md)
+#   fault      (75 s)  the single-GPU fault test: three process workers on the GPU, worker 1 killed mid-run,
+#                      recovered alone, ending bitwise equal to the unfaulted GPU run (deterministic algorithms)
+#   sanitizer  (65 s)  the stream-worker and cuda-ipc parity tests again under TORCH_CUDA_SANITIZER=1
+# GPU_CHECK_DRY=1 runs every step on CPU with tiny sizes (the GPU tests with AUGLOCAL_GPU_TEST_DEVICE=cpu, the
+# benchmark rows on ResNet-20 16x16, batch 8; the sanitizer step without the sanitizer, which needs CUDA), after
+# printing the step plan with its budgets; a default test
+# (tests/benchmarks/test_gpu_check.py) runs it, so a bad flag, import or path fails on CPU, not on the GPU.
+# The wheels travel with the call: the folder is gitignored, so a device run names it in `carry`.
+# Usage: bash benchmarks/gpu_check.sh OUT_DIR      (GPU_CHECK_WHEELS=DIR: other wheel folder)
+# Exit status: 0 when every step passed, 1 when one failed (see summary.md), 2 for bad usage or no GPU.
+set -u   # deliberately no -e / pipefail: every step runs whatever the previous one did
+cd "$(dirname "$0")/.." || exit 2
+if [ $# -lt 1 ]; then
+    echo "usage: bash benchmarks/gpu_check.sh OUT_DIR   (GPU_CHECK_DRY=1: every step on CPU, tiny sizes)" >&2
+    exit 2
+fi
+mkdir -p "$1" || exit 2
+out="$(cd "$1" && pwd)"
+dry="${GPU_CHECK_DRY:-0}"
+wheels="${GPU_CHECK_WHEELS:-benchmarks/wheels}"
+site="$(mktemp -d "${TMPDIR:-/tmp}/auglocal-gpu-site.XXXXXX")" || exit 2
+trap 'rm -rf "$site"' EXIT
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export AUGLOCAL_DETERMINISTIC=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
+pytest="python3 -m pytest -q -p no:cacheprovider -m gpu"
+fault_test="tests/test_gpu.py::test_worker_killed_on_one_gpu_recovers_bitwise"
+parity_tests="tests/test_gpu.py -k 'stream_workers_equal or cuda_ipc_workers_equal'"
+
+if [ "$dry" = 1 ]; then
+    export AUGLOCAL_GPU_TEST_DEVICE=cpu CUDA_VISIBLE_DEVICES=""
+    gpu_tests_cmd="$pytest tests/test_gpu.py --deselect $fault_test --junitxml $out/gpu_tests.xml"
+    streams_cmd="python3 -m benchmarks.gpu --device cpu --model resnet20 --input-size 16 --batch-sizes 8 --steps 2"
+    streams_cmd+=" --workers --streams 1 2 --out $out/gpu_streams.md"
+    transport_cmd="python3 -m benchmarks.transport --transports ipc --round-trips 20 --messages 4 --no-plain"
+    sanitizer="env -u TORCH_CUDA_SANITIZER"   # set at all, it initialises CUDA: on CPU, the same tests without it
+else
+    gpu_tests_cmd="$pytest tests/ --continue-on-collection-errors --deselect $fault_test"
+    gpu_tests_cmd+=" --junitxml $out/gpu_tests.xml"
+    streams_cmd="python3 -m benchmarks.gpu --batch-sizes 128 --steps 8 --workers --streams 1 2 4 8"
+    streams_cmd+=" --out $out/gpu_streams.md"
+    transport_cmd="python3 -m benchmarks.transport --transports ipc,cuda-ipc --round-trips 500 --messages 20 --no-plain"
+    sanitizer="env TORCH_CUDA_SANITIZER=1"
+fi
+transport_cmd+=" --out $out/transport_gpu.md"
+
+# name | budget (s) | command: the plan printed first is the plan that runs
+steps=(
+    "deps|20|python3 -m benchmarks.gpu_deps --wheels $wheels --target $site --report $out/imports.md"
+    "gpu_tests|140|$gpu_tests_cmd"
+    "streams|140|$streams_cmd"
+    "transport|40|$transport_cmd"
+    "fault|75|$pytest $fault_test"
+    "sanitizer|65|$sanitizer $pytest $parity_tests"
+)
+
+total=0
+echo "gpu_check plan$([ "$dry" = 1 ] && echo ' (GPU_CHECK_DRY=1: on CPU, tiny sizes)'), output in $out:"
+for s in "${steps[@]}"; do
+    IFS='|' read -r name budget cmd <<< "$s"
+    total=$((total + budget))
+    printf '  %-10s %4d s  %s\n' "$name" "$budget" "$cmd"
+done
+echo "  total      $total s of budgets"
+
+if [ "$dry" != 1 ] && ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_check: no CUDA GPU here (GPU_CHECK_DRY=1 runs the steps on CPU)" >&2
+    exit 2
+fi
+python3 -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(0) \
+    if torch.cuda.is_available() else 'no GPU (dry run)')" > "$out/device.txt" 2>&1
+cat "$out/device.txt"
+
+summary="$out/summary.md"
+{
+    kind="$([ "$dry" = 1 ] && echo ' (dry run on CPU)')"
+    echo "# gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ)$kind: $(tail -n 1 "$out/device.txt")"
+    echo
+    echo "| step | budget (s) | exit | seconds | command |"
+    echo "|---|---:|---:|---:|---|"
+} > "$summary"
+failed=0
+for s in "${steps[@]}"; do
+    IFS='|' read -r name budget cmd <<< "$s"
+    start=$SECONDS
+    # TERM at budget - 5 s, KILL 5 s later: a step never runs past its budget
+    timeout -k 5 $((budget - 5)) bash -c "$cmd" > "$out/$name.log" 2>&1 < /dev/null
+    rc=$?
+    took=$((SECONDS - start))
+    echo "| $name | $budget | $rc | $took | \`$cmd\` |" >> "$summary"
+    note=""
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then note=" (out of time)"; fi
+    echo "step $name: exit $rc in ${took} s of ${budget} s$note"
+    if [ "$rc" -ne 0 ]; then
+        failed=$((failed + 1))
+        tail -n 12 "$out/$name.log" | sed 's/^/    /'
+    fi
+done
+echo "$failed of ${#steps[@]} steps failed; summary in $summary"
+[ "$failed" -eq 0 ]

