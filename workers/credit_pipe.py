@@ -14,6 +14,14 @@ exists only for a message of this run with the right secret, as before; the FIFO
 0700 folder) can be written only by this user. Both ends must see the receiver's socket under the same path
 (the address the receiver reports is the one to connect to).
 
+A credit is not one byte but an 8-byte record: the BLAKE2b of the consumed message's number on this link
+(1, 2, ...), keyed with the token. The sender knows the one record that can come next, so bytes someone else
+wrote into the FIFO (the same user only: mode 0600) never count as a credit: they are skipped, counted in
+`rejected` (one per run of foreign bytes), and the window, and with it `in_flight`, stays what the receiver
+really consumed. A record is written with one write() below PIPE_BUF, so foreign bytes land between records,
+never inside one. It checks integrity, not secrecy: the token is in the FIFO's name, and a process of this
+user could as well change the worker itself.
+
 A peer that left is like today's unreachable peer: its FIFO is gone (ENOENT), has no reader (ENXIO) or breaks
 on write (EPIPE), and it needs no credit. The sender keeps a write end of its own FIFO open so that the read end
 never reports end-of-file or hang-up (a poll would otherwise return at once, forever, after the receiver
@@ -23,6 +31,7 @@ closes). Credits in the pipe never exceed the sender's window, far below the pip
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import select
@@ -31,8 +40,13 @@ import stat
 IDENTITY_PREFIX = b"fifo:"
 TOKEN_HEX_DIGITS = 16
 _HEX = frozenset(b"0123456789abcdef")
-_CREDIT = b"\x01"
+RECORD_BYTES = 8
 _READ_BYTES = 4096   # far above any window: one read almost always takes every credit there is
+
+
+def credit_record(token: str, n: int) -> bytes:
+    """The record of the `n`-th credit (1-based) of the sender with `token`."""
+    return hashlib.blake2b(n.to_bytes(8, "little"), digest_size=RECORD_BYTES, key=token.encode("ascii")).digest()
 
 
 def socket_path(address: str) -> str | None:
@@ -83,18 +97,51 @@ class CreditPipe:
         self.poller = select.poll()
         """Ready when credits wait to be read (a `poll(timeout_ms)` object, as `transport._wait` takes)."""
         self.poller.register(self._read, select.POLLIN)
+        self._credits = 0                      # valid records taken so far
+        self._expected = credit_record(self.token, 1)
+        self._carry = b""                      # fewer than RECORD_BYTES bytes not yet resolved
+        self._in_foreign = False               # the carry continues a run of foreign bytes already counted
+        self.rejected = 0
+        """Runs of foreign bytes found in the pipe (never counted as credits)."""
 
-    def take(self) -> int:
-        """How many credits arrived since the last call (0 when none; never blocks)."""
-        count = 0
+    def _read_all(self) -> bytes:
+        chunks = []
         while True:
             try:
-                got = len(os.read(self._read, _READ_BYTES))
+                chunk = os.read(self._read, _READ_BYTES)
             except BlockingIOError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < _READ_BYTES:
+                break
+        return b"".join(chunks)
+
+    def take(self) -> int:
+        """How many valid credits arrived since the last call (0 when none; never blocks). Foreign bytes are
+        skipped and counted in `rejected`."""
+        data = self._carry + self._read_all()
+        count = 0
+        while True:
+            i = data.find(self._expected)
+            if i < 0:
+                keep = RECORD_BYTES - 1     # could be the start of a record cut by the read size
+                if len(data) > keep:
+                    self._foreign()
+                    data = data[len(data) - keep:]
+                self._carry = data
                 return count
-            count += got
-            if got < _READ_BYTES:
-                return count
+            if i > 0:
+                self._foreign()
+            self._in_foreign = False
+            data = data[i + RECORD_BYTES:]
+            self._credits += 1
+            count += 1
+            self._expected = credit_record(self.token, self._credits + 1)
+
+    def _foreign(self) -> None:
+        if not self._in_foreign:
+            self.rejected += 1
+            self._in_foreign = True
 
     def close(self) -> None:
         """Remove the FIFO and close both ends; the receiver then sees a peer that left. Safe to call twice."""
@@ -115,6 +162,7 @@ class CreditPipes:
     def __init__(self, socket: str):
         self._socket = socket
         self._fds: dict[bytes, int] = {}
+        self._given: dict[bytes, int] = {}     # credits written per sender (kept after its pipe is dropped)
 
     def give(self, identity: bytes) -> bool:
         """Return one credit to the sender with routing `identity` through its pipe.
@@ -129,8 +177,10 @@ class CreditPipes:
             fd = self._open(identity, token)
             if fd is None:
                 return True
+        n = self._given.get(identity, 0) + 1
         try:
-            os.write(fd, _CREDIT)
+            os.write(fd, credit_record(token_of(identity), n))   # one atomic write (below PIPE_BUF)
+            self._given[identity] = n
         except BrokenPipeError:     # its reader closed: the sender left
             self._drop(identity)
         except BlockingIOError:

@@ -302,6 +302,10 @@ class Sender(_Endpoint):
         self._codec = codec
         self._in_flight = 0
         self._valid_credit: bytes | None = None
+        self.rejected = 0
+        """Credits refused: beyond the window, or foreign bytes in the credit pipe (workers/credit_pipe.py)."""
+        self.on_foreign: Callable[[MessageError], None] | None = None
+        """Called with each refused credit (a worker reports it to the coordinator, like a stranger's message)."""
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         if (curve is None) != (server_key is None):
             raise ValueError("a CURVE sender needs both its own key pair and the receiver's public key")
@@ -311,6 +315,7 @@ class Sender(_Endpoint):
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)
         self._pipe: CreditPipe | None = None
+        self._pipe_rejected = 0
         path = socket_path(address)
         if path is not None:
             try:
@@ -446,15 +451,25 @@ class Sender(_Endpoint):
             count = pipe.take()
             if not count and time.monotonic() >= deadline:   # a wake-up without a credit never loops past it
                 break
+        while pipe.rejected > self._pipe_rejected:
+            self._pipe_rejected += 1
+            self._refuse("bytes in the credit pipe that are no credit of this link")
         for _ in range(count):
             self._credited()
         return count > 0
 
     def _credited(self) -> None:
-        """Count one credit: one fewer message in flight (more credits than messages are ignored)."""
+        """Count one credit: one fewer message in flight; one beyond the messages in flight is refused."""
         if self._in_flight:
             self._in_flight -= 1
             self._consumed()
+        else:
+            self._refuse("a credit beyond the window (no message in flight)")
+
+    def _refuse(self, detail: str) -> None:
+        self.rejected += 1
+        if self.on_foreign is not None:
+            self.on_foreign(MessageError(f"<receiver at {self.address}>", "credit", detail, foreign=True))
 
     def close(self) -> None:
         """Close the socket (linger 0) and remove its credit pipe. Safe to call twice."""

@@ -252,6 +252,8 @@ class Worker:
                     if links.outbox is not None and spec.replay_log else None)
         protocol.check_handlers(self.handlers, Route.DOWN, "worker")
         links.inbox.on_foreign = self._report_rejected
+        if links.outbox is not None:
+            links.outbox.on_foreign = self._report_rejected    # refused credits (workers/credit_pipe.py)
         if spec.resume_dir:
             from workers.layer_files import load_stage_layers
 
@@ -341,6 +343,7 @@ class Worker:
             self._fail(f"{self.spec.name}: told to relink, but it has no outgoing link to reopen")
         self.links.outbox.close()
         self.links.outbox = self.links.reopen_outbox(msg.meta.address)
+        self.links.outbox.on_foreign = self._report_rejected
         try:
             for frames in self.log.since(msg.meta.from_seq):
                 self._send(self.links.outbox, self.codec.decode(frames), log=False)
