@@ -5,6 +5,7 @@ a restart or reach training; each is counted once in summary.json, across restar
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import msgpack
@@ -32,11 +33,14 @@ def send_strangers(coord: Coordinator) -> int:
     addresses = [link.address for link in coord.inboxes] + [coord.results_link.address]
     sent = 0
     for address in addresses:
-        with context.socket(zmq.DEALER) as sock:
-            sock.setsockopt(zmq.LINGER, 2000)
-            sock.connect(address)
-            for make in STRANGERS.values():
-                sock.send_multipart([bytes(f) for f in make()])
+        for make in STRANGERS.values():   # one connection each, one attempt: each is refused (and counted) once
+            with context.socket(zmq.DEALER) as sock:
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.setsockopt(zmq.RECONNECT_IVL, -1)
+                sock.connect(address)
+                with contextlib.suppress(zmq.Again):
+                    sock.send_multipart([bytes(f) for f in make()], zmq.NOBLOCK)
+                time.sleep(0.05)
                 sent += 1
     return sent
 
