@@ -12,6 +12,7 @@ import msgpack
 import pytest
 import torch
 import zmq
+import zmq.utils.garbage  # noqa: F401  (zero-copy sends import it lazily: a forked `nobody` child cannot read it)
 
 from launch.coordinator import Coordinator
 from tests.faults.support import assert_complete, assert_no_orphan_workers, run_in_process, worker_processes
