@@ -7,9 +7,9 @@ check in the Codec still follows for those that do). Keys are per process and ne
 (`CurveKeyPair.generate`, i.e. zmq.curve_keypair()); the public halves travel in signed endpoint records
 (workers/endpoint_record.py).
 
-A ZAP handler belongs to a ZeroMQ context and there is at most one per context: `authenticator(context)`
-starts it on first use and returns the context's `KeyAllowList` after that; every CURVE Receiver of that
-context shares it.
+A ZAP handler belongs to a ZeroMQ context and there is at most one per context; workers/zap.py owns it (it
+also checks the PLAIN passwords of ipc and tcp links). `authenticator(context)` starts it on first use and
+returns the context's `KeyAllowList`; every CURVE Receiver of that context shares it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import threading
 from dataclasses import dataclass
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 
 @dataclass(frozen=True)
@@ -72,29 +71,18 @@ class KeyAllowList:
         return admitted
 
 
-_authenticators: dict[int, tuple[ThreadAuthenticator, KeyAllowList]] = {}
-_registry_lock = threading.Lock()
-
-
 def authenticator(context: zmq.Context) -> KeyAllowList:
-    """The allow-list of `context`'s ZAP authenticator, starting the authenticator on first use."""
-    with _registry_lock:
-        entry = _authenticators.get(id(context))
-        if entry is None or entry[0].context is not context or entry[0].thread is None:
-            auth = ThreadAuthenticator(context)
-            auth.start()
-            allow = KeyAllowList()
-            auth.configure_curve_callback(domain="*", credentials_provider=allow)
-            entry = _authenticators[id(context)] = (auth, allow)
-        return entry[1]
+    """The allow-list of `context`'s ZAP handler (workers/zap.py, shared with PLAIN), started on first use."""
+    from workers import zap
+
+    return zap.authenticator(context).allowed
 
 
 def stop_authenticator(context: zmq.Context) -> None:
-    """Stop `context`'s authenticator (before terminating the context); a no-op if none runs."""
-    with _registry_lock:
-        entry = _authenticators.pop(id(context), None)
-    if entry is not None:
-        entry[0].stop()
+    """Stop `context`'s ZAP handler (before terminating the context); a no-op if none runs."""
+    from workers import zap
+
+    zap.stop_authenticator(context)
 
 
 def make_server(socket: zmq.Socket, keys: CurveKeyPair) -> None:

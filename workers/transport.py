@@ -69,7 +69,9 @@ from dataclasses import dataclass
 import zmq
 
 from workers import curve as _curve
+from workers import zap as _zap
 from workers.credit_pipe import CreditPipe, CreditPipes, socket_path
+from workers.handshake_audit import AUDIT_S, HandshakeAudit
 from workers.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, MessageError
 
 _IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
@@ -165,6 +167,10 @@ class Receiver(_Endpoint):
     """The bound end of one or more links: validates each message and returns one credit per consumed message.
 
     `name` is this process's name; it signs the credits. `window` must be at least the senders' window.
+    `max_frame` is the largest frame a peer of this link may send (workers/frame_bounds.py: from the link's
+    kinds and tensor specs); None: the codec's max_message_bytes. A connection must pass the handshake first
+    (PLAIN with the run's password, workers/zap.py, or CURVE): until then it can make this process hold at most
+    one frame of that size.
     """
 
     def __init__(
@@ -177,6 +183,7 @@ class Receiver(_Endpoint):
         context: zmq.Context | None = None,
         allow_remote: bool = False,
         curve: _curve.CurveKeyPair | None = None,
+        max_frame: int | None = None,
     ):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
@@ -191,19 +198,25 @@ class Receiver(_Endpoint):
         if curve is not None:
             self.allowed = _curve.authenticator(context)
         self._socket = context.socket(zmq.ROUTER)
+        self._zap: tuple[_zap.Guard, str] | None = None
         if curve is not None:
             _curve.make_server(self._socket, curve)
+        else:
+            self._zap = _zap.serve_plain(self._socket, context, codec.secret)
+        self._audit = HandshakeAudit(self._socket)
+        self._audit_at = 0.0
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.RCVHWM, window + 1)
         self._socket.setsockopt(zmq.SNDHWM, _CREDIT_HWM)   # only credits go out
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A frame above the limit makes ZeroMQ drop that peer before buffering it: memory stays bounded even
-        # against a hostile peer; the legitimate sender would already have refused to encode it.
-        self._socket.setsockopt(zmq.MAXMSGSIZE, max(codec.max_message_bytes, MAX_HEADER_BYTES))
+        # A frame above the limit makes ZeroMQ drop that peer before buffering it, in the handshake too: what
+        # an unauthenticated connection can make us hold is one frame of this size.
+        bound = codec.max_message_bytes if max_frame is None else max_frame
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max(bound, MAX_HEADER_BYTES))
         try:
             self._socket.bind(address)
         except zmq.ZMQError as exc:
-            self._socket.close(linger=0)
+            self.close()
             raise ValueError(f"cannot bind link address {address!r}: {exc} (in use by another process?)") from exc
         self.address: str = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         """The bound address, with the actual port when an ephemeral tcp port was asked for."""
@@ -212,9 +225,21 @@ class Receiver(_Endpoint):
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self.rejected = 0
-        """Strangers' messages dropped so far."""
+        """Strangers' messages dropped so far (from peers that passed the handshake: see `refused`)."""
         self.on_foreign: Callable[[MessageError], None] | None = None
-        """Called with each stranger's rejection (a worker reports it to the coordinator)."""
+        """Called with each stranger's rejection, message or refused connection (a worker reports it)."""
+
+    @property
+    def refused(self) -> int:
+        """Connections refused in the handshake so far (counted as `recv` runs: workers/handshake_audit.py)."""
+        return self._audit.refused
+
+    def _check_handshakes(self, now: float) -> None:
+        """Count and report the connections refused since the last look (at most every AUDIT_S)."""
+        self._audit_at = now + AUDIT_S
+        for reason in self._audit.poll():
+            if self.on_foreign is not None:
+                self.on_foreign(MessageError(f"<connection to {self.address}>", "handshake", reason, foreign=True))
 
     def recv(self, timeout_ms: float, expect: Expect | None = None) -> Message:
         """Next validated message from any connected sender; returns its sender a credit.
@@ -226,6 +251,8 @@ class Receiver(_Endpoint):
         """
         socket = self._socket
         deadline = _deadline(timeout_ms)
+        if deadline >= self._audit_at:   # the deadline is now + timeout: no clock read of its own
+            self._check_handshakes(deadline)
         while True:
             # Ask before receiving: a refused non-blocking recv raises zmq.Again, and building that exception
             # costs more (~15 us) than the whole check (~2 us, and it also processes ZeroMQ's pending commands).
@@ -276,9 +303,13 @@ class Receiver(_Endpoint):
 
     def close(self) -> None:
         """Close the socket (linger 0) and the credit pipes of its senders. Safe to call twice."""
+        self._audit.close()
         super().close()
-        if self._pipes is not None:
+        if getattr(self, "_pipes", None) is not None:
             self._pipes.close()
+        if self._zap is not None:
+            self._zap[0].release(self._zap[1])
+            self._zap = None
 
     @property
     def open_credit_pipes(self) -> int:
@@ -294,7 +325,8 @@ class Sender(_Endpoint):
     """The connecting end of a link: sends at most `window` messages ahead of what the receiver consumed."""
 
     def __init__(self, address: str, codec: Codec, *, window: int = 2, context: zmq.Context | None = None,
-                 curve: _curve.CurveKeyPair | None = None, server_key: bytes | str | None = None):
+                 curve: _curve.CurveKeyPair | None = None, server_key: bytes | str | None = None,
+                 handshake_secret: str | None = None):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.address = address
@@ -311,6 +343,8 @@ class Sender(_Endpoint):
             raise ValueError("a CURVE sender needs both its own key pair and the receiver's public key")
         if curve is not None:
             _curve.make_client(self._socket, curve, server_key)
+        else:   # tests: `handshake_secret` makes a stranger that passes the handshake, so only the codec stops it
+            _zap.join_plain(self._socket, codec.secret if handshake_secret is None else handshake_secret)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)
@@ -517,14 +551,15 @@ class Link:
 
     def receiver(
         self, codec: Codec, name: str, *, context: zmq.Context | None = None, allow_remote: bool = False,
-        curve: _curve.CurveKeyPair | None = None,
+        curve: _curve.CurveKeyPair | None = None, max_frame: int | None = None,
     ) -> Receiver:
         """Bind the receiving end (in the downstream process, before or after the sender connects).
 
         A curve link needs this process's key pair; admit senders with `receiver.allowed.allow(public_key)`.
+        `max_frame`: the largest frame this link carries (see Receiver).
         """
         kwargs = dict(window=self.window, context=context, allow_remote=allow_remote,
-                      curve=self._keys(curve, sending=False))
+                      curve=self._keys(curve, sending=False), max_frame=max_frame)
         if self.transport not in _OOB:
             return Receiver(self.address, codec, name, **kwargs)
         from workers.oob_link import OobReceiver

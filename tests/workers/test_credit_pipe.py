@@ -14,6 +14,7 @@ import zmq
 from workers.credit_pipe import CreditPipes, pipe_path, token_of
 from workers.messages import Codec, Kind, Message
 from workers.transport import Receiver, Sender, ipc_address
+from workers.zap import join_plain, serve_plain
 
 RUN, SECRET = "run-1", "s3cret"
 WAIT_MS = 5000
@@ -115,6 +116,7 @@ def test_a_pipe_left_by_a_killed_sender_gets_no_credit_and_no_error(address):
         identity = b"fifo:" + b"0123456789abcdef"
         os.mkfifo(pipe_path(receiver.address.removeprefix("ipc://"), "0123456789abcdef"), 0o600)
         ghost.setsockopt(zmq.ROUTING_ID, identity)
+        join_plain(ghost, CODEC.secret)
         ghost.connect(address)
         ghost.send_multipart(CODEC.encode(train(0)))
         assert receiver.recv(WAIT_MS).step == 0
@@ -138,6 +140,7 @@ def test_a_malformed_pipe_identity_gets_a_credit_message_and_opens_no_path(addre
             os.mkfifo(bait, 0o600)
             reader = os.open(bait, os.O_RDONLY | os.O_NONBLOCK)
         peer.setsockopt(zmq.ROUTING_ID, identity)
+        join_plain(peer, CODEC.secret)
         peer.connect(address)
         peer.send_multipart(CODEC.encode(train(0)))
         assert receiver.recv(WAIT_MS).step == 0
@@ -158,6 +161,7 @@ def test_token_of_accepts_exactly_the_pipe_form():
 def test_credit_messages_on_a_piped_senders_socket_are_not_credits(address):
     """Only the pipe carries credits: a message on the socket, even a valid credit, counts for nothing."""
     fake = zmq.Context.instance().socket(zmq.ROUTER)
+    serve_plain(fake, zmq.Context.instance(), CODEC.secret)
     fake.bind(address)
     try:
         with Sender(address, CODEC, window=1) as sender:

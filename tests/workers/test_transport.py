@@ -1,5 +1,6 @@
 """Tests for the wire format (workers.messages) and the credit-windowed ZeroMQ links (workers.transport)."""
 
+import contextlib
 import multiprocessing
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from workers.messages import (
     TensorSpec,
 )
 from workers.transport import Link, Receiver, Sender, ipc_address, tcp_address
+from workers.zap import join_plain
 
 RUN, SECRET = "run-1", "s3cret"
 WAIT_MS = 5000
@@ -350,6 +352,7 @@ def test_encode_refuses_what_the_wire_cannot_carry(codec):
 def test_receiver_rejects_garbage_and_stays_usable(link_pair, codec):
     sender, receiver = link_pair
     with zmq.Context.instance().socket(zmq.DEALER) as raw:
+        join_plain(raw, SECRET)      # past the handshake: the header check is what refuses it
         raw.connect(receiver.address)
         raw.send_multipart([b"\xc1 not msgpack", b"x"])
         seen = []
@@ -374,13 +377,53 @@ def test_oversized_message_on_a_live_link(address, codec):
 
 def test_stray_process_with_wrong_secret_is_rejected_and_gets_no_credit(link_pair):
     _, receiver = link_pair
-    with Sender(receiver.address, Codec(RUN, "old-secret"), window=1) as stray:
+    # It knows the handshake password (as a stale peer of a run with one secret per run could not): past the
+    # handshake, the codec's secret check is what stops it. Without it: test_stranger_is_refused_in_the_handshake.
+    with Sender(receiver.address, Codec(RUN, "old-secret"), window=1, handshake_secret=SECRET) as stray:
         stray.send(sample_message(x=torch.ones(1)), WAIT_MS)
         with pytest.raises(TimeoutError):
             receiver.recv(500)
         assert receiver.rejected == 1
         with pytest.raises(TimeoutError):
             stray.send(sample_message(x=torch.ones(1)), 200)
+
+
+@pytest.mark.parametrize("stranger", ["plain zeromq socket", "wrong secret", "raw bytes"])
+def test_stranger_is_refused_in_the_handshake(link_pair, stranger):
+    """A connection that does not prove the run's secret in the handshake delivers nothing, is counted once in
+    `refused` and reported as a foreign rejection; the link goes on working."""
+    sender, receiver = link_pair
+    sender.send(sample_message(x=torch.zeros(3)), WAIT_MS)   # the sender's own handshake is done
+    receiver.recv(WAIT_MS)
+    seen = []
+    receiver.on_foreign = seen.append
+    frames = [b"\xc1 not msgpack", b"x" * 4096]
+    if stranger == "raw bytes":
+        if not receiver.address.startswith("tcp://"):
+            pytest.skip("raw bytes need a tcp port (an ipc socket file takes them the same way)")
+        import socket
+        host, port = receiver.address.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(bytes(range(256)) * 64)
+            time.sleep(0.3)
+    else:
+        with zmq.Context.instance().socket(zmq.DEALER) as raw:
+            raw.setsockopt(zmq.RECONNECT_IVL, -1)      # one attempt, so exactly one refusal to count
+            raw.linger = 0
+            if stranger == "wrong secret":
+                join_plain(raw, "old-secret")
+            raw.connect(receiver.address)
+            time.sleep(0.3)                            # refused before any frame could be queued
+            with contextlib.suppress(zmq.Again):
+                raw.send_multipart(frames, zmq.NOBLOCK)
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        with pytest.raises(TimeoutError):
+            receiver.recv(250)
+    assert receiver.refused == 1 and receiver.rejected == 0
+    assert len(seen) == 1 and seen[0].foreign and seen[0].field == "handshake"
+    sender.send(sample_message(x=torch.ones(3)), WAIT_MS)
+    assert torch.equal(receiver.recv(WAIT_MS).tensors["x"], torch.ones(3))
 
 
 # ---------------------------------------------------------------- backpressure and timeouts

@@ -139,8 +139,8 @@ class Pair:
         """A plain sender to our inbox (CURVE: with a key we admit, so only the codec can stop it)."""
         if self.transport == "memlink":
             return contextlib.closing(self.inbox.sender(codec))
-        if self.keys is None:
-            return Sender(self.inbox.address, codec, context=self.context)
+        if self.keys is None:   # past the handshake (it knows the run's password), as the CURVE row's is
+            return Sender(self.inbox.address, codec, context=self.context, handshake_secret=self.codec.secret)
         keys = CurveKeyPair.generate()
         self.inbox.allowed.allow(keys.public)
         return Sender(self.inbox.address, codec, context=self.context, curve=keys, server_key=self.keys.public)

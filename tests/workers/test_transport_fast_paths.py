@@ -11,6 +11,7 @@ import zmq
 
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.transport import Receiver, Sender, ipc_address, tcp_address
+from workers.zap import serve_plain
 
 RUN, SECRET = "run-1", "s3cret"
 WAIT_MS = 5000
@@ -30,6 +31,7 @@ def fake_receiver():
     come through one, tests/workers/test_credit_pipe.py)."""
     codec = Codec(RUN, SECRET)
     fake = zmq.Context.instance().socket(zmq.ROUTER)
+    serve_plain(fake, zmq.Context.instance(), codec.secret)
     fake.bind(tcp_address())
     address = fake.getsockopt(zmq.LAST_ENDPOINT).decode()
     try:
