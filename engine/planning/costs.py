@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,8 @@ def count_macs(fn: Callable[[], Any], batch: int) -> int:
 _MEMO: dict[str, mac_cache.Count] = {}
 _UNSAVED: dict[str, mac_cache.Count] = {}
 _LOADED = False
+#: the keys of _MEMO that came from the user's cache file, not from counting in this process
+_FROM_FILE: set[str] = set()
 
 
 def _shape(arg: Any) -> tuple | None:
@@ -137,7 +140,9 @@ def _memo_key(module: nn.Module, args: tuple, batch: int) -> str:
 def _remembered(key: str) -> mac_cache.Count | None:
     global _LOADED
     if not _LOADED:
-        _MEMO.update(mac_cache.MacCache().load())
+        loaded = mac_cache.MacCache().load()
+        _MEMO.update(loaded)
+        _FROM_FILE.update(loaded)
         _LOADED = True
     return _MEMO.get(key)
 
@@ -147,6 +152,30 @@ def _save_new_counts() -> None:
     if _UNSAVED:
         mac_cache.MacCache().add(_UNSAVED)
         _UNSAVED.clear()
+
+
+def _recounted_if_the_cache_misled(count: Callable) -> Callable:
+    """Run `count`; if a block fails on an output shape read from the cache file, count again without the file.
+
+    mac_cache checks each cached count's types and ranges, but a plausible shape can still be the wrong one
+    for its block (a hand-edited file with a valid digest): the next block then cannot run on it. That is a
+    cache miss, not an error of the run: one warning line (naming the file), the file's counts forgotten, the
+    file emptied, and everything counted afresh.
+    """
+    @functools.wraps(count)
+    def counted(*args, **kwargs):
+        try:
+            return count(*args, **kwargs)
+        except RuntimeError as err:
+            if not _FROM_FILE:
+                raise
+            cache = mac_cache.MacCache()
+            cache.forget(f"its output shapes do not fit the network: {str(err).splitlines()[0][:80]}")
+            for key in _FROM_FILE:
+                _MEMO.pop(key, None)
+            _FROM_FILE.clear()
+            return count(*args, **kwargs)
+    return counted
 
 
 def _counted_call(module: nn.Module, args: tuple, batch: int, meta: bool) -> tuple[int, Any]:
@@ -196,6 +225,7 @@ def _dummy_batch(model: LayeredModel, device: torch.device) -> tuple[torch.Tenso
     return x, y
 
 
+@_recounted_if_the_cache_misled
 def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool = True) -> list[LayerCost]:
     """Parameters and per-image forward MACs of every local layer and of the aux net attached to it.
 
@@ -225,6 +255,7 @@ def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool =
     return costs
 
 
+@_recounted_if_the_cache_misled
 def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
     """Parameters and per-image forward MACs of the classifier head, on the last layer's output."""
     h, _ = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
@@ -235,6 +266,7 @@ def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
     return head
 
 
+@_recounted_if_the_cache_misled
 def layer_output_shapes(model: LayeredModel) -> list[tuple[int, ...]]:
     """Each local layer's output shape for one image (no batch dim), from a forward on the meta device (the
     layers `layer_costs` counted already are not run again: see `_counted_call`)."""
@@ -277,6 +309,7 @@ class ModuleMacs:
         return self.primary / self.training_work if self.primary + self.aux else 0.0
 
 
+@_recounted_if_the_cache_misled
 def module_macs(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor | None = None,
                 meta: bool = True) -> list[ModuleMacs]:
     """Forward MACs per image of every local module, its aux net's, and its output bytes per image.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -19,6 +20,14 @@ from engine.precision import Kernels
 #: (2: times are taken in the run's memory format and precision, which the key now names)
 FORMAT = 2
 FILE_NAME = "module_times.json"
+#: what a plausible cached time is, in seconds per batch of one local module: a real one lies far inside (a
+#: ResNet-20 module on one CPU core at batch 128: 0.15-0.35 s; a VGG-19 ImageNet layer at batch 256 on one
+#: core: about a minute); outside it the figure is refused, never balanced on ("predicted 0.0 images/s")
+MIN_SECONDS, MAX_SECONDS = 1e-6, 3600.0
+#: the largest ratio of two modules' times of one network a cache may claim (measured: ResNet-20 2.1x)
+MAX_SPREAD = 1e4
+#: measured_at must lie between this (2020-01-01) and a day from now
+EARLIEST = 1577836800.0
 
 
 def cache_path() -> Path:
@@ -93,6 +102,26 @@ class CachedTimes:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.measured_at))
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_entry(entry: Any) -> str | None:
+    """Why a cached entry is not a plausible measurement (None: it is): its schema, types and ranges."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("costs"), list) or "measured_at" not in entry:
+        return "an entry is not {costs: [...], measured_at: ...}"
+    costs, when = entry["costs"], entry["measured_at"]
+    if not costs or not all(_number(c) for c in costs):
+        return "module times that are not finite numbers"
+    if not all(MIN_SECONDS <= c <= MAX_SECONDS for c in costs):
+        return f"module times outside {MIN_SECONDS:g}-{MAX_SECONDS:g} s per batch"
+    if max(costs) > MAX_SPREAD * min(costs):
+        return f"module times {max(costs) / min(costs):.3g}x apart (at most {MAX_SPREAD:g}x is plausible)"
+    if not _number(when) or not EARLIEST <= when <= time.time() + 86400:
+        return "a measuring time that is not a date from 2020 to now"
+    return None
+
+
 def _entry_key(machine: MachineKey, key: CostKey) -> str:
     return json.dumps({"machine": asdict(machine), "costs": asdict(key)}, sort_keys=True)
 
@@ -108,16 +137,18 @@ class TimingCache:
         self.path = self._file.path
 
     def get(self, machine: MachineKey, key: CostKey, num_modules: int) -> CachedTimes | None:
-        """The cached times for this machine and run, or None (also when the module count no longer fits)."""
+        """The cached times for this machine and run, or None: none cached, the module count no longer fits,
+        or an entry that is not plausible (one warning line naming the file, see check_entry)."""
         entry = self._file.read().get(_entry_key(machine, key))
-        try:
-            costs = [float(c) for c in entry["costs"]]
-            measured_at = float(entry["measured_at"])
-        except (TypeError, KeyError, ValueError):
+        if entry is None:
             return None
-        if len(costs) != num_modules or any(not c > 0 for c in costs):
+        why = check_entry(entry)
+        if why:
+            self._file.warn(why)
             return None
-        return CachedTimes(costs, measured_at)
+        if len(entry["costs"]) != num_modules:
+            return None
+        return CachedTimes([float(c) for c in entry["costs"]], float(entry["measured_at"]))
 
     def put(self, machine: MachineKey, key: CostKey, costs: list[float]) -> None:
         """Remember `costs` (seconds per batch per module); a write that fails is not an error of the run."""
