@@ -144,7 +144,9 @@ def test_thread_workers_without_the_consumers_wait_fail_the_checker(checked, tmp
 
 
 # --- cuda-ipc over the IPC double ------------------------------------------------------------------------
-@pytest.mark.parametrize("planted", [False, True])
+@pytest.mark.parametrize("planted", [pytest.param(False, marks=pytest.mark.xfail(
+    strict=True, reason="open (issue 21): the checker reports a cross-stream read on this real path; "
+    "not yet known whether the path misses a wait or the checker mislabels nested streams")), True])
 def test_cuda_ipc_keeps_the_stream_discipline(checked, planted, monkeypatch):
     ops, checker = checked
     if planted:
@@ -178,7 +180,9 @@ def test_cuda_ipc_keeps_the_stream_discipline(checked, planted, monkeypatch):
 
 
 # --- the replay log's side-stream copies -----------------------------------------------------------------
-@pytest.mark.parametrize("planted", [False, True])
+@pytest.mark.parametrize("planted", [pytest.param(False, marks=pytest.mark.xfail(
+    strict=True, reason="open (issue 21): the checker reports a cross-stream read on this real path; "
+    "not yet known whether the path misses a wait or the checker mislabels nested streams")), True])
 def test_the_replay_logs_side_stream_copy_waits_for_the_compute_stream(checked, planted, monkeypatch):
     ops, checker = checked
     if planted:
