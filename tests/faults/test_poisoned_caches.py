@@ -40,7 +40,7 @@ def dry_run(monkeypatch, capsys, *extra: str) -> tuple[str, str]:
 def caches(monkeypatch, capsys):
     """Both caches as a clean `--balance time` dry run leaves them (timing faked: real timing takes seconds)."""
     monkeypatch.setattr("engine.planning.balance.module_costs_timed",
-                        lambda modules, x, y, steps=3, warmup=1, kernels=None:
+                        lambda modules, x, y, steps=3, warmup=1, kernels=None, device=None:
                         [0.002 * (1 + i % 3) for i in range(len(modules))])
     dry_run(monkeypatch, capsys, "--balance", "time")
     times, macs = cache_dir() / timing_cache.FILE_NAME, cache_dir() / mac_cache.FILE_NAME
