@@ -14,10 +14,11 @@ returns the context's `KeyAllowList`; every CURVE Receiver of that context share
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import zmq
+
+from workers.zap import KeyAllowList  # noqa: F401  (re-exported: CURVE callers name it here)
 
 
 @dataclass(frozen=True)
@@ -37,38 +38,6 @@ class CurveKeyPair:
 
     def __repr__(self) -> str:   # never print the secret half in logs or tracebacks
         return f"CurveKeyPair(public={self.public!r})"
-
-
-class KeyAllowList:
-    """The client public keys (z85) a CURVE Receiver admits; also the ZAP credentials provider (thread-safe)."""
-
-    def __init__(self, keys=()):
-        self._keys: set[bytes] = set()
-        self._lock = threading.Lock()
-        self.refused = 0
-        """Handshakes refused so far (unknown keys)."""
-        for key in keys:
-            self.allow(key)
-
-    def allow(self, public_key: bytes | str) -> None:
-        """Admit clients holding this public key (one verified from a signed endpoint record)."""
-        key = public_key.encode("ascii") if isinstance(public_key, str) else bytes(public_key)
-        if len(key) != 40:
-            raise ValueError(f"a z85 CURVE public key has 40 characters, got {len(key)}")
-        with self._lock:
-            self._keys.add(key)
-
-    def __contains__(self, public_key: bytes) -> bool:
-        with self._lock:
-            return bytes(public_key) in self._keys
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        """pyzmq's credentials-provider hook, called in the authenticator thread for each handshake."""
-        admitted = key in self
-        if not admitted:
-            with self._lock:
-                self.refused += 1
-        return admitted
 
 
 def authenticator(context: zmq.Context) -> KeyAllowList:

@@ -55,12 +55,42 @@ class _Authenticator(ThreadAuthenticator):
         return allowed, b"OK" if allowed else b"not a peer of this run"
 
 
+class KeyAllowList:
+    """The client public keys (z85) a CURVE Receiver admits; also the ZAP credentials provider (thread-safe)."""
+
+    def __init__(self, keys=()):
+        self._keys: set[bytes] = set()
+        self._lock = threading.Lock()
+        self.refused = 0
+        """Handshakes refused so far (unknown keys)."""
+        for key in keys:
+            self.allow(key)
+
+    def allow(self, public_key: bytes | str) -> None:
+        """Admit clients holding this public key (one verified from a signed endpoint record)."""
+        key = public_key.encode("ascii") if isinstance(public_key, str) else bytes(public_key)
+        if len(key) != 40:
+            raise ValueError(f"a z85 CURVE public key has 40 characters, got {len(key)}")
+        with self._lock:
+            self._keys.add(key)
+
+    def __contains__(self, public_key: bytes) -> bool:
+        with self._lock:
+            return bytes(public_key) in self._keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """pyzmq's credentials-provider hook, called in the authenticator thread for each handshake."""
+        admitted = key in self
+        if not admitted:
+            with self._lock:
+                self.refused += 1
+        return admitted
+
+
 class Guard:
     """A context's ZAP handler: the PLAIN passwords of the runs whose receivers live in it, and CURVE's allow-list."""
 
     def __init__(self, context: zmq.Context):
-        from workers.curve import KeyAllowList
-
         self.context = context
         self.auth = _Authenticator(context)
         self.auth.start()
