@@ -83,8 +83,8 @@ class DistPath:
         self._warm_work = None
 
     def warm_send(self) -> None:
-        self._warm_work = self._dist.isend(torch.zeros(1, dtype=torch.uint8, device=self.device), self.peer,
-                                           tag=self.tag)
+        self._warm_buf = torch.zeros(1, dtype=torch.uint8, device=self.device)
+        self._warm_work = self._dist.isend(self._warm_buf, self.peer, tag=self.tag)
 
     def warm_recv(self) -> None:
         self._warm_buf = torch.empty(1, dtype=torch.uint8, device=self.device)
@@ -100,9 +100,16 @@ class DistPath:
         return {"path": "dist", "tag": self.tag}
 
     def send(self, frames: list) -> tuple:
-        """Post the sends of one message's tensor bytes; returns what must stay alive until they complete."""
-        self._finish_warm()
+        """Post the sends of one message's tensor bytes; returns what must stay alive until they complete.
+
+        The warm-up send is not waited for here: gloo completes a send only once the receiver has posted its
+        receive, and a receiver warms at its first `recv`, which may come after this send (the peer reads
+        only when asked). It rides with the first message and is waited for with it, at that message's credit;
+        sends on one tag are matched in order, so the bytes still land after the warm-up byte."""
         pending = []
+        if self._warm_work is not None:
+            pending.append((self._warm_work, self._warm_buf))
+            self._warm_work = None
         for frame in frames:
             tensor = as_byte_tensor(frame)
             if tensor.numel():

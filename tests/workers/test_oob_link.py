@@ -81,7 +81,8 @@ def test_sent_buffers_are_released_only_at_their_credit(ends):
 
 def test_a_strangers_header_costs_no_receive(ends):
     codec, sender, receiver, log = ends
-    with Sender(receiver.address, Codec("run", "wrong-secret")) as stranger:
+    # Past the handshake (it knows the link's password), so only the header check can stop it.
+    with Sender(receiver.address, Codec("run", "wrong-secret"), handshake_secret=codec.secret) as stranger:
         stranger.send(Message(Kind.TRAIN, "intruder", tensors={"x": torch.ones(3)}), WAIT_MS)
         with pytest.raises(TimeoutError):
             receiver.recv(300)
