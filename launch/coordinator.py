@@ -532,8 +532,3 @@ class Coordinator:
                    Stop: self._feed_stop}
         for event in feed_plan(self.feed_shape(), self.start_at):
             feeders[type(event)](event)
-
-
-def default_devices(k: int, gpus: list[str]) -> list[str]:
-    """Worker r goes to gpus[r % len(gpus)]; 'cpu' everywhere when no GPU is named."""
-    return [gpus[r % len(gpus)] for r in range(k)] if gpus else ["cpu"] * k
