@@ -17,7 +17,7 @@ from launch.plots import plot_run
 from launch.progress import epoch_line
 from launch.run_dir import RunDir, default_run_dir
 from launch.tensorboard import TensorBoardSink
-from workers.worker import return_freed_memory
+from workers.process_setup import apply_determinism, return_freed_memory
 
 
 def save_networks(run: RunDir, model, aux_nets) -> None:
@@ -60,6 +60,7 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
         return_freed_memory()
     if threads:
         torch.set_num_threads(threads)
+    apply_determinism()   # the oracle obeys AUGLOCAL_DETERMINISTIC as every worker does (workers/process_setup.py)
     model, aux = build_network(cfg, data)
     optim, schedule = optim_and_schedule(cfg)
     trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device=cfg.device,
