@@ -44,6 +44,7 @@ from launch.sockets import make_socket_dir
 from launch.transport_choice import OneHostKeys, link_address
 from workers import protocol
 from workers.faults import Fault, die
+from workers.frame_bounds import results_bound
 from workers.layer_shipping import LayerFileSink
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.protocol import CheckpointMeta, InboxSchema, Route, SeqMeta, TrainMeta, activation_spec
@@ -278,7 +279,8 @@ class Coordinator:
 
     def start(self) -> None:
         """Bind the results inbox, spawn the workers and wait until each reports ready."""
-        results = self.results_link.receiver(self.codec, "coordinator", curve=self.curve)
+        results = self.results_link.receiver(self.codec, "coordinator", curve=self.curve,
+                                             max_frame=results_bound(ship_layers=False))
         for key in self.keys.admitted() if self.keys else ():
             results.allowed.allow(key)
         ctx = forkserver_context()
