@@ -273,6 +273,7 @@ class Coordinator:
         """Use these links and worker handles (tests: in-memory links and stand-in processes)."""
         self.results, self.feed, self.workers = results, feed, list(workers)
         self.results.on_foreign = self._count_stranger
+        self.feed.on_foreign = self._count_stranger     # credits it refused (workers/credit_pipe.py), as workers do
         self.pids = {r: [getattr(w, "pid", None)] for r, w in enumerate(self.workers)}
         now = self.clock()
         self.last_seen = {r: now for r in range(self.k)}
