@@ -218,7 +218,7 @@ def _probe_bound(coord: Coordinator, address: str, bound: int) -> dict[int, tupl
         sock, monitor = _insider(address, coord.codec.secret)
         try:
             sock.send(b"\x00" * size)
-            gone = zmq.EVENT_DISCONNECTED in _events(monitor, zmq.EVENT_DISCONNECTED, 10 if size > bound else 2,
+            gone = zmq.EVENT_DISCONNECTED in _events(monitor, zmq.EVENT_DISCONNECTED, 10 if size > bound else 1,
                                                      coord._drain)
             deadline = time.monotonic() + 30
             while size == bound and coord.counters.rejected == before and time.monotonic() < deadline:
