@@ -44,6 +44,7 @@ from launch.sockets import make_socket_dir
 from launch.transport_choice import OneHostKeys, link_address
 from workers import protocol
 from workers.faults import Fault, die
+from workers.frame_bounds import results_bound
 from workers.layer_shipping import LayerFileSink
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.protocol import CheckpointMeta, InboxSchema, Route, SeqMeta, TrainMeta, activation_spec
@@ -272,13 +273,15 @@ class Coordinator:
         """Use these links and worker handles (tests: in-memory links and stand-in processes)."""
         self.results, self.feed, self.workers = results, feed, list(workers)
         self.results.on_foreign = self._count_stranger
+        self.feed.on_foreign = self._count_stranger     # credits it refused (workers/credit_pipe.py), as workers do
         self.pids = {r: [getattr(w, "pid", None)] for r, w in enumerate(self.workers)}
         now = self.clock()
         self.last_seen = {r: now for r in range(self.k)}
 
     def start(self) -> None:
         """Bind the results inbox, spawn the workers and wait until each reports ready."""
-        results = self.results_link.receiver(self.codec, "coordinator", curve=self.curve)
+        results = self.results_link.receiver(self.codec, "coordinator", curve=self.curve,
+                                             max_frame=results_bound(ship_layers=False))
         for key in self.keys.admitted() if self.keys else ():
             results.allowed.allow(key)
         ctx = forkserver_context()

@@ -31,6 +31,7 @@ from launch.elastic_links import (
     publish_key,
 )
 from workers.endpoint_record import EndpointRecordError
+from workers.frame_bounds import results_bound
 from workers.layer_files import head_file, layer_file
 from workers.messages import Codec, TensorSpec
 from workers.protocol import InboxSchema
@@ -150,7 +151,8 @@ class ElasticCoordinator(Coordinator):
         print(f"auglocal-launch: links into workers 0-{self.k - 1}: {', '.join(plan.inbox)}; results: {plan.results}"
               + (f"; process group: {plan.group}" if plan.group else ""), flush=True)
         link = Link(f"tcp://{self.node_addr}:0", RESULTS_WINDOW, plan.results)
-        results = bind_inbox(self.run_store, link, self.codec, "coordinator", keys, list(range(1, self.k + 1)))
+        results = bind_inbox(self.run_store, link, self.codec, "coordinator", keys, list(range(1, self.k + 1)),
+                             max_frame=results_bound(ship_layers=True))
         try:
             publish_inbox(self.run_store, "results", results, keys)
             self.publish_specs(plan)

@@ -81,11 +81,13 @@ def peer_key(store, rank: int) -> tuple[str, str]:
     return verify(store.secret, store.get_raw(f"key/{rank}"))
 
 
-def bind_inbox(store, link: Link, codec: Codec, name: str, keys: CurveKeyPair, senders: list[int]) -> Receiver:
+def bind_inbox(store, link: Link, codec: Codec, name: str, keys: CurveKeyPair, senders: list[int], *,
+               max_frame: int | None = None) -> Receiver:
     """Bind `link`'s receiving end on its routable address, admitting exactly the verified keys of the ranks
-    `senders` (before anything is published, so before any of them can connect)."""
+    `senders` (before anything is published, so before any of them can connect). `max_frame`: the largest
+    frame the link carries (workers/frame_bounds.py; None: the codec's limit)."""
     admitted = [peer_key(store, rank)[1] for rank in senders]
-    receiver = link.receiver(codec, name, allow_remote=True, curve=keys)
+    receiver = link.receiver(codec, name, allow_remote=True, curve=keys, max_frame=max_frame)
     for key in admitted if receiver.allowed is not None else ():
         receiver.allowed.allow(key)
     return receiver

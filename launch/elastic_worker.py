@@ -27,6 +27,7 @@ from launch.elastic_coordinator import RESULTS_WINDOW, spec_from_wire
 from launch.elastic_links import bind_inbox, connect, destroy_group, inbox_link, init_group, publish_inbox, publish_key
 from launch.elastic_store import RunStore, TorchrunEnv
 from workers.endpoint_record import EndpointRecordError
+from workers.frame_bounds import inbox_bound
 from workers.messages import Codec
 from workers.process_setup import set_up_process
 from workers.sealed import codec_secret
@@ -87,7 +88,8 @@ def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: st
     try:
         if plan.group:
             init_group(store, env.rank, env.world_size, plan.group, store.timeout_s, node_addr)
-        inbox = bind_inbox(store, inbox_link(node_addr, plan, r, window), codec, spec.name, keys, [env.rank - 1])
+        inbox = bind_inbox(store, inbox_link(node_addr, plan, r, window), codec, spec.name, keys, [env.rank - 1],
+                           max_frame=inbox_bound(spec.schema, spec.config))
         store.put(f"pid/{r}", str(os.getpid()).encode())      # for summary.json's worker_pids (on its node)
         publish_inbox(store, f"inbox/{r}", inbox, keys)
         outbox = None if published.last else connect(store, f"inbox/{r + 1}", codec, keys, plan.outbox(r), window,

@@ -36,6 +36,7 @@ from workers.worker import (
     WorkerError,
     WorkerLinks,
     WorkerSpec,
+    bind_control,
     bind_inbox,
     coordinator_watch,
     flush_reports,
@@ -59,7 +60,7 @@ def host_links(specs: list[WorkerSpec], codec: Codec) -> list[WorkerLinks]:
         else:
             outbox = spec.outbox.sender(codec, curve=spec.curve) if spec.outbox else None
         links.append(WorkerLinks(inboxes[i], outbox, spec.results.sender(codec, curve=spec.curve),
-                                 spec.control.receiver(codec, spec.name, curve=spec.curve) if spec.control else None,
+                                 bind_control(spec, codec),
                                  reopen_outbox(spec, codec)))
     return links
 

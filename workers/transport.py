@@ -43,10 +43,11 @@ Receiver with one Sender per worker. Coordinator -> workers control is one Sende
 worker's Receiver (which may be the same one its upstream activations arrive at: the worker then waits on a
 single socket, and ``expect`` lists the kinds it accepts).
 
-Limits: a Receiver sets ZMQ_MAXMSGSIZE to the codec's max_message_bytes, so ZeroMQ disconnects a peer that
-sends a larger frame before buffering it (that sender sees a TimeoutError); a message whose frames together
-exceed the limit is received and rejected with MessageError. Binding an ipc:// path that exists replaces it
-(libzmq unlinks stale socket files), so give each Receiver its own path in the run's private directory.
+Limits: a Receiver sets ZMQ_MAXMSGSIZE to its link's frame bound (`max_frame`, workers/frame_bounds.py; else
+the codec's max_message_bytes), so ZeroMQ disconnects a peer that sends a larger frame before buffering it
+(that sender sees a TimeoutError); a message whose frames together exceed the codec's limit is received and
+rejected with MessageError. Binding an ipc:// path that exists replaces it (libzmq unlinks stale socket files),
+so give each Receiver its own path in the run's private directory.
 
 Contract: do not modify a sent tensor in place until the receiver has consumed it (`Sender.wait_all`, or the
 next credit); ZeroMQ reads it asynchronously. Sockets are not thread-safe: use each end from one thread.

@@ -21,6 +21,7 @@ from engine.nonfinite import NonFiniteLoss, value_text
 from workers import protocol
 from workers.device_log import DeferredLog
 from workers.faults import Fault, die, hang
+from workers.frame_bounds import HEADER_ONLY, inbox_bound
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.process_setup import (  # noqa: F401 - the set-up helpers moved there; importers of them here still work
     DETERMINISTIC_VAR,
@@ -130,11 +131,17 @@ class WorkerLinks:
 
 def bind_inbox(spec: WorkerSpec, codec: Codec):
     """Bind a worker's ZeroMQ inbox; on curve links a CURVE server that admits only `spec.admit` (the allow-list
-    belongs to the process's ZeroMQ context, so its other CURVE receivers share it)."""
-    inbox = spec.inbox.receiver(codec, spec.name, curve=spec.curve)
+    belongs to the process's ZeroMQ context, so its other CURVE receivers share it). Its frames are bounded by
+    the largest tensor its schema allows at the run's batch size (workers/frame_bounds.py)."""
+    inbox = spec.inbox.receiver(codec, spec.name, curve=spec.curve, max_frame=inbox_bound(spec.schema, spec.config))
     for key in spec.admit if inbox.allowed is not None else ():
         inbox.allowed.allow(key)
     return inbox
+
+
+def bind_control(spec: WorkerSpec, codec: Codec):
+    """Bind a worker's control inbox, if it has one: header-only kinds, so header-sized frames."""
+    return spec.control.receiver(codec, spec.name, curve=spec.curve, max_frame=HEADER_ONLY) if spec.control else None
 
 
 def reopen_outbox(spec: WorkerSpec, codec: Codec, window: int | None = None) -> Callable[[str], object]:
@@ -150,7 +157,7 @@ def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
 
     Links whose transport is curve use the spec's CurveKeyPair, and its receivers admit `spec.admit`."""
     inbox = bind_inbox(spec, codec)
-    control = spec.control.receiver(codec, spec.name, curve=spec.curve) if spec.control else None
+    control = bind_control(spec, codec)
     return WorkerLinks(inbox,
                        spec.outbox.sender(codec, curve=spec.curve) if spec.outbox else None,
                        spec.results.sender(codec, curve=spec.curve),
@@ -252,6 +259,8 @@ class Worker:
                     if links.outbox is not None and spec.replay_log else None)
         protocol.check_handlers(self.handlers, Route.DOWN, "worker")
         links.inbox.on_foreign = self._report_rejected
+        if links.control is not None:                          # strangers there are reported too
+            links.control.on_foreign = self._report_rejected
         if links.outbox is not None:
             links.outbox.on_foreign = self._report_rejected    # refused credits (workers/credit_pipe.py)
         if spec.resume_dir:

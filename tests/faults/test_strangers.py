@@ -181,3 +181,88 @@ def test_a_strangers_huge_multipart_message_costs_no_memory(transport, as_nobody
     assert seen["counted"] >= 1
     assert max(growth.values()) < GROWTH_BOUND and sum(growth.values()) < GROWTH_BOUND, growth
     assert_no_orphan_workers()
+
+
+# --- the frame bound of a link: from its own tensor specs, not the codec's 1 GiB ------------------------------
+def _insider(address: str, secret: str) -> tuple[zmq.Socket, zmq.Socket]:
+    """A DEALER that passes the run's handshake (it knows the PLAIN password) and never reconnects, with a
+    monitor on its connection events; only the frame bound or the codec can stop what it sends."""
+    from workers import zap
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, -1)
+    zap.join_plain(sock, secret)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    sock.connect(address)
+    return sock, monitor
+
+
+def _events(monitor: zmq.Socket, until: int, timeout_s: float, drain) -> set[int]:
+    """The monitor's events until `until` was seen or `timeout_s` passed, reading the run's reports meanwhile."""
+    from zmq.utils.monitor import recv_monitor_message
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while until not in seen and time.monotonic() < deadline:
+        while monitor.poll(0):
+            seen.add(int(recv_monitor_message(monitor)["event"]))
+        drain(50)
+    return seen
+
+
+def _probe_bound(coord: Coordinator, address: str, bound: int) -> dict[int, tuple[bool, int]]:
+    """Send `address` one frame of bound + 1 bytes, then one of exactly `bound`, each from its own insider; per
+    size: whether ZeroMQ disconnected the insider, and how many strangers the run counted since the first."""
+    before = coord.counters.rejected
+    result = {}
+    for size in (bound + 1, bound):
+        sock, monitor = _insider(address, coord.codec.secret)
+        try:
+            sock.send(b"\x00" * size)
+            gone = zmq.EVENT_DISCONNECTED in _events(monitor, zmq.EVENT_DISCONNECTED, 10 if size > bound else 1,
+                                                     coord._drain)
+            deadline = time.monotonic() + 30
+            while size == bound and coord.counters.rejected == before and time.monotonic() < deadline:
+                coord._drain(50)
+            coord._drain(500)   # a late count of the larger frame would show by now
+            result[size] = (gone, coord.counters.rejected - before)
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+    return result
+
+
+def test_a_frame_one_byte_above_the_links_bound_is_dropped_by_zeromq(reference, tmp_path, monkeypatch):
+    """While the run trains, a peer past the handshake sends one frame one byte larger than the largest the link
+    carries (workers/frame_bounds.py) to worker 1's inbox (its input activation at the batch size), worker 1's
+    control inbox and the coordinator's results inbox (headers only): ZeroMQ disconnects it before buffering
+    the frame, so nobody sees or counts it; a frame of exactly the bound still reaches the codec (refused and
+    counted once). The run ends bitwise equal to the clean one. On code that leaves every link at the codec's
+    1 GiB each larger frame is delivered and counted, and the peer stays connected."""
+    from workers.frame_bounds import HEADER_ONLY, inbox_bound
+    original = Coordinator._feed_train
+    seen = {}
+
+    def feed_train(self, event):
+        original(self, event)
+        self._fed_in_attempt = getattr(self, "_fed_in_attempt", 0) + 1
+        if self._fed_in_attempt != AFTER_STEP:
+            return
+        spec = self.specs()[1]
+        seen["bound"] = bound = inbox_bound(spec.schema, spec.config)
+        for name, address, limit in (("inbox", self.inboxes[1].address, bound),
+                                     ("control", spec.control.address, HEADER_ONLY),
+                                     ("results", self.results_link.address, HEADER_ONLY)):
+            seen[name] = (limit, _probe_bound(self, address, limit))
+
+    monkeypatch.setattr(Coordinator, "_feed_train", feed_train)
+    out = tmp_path / "run"
+    assert run_in_process(out) == 0
+    s = assert_complete(reference, out, restarts=0)
+    assert seen["bound"] > MAX_HEADER_BYTES      # an activation of the small run, not the header floor
+    for name in ("inbox", "control", "results"):
+        limit, probe = seen[name]
+        assert probe[limit + 1] == (True, 0), (name, seen)     # disconnected, never delivered
+        assert probe[limit] == (False, 1), (name, seen)        # delivered to the codec, refused and counted
+    assert s["rejected_messages"] == 3
+    assert_no_orphan_workers()
