@@ -15,6 +15,12 @@ CUDA sanitizer, a vector clock per stream (which op of every other stream it is 
   violation: the caching allocator would give the block back to the allocating stream, which may reuse it
   while the other stream still reads it.
 
+What is *not* a use, as on a GPU where it launches no kernel: a view op (slice, view, detach: metadata only;
+cuda-ipc slices a slot it opens before it waits on the slot's event), and allocating pinned host memory
+(`host_buffer`: its free is never judged either, since torch's caching host allocator keeps a block until the
+events it records for every async copy through it have completed). The host waiting on an event
+(`wait_host`, or a `query` that says done) or synchronizing a stream orders everything after it.
+
 Memory is tracked per storage (the address a storage starts at, dropped when it is freed), so two slices of
 one storage are one block: a test of a sliced buffer (the cuda-ipc double's segment) sends one message at a
 time.
@@ -33,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten
 
 
@@ -60,10 +66,11 @@ class CpuEvent:
 
 @dataclass
 class _Block:
-    alloc: int                       # stream id that allocated it
-    write: tuple[int, int]           # (stream id, op) of the last write
+    alloc: int | None                # stream id that allocated it (None: pinned host memory)
+    write: tuple[int, int] | None    # (stream id, op) of the last write (None: not written yet)
     used: dict[int, int] = field(default_factory=dict)    # stream id -> its last op that used the block
     recorded: set[int] = field(default_factory=set)       # streams named by record_stream
+    host: bool = False                                     # pinned host memory (StreamChecker.track_host)
 
 
 def _key(t: torch.Tensor) -> int | None:
@@ -101,6 +108,9 @@ class StreamChecker:
                 block = self.blocks.get(key := _key(t))
                 if key is None or block is None:
                     continue
+                if block.write is None:
+                    block.used[stream.id] = k
+                    continue
                 writer, wop = block.write
                 if writer != stream.id:
                     self.cross_stream_uses += 1
@@ -127,6 +137,8 @@ class StreamChecker:
         with self.lock:
             if self.blocks.get(key) is block:
                 del self.blocks[key]
+            if block.host:
+                return
             alloc = self.streams.get(block.alloc)
             for user, uop in block.used.items():
                 if (alloc is not None and user != block.alloc and user not in block.recorded
@@ -155,8 +167,24 @@ class StreamChecker:
                 block.recorded.add(stream.id)
 
     def synchronize(self, stream: CpuStream) -> None:
+        self.completed({stream.id: stream.clock[stream.id]})
+
+    def completed(self, clock: dict[int, int] | None) -> None:
+        """The host saw `clock`'s work finish (an event synchronized, or queried done): everything after, on
+        any stream, is ordered after it."""
         with self.lock:
-            self.floor[stream.id] = max(self.floor.get(stream.id, 0), stream.clock[stream.id])
+            for sid, op in (clock or {}).items():
+                self.floor[sid] = max(self.floor.get(sid, 0), op)
+
+    def track_host(self, t: torch.Tensor) -> None:
+        """`t` is pinned host memory (streams.host_buffer): its allocation is no stream's write, and its free
+        is never judged, because torch's caching host allocator records an event on every stream an async copy
+        uses the block on and reuses the block only once those events completed. Uses of its bytes are checked
+        from its first write on, like any memory."""
+        with self.lock:
+            if (key := _key(t)) is not None:
+                self.blocks[key] = _Block(None, None, host=True)
+                weakref.finalize(t.untyped_storage(), self._freed, key, self.blocks[key])
 
     def check(self) -> None:
         """Stop judging (the test's teardown frees everything at once) and raise what was found."""
@@ -175,6 +203,8 @@ class _Mode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func.is_view:         # metadata only (slice, view, detach): no kernel on a GPU, no memory touched
+            return out
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         writes = []
         for i, arg in enumerate(func._schema.arguments):
@@ -251,14 +281,30 @@ class CpuStreams:
             self.checker.synchronize(stream)
 
     def query(self, event: CpuEvent) -> bool:
+        """Always done (CPU work is synchronous); a query that says so orders the host after the event."""
+        if self.checker is not None:
+            self.checker.completed(event.clock)
         return True
 
     def wait_host(self, event: CpuEvent) -> None:
-        pass
+        if self.checker is not None:
+            self.checker.completed(event.clock)
 
     def copy_async(self, dst: torch.Tensor, src: torch.Tensor, stream: CpuStream) -> None:
         with self.using(stream):
             dst.copy_(src)
 
     def host_buffer(self, tensor: torch.Tensor) -> torch.Tensor:
-        return torch.empty_like(tensor)
+        """Pinned host memory is no stream's: made unseen, then tracked as host memory (see `track_host`)."""
+        with _unwatched():
+            buffer = torch.empty_like(tensor)
+        if self.checker is not None:
+            self.checker.track_host(buffer)
+        return buffer
+
+
+@contextlib.contextmanager
+def _unwatched() -> Iterator[None]:
+    """Run the block with the checker's dispatch mode (if any) suspended."""
+    with _disable_current_modes():
+        yield
