@@ -14,7 +14,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import secrets
-import shutil
 import signal
 import time
 import uuid
@@ -40,7 +39,7 @@ from launch.checkpoints import CheckpointStore
 from launch.divergence import Divergence, settle
 from launch.progress import EpochTracker
 from launch.recovery import OneWorkerRecovery
-from launch.sockets import make_socket_dir
+from launch.sockets import make_socket_dir, remove_socket_dir
 from launch.transport_choice import OneHostKeys, link_address
 from workers import protocol
 from workers.faults import Fault, die
@@ -316,7 +315,7 @@ class Coordinator:
         for end in (self.feed, self.results):
             if end is not None:
                 end.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_socket_dir(self.tmp)
 
     # --- failure detection -------------------------------------------------------------------------------
     def _fail(self, rank: int | None, what: str, restartable: bool = True) -> WorkerFailed:
