@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from engine.config import UsageError
+from workers.transport import _IPC_PATH_MAX as IPC_PATH_MAX
 
 ROOT_VAR = "AUGLOCAL_SOCKET_ROOT"
 
@@ -52,13 +53,18 @@ def shared_root() -> Path | None:
     folder), created 0700 on first use; None: each launcher makes a private folder in the temp dir."""
     if os.environ.get(ROOT_VAR):
         root = Path(os.environ[ROOT_VAR])
+        if root.is_symlink() or (root.exists() and not root.is_dir()):
+            what = "a symlink" if root.is_symlink() else "not a folder"
+            raise UsageError(f"${ROOT_VAR} {root} is {what}; set it to a private folder of this user (or unset "
+                             "it for a fresh private one per run)")
         try:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as err:
-            raise UsageError(f"${ROOT_VAR} {root}: cannot make the socket folder ({err.strerror})") from None
+            raise UsageError(f"${ROOT_VAR} {root}: cannot make the socket folder ({err.strerror}); set it to a "
+                             "private folder of this user (or unset it)") from None
         if not _private(root):
-            raise UsageError(f"${ROOT_VAR} {root} is not a folder of this user that only it may write (a "
-                             "symlink, another user's, or group/world-writable); give a private folder")
+            raise UsageError(f"${ROOT_VAR} {root} is another user's or writable by others; set it to a private "
+                             "folder of this user (or unset it for a fresh private one per run)")
         return root
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and _private(Path(runtime)):
@@ -81,9 +87,30 @@ def _own_launcher_dir() -> Path:
     return _launcher_dir[1]
 
 
-def check_socket_root() -> None:
-    """Exit 2 now (before a run folder is claimed) if the socket folders cannot be private."""
-    shared_root()
+#: the longest name below an attempt folder that an ipc socket gets (`results.sock`, `w<rank>.sock`), plus the
+#: attempt folder itself (`<pid>-<run id>-<random>` or `<run id>-<random>`)
+_ATTEMPT_AND_SOCKET = len("/4194304-0123456789ab-abcdefgh/results.sock")
+#: the per-launcher folder's name in the temp dir
+_LAUNCHER_NAME = len("/auglocal-4294967295-4194304-abcdefgh")
+
+
+def check_socket_root(ipc: bool = True) -> None:
+    """Exit 2 now, before a run folder is claimed, if the socket folders cannot be made private, or (`ipc`)
+    their socket paths would pass the length Unix sockets allow. Makes nothing but $AUGLOCAL_SOCKET_ROOT
+    (or `$XDG_RUNTIME_DIR/auglocal`), a folder of the user's own choosing that runs share."""
+    root = shared_root()
+    if root is None:
+        temp = Path(tempfile.gettempdir())
+        if not (temp.is_dir() and os.access(temp, os.W_OK | os.X_OK)):
+            raise UsageError(f"the temp dir {temp} is not a folder this user may write; set $TMPDIR (or "
+                             f"${ROOT_VAR}) to one")
+        parent, extra = temp.absolute(), _LAUNCHER_NAME
+    else:
+        parent, extra = root.absolute(), 0
+    if ipc and len(str(parent)) + extra + _ATTEMPT_AND_SOCKET > IPC_PATH_MAX:
+        var = "$TMPDIR" if root is None else f"${ROOT_VAR}"
+        raise UsageError(f"socket folder parent {parent} is too long for ipc:// socket paths (at most "
+                         f"{IPC_PATH_MAX} characters); set {var} to a shorter folder, or use --transport tcp")
 
 
 def make_socket_dir(run_id: str) -> str:
@@ -91,7 +118,10 @@ def make_socket_dir(run_id: str) -> str:
     root = shared_root()
     if root is not None:
         return tempfile.mkdtemp(prefix=f"{os.getpid()}-{run_id}-", dir=root)
-    return tempfile.mkdtemp(prefix=f"{run_id}-", dir=_own_launcher_dir())
+    try:
+        return tempfile.mkdtemp(prefix=f"{run_id}-", dir=_own_launcher_dir())
+    except FileNotFoundError:        # another attempt of this process just removed the emptied launcher folder
+        return tempfile.mkdtemp(prefix=f"{run_id}-", dir=_own_launcher_dir())
 
 
 def remove_socket_dir(path: str) -> None:
