@@ -533,14 +533,11 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     # every runtime flag (transport, GPUs, faults, worker kind) is checked before a run folder exists: a bad
     # flag exits 2 without leaving a half-made run behind
     opts = None if args.sequential else pipeline_options(args)
-    if opts is not None:
-        from launch.sockets import check_socket_root
-
-        check_socket_root(ipc=opts.transport == "ipc")
     args.out = str(args.out or default_run_dir(cfg.model, cfg.rule))
+    from launch.preflight import preflight
+
+    data = preflight(args, cfg, opts)     # the socket root, the data, --workers, --out: before the claim
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
-        data = build_data(cfg, check_files=True)
-        resolve(cfg, data)
         record_runtime(args, overrides)
         if args.resume:
             record_nonfinite(args.out, cfg.nonfinite)
