@@ -185,9 +185,13 @@ class Coordinator:
         self.codec = Codec(self.run_id, secrets.token_hex(16))
         self.tmp = make_socket_dir(self.run_id)      # launch/sockets.py: found and removed if we are killed
         self.k = len(placement.groups)
-        self.keys = OneHostKeys.generate(self.k) if opts.transport == "curve" else None
-        self.inboxes = [self.link(f"w{r}", opts.window, owner=r) for r in range(self.k)]
-        self.results_link = self.link("results", 64, owner=-1)
+        try:                                         # shutdown() removes the folder; without a coordinator, here
+            self.keys = OneHostKeys.generate(self.k) if opts.transport == "curve" else None
+            self.inboxes = [self.link(f"w{r}", opts.window, owner=r) for r in range(self.k)]
+            self.results_link = self.link("results", 64, owner=-1)
+        except BaseException:
+            remove_socket_dir(self.tmp)
+            raise
         self.needs_input = needs_input
         self.ranks = {worker_name(r): r for r in range(self.k)}
         self.workers: list = []

@@ -122,12 +122,12 @@ class RunClaim(RunLock):
     def __init__(self, path: str | Path, resume: bool):
         super().__init__(path)
         self.resume = resume
-        self.made_folder = False
+        self.made: list[Path] = []                  # folders the claim creates, the run folder first
         self.before: set[str] = set()
         self.saved: dict[str, bytes] = {}
 
     def acquire(self) -> None:
-        self.made_folder = not self.path.exists()
+        self.made = [p for p in (self.path, *self.path.absolute().parents) if not p.exists()]
         had_lock = (self.path / LOCK_FILE).exists()
         super().acquire()
         self.before = set(os.listdir(self.path)) - ({LOCK_FILE} if not had_lock else set())
@@ -149,9 +149,9 @@ class RunClaim(RunLock):
                     shutil.rmtree(target, ignore_errors=True)
                 else:
                     target.unlink(missing_ok=True)
-            if self.made_folder:
+            for folder in self.made:               # ENOTEMPTY: something else lives there now; keep it
                 with contextlib.suppress(OSError):
-                    self.path.rmdir()
+                    folder.rmdir()
         elif self.resume and bad_input:
             for name, content in self.saved.items():
                 atomic_write_bytes(self.path / name, content)

@@ -118,13 +118,13 @@ def test_refused_resume_keeps_runtime_json(coordinator_killed, tmp_path, capsys)
 
 def test_a_failure_after_the_claim_removes_what_the_attempt_made(tmp_path):
     """Anything that still fails once the folder is claimed, before the run holds a config: the lock, the
-    files of the attempt and the folder it made are gone; a folder the user made keeps what it held."""
+    files of the attempt and the folders it made are gone; a folder the user made keeps what it held."""
     fresh = tmp_path / "fresh" / "run"
     with pytest.raises(UsageError), claim_run_folder(fresh, resume=False, overwrite=False):
         (fresh / "runtime.json").write_text("{}")
         (fresh / "tensorboard").mkdir()
         raise UsageError("found late")
-    assert not fresh.exists() and (tmp_path / "fresh").is_dir()
+    assert not (tmp_path / "fresh").exists()                         # both folders the claim made
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
@@ -134,3 +134,22 @@ def test_a_failure_after_the_claim_removes_what_the_attempt_made(tmp_path):
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     with claim_run_folder(mine, resume=False, overwrite=False):     # and the folder can be claimed again
         assert (mine / LOCK_FILE).is_file()
+
+
+def test_a_resume_refused_after_the_claim_puts_runtime_json_back(tmp_path):
+    """A --resume that fails for bad input once claimed leaves runtime.json and config.json as they were; one
+    that fails otherwise (training ran with those flags) keeps what it recorded."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"seed": 1}')
+    (out / "runtime.json").write_text('{"flags": {"workers": "2"}}')
+    with pytest.raises(UsageError), claim_run_folder(out, resume=True, overwrite=False):
+        (out / "runtime.json").write_text('{"flags": {"workers": "500"}}')
+        (out / "config.json").write_text('{"seed": 1, "nonfinite": "skip"}')
+        raise UsageError("found late")
+    assert (out / "runtime.json").read_text() == '{"flags": {"workers": "2"}}'
+    assert (out / "config.json").read_text() == '{"seed": 1}'
+    with pytest.raises(RuntimeError), claim_run_folder(out, resume=True, overwrite=False):
+        (out / "runtime.json").write_text('{"flags": {"workers": "3"}}')
+        raise RuntimeError("a worker kept failing")
+    assert (out / "runtime.json").read_text() == '{"flags": {"workers": "3"}}'
