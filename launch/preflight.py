@@ -27,7 +27,7 @@ def preflight(args: argparse.Namespace, cfg: RunConfig, opts):
         check_socket_root(ipc=opts.transport == "ipc")
     data = build_data(cfg, check_files=True)
     resolve(cfg, data)
-    if opts is not None:
+    if opts is not None and not getattr(args, "elastic", False):    # torchrun: the group's size decides (elastic.py)
         check_workers(cfg, data, opts)
     return data
 
