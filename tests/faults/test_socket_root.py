@@ -122,17 +122,16 @@ def test_a_bad_socket_root_is_one_line_before_the_run_folder(kind, words, tmp_pa
     assert one_line_exit(["--cleanup"], capsys).startswith(f"auglocal-launch: error: ${ROOT_VAR} {root}")
 
 
-def test_cleanup_finds_a_killed_launchers_folder_and_only_that(private_temp, tmp_path):
-    tag = new_tag()
-    proc = run_cli(small_flags(tmp_path / "run", "--workers", "2", "--inject-fault", "kill-coordinator:step=2"), tag)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert_no_tagged(tag)
-    stale = ours(private_temp)
-    assert len(stale) == 1, stale                         # the killed launcher's, named after its dead pid
-    live = Path(tempfile.mkdtemp(prefix=f"auglocal-{os.getuid()}-{os.getpid()}-", dir=private_temp))
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    others = private_temp / f"auglocal-{os.getuid()}-{dead_pid}-x"
+def _dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _cleanup_removes_only(temp: Path, stale: str) -> None:
+    """--cleanup removes `stale` (this user's, its launcher gone) and leaves a live launcher's folder and one
+    that is not private (another user's, as root) alone."""
+    live = Path(tempfile.mkdtemp(prefix=f"auglocal-{os.getuid()}-{os.getpid()}-", dir=temp))
+    others = temp / f"auglocal-{os.getuid()}-{_dead_pid()}-x"
     others.mkdir()
     if os.geteuid() == 0:
         os.chown(others, NOBODY, NOBODY)                  # another user's: never touched
@@ -141,6 +140,25 @@ def test_cleanup_finds_a_killed_launchers_folder_and_only_that(private_temp, tmp
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(["--cleanup"]) == 0
-    assert printed.getvalue().splitlines() == [f"removed stale socket folder {private_temp / stale[0]}",
+    assert printed.getvalue().splitlines() == [f"removed stale socket folder {temp / stale}",
                                                "auglocal-launch --cleanup: removed 1 stale socket folder(s)"]
-    assert ours(private_temp) == sorted([live.name, others.name])
+    assert ours(temp) == sorted([live.name, others.name])
+
+
+def test_cleanup_finds_a_dead_launchers_folder_and_only_that(private_temp):
+    """The quick form: the folder a launcher (now dead) made the way make_socket_dir does."""
+    stale = private_temp / f"auglocal-{os.getuid()}-{_dead_pid()}-abcdefgh"
+    stale.mkdir(mode=0o700)
+    (stale / "0123456789ab-abcdefgh").mkdir(mode=0o700)
+    _cleanup_removes_only(private_temp, stale.name)
+
+
+@pytest.mark.slow   # a real run SIGKILLed mid-way (~15 s); the quick form above runs by default
+def test_cleanup_finds_a_killed_launchers_folder_and_only_that(private_temp, tmp_path):
+    tag = new_tag()
+    proc = run_cli(small_flags(tmp_path / "run", "--workers", "2", "--inject-fault", "kill-coordinator:step=2"), tag)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert_no_tagged(tag)
+    stale = ours(private_temp)
+    assert len(stale) == 1, stale                         # the killed launcher's, named after its dead pid
+    _cleanup_removes_only(private_temp, stale[0])
