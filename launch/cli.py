@@ -196,7 +196,7 @@ RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in I
 #: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
 RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_kind", "workers_per_host", "streams_per_gpu",
                  "worker_malloc", "trace", "checkpoint_every", "heartbeat_timeout", "max_restarts", "recovery",
-                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport")
+                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport", "no_progress")
 RUNTIME_FILE = "runtime.json"
 
 
@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(file=sys.stderr)
         stopped = "" if args.sequential else "; every worker stopped"
-        _say(f"{what} at {time.strftime('%H:%M:%S')}{stopped}", args)
+        waiting = getattr(getattr(args, "elastic_rank", None), "waiting", None)    # torchrun: what rank 0 awaited
+        _say(f"{what} at {time.strftime('%H:%M:%S')}{' while ' + waiting if waiting else stopped}", args)
         return 143 if isinstance(err, Terminated) else 130
     except Exception as err:
         from engine.atomic import DiskFullError, describe_io_error
@@ -534,9 +535,10 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     # flag exits 2 without leaving a half-made run behind
     opts = None if args.sequential else pipeline_options(args)
     args.out = str(args.out or default_run_dir(cfg.model, cfg.rule))
+    from launch.preflight import preflight
+
+    data = preflight(args, cfg, opts)     # the socket root, the data, --workers, --out: before the claim
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
-        data = build_data(cfg, check_files=True)
-        resolve(cfg, data)
         record_runtime(args, overrides)
         if args.resume:
             record_nonfinite(args.out, cfg.nonfinite)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import secrets
-import shutil
 import signal
 import time
 import uuid
@@ -40,7 +39,7 @@ from launch.checkpoints import CheckpointStore
 from launch.divergence import Divergence, settle
 from launch.progress import EpochTracker
 from launch.recovery import OneWorkerRecovery
-from launch.sockets import make_socket_dir
+from launch.sockets import make_socket_dir, remove_socket_dir
 from launch.transport_choice import OneHostKeys, link_address
 from workers import protocol
 from workers.faults import Fault, die
@@ -187,9 +186,13 @@ class Coordinator:
         self.codec = Codec(self.run_id, secrets.token_hex(16))
         self.tmp = make_socket_dir(self.run_id)      # launch/sockets.py: found and removed if we are killed
         self.k = len(placement.groups)
-        self.keys = OneHostKeys.generate(self.k) if opts.transport == "curve" else None
-        self.inboxes = [self.link(f"w{r}", opts.window, owner=r) for r in range(self.k)]
-        self.results_link = self.link("results", 64, owner=-1)
+        try:                                         # shutdown() removes the folder; without a coordinator, here
+            self.keys = OneHostKeys.generate(self.k) if opts.transport == "curve" else None
+            self.inboxes = [self.link(f"w{r}", opts.window, owner=r) for r in range(self.k)]
+            self.results_link = self.link("results", 64, owner=-1)
+        except BaseException:
+            remove_socket_dir(self.tmp)
+            raise
         self.needs_input = needs_input
         self.ranks = {worker_name(r): r for r in range(self.k)}
         self.workers: list = []
@@ -319,7 +322,7 @@ class Coordinator:
         for end in (self.feed, self.results):
             if end is not None:
                 end.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        remove_socket_dir(self.tmp)
 
     # --- failure detection -------------------------------------------------------------------------------
     def _fail(self, rank: int | None, what: str, restartable: bool = True) -> WorkerFailed:

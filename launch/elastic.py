@@ -54,6 +54,9 @@ class ElasticRank:
     def __init__(self, env: TorchrunEnv, secret: str, node_addr: str, store: RunStore):
         self.env, self.secret, self.node_addr, self.store = env, secret, node_addr, store
         self.restarts = env.restart_count    # rank 0: the group's restarts so far (see group_restarts)
+        #: rank 0: what it is waiting for from the other ranks, if anything; named when it is stopped meanwhile
+        #: (torchrun stops rank 0 with SIGTERM when a rank of another node exits, without saying why)
+        self.waiting: str | None = None
 
     @property
     def is_coordinator(self) -> bool:
@@ -105,7 +108,11 @@ class ElasticRank:
         the largest is the group's."""
         counts = [self.env.restart_count]
         for r in range(1, self.env.world_size):
+            self.waiting = (f"waiting for rank {r} to join rank 0's store (it never did: a rank whose run secret "
+                            "differs refuses rank 0's record and exits 2, saying so on its own node; copy the same "
+                            "--secret-file to every node)")
             counts.append(int(self.store.get(f"restarts/{r}")))
+        self.waiting = None
         return max(counts)
 
     def continue_after_restart(self, args: argparse.Namespace) -> None:

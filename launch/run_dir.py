@@ -3,6 +3,8 @@ at a time holds it (an exclusive lock), and a new run never mixes with an old on
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -70,16 +72,27 @@ class RunLock:
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"--out {self.path} is a file, not a folder; give a folder for the run (new or "
                              "holding a run to --resume)")
-        self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK_FILE
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 512).decode(errors="replace").strip() or "a process that just started"
-            os.close(fd)
-            raise UsageError(f"run folder {self.path} is in use by another run ({holder}); wait until it ends, "
-                             "or choose another --out") from None
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise UsageError(f"--out {self.path}: cannot write there ({err.strerror}); choose a folder this user "
+                             "may write") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 512).decode(errors="replace").strip() or "a process that just started"
+                os.close(fd)
+                raise UsageError(f"run folder {self.path} is in use by another run ({holder}); wait until it "
+                                 "ends, or choose another --out") from None
+            if _same_file(fd, lock):
+                break
+            os.close(fd)            # a failed claim removed the file we locked (RunClaim): lock the new one
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                      "\n".encode())
@@ -91,9 +104,62 @@ class RunLock:
             self.fd = None
 
 
-def claim_run_folder(path: str | Path, *, resume: bool, overwrite: bool) -> RunLock:
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), path.stat())
+    except FileNotFoundError:
+        return False
+
+
+class RunClaim(RunLock):
+    """The lock of one attempt at a run, which remembers what the folder held before it: an attempt that fails
+    before its run holds anything (no config.json, run.json or checkpoints/) removes everything it made, the
+    lock and the folder included; a --resume refused for bad input puts runtime.json and config.json back.
+    A run that got as far as its config stays, to be resumed."""
+
+    KEPT = ("runtime.json", "config.json")      # what a --resume rewrites before it trains
+
+    def __init__(self, path: str | Path, resume: bool):
+        super().__init__(path)
+        self.resume = resume
+        self.made: list[Path] = []                  # folders the claim creates, the run folder first
+        self.before: set[str] = set()
+        self.saved: dict[str, bytes] = {}
+
+    def acquire(self) -> None:
+        self.made = [p for p in (self.path, *self.path.absolute().parents) if not p.exists()]
+        had_lock = (self.path / LOCK_FILE).exists()
+        super().acquire()
+        self.before = set(os.listdir(self.path)) - ({LOCK_FILE} if not had_lock else set())
+        self.saved = {n: (self.path / n).read_bytes() for n in self.KEPT if (self.path / n).is_file()}
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                self.undo(bad_input=issubclass(exc_type, UsageError))
+        finally:
+            self.release()
+
+    def undo(self, bad_input: bool) -> None:
+        """Called holding the lock, so no other run can have claimed the folder meanwhile."""
+        if not holds_run(self.path):
+            for name in sorted(set(os.listdir(self.path)) - self.before):
+                target = self.path / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
+            for folder in self.made:               # ENOTEMPTY: something else lives there now; keep it
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        elif self.resume and bad_input:
+            for name, content in self.saved.items():
+                atomic_write_bytes(self.path / name, content)
+
+
+def claim_run_folder(path: str | Path, *, resume: bool, overwrite: bool) -> RunClaim:
     """Lock the run folder; a new run into a folder holding a run needs --overwrite (which clears it)."""
-    lock = RunLock(path)
+    lock = RunClaim(path, resume)
     lock.acquire()
     try:
         if not resume and holds_run(lock.path):
@@ -101,8 +167,8 @@ def claim_run_folder(path: str | Path, *, resume: bool, overwrite: bool) -> RunL
                 raise UsageError(f"{lock.path} already holds a run; continue it with --resume {lock.path}, "
                                  "replace it with --overwrite, or choose another --out")
             clear_run(lock.path)
-    except BaseException:
-        lock.release()
+    except BaseException as err:
+        lock.__exit__(type(err), err, None)
         raise
     return lock
 

@@ -28,6 +28,8 @@ class ImageDecodeError(ValueError):
 def _decode_problem(path: str) -> str | None:
     """Why the image at `path` does not decode, or None when it does."""
     try:
+        if os.path.getsize(path) == 0:       # PIL would only say it "cannot identify" the file
+            return "an empty file: 0 bytes"
         with Image.open(path) as image:
             image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()

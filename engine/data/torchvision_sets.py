@@ -25,11 +25,14 @@ _READ_ERRORS = (RuntimeError, ValueError, KeyError, EOFError, OSError, pickle.Un
 
 
 def require_dir(data_dir: str | Path | None, name: str, expected: str) -> Path:
-    """The data directory as a Path; a clear error if it was not given or does not exist."""
+    """The data directory as a Path; a clear error if it was not given, does not exist or is not a folder."""
     if data_dir is None:
         raise ValueError(f"{name} is read from disk: pass data_dir, a folder containing {expected} "
                          "(nothing is downloaded)")
     root = Path(data_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{name}: data directory {root} is a file, not a folder; give the folder containing "
+                         f"{expected}")
     if not root.is_dir():
         raise FileNotFoundError(f"{name}: data directory {root} does not exist; expected a folder containing "
                                 f"{expected}")

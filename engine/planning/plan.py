@@ -137,12 +137,20 @@ class PipelinePlan:
                 lines.append(f"worker times include {self.transport_s * 1e3:.3f} ms per message sent "
                              "downstream (all workers but the last)")
             lines.append(f"bottleneck {self.bottleneck * 1e3:.3f} ms/batch: predicted "
-                         f"{self.predicted_images_per_s:,.1f} images/s, sequential "
-                         f"{self.sequential_images_per_s:,.1f} images/s, speedup {self.speedup:.2f}x")
+                         f"{format_rate(self.predicted_images_per_s)} images/s, sequential "
+                         f"{format_rate(self.sequential_images_per_s)} images/s, speedup {self.speedup:.2f}x")
         else:
             lines.append(f"bottleneck {self.bottleneck:.4g} {self.unit}, speedup over one worker "
                          f"{self.speedup:.2f}x (costs are not in seconds: no images/s predicted)")
         return "\n".join(lines)
+
+
+def format_rate(value: float) -> str:
+    """A rate with the digits that carry information: one decimal from 1 up ("1,234.5", as before), three
+    significant figures below ("0.00123", "4.56e-07"), so that a merely slow prediction never reads "0.0"."""
+    if value == 0 or not math.isfinite(value) or abs(value) >= 1:
+        return f"{value:,.1f}"
+    return f"{value:.3g}"
 
 
 def make_plan(modules: Sequence[LocalModule], k: int, batch_size: int, costs: Sequence[float],

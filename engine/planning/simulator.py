@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from engine.feed import CheckpointMarker, EvalBatch, FeedShape, TrainStep, feed_plan
+from engine.planning.plan import format_rate
 from engine.planning.shared_cores import replay_shared
 from engine.planning.timing import time_module_phases
 from engine.precision import Kernels
@@ -277,8 +278,8 @@ def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[i
                  "; bounded by GPUs shared by " + ", ".join(f"workers {g[0]}..{g[-1]}" for g in shared) +
                  " (their work adds up: no stream overlap assumed)")
     if plan.unit == "s":
-        return (f"simulated (feed order, links, credit window 2): {sim.images_per_s:,.1f} images/s "
-                f"(plan predicts {plan.predicted_images_per_s:,.1f}); busy {busy}")
+        return (f"simulated (feed order, links, credit window 2): {format_rate(sim.images_per_s)} images/s "
+                f"(plan predicts {format_rate(plan.predicted_images_per_s)}); busy {busy}")
     one = sum(plan.module_costs) * plan.batch_size
     return (f"simulated speedup over one worker (FLOPs costs, free links): "
             f"{sim.images_per_s * one / plan.batch_size:.2f}x (plan predicts {plan.speedup:.2f}x); busy {busy}")
