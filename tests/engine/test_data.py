@@ -8,8 +8,6 @@ the tests compute the md5 of the files they wrote and put those into the dataset
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 import re
 
 import numpy as np
@@ -17,16 +15,13 @@ import pytest
 import scipy.io
 import torch
 from PIL import Image
-from torchvision.datasets import CIFAR10, STL10, SVHN
+from torchvision.datasets import STL10, SVHN
 
 from engine.data import DATASETS, build_dataset, embedded, recorded_splits
 from engine.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from engine.data.seeding import derive_seed
 from engine.data.torchvision_sets import CIFAR10_MEAN, CIFAR10_STD
-
-
-def md5(path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+from tests.data_files import md5, write_cifar10
 
 
 def images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
@@ -72,24 +67,9 @@ def check_crops(source, originals: torch.Tensor, pad: int, mode: str, flips: boo
 
 # ---- CIFAR-10 ---------------------------------------------------------------------------------------------
 def write_cifar(root, monkeypatch, rng):
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
     train_x, train_y = images(rng, 10, 32), rng.integers(0, 10, 10)
     test_x, test_y = images(rng, 3, 32), rng.integers(0, 10, 3)
-    for k in range(5):
-        part = slice(2 * k, 2 * k + 2)
-        entry = {"batch_label": f"training batch {k + 1} of 5", "data": train_x[part].reshape(2, -1),
-                 "labels": train_y[part].tolist(), "filenames": [f"img{i}.png" for i in range(2)]}
-        (folder / f"data_batch_{k + 1}").write_bytes(pickle.dumps(entry, protocol=2))
-    entry = {"batch_label": "testing batch 1 of 1", "data": test_x.reshape(3, -1), "labels": test_y.tolist(),
-             "filenames": ["t0.png", "t1.png", "t2.png"]}
-    (folder / "test_batch").write_bytes(pickle.dumps(entry, protocol=2))
-    meta = {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": 2, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{k}", md5(folder / f"data_batch_{k}")]
-                                                for k in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5(folder / "batches.meta")})
+    write_cifar10(root, monkeypatch, train_x, train_y, test_x, test_y)
     return torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x), torch.from_numpy(test_y)
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from engine.config import RunConfig, build_data, build_network, optim_and_schedule, resolve
 from engine.trainer import EpochRecord, SequentialTrainer
+from launch.coordinator import Coordinator
 from launch.pipeline import PipelineOptions, train_pipeline
 from workers.faults import parse_fault
 
@@ -212,3 +214,18 @@ def one_line_exit(args, capsys, code: int = 2) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def after_feeding(monkeypatch, actions: dict[int, Callable[[Coordinator], None]]) -> None:
+    """Call actions[n](coordinator) right after the coordinator has fed the n-th training minibatch of an
+    attempt (each attempt has its own coordinator): how a fault test acts while a real run trains."""
+    original = Coordinator._feed_train
+
+    def feed_train(self, event):
+        original(self, event)
+        self._fed_in_attempt = getattr(self, "_fed_in_attempt", 0) + 1
+        action = actions.get(self._fed_in_attempt)
+        if action is not None:
+            action(self)
+
+    monkeypatch.setattr(Coordinator, "_feed_train", feed_train)

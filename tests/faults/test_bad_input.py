@@ -3,10 +3,9 @@ nan, inf and out-of-range numbers, --out naming a file, damaged run-folder files
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.data_files import write_image_folder
 from tests.faults.support import SMALL_FLAGS, one_line_exit
 
 
@@ -68,15 +67,9 @@ def test_resume_of_a_sequential_run_and_resume_with_overwrite(tmp_path, capsys):
     assert "does not combine with --sequential, --dry-run or --overwrite" in line
 
 
-def write_image_folder(root, bad: str) -> str:
+def write_bad_image_folder(root, bad: str) -> str:
     """A 2-class ImageNet-style folder of small PNGs; one training image is replaced by a bad file."""
-    rng = np.random.default_rng(3)
-    for split, n in (("train", 4), ("val", 2)):
-        for cls in ("n001", "n002"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
-                    root / split / cls / f"img{i}.png")
+    write_image_folder(root, ".png", {"train": 4, "val": 2}, seed=3)
     victim = root / "train" / "n002" / "img3.png"
     if bad == "garbage":
         victim.write_bytes(b"this is not an image" * 10)
@@ -87,7 +80,7 @@ def write_image_folder(root, bad: str) -> str:
 
 @pytest.mark.parametrize("bad", ["garbage", "truncated"])
 def test_undecodable_image_is_named_before_training(bad, tmp_path, capsys):
-    victim = write_image_folder(tmp_path / "imagenet", bad)
+    victim = write_bad_image_folder(tmp_path / "imagenet", bad)
     out = tmp_path / "run"
     line = one_line_exit(["--model", "resnet20", "--d", "3", "--dataset", "imagenet", "--data-dir",
                           tmp_path / "imagenet", "--input-size", "16", "--batch-size", "4", "--epochs", "1",

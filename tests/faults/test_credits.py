@@ -13,7 +13,7 @@ import signal
 import time
 
 from launch.coordinator import Coordinator
-from tests.faults.support import assert_complete, assert_no_orphan_workers, run_in_process
+from tests.faults.support import after_feeding, assert_complete, assert_no_orphan_workers, run_in_process
 
 STOP_AT, FORGE_AT = 1, 5     # worker 1 stops once this many minibatches were fed; the bytes come at this many
 # (no checkpoint marker in between, so worker 0's steps count what it sent: five fit in what worker 0, its inbox
@@ -47,20 +47,14 @@ def test_forged_credits_do_not_widen_the_window_and_are_counted(reference, tmp_p
     """On the code before 8-byte keyed records (one byte per credit, commit 6102940^) worker 0 sends one more
     minibatch into the stopped worker's queue (then ZeroMQ's high-water mark, the second fence, holds it), and
     nothing is counted; the coordinator counted nothing either before its feed sender reported refusals."""
-    original_feed, original_metrics = Coordinator._feed_train, Coordinator._on_metrics
+    original_metrics = Coordinator._on_metrics
     seen = {"w0": 0}
 
     def on_metrics(self, msg):
         seen["w0"] += self.ranks[msg.sender] == 0
         original_metrics(self, msg)
 
-    def feed_train(self, event):
-        original_feed(self, event)
-        self._fed_in_attempt = getattr(self, "_fed_in_attempt", 0) + 1
-        if self._fed_in_attempt == STOP_AT:
-            os.kill(self.workers[1].pid, signal.SIGSTOP)
-        if self._fed_in_attempt != FORGE_AT:
-            return
+    def forge(self):
         try:
             blocked = _steps_settled(self, seen)
             before = self.counters.rejected
@@ -75,7 +69,7 @@ def test_forged_credits_do_not_widen_the_window_and_are_counted(reference, tmp_p
             os.kill(self.workers[1].pid, signal.SIGCONT)
 
     monkeypatch.setattr(Coordinator, "_on_metrics", on_metrics)
-    monkeypatch.setattr(Coordinator, "_feed_train", feed_train)
+    after_feeding(monkeypatch, {STOP_AT: lambda self: os.kill(self.workers[1].pid, signal.SIGSTOP), FORGE_AT: forge})
     out = tmp_path / "run"
     assert run_in_process(out, checkpoint_every=0) == 0
     s = assert_complete(reference, out, restarts=0)

@@ -5,55 +5,26 @@ the claim removes what that attempt made (RunClaim), and a refused --resume leav
 
 from __future__ import annotations
 
-import hashlib
-import pickle
-
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
-from torchvision.datasets import CIFAR10
 
 from engine.config import UsageError
 from engine.data.synthetic import needed_bytes
 from launch.run_dir import LOCK_FILE, claim_run_folder
+from tests.data_files import write_cifar10, write_image_folder
 from tests.faults.support import SMALL_FLAGS, one_line_exit
 from tests.faults.test_integrity import copy_run
 
 ERROR = "auglocal-launch: error: "
 
 
-def _md5(path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def write_cifar10(root, monkeypatch) -> None:
-    """The official on-disk CIFAR-10 format (pickled batches, protocol 2), 2 images per training batch, with
-    torchvision's md5 table pointed at these files so that only real damage fails its check."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
+def write_cifar(root, monkeypatch) -> None:
+    """The official CIFAR-10 format, 2 images per training batch (tests/data_files.py)."""
     rng = np.random.default_rng(5)
-    for name, n in [(f"data_batch_{k}", 2) for k in range(1, 6)] + [("test_batch", 3)]:
-        entry = {"batch_label": name, "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, n).tolist(), "filenames": [f"{name}-{i}.png" for i in range(n)]}
-        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
-    meta = {"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": 2, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{k}", _md5(folder / f"data_batch_{k}")]
-                                                for k in range(1, 6)])
-    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
-
-
-def write_jpeg_folder(root) -> None:
-    """An ImageNet-style folder of small JPEGs, 2 classes."""
-    rng = np.random.default_rng(6)
-    for split, n in (("train", 3), ("val", 2)):
-        for cls in ("n001", "n002"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
-                    root / split / cls / f"img{i}.JPEG")
+    write_cifar10(root, monkeypatch, rng.integers(0, 256, (10, 3, 32, 32), dtype=np.uint8),
+                  rng.integers(0, 10, 10), rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8),
+                  rng.integers(0, 10, 3))
 
 
 def refused(args, capsys, out) -> str:
@@ -79,7 +50,7 @@ def test_data_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_truncated_cifar_batch_file(tmp_path, monkeypatch, capsys):
-    write_cifar10(tmp_path / "data", monkeypatch)
+    write_cifar(tmp_path / "data", monkeypatch)
     victim = tmp_path / "data" / "cifar-10-batches-py" / "data_batch_3"
     victim.write_bytes(victim.read_bytes()[:1000])
     words = refused(["--dataset", "cifar10", "--data-dir", tmp_path / "data", "--batch-size", "2",
@@ -88,7 +59,7 @@ def test_truncated_cifar_batch_file(tmp_path, monkeypatch, capsys):
 
 
 def test_zero_byte_imagenet_jpeg(tmp_path, capsys):
-    write_jpeg_folder(tmp_path / "imagenet")
+    write_image_folder(tmp_path / "imagenet", ".JPEG", {"train": 3, "val": 2}, seed=6)
     victim = tmp_path / "imagenet" / "train" / "n002" / "img1.JPEG"
     victim.write_bytes(b"")
     words = refused(["--dataset", "imagenet", "--data-dir", tmp_path / "imagenet", "--model", "resnet20", "--d",

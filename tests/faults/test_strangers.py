@@ -15,7 +15,13 @@ import zmq
 import zmq.utils.garbage  # noqa: F401  (zero-copy sends import it lazily: a forked `nobody` child cannot read it)
 
 from launch.coordinator import Coordinator
-from tests.faults.support import assert_complete, assert_no_orphan_workers, run_in_process, worker_processes
+from tests.faults.support import (
+    after_feeding,
+    assert_complete,
+    assert_no_orphan_workers,
+    run_in_process,
+    worker_processes,
+)
 from workers.messages import MAX_HEADER_BYTES, Codec, Kind, Message
 
 STRANGERS = {
@@ -50,24 +56,19 @@ def send_strangers(coord: Coordinator) -> int:
 def strangers_in_every_attempt(monkeypatch):
     """Patch the coordinator so that each attempt, once training is under way, receives the strangers and
     waits until every one of them has been counted (by the worker that dropped it, or by itself)."""
-    original = Coordinator._feed_train
     log = {"sent": 0, "attempts": 0}
 
-    def feed_train(self, event):
-        original(self, event)
-        fed = getattr(self, "_fed_in_attempt", 0) + 1
-        self._fed_in_attempt = fed
-        if fed == AFTER_STEP:
-            before = self.counters.rejected
-            n = send_strangers(self)
-            log["sent"] += n
-            log["attempts"] += 1
-            deadline = time.monotonic() + 60
-            while self.counters.rejected < before + n:
-                assert time.monotonic() < deadline, f"{self.counters.rejected - before} of {n} strangers counted"
-                self._drain(50)
+    def strangers(self):
+        before = self.counters.rejected
+        n = send_strangers(self)
+        log["sent"] += n
+        log["attempts"] += 1
+        deadline = time.monotonic() + 60
+        while self.counters.rejected < before + n:
+            assert time.monotonic() < deadline, f"{self.counters.rejected - before} of {n} strangers counted"
+            self._drain(50)
 
-    monkeypatch.setattr(Coordinator, "_feed_train", feed_train)
+    after_feeding(monkeypatch, {AFTER_STEP: strangers})
     return log
 
 
@@ -150,14 +151,9 @@ def test_a_strangers_huge_multipart_message_costs_no_memory(transport, as_nobody
     import os
     if as_nobody and os.geteuid() != 0:
         pytest.skip("becoming `nobody` needs root")
-    original = Coordinator._feed_train
     seen = {}
 
-    def feed_train(self, event):
-        original(self, event)
-        self._fed_in_attempt = getattr(self, "_fed_in_attempt", 0) + 1
-        if self._fed_in_attempt != AFTER_STEP:
-            return
+    def big_stranger(self):
         before = self.counters.rejected
         rss = PeakRss()
         child = multiprocessing.get_context("fork").Process(target=_big_stranger,
@@ -172,7 +168,7 @@ def test_a_strangers_huge_multipart_message_costs_no_memory(transport, as_nobody
         seen["growth"] = rss.stop()
         seen["counted"] = self.counters.rejected - before
 
-    monkeypatch.setattr(Coordinator, "_feed_train", feed_train)
+    after_feeding(monkeypatch, {AFTER_STEP: big_stranger})
     out = tmp_path / "run"
     assert run_in_process(out, transport=transport) == 0
     assert_complete(reference, out, restarts=0)
@@ -240,14 +236,9 @@ def test_a_frame_one_byte_above_the_links_bound_is_dropped_by_zeromq(reference, 
     counted once). The run ends bitwise equal to the clean one. On code that leaves every link at the codec's
     1 GiB each larger frame is delivered and counted, and the peer stays connected."""
     from workers.frame_bounds import HEADER_ONLY, inbox_bound
-    original = Coordinator._feed_train
     seen = {}
 
-    def feed_train(self, event):
-        original(self, event)
-        self._fed_in_attempt = getattr(self, "_fed_in_attempt", 0) + 1
-        if self._fed_in_attempt != AFTER_STEP:
-            return
+    def probe(self):
         spec = self.specs()[1]
         seen["bound"] = bound = inbox_bound(spec.schema, spec.config)
         for name, address, limit in (("inbox", self.inboxes[1].address, bound),
@@ -255,7 +246,7 @@ def test_a_frame_one_byte_above_the_links_bound_is_dropped_by_zeromq(reference, 
                                      ("results", self.results_link.address, HEADER_ONLY)):
             seen[name] = (limit, _probe_bound(self, address, limit))
 
-    monkeypatch.setattr(Coordinator, "_feed_train", feed_train)
+    after_feeding(monkeypatch, {AFTER_STEP: probe})
     out = tmp_path / "run"
     assert run_in_process(out) == 0
     s = assert_complete(reference, out, restarts=0)
