@@ -111,7 +111,12 @@ class ElasticRank:
             self.waiting = (f"waiting for rank {r} to join rank 0's store (it never did: a rank whose run secret "
                             "differs refuses rank 0's record and exits 2, saying so on its own node; copy the same "
                             "--secret-file to every node)")
-            counts.append(int(self.store.get(f"restarts/{r}")))
+            try:
+                counts.append(int(self.store.get(f"restarts/{r}")))
+            except TimeoutError:
+                raise UsageError(f"rank 0: rank {r} never joined rank 0's store within {self.store.timeout_s:.0f} s "
+                                 "(a rank whose run secret differs refuses rank 0's record and exits 2 on its own "
+                                 "node; copy the same --secret-file to every node)") from None
         self.waiting = None
         return max(counts)
 

@@ -94,3 +94,13 @@ def test_rank_0_still_sees_a_joining_rank(tmp_path):
     zero = ElasticRank.join(elastic_args(tmp_path), torchrun_environ(0, port, WORLD_SIZE="2"))
     ElasticRank.join(elastic_args(tmp_path, "--node-addr", "127.0.0.2"), torchrun_environ(1, port, WORLD_SIZE="2"))
     assert zero.group_restarts() == 0 and zero.waiting is None
+
+
+def test_rank_0_gives_up_on_a_rank_that_never_joins_in_one_line(tmp_path):
+    """Rank 0's wait for a rank's record ends at the store's timeout as one clear line (exit 2), not a
+    TimeoutError traceback."""
+    port = free_port()
+    zero = ElasticRank.join(elastic_args(tmp_path), torchrun_environ(0, port, WORLD_SIZE="2"))
+    zero.store.timeout_s = 1.0
+    with pytest.raises(UsageError, match="rank 1 never joined rank 0's store within 1 s .*--secret-file"):
+        zero.group_restarts()
