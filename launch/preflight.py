@@ -24,7 +24,8 @@ def preflight(args: argparse.Namespace, cfg: RunConfig, opts):
     if opts is not None:
         from launch.sockets import check_socket_root
 
-        check_socket_root(ipc=opts.transport == "ipc")
+        elastic = getattr(args, "elastic", False)   # auto: ipc on one host, tcp-based links under torchrun
+        check_socket_root(ipc=opts.transport == "ipc" or (opts.transport == "auto" and not elastic))
     data = build_data(cfg, check_files=True)
     resolve(cfg, data)
     if opts is not None and not getattr(args, "elastic", False):    # torchrun: the group's size decides (elastic.py)

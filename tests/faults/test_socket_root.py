@@ -122,6 +122,20 @@ def test_a_bad_socket_root_is_one_line_before_the_run_folder(kind, words, tmp_pa
     assert one_line_exit(["--cleanup"], capsys).startswith(f"auglocal-launch: error: ${ROOT_VAR} {root}")
 
 
+def test_a_socket_root_too_long_for_ipc_paths_is_one_line_under_the_default_transport(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """The default --transport auto is ipc on one host, so a root too long for ipc:// paths is refused before
+    the claim then too (before, only an explicit --transport ipc was checked there; the default failed later,
+    and the claim's roll-back removed the folder)."""
+    root = tmp_path / ("r" * 40) / ("o" * 40)
+    root.mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv(ROOT_VAR, str(root))
+    out = tmp_path / "run"
+    line = one_line_exit(small_flags(out, "--workers", "2", "--max-steps", "2"), capsys)
+    assert line.startswith(f"auglocal-launch: error: socket folder parent {root} is too long"), line
+    assert not out.exists()
+
+
 def _dead_pid() -> str:
     return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()
