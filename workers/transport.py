@@ -252,8 +252,9 @@ class Receiver(_Endpoint):
         """
         socket = self._socket
         deadline = _deadline(timeout_ms)
-        if deadline >= self._audit_at:   # the deadline is now + timeout: no clock read of its own
-            self._check_handshakes(deadline)
+        now = deadline - timeout_ms / 1000   # the deadline is now + timeout: no clock read of its own
+        if now >= self._audit_at:
+            self._check_handshakes(now)
         while True:
             # Ask before receiving: a refused non-blocking recv raises zmq.Again, and building that exception
             # costs more (~15 us) than the whole check (~2 us, and it also processes ZeroMQ's pending commands).
