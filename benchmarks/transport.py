@@ -38,8 +38,9 @@ import zmq
 
 from benchmarks.memory import cpu_model
 from workers.curve import CurveKeyPair, stop_authenticator
+from workers.link import Link
 from workers.messages import Codec, Kind, Message
-from workers.transport import Link, Receiver, Sender, ipc_address, tcp_address
+from workers.transport import Receiver, Sender, ipc_address, tcp_address
 
 SMALL_BYTES = 16 * 1024
 LARGE_BYTES = 8 * 1024 * 1024

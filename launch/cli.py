@@ -22,6 +22,7 @@ from engine.config import (
     validate,
 )
 from engine.precision import resolve_memory_format
+from launch.run_dir import resumable
 from launch.transport_choice import TRANSPORT_CHOICES, check_possible, elastic_transport, one_host_transport
 
 EPILOG = """examples:
@@ -356,7 +357,8 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
 
 def pipeline_options(args: argparse.Namespace):
     """--workers/--gpus/--balance/--worker-threads/--trace as PipelineOptions; CPU when CUDA is absent."""
-    from launch.pipeline import PipelineOptions, parse_gpus
+    from launch.devices import parse_gpus
+    from launch.pipeline import PipelineOptions
 
     gpus_text = args.gpus   # args keeps what was asked: runtime.json records that, not this machine's GPUs
     if gpus_text is None:
@@ -394,7 +396,7 @@ def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:
     """--transport checked against the workers' devices and resolved for this launcher (exit 2 if impossible)."""
     import torch
 
-    from launch.pipeline import parse_gpus
+    from launch.devices import parse_gpus
 
     try:
         devices = parse_gpus(gpus_text)
@@ -428,16 +430,9 @@ MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
                   errno.EISDIR, errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE)
 
 
-def _resumable(args: argparse.Namespace) -> bool:
-    """A pipelined run whose folder has what --resume needs (its checkpoints are verified then)."""
-    if args.sequential or not args.out:
-        return False
-    return all((Path(args.out) / name).is_file() for name in ("config.json", "run.json"))
-
-
 def _say(message: str, args: argparse.Namespace, *, hint: str | None = None) -> None:
     """One line on stderr: the message, then the resume command when resuming can help."""
-    if _resumable(args):
+    if resumable(args.out, args.sequential):
         message += f"; resume with: auglocal-launch --resume {args.out}"
     elif hint:
         message += f"; {hint}"

@@ -45,9 +45,9 @@ from workers import protocol
 from workers.faults import Fault, die
 from workers.frame_bounds import results_bound
 from workers.layer_shipping import LayerFileSink
+from workers.link import Link
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.protocol import CheckpointMeta, InboxSchema, Route, SeqMeta, TrainMeta, activation_spec
-from workers.transport import Link
 from workers.worker import WorkerSpec, worker_main, worker_name
 
 POLL_MS = 50

@@ -16,9 +16,36 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+import torch
+
 from engine.config import UsageError
 
 COORDINATOR_GPU_VAR = "AUGLOCAL_COORDINATOR_GPU"
+
+
+def parse_gpus(spec: str | None) -> list[str]:
+    """'0-3,6' -> ['cuda:0', ..., 'cuda:3', 'cuda:6']; 'cpu' or None -> [] (CPU workers)."""
+    if spec is None or spec.strip().lower() == "cpu":
+        return []
+    ids: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                ids.extend(range(lo, hi + 1))
+            else:
+                ids.append(int(part))
+        except ValueError:
+            raise UsageError(f"--gpus {spec!r}: expected 'cpu' or GPU ids like 0-3,6") from None
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [i for i in ids if i >= available]
+    if missing:
+        raise UsageError(f"--gpus {spec!r}: GPU(s) {missing} not available ({available} CUDA device(s) visible); "
+                         "use --gpus cpu to run on CPU cores")
+    return [f"cuda:{i}" for i in ids]
 
 
 def stream_devices(k: int, gpus: list[str], streams_per_gpu: int) -> list[str]:

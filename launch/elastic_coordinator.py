@@ -33,10 +33,10 @@ from launch.elastic_links import (
 from workers.endpoint_record import EndpointRecordError
 from workers.frame_bounds import results_bound
 from workers.layer_files import head_file, layer_file
+from workers.link import Link
 from workers.messages import Codec, TensorSpec
 from workers.protocol import InboxSchema
 from workers.sealed import codec_secret
-from workers.transport import Link
 from workers.worker import WorkerSpec
 
 RESULTS_WINDOW = 64

@@ -26,8 +26,9 @@ from datetime import timedelta
 from launch.transport_choice import Place, pick_for_pair
 from workers.curve import CurveKeyPair
 from workers.endpoint_record import sign, verify
+from workers.link import Link
 from workers.messages import Codec
-from workers.transport import Link, Receiver, Sender
+from workers.transport import Receiver, Sender
 
 GROUP_TRANSPORTS = {"gloo": "gloo", "nccl": "cpu:gloo,cuda:nccl"}   # link transport -> process-group backend
 ZMQ_ONLY = ("tcp", "curve")

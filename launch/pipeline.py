@@ -63,31 +63,6 @@ class PipelineOptions:
     streams_per_gpu: int = 0       # thread workers per GPU, each on its own CUDA stream (0: one worker per GPU)
 
 
-def parse_gpus(spec: str | None) -> list[str]:
-    """'0-3,6' -> ['cuda:0', ..., 'cuda:3', 'cuda:6']; 'cpu' or None -> [] (CPU workers)."""
-    if spec is None or spec.strip().lower() == "cpu":
-        return []
-    ids: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                ids.extend(range(lo, hi + 1))
-            else:
-                ids.append(int(part))
-        except ValueError:
-            raise UsageError(f"--gpus {spec!r}: expected 'cpu' or GPU ids like 0-3,6") from None
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    missing = [i for i in ids if i >= available]
-    if missing:
-        raise UsageError(f"--gpus {spec!r}: GPU(s) {missing} not available ({available} CUDA device(s) visible); "
-                         "use --gpus cpu to run on CPU cores")
-    return [f"cuda:{i}" for i in ids]
-
-
 def number_of_workers(spec: str, num_modules: int, gpus: list[str], streams_per_gpu: int = 0) -> int:
     """--workers: 'layer' = one per local module, 'auto' = one per GPU stream (--streams-per-gpu, default 1) or
     per CPU core, K = K."""
@@ -199,7 +174,7 @@ class PreparedRun:
     progress: bool
     tb: TensorBoardSink                             # event files (a no-op when off or not installed)
     resume_from: tuple[int, dict] | None = None    # the verified checkpoint --resume starts from
-    make_coordinator: Callable[..., Coordinator] = Coordinator   # one attempt's coordinator (launch/elastic.py)
+    make_coordinator: Callable[..., Coordinator] = Coordinator   # one attempt's coordinator (launch/elastic/)
 
 
 @dataclass

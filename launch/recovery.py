@@ -42,10 +42,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from workers.link import Link
 from workers.messages import Kind, Message
 from workers.protocol import CommittedMeta, ExpectReplayMeta, NoMeta, RelinkMeta
 from workers.replay_log import UNUSABLE
-from workers.transport import Link
 from workers.worker import worker_name
 
 CONTROL_WINDOW = 8

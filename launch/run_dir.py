@@ -226,3 +226,10 @@ class RunDir:
 
     def close(self) -> None:
         self._metrics.close()
+
+
+def resumable(out: str | None, sequential: bool = False) -> bool:
+    """A pipelined run whose folder has what --resume needs (its checkpoints are verified then)."""
+    if sequential or not out:
+        return False
+    return all((Path(out) / name).is_file() for name in ("config.json", "run.json"))

@@ -12,6 +12,7 @@ from engine.config import RunConfig, build_network, optim_and_schedule
 from engine.nonfinite import NonFiniteLoss, value_text
 from engine.precision import Kernels
 from engine.trainer import EpochRecord, SequentialTrainer, StepRecord
+from launch.devices import parse_gpus
 from launch.divergence import Divergence, resume_hint
 from launch.plots import plot_run
 from launch.progress import epoch_line
@@ -43,8 +44,6 @@ def peak_rss_mb() -> float | None:
 def sequential_device(gpus: str | None) -> str:
     """The one device of the in-process trainer: the first of --gpus, 'cpu' for --gpus cpu, and without the
     flag the first CUDA device when there is one. Unavailable GPUs are bad input (UsageError)."""
-    from launch.pipeline import parse_gpus
-
     if gpus is None:
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     devices = parse_gpus(gpus)

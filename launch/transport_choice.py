@@ -5,7 +5,7 @@ curve (tcp + CurveZMQ), GPU to GPU on one host -> cuda-ipc, GPU to GPU across ho
 GPU end goes like CPU (the GPU worker copies through pinned host memory, workers/worker.py). The single-host
 launcher (launch/coordinator.py) wires ZeroMQ links only, so there `auto` means ipc, exactly as before, and
 `tcp` and `curve` (loopback ports, keys from `OneHostKeys`) are the alternatives; gloo, nccl and cuda-ipc links
-are built by the launch across hosts (torchrun, launch/elastic.py, `elastic_transport`), which owns the
+are built by the launch across hosts (torchrun, launch/elastic/, `elastic_transport`), which owns the
 process group they need.
 """
 
@@ -15,7 +15,8 @@ import socket
 from dataclasses import dataclass
 
 from workers.curve import CurveKeyPair
-from workers.transport import TRANSPORTS, ipc_address
+from workers.link import TRANSPORTS
+from workers.transport import ipc_address
 
 TRANSPORT_CHOICES = ("auto", *TRANSPORTS)
 ONE_HOST_TRANSPORTS = ("ipc", "tcp", "curve")
@@ -58,7 +59,7 @@ def one_host_transport(transport: str) -> str:
     if transport not in ONE_HOST_TRANSPORTS:
         raise ValueError(f"--transport {transport}: the single-host launcher wires ipc, tcp or curve links; "
                          f"{transport} links need the process group of the launch across hosts "
-                         "(torchrun, launch/elastic.py)")
+                         "(torchrun, launch/elastic/)")
     return transport
 
 

@@ -1,6 +1,6 @@
 """Layer files over the results link: how a worker without the run folder hands its state to the coordinator.
 
-On several machines (launch/elastic.py) only the coordinator's machine holds the run folder. A worker then
+On several machines (launch/elastic/) only the coordinator's machine holds the run folder. A worker then
 writes its layer files (workers/layer_files.py, the same bytes as on one host) into a private temporary
 folder and sends each file in chunks as `layer_file` reports; the coordinator checks every chunk against the
 folders it expects, the file names the format allows, the offsets and the file's SHA-256, and writes the file

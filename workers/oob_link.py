@@ -72,7 +72,7 @@ class DistPath:
 
             if not dist.is_available() or not dist.is_initialized():
                 raise RuntimeError(f"the {backend} transport needs torch.distributed's default process group: "
-                                   "call torch.distributed.init_process_group first (launch/elastic.py does)")
+                                   "call torch.distributed.init_process_group first (launch/elastic/ does)")
             if backend not in str(dist.get_backend()):   # "gloo", "nccl" or a mix such as "cpu:gloo,cuda:nccl"
                 raise RuntimeError(f"the {backend} transport needs a {backend} process group, this one is "
                                    f"{dist.get_backend()}")

@@ -179,7 +179,7 @@ PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
     MessageType(Kind.CHECKPOINT_ACK, Route.REPORT, CheckpointAckMeta, (), "this worker's layer files are written"),
     MessageType(Kind.STOPPED, Route.REPORT, StoppedMeta, (), "final layers saved; update counters and link stats"),
     MessageType(Kind.LAYER_FILE, Route.REPORT, LayerFileMeta, (TensorSlot("data", "bytes"),),
-                "a chunk of one layer file, for workers without the run folder (several machines, launch/elastic.py)"),
+                "a chunk of one layer file, for workers without the run folder (several machines, launch/elastic/)"),
     MessageType(Kind.ERROR, Route.REPORT, ErrorMeta, (),
                 "this worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice)"),
     MessageType(Kind.DIVERGED, Route.REPORT, DivergedMeta, (),

@@ -22,6 +22,7 @@ from workers import protocol
 from workers.device_log import DeferredLog
 from workers.faults import Fault, die, hang
 from workers.frame_bounds import HEADER_ONLY, inbox_bound
+from workers.link import Link
 from workers.messages import Codec, Kind, Message, MessageError
 from workers.process_setup import (  # noqa: F401 - the set-up helpers moved there; importers of them here still work
     DETERMINISTIC_VAR,
@@ -46,7 +47,6 @@ from workers.protocol import (
 )
 from workers.replay_log import LogLost, ReplayLog
 from workers.trace import Tracer
-from workers.transport import Link
 
 POLL_MS = 1000          # longest single wait before a blocked worker checks that its coordinator is still alive
 HEARTBEAT_S = 1.0       # a waiting worker reports at least this often

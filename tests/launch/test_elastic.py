@@ -21,10 +21,10 @@ from launch.elastic_links import LinkPlan, bind_inbox, connect, publish_inbox, p
 from launch.elastic_store import RunStore, TorchrunEnv, read_secret
 from workers.curve import CurveKeyPair, stop_authenticator
 from workers.endpoint_record import EndpointRecordError, sign
+from workers.link import Link
 from workers.messages import Codec, Kind, Message, TensorSpec
 from workers.protocol import InboxSchema
 from workers.sealed import seal
-from workers.transport import Link
 from workers.worker import WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]

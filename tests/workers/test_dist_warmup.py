@@ -21,8 +21,8 @@ from launch.elastic_links import bind_inbox, connect, publish_inbox, publish_key
 from launch.elastic_store import RunStore
 from tests.workers.dist_standin import GroupOps, LazyPairing, gloo_pair
 from workers import oob_link
+from workers.link import Link
 from workers.messages import Codec, Kind, Message, MessageError
-from workers.transport import Link
 
 WAIT_MS = 10_000
 

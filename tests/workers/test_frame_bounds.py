@@ -11,9 +11,10 @@ import zmq
 
 from workers.frame_bounds import FRAMING_SLACK, HEADER_ONLY, data_bound, inbox_bound, results_bound, tensor_bytes
 from workers.layer_shipping import CHUNK_BYTES
+from workers.link import Link
 from workers.messages import DTYPES, MAX_HEADER_BYTES, Codec, Kind, Message, TensorSpec
 from workers.protocol import InboxSchema, SeqMeta, TrainMeta, activation_spec
-from workers.transport import Link, ipc_address
+from workers.transport import ipc_address
 from workers.worker import WorkerSpec, bind_control, bind_inbox
 
 CODEC = Codec("run", "s" * 32)

@@ -5,7 +5,7 @@ import os
 import torch
 
 from workers import host
-from workers.transport import Link
+from workers.link import Link
 from workers.worker import WorkerSpec
 
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from workers import process_setup
+from workers.link import Link
 from workers.process_setup import CUBLAS_DETERMINISTIC, CUBLAS_VAR, DETERMINISTIC_VAR, apply_determinism
-from workers.transport import Link
 from workers.worker import WorkerSpec
 
 ENV = (DETERMINISTIC_VAR, CUBLAS_VAR, "OMP_NUM_THREADS")

@@ -23,13 +23,14 @@ from tests.workers.stream_check import CpuStreams, StreamChecker
 from workers import host, streams
 from workers.cuda_ipc import CudaIpcPath
 from workers.device_log import DeferredLog
+from workers.link import Link
 from workers.memlink import MemoryLink
 from workers.messages import Codec, Kind, Message
 from workers.oob_link import OobReceiver, OobSender
 from workers.protocol import InboxSchema, Route, SeqMeta, TrainMeta, activation_spec, validate
 from workers.replay_log import ReplayLog
 from workers.threadlink import ThreadLink
-from workers.transport import Link, ipc_address
+from workers.transport import ipc_address
 from workers.worker import WorkerLinks, WorkerSpec
 
 RUN, SECRET, SIZE = "run-streams", "s3cret", 8

@@ -14,6 +14,7 @@ import torch
 import zmq
 
 from tests.workers.wire_headers import header_of, with_header
+from workers.link import Link
 from workers.messages import (
     MAX_HEADER_BYTES,
     Codec,
@@ -22,7 +23,7 @@ from workers.messages import (
     MessageError,
     TensorSpec,
 )
-from workers.transport import Link, Receiver, Sender, ipc_address, tcp_address
+from workers.transport import Receiver, Sender, ipc_address, tcp_address
 from workers.zap import join_plain
 
 RUN, SECRET = "run-1", "s3cret"

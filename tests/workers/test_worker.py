@@ -11,6 +11,7 @@ import torch
 from engine.config import RunConfig, resolve
 from engine.data import build_dataset
 from tests.workers.wire_headers import with_header
+from workers.link import Link
 from workers.memlink import MemoryLink
 from workers.messages import Codec, Kind, Message
 from workers.protocol import (
@@ -25,7 +26,6 @@ from workers.protocol import (
     kinds_on,
     validate,
 )
-from workers.transport import Link
 from workers.worker import Worker, WorkerError, WorkerLinks, WorkerSpec
 
 RUN, SECRET = "run-test", "s3cret"

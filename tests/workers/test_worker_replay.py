@@ -12,6 +12,7 @@ import torch
 
 from engine.config import RunConfig, resolve
 from engine.data import build_dataset
+from workers.link import Link
 from workers.memlink import MemoryLink
 from workers.messages import Codec, Kind, Message
 from workers.protocol import (
@@ -26,7 +27,6 @@ from workers.protocol import (
     activation_spec,
     validate,
 )
-from workers.transport import Link
 from workers.worker import CoordinatorGone, Worker, WorkerError, WorkerLinks, WorkerSpec
 
 RUN, SECRET = "run-replay", "s3cret"

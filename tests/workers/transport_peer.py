@@ -18,9 +18,10 @@ import torch
 
 from workers.cuda_ipc import CudaIpcPath
 from workers.curve import CurveKeyPair
+from workers.link import Link
 from workers.messages import Codec, Kind, Message
 from workers.oob_link import OobReceiver, OobSender
-from workers.transport import Link, ipc_address, tcp_address
+from workers.transport import ipc_address, tcp_address
 
 WAIT_MS = 20_000
 DOUBLE = "cuda-ipc-double"

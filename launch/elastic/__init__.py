@@ -25,6 +25,7 @@ import sys
 
 from engine.config import RunConfig, UsageError
 from launch.elastic_store import NODE_ADDR_VAR, SHARE_STORE_VAR, STORE_PORT_VAR, RunStore, TorchrunEnv, read_secret
+from launch.run_dir import resumable
 from launch.transport_choice import elastic_transport
 from workers.endpoint_record import EndpointRecordError
 
@@ -123,10 +124,8 @@ class ElasticRank:
     def continue_after_restart(self, args: argparse.Namespace) -> None:
         """Rank 0 of a restarted group continues the run folder the failed attempt left (as --resume); the
         first attempt's --overwrite never clears it again."""
-        from launch.cli import _resumable
-
         self.restarts = self.group_restarts()
-        if self.restarts > 0 and not args.resume and _resumable(args):
+        if self.restarts > 0 and not args.resume and resumable(args.out, args.sequential):
             args.resume, args.overwrite = args.out, False
             print(f"auglocal-launch: torchrun restart {self.restarts}: continuing {args.out} from its last "
                   "committed checkpoint")
@@ -173,16 +172,3 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
               "rank 0 then resumes from the last committed checkpoint", file=sys.stderr)
         return report_failure(prepared, outcome)
     return report_success(prepared, outcome)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from launch.cli import main as cli_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--"]:                           # `torchrun -m launch.elastic -- FLAGS` (see README)
-        args = args[1:]
-    return cli_main(["--elastic", *args])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
