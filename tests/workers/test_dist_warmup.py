@@ -20,7 +20,7 @@ import torch.distributed as dist
 from launch.elastic_links import bind_inbox, connect, publish_inbox, publish_key
 from launch.elastic_store import RunStore
 from tests.workers.dist_standin import GroupOps, LazyPairing, gloo_pair
-from workers import oob_link
+from workers import link, oob_link
 from workers.link import Link
 from workers.messages import Codec, Kind, Message, MessageError
 
@@ -37,7 +37,7 @@ def ranks(monkeypatch):
     def path(backend, peer, tag, device):   # the rank is the end that is not `peer` (two ranks)
         return real(backend, peer, tag, device, ops=ops[1 - peer])
 
-    monkeypatch.setattr(oob_link, "DistPath", path)
+    monkeypatch.setattr(link, "DistPath", path)    # the name Link builds gloo paths from
     yield ops
     for group in groups:
         group.abort() if hasattr(group, "abort") else None
