@@ -38,7 +38,8 @@ a run folder that holds another run or is in use, a checkpoint of another run); 
 143 terminated (SIGTERM). Where resuming helps, the message ends with the --resume command.
 
 documentation (paths in the repository):
-  README.md            install, quick start, every flag, failures and resuming
+  README.md            install, quick start, the layout
+  docs/command-line.md every flag; docs/failures.md: failures and resuming
   docs/method.md       the method as implemented: selection, pyramid, strides and channels, baselines,
                        conventions, hyper-parameters, and the paper's tables we reproduce
   docs/run-folder.md   every file a run writes (metrics.jsonl, checkpoints/, layers/, traces, TensorBoard)

@@ -48,7 +48,7 @@ class TorchrunEnv:
         missing = [name for name in needed if name not in environ]
         if missing:
             raise UsageError(f"--elastic runs as one rank of a torchrun group, but {', '.join(missing)} is not set; "
-                             "start it with torchrun (see README, 'Several machines')")
+                             "start it with torchrun (see docs/several-machines.md)")
         try:
             return cls(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ["LOCAL_RANK"]),
                        int(environ.get("TORCHELASTIC_RESTART_COUNT", "0")), environ["MASTER_ADDR"],

@@ -71,3 +71,15 @@ def test_help_names_docs_that_exist():
     assert {"README.md", "docs/method.md", "docs/run-folder.md", "docs/metrics.md"} <= set(named)
     for name in named:
         assert (REPO / name).is_file(), name
+
+
+def test_readme_is_a_first_page_with_two_set_up_commands():
+    """A newcomer's page: at most 12 KB; one command installs and runs the main job, one runs the tests."""
+    text = (REPO / "README.md").read_text()
+    assert len(text.encode()) <= 12_000
+    block = re.search(r"## Two commands\n\n```bash\n(.*?)```", text, re.S)
+    assert block, "README has no 'Two commands' block"
+    commands = [line for line in block.group(1).splitlines() if line.strip()]
+    assert len(commands) == 2
+    assert "pip install" in commands[0] and "auglocal-launch" in commands[0]
+    assert commands[1].strip() == "python3 -m pytest"

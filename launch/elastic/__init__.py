@@ -1,8 +1,8 @@
 """Runs across machines under torchrun: `python -m launch.elastic FLAGS` (or `auglocal-launch --elastic FLAGS`).
 
 One torchrun per node starts this module once per process; global rank 0 is the coordinator and ranks 1..K
-are the K workers of the partition (so WORLD_SIZE = K + 1). Two nodes, 1 + 2 workers (README, "Several
-machines"):
+are the K workers of the partition (so WORLD_SIZE = K + 1). Two nodes, 1 + 2 workers (docs/several-machines.md,
+for example):
 
     export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
     # node A (10.0.0.1)
@@ -33,8 +33,8 @@ STORE_TIMEOUT_S = 300.0
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of runs under torchrun (auglocal-launch's parser has them; see README, 'Several machines')."""
-    g = parser.add_argument_group("several machines (under torchrun; README, 'Several machines')")
+    """The flags of runs under torchrun (auglocal-launch's parser has them; see docs/several-machines.md)."""
+    g = parser.add_argument_group("several machines (under torchrun; docs/several-machines.md)")
     g.add_argument("--elastic", action="store_true",
                    help="run as one rank of a torchrun group: rank 0 coordinates, ranks 1..K are the K workers "
                         "(python -m launch.elastic sets it)")

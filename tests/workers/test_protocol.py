@@ -63,5 +63,5 @@ def test_handler_tables_must_cover_their_route_exactly():
 
 
 def test_readme_shows_the_protocol_table_as_the_code_has_it():
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     assert format_table() in readme
