@@ -52,7 +52,8 @@ so give each Receiver its own path in the run's private directory.
 Contract: do not modify a sent tensor in place until the receiver has consumed it (`Sender.wait_all`, or the
 next credit); ZeroMQ reads it asynchronously. Sockets are not thread-safe: use each end from one thread.
 
-Transports: a `Link` (workers/link.py) names one of TRANSPORTS. ipc and tcp are the sockets above; curve is tcp with CurveZMQ
+Transports: a `Link` (workers/link.py) names one of TRANSPORTS. ipc and tcp are the sockets above; curve is
+tcp with CurveZMQ
 (workers/curve.py: the Receiver is a CURVE server whose context's ZAP authenticator admits only allow-listed
 client keys, the Sender a client that knows the server's key); gloo, nccl and cuda-ipc keep this header,
 credit and window machinery and move only tensor bytes elsewhere (workers/oob_link.py, workers/cuda_ipc.py).
