@@ -23,6 +23,9 @@
 # printing the step plan with its budgets (the GPU's: a dry step is stopped only at twice its budget); a default test
 # (tests/benchmarks/test_gpu_check.py) runs it, so a bad flag, import or path fails on CPU, not on the GPU.
 # The wheels travel with the call: the folder is gitignored, so a device run names it in `carry`.
+# GPU_CHECK_STEPS="fault sanitizer" runs only the steps named (the plan still lists all; the others are rows
+# "not run" in summary.md): a rerun of what failed costs only its own budget of the GPU's minutes (name deps too:
+# it puts the carried wheels on the path).
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR      (GPU_CHECK_WHEELS=DIR: other wheel folder)
 # Exit status: 0 when every step passed, 1 when one failed (see summary.md), 2 for bad usage or no GPU.
 set -u   # deliberately no -e / pipefail: every step runs whatever the previous one did
@@ -35,6 +38,14 @@ mkdir -p "$1" || exit 2
 out="$(cd "$1" && pwd)"
 dry="${GPU_CHECK_DRY:-0}"
 wheels="${GPU_CHECK_WHEELS:-benchmarks/wheels}"
+selected="${GPU_CHECK_STEPS:-deps gpu_tests streams transport fault sanitizer}"
+for name in ${selected//,/ }; do
+    case "$name" in
+        deps|gpu_tests|streams|transport|fault|sanitizer) ;;
+        *) echo "gpu_check: no step '$name' in GPU_CHECK_STEPS (deps gpu_tests streams transport fault sanitizer)" >&2
+           exit 2 ;;
+    esac
+done
 site="$(mktemp -d "${TMPDIR:-/tmp}/auglocal-gpu-site.XXXXXX")" || exit 2
 trap 'rm -rf "$site"' EXIT
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
@@ -102,6 +113,11 @@ summary="$out/summary.md"
 failed=0
 for s in "${steps[@]}"; do
     IFS='|' read -r name budget cmd <<< "$s"
+    if [[ " ${selected//,/ } " != *" $name "* ]]; then
+        echo "| $name | $budget | not run | 0 | \`$cmd\` |" >> "$summary"
+        echo "step $name: not run (GPU_CHECK_STEPS)"
+        continue
+    fi
     start=$SECONDS
     # TERM at budget - 5 s, KILL 5 s later: a step never runs past its budget. The dry run checks flags, imports
     # and paths, not time: on a loaded CPU a step may take longer than its GPU budget, so it gets twice that.

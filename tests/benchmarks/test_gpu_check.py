@@ -25,10 +25,15 @@ STEPS = ["deps", "gpu_tests", "streams", "transport", "fault", "sanitizer"]
 BUDGET_S = 480
 
 
-@pytest.mark.timeout(900)
-def test_dry_run_runs_every_step_on_cpu_within_the_budgets(tmp_path):
+QUICK = ["deps", "gpu_tests", "streams", "transport"]   # the default run's dry run; the slow one runs all six
+RERUNS = {"fault": 1, "sanitizer": 2}                  # steps that re-run CPU checks the suite already makes
+
+
+def dry_run(tmp_path, steps: list[str]) -> tuple[subprocess.CompletedProcess, Path]:
+    """gpu_check.sh with GPU_CHECK_DRY=1 and GPU_CHECK_STEPS=steps, without mlxtend and scikit-learn (blocked in
+    every process it starts, as on the GPU image): its completed process and output folder."""
     site = sitecustomize_dir(tmp_path / "site", "mlxtend", "sklearn")
-    env = {**os.environ, "GPU_CHECK_DRY": "1", "PYTHONPATH": str(site)}
+    env = {**os.environ, "GPU_CHECK_DRY": "1", "GPU_CHECK_STEPS": " ".join(steps), "PYTHONPATH": str(site)}
     env.pop("AUGLOCAL_GPU_TEST_DEVICE", None)
     probe = subprocess.run([sys.executable, "-c", "import mlxtend"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr     # the block reaches subprocesses
@@ -36,25 +41,65 @@ def test_dry_run_runs_every_step_on_cpu_within_the_budgets(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(out)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=840)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    return proc, out
+
+
+def assert_plan_and_summary(proc, out: Path, steps: list[str]) -> dict[str, str]:
+    """The plan lists all six steps within the budget; summary.md has a row per step, exit 0 for each that ran
+    and "not run" for the others. The plan's command per step."""
     plan = dict(re.findall(r"^  (\w+) +(\d+) s  ", proc.stdout, flags=re.M))
     assert list(plan) == STEPS
     assert sum(map(int, plan.values())) <= BUDGET_S
     rows = [line.split("|")[1:4] for line in (out / "summary.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| step")]
     assert [(name.strip(), budget.strip(), code.strip()) for name, budget, code in rows] == [
-        (name, plan[name], "0") for name in STEPS]
+        (name, plan[name], "0" if name in steps else "not run") for name in STEPS]
+    return dict(re.findall(r"^  (\w+) +\d+ s  (.*)$", proc.stdout, flags=re.M))
+
+
+def assert_cpu_steps(out: Path, gpu_tests_ran_at_least: int) -> None:
     assert "every import works" in (out / "imports.md").read_text()
     suite = ET.parse(out / "gpu_tests.xml").getroot().find("testsuite")
     ran = int(suite.get("tests")) - int(suite.get("skipped"))
-    assert ran >= 1 and int(suite.get("failures")) == int(suite.get("errors")) == 0   # on CPU, not all skipped
-    sanitized = (out / "sanitizer.log").read_text()    # the dry run leaves the two parity tests to this step
-    assert re.search(r"^2 passed, \d+ deselected", sanitized, flags=re.M), sanitized[-2000:]
-    assert ran + 2 >= 3                                # at least three GPU tests ran on CPU, each once
+    assert ran >= gpu_tests_ran_at_least and int(suite.get("failures")) == int(suite.get("errors")) == 0
     table = (out / "gpu_streams.md").read_text()
     for row in ("sequential BP", "sequential AugLocal", "1 stream worker(s)", "2 stream worker(s)"):
         assert f"| 8 | {row}" in table or f"| 8 | pipeline, {row}" in table, table
     assert "images/s over sequential AugLocal" in table
     assert "| ipc link |" in (out / "transport_gpu.md").read_text()
+
+
+@pytest.mark.timeout(600)
+def test_dry_run_runs_the_cpu_steps_and_the_reruns_select_their_tests(tmp_path):
+    """The default run's dry run: deps, gpu_tests, streams and transport on CPU. The fault and sanitizer steps
+    re-run CPU checks the default suite already makes (a worker killed and recovered bitwise; thread workers and
+    gloo-linked torchrun ranks equal to the sequential trainer) at 45 s together, so here their exact pytest
+    commands, taken from the printed plan, only collect: each selects its tests, no flag or path is wrong. The
+    slow test below runs all six."""
+    proc, out = dry_run(tmp_path, QUICK)
+    commands = assert_plan_and_summary(proc, out, QUICK)
+    assert_cpu_steps(out, gpu_tests_ran_at_least=1)
+    env = {**os.environ, "AUGLOCAL_GPU_TEST_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    for step, count in RERUNS.items():
+        cmd = commands[step].removeprefix("env -u TORCH_CUDA_SANITIZER ")
+        collected = subprocess.run(f"{cmd} --collect-only", shell=True, cwd=REPO, env=env, capture_output=True,
+                                   text=True, timeout=120)
+        assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-2000:]
+        assert re.search(rf"^{count}/\d+ tests? collected|^{count} tests? collected", collected.stdout, flags=re.M), \
+            collected.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_dry_run_runs_every_step_on_cpu_within_the_budgets(tmp_path):
+    proc, out = dry_run(tmp_path, STEPS)
+    assert_plan_and_summary(proc, out, STEPS)
+    assert_cpu_steps(out, gpu_tests_ran_at_least=1)
+    sanitized = (out / "sanitizer.log").read_text()    # the dry run leaves the two parity tests to this step
+    assert re.search(r"^2 passed, \d+ deselected", sanitized, flags=re.M), sanitized[-2000:]
+    suite = ET.parse(out / "gpu_tests.xml").getroot().find("testsuite")
+    ran = int(suite.get("tests")) - int(suite.get("skipped"))
+    assert ran + 2 >= 3                                # at least three GPU tests ran on CPU, each once
     assert "1 passed" in (out / "fault.log").read_text()
 
 
