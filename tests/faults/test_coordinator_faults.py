@@ -33,7 +33,10 @@ def test_resume_after_coordinator_death_ends_equal(coordinator_killed, workers, 
     plan = json.loads((out / "plan.json").read_text())
     assert len(plan["groups"]) == (int(workers) if workers.isdigit() else 8)
     assert_no_tagged(tag)
-    # resuming the finished run applies nothing twice: same weights, counters and metrics
+    if workers != "3":
+        return
+    # resuming the finished run applies nothing twice: same weights, counters and metrics (once: the check does
+    # not depend on the number of workers the first resume had)
     again = run_cli(["--resume", str(out), "--workers", "2", "--no-progress"], tag)
     assert again.returncode == 0, again.stderr
     assert_complete(reference, out, restarts=0)
