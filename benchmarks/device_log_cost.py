@@ -1,20 +1,20 @@
 """Critical-path cost of logging one sent message, on CPU with device-free doubles.
 
 Old: encode + host copy into the ReplayLog at once (on a GPU also a stream sync before it). New: DeferredLog
-(workers/device_log.py) only queues the copy; a deferred-copy stream double runs it later, as a GPU side stream
+(workers/runtime/device_log.py) only queues the copy; a deferred-copy stream double runs it later, as a GPU side stream
 would, and the entry is encoded when it completes. Run: PYTHONPATH=. python3 benchmarks/device_log_cost.py
 """
 
 import time
 
 import torch
+from auglocal.workers.runtime import streams
+from auglocal.workers.runtime.device_log import DeferredLog
+from auglocal.workers.runtime.replay_log import ReplayLog
+from auglocal.workers.wire.messages import Codec, Kind, Message
+from auglocal.workers.wire.protocol import TrainMeta
 
 from tests.workers.stream_check import CpuStreams
-from workers import streams
-from workers.device_log import DeferredLog
-from workers.messages import Codec, Kind, Message
-from workers.protocol import TrainMeta
-from workers.replay_log import ReplayLog
 
 N = 50
 

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from engine.config import RunConfig, build_network, optim_and_schedule, resolve
-from engine.data import build_dataset
-from engine.trainer import SequentialTrainer
-from launch.pipeline import PipelineOptions, train_pipeline
+from auglocal.engine.config import RunConfig, build_network, optim_and_schedule, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.engine.trainer import SequentialTrainer
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
 
 @dataclass(frozen=True)

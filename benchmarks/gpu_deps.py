@@ -27,7 +27,8 @@ THIRD_PARTY = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy",
                "zmq": "pyzmq", "psutil": "psutil", "tqdm": "tqdm", "matplotlib": "matplotlib", "pytest": "pytest",
                "pytest_timeout": "pytest-timeout"}
 #: the project's modules the steps run (each imports the rest of what it needs)
-PROJECT = ("engine", "workers", "launch", "launch.cli", "launch.elastic", "benchmarks.gpu", "benchmarks.transport",
+PROJECT = ("auglocal.engine", "auglocal.workers", "auglocal.launch", "auglocal.launch.cli",
+           "auglocal.launch.backends.elastic", "benchmarks.gpu", "benchmarks.transport",
            "tests.test_gpu", "tests.launch.test_parity", "tests.faults.support", "torch.distributed.run")
 
 

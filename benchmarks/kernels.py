@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from auglocal.engine.config import RunConfig, build_network, optim_and_schedule, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.engine.precision import Kernels
+from auglocal.engine.trainer import SequentialTrainer
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
 from benchmarks.memory import machine
-from engine.config import RunConfig, build_network, optim_and_schedule, resolve
-from engine.data import build_dataset
-from engine.precision import Kernels
-from engine.trainer import SequentialTrainer
-from launch.pipeline import PipelineOptions, train_pipeline
 
 CELLS = [(f, p) for p in ("fp32", "bf16") for f in ("contiguous", "channels_last")]
 ROWS = ("sequential BP", "sequential AugLocal", "pipeline K=2 AugLocal")

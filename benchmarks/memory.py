@@ -41,12 +41,12 @@ def read_status_kb(field: str) -> int:
 def child(model_name: str, rule: str, d: int, batch_size: int, threads: int) -> dict:
     """Runs inside the fresh process: a warm-up step, then one step measured both ways; result as a dict."""
     import torch
+    from auglocal.engine.auxnets import build_aux_nets
+    from auglocal.engine.models import build_model
+    from auglocal.engine.schedule import LRSchedule, OptimConfig
+    from auglocal.engine.trainer import SequentialTrainer
 
     from benchmarks.live_tensors import tensor_bytes, track_live_bytes
-    from engine.auxnets import build_aux_nets
-    from engine.models import build_model
-    from engine.schedule import LRSchedule, OptimConfig
-    from engine.trainer import SequentialTrainer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -22,13 +22,12 @@ import statistics
 import time
 
 import torch
-
-from engine.auxnets import build_aux_nets
-from engine.models import build_model
-from engine.nonfinite import BufferSnapshot, folded_loss
-from engine.rules import build_local_modules
-from engine.schedule import LRSchedule, OptimConfig
-from engine.stage import Stage
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.models import build_model
+from auglocal.engine.nonfinite import BufferSnapshot, folded_loss
+from auglocal.engine.rules import build_local_modules
+from auglocal.engine.schedule import LRSchedule, OptimConfig
+from auglocal.engine.stage import Stage
 
 POLICIES = (None, "stop", "skip")
 

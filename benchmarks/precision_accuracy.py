@@ -15,12 +15,12 @@ import statistics
 import time
 
 import torch
+from auglocal.engine.config import RunConfig, build_data, build_network, optim_and_schedule, resolve, validate
+from auglocal.engine.precision import Kernels
+from auglocal.engine.trainer import SequentialTrainer
 
 from benchmarks.kernels import write_section
 from benchmarks.memory import machine
-from engine.config import RunConfig, build_data, build_network, optim_and_schedule, resolve, validate
-from engine.precision import Kernels
-from engine.trainer import SequentialTrainer
 
 
 def run(precision: str, seed: int, args: argparse.Namespace) -> tuple[float, float, float]:

@@ -34,12 +34,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from auglocal.engine.config import RunConfig, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.launch.run import coordinator as coordinator_module
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
 from benchmarks.memory import machine
-from engine.config import RunConfig, resolve
-from engine.data import build_dataset
-from launch import coordinator as coordinator_module
-from launch.pipeline import PipelineOptions, train_pipeline
 
 D, BATCH, INPUT = 4, 64, 32
 

@@ -4,7 +4,7 @@ Four sections, written to benchmarks/results/speedup.md (the plot next to it, sp
 
 1. Ledger, ResNet-32/56/110 x d = 2..6: the ideal time ratio (d+1)/(L+1) of one local module to BP; the
    module-time model's ratio: the slowest local module's training time over BP's step time, both measured at
-   one thread with engine.planning.module_costs_timed (BP is one module: the whole network), batch `--batch`.
+   one thread with auglocal.engine.planning.module_costs_timed (BP is one module: the whole network), batch `--batch`.
 2. The measured pipeline at K = 1, 2 as a fraction of its plan's predicted images/s (ResNet-32, d = 2..6).
 3. The simulator (engine/planning/simulator.py) against measured CPU runs: K = 2, 3 and `--workers layer` on
    ResNet-20 and ResNet-32 (d = 4): measured steady images/s vs simulated from module times measured at one
@@ -29,13 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-from benchmarks.memory import machine
-from benchmarks.report import emit
-from engine.config import RunConfig, build_network, resolve
-from engine.data import build_dataset
-from engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
-from engine.planning.simulator import (
+from auglocal.engine.config import RunConfig, build_network, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
+from auglocal.engine.planning.simulator import (
     LinkCost,
     ModuleTime,
     WorkerLoad,
@@ -46,7 +43,10 @@ from engine.planning.simulator import (
     simulate,
     worker_loads,
 )
-from engine.rules import build_local_modules
+from auglocal.engine.rules import build_local_modules
+
+from benchmarks.memory import machine
+from benchmarks.report import emit
 
 GPU_MACS_PER_S = 4e12     # assumed effective MAC/s of one GPU on CIFAR ResNet layers (label, not measured)
 GPU_LINK = LinkCost(latency_s=150e-6, bytes_per_s=3e9)   # device->pinned host, ipc, host->device
@@ -70,7 +70,8 @@ def modules_of(model: str, rule: str, d: int, batch: int):
 def ledger(models: list[str], depths: list[int], batch: int, steps: int) -> list[str]:
     lines = ["## 1. Ledger: ideal (d+1)/(L+1) vs the module-time model", "",
              f"Batch {batch}, one thread, median of {steps} timed steps after one warm-up "
-             "(engine.planning.module_costs_timed). Model ratio = slowest local module's forward+loss+backward "
+             "(auglocal.engine.planning.module_costs_timed). Model ratio = slowest local module's "
+             "forward+loss+backward "
              "time / BP's (the whole network as one module).", "",
              "| model | L | d | ideal (d+1)/(L+1) | model ratio (slowest module / BP) | model / ideal |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -88,7 +89,7 @@ def ledger(models: list[str], depths: list[int], batch: int, steps: int) -> list
 
 
 def pipeline_summary(model: str, d: int, batch: int, steps: int, workers: str) -> dict:
-    from launch.pipeline import PipelineOptions, train_pipeline
+    from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
     cfg, data = setup(model, "auglocal", d, batch, steps)
     cfg.max_steps = steps + 2
@@ -127,7 +128,7 @@ def measured_link(round_trips: int) -> LinkCost:
 
 def feed_seconds(model: str, d: int, batch: int, steps: int = 5) -> float:
     """The coordinator's CPU seconds to produce one training batch (augment, normalise) on its one thread."""
-    from launch.pipeline import coordinator_threads
+    from auglocal.launch.run.pipeline import coordinator_threads
 
     cfg, data = setup(model, "auglocal", d, batch, steps)
     times = []

@@ -1,7 +1,7 @@
 """Aux-net MACs of AugLocal on ResNet-110 with the pyramid (tau) against constant depth (tau = 0).
 
 The paper (section 4.4) reports about 45 % fewer aux-net FLOPs at d = 9, tau = 1. Counted with
-torch.utils.flop_counter on the meta device (engine.planning), CIFAR convention, 10 classes, 32x32.
+torch.utils.flop_counter on the meta device (auglocal.engine.planning), CIFAR convention, 10 classes, 32x32.
 
     python -m benchmarks.tau_sweep --out benchmarks/results/tau_sweep.md
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.auxnets import build_aux_nets
-from engine.models import build_model
-from engine.planning import layer_costs
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.models import build_model
+from auglocal.engine.planning import layer_costs
 
 
 def aux_gmacs(model_name: str, d: int, tau: float) -> float:

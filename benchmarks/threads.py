@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 import psutil
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
 from benchmarks.memory import machine
 from benchmarks.report import emit
 from benchmarks.throughput import config, ratio_text, spread
-from launch.pipeline import PipelineOptions, train_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def layer_run(kind: str, steps: int, batch: int, sample_s: float, timeout: float
     """One `--workers layer` ResNet-110 run through the CLI, watched from outside."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "launch.cli", "--model", "resnet110", "--rule", "auglocal", "--d", "4",
+        cmd = [sys.executable, "-m", "auglocal.launch.cli", "--model", "resnet110", "--rule", "auglocal", "--d", "4",
                "--dataset", "synthetic", "--input-size", "32", "--num-classes", "10",
                "--train-size", str(batch * steps), "--test-size", str(batch), "--batch-size", str(batch),
                "--epochs", "1", "--workers", "layer", "--balance", "flops", "--worker-kind", kind,

@@ -5,10 +5,10 @@ synthetic 32x32 data (10 classes). Sequential figures time `--steps` training st
 this process with the given torch thread count. Pipeline figures run the real coordinator and worker
 processes (one torch thread each) and report steady-state images/s: the time between the completion of
 step 2 and the last step, so the pipeline fill and process start-up are excluded. The predicted figure of a
-plan comes from per-module times measured at one thread before the run (engine.planning), the busy fraction
+plan comes from per-module times measured at one thread before the run (auglocal.engine.planning), the busy fraction
 from the workers' own compute time over the pipeline's wall clock.
 
-Where a K = 1 worker's time goes (issue 10): `py-spy record --subprocesses -- python -m launch.cli --dataset
+Where a K = 1 worker's time goes (issue 10): `py-spy record --subprocesses -- python -m auglocal.launch.cli --dataset
 synthetic --model resnet32 --workers 1 --batch-size 64 --max-steps 12` puts 96.6 % of the worker's samples
 inside Stage.train_step (the code the sequential trainer runs), 1.5 % in start-up and under 1 % in receiving,
 sending and reporting metrics. The worker-side overhead was the allocator policy (`return`, about 2x slower
@@ -35,14 +35,14 @@ import time
 from pathlib import Path
 
 import torch
+from auglocal.engine.config import RunConfig, build_network, optim_and_schedule, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.engine.planning import PipelinePlan
+from auglocal.engine.trainer import SequentialTrainer
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
 from benchmarks.memory import machine
 from benchmarks.report import emit
-from engine.config import RunConfig, build_network, optim_and_schedule, resolve
-from engine.data import build_dataset
-from engine.planning import PipelinePlan
-from engine.trainer import SequentialTrainer
-from launch.pipeline import PipelineOptions, train_pipeline
 
 
 def config(rule: str, steps: int, batch: int, d: int) -> tuple[RunConfig, object]:

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import zmq
+from auglocal.workers.links.curve import CurveKeyPair, stop_authenticator
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.zmq_link import Receiver, Sender, ipc_address, tcp_address
+from auglocal.workers.wire.messages import Codec, Kind, Message
 
 from benchmarks.memory import cpu_model
-from workers.curve import CurveKeyPair, stop_authenticator
-from workers.link import Link
-from workers.messages import Codec, Kind, Message
-from workers.transport import Receiver, Sender, ipc_address, tcp_address
 
 SMALL_BYTES = 16 * 1024
 LARGE_BYTES = 8 * 1024 * 1024

@@ -8,13 +8,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
-
-from engine.auxnets import RULES, STRATEGIES, build_aux_nets
-from engine.data import DATASETS, build_dataset
-from engine.models import build_model, model_names
-from engine.nonfinite import POLICIES as NONFINITE_POLICIES
-from engine.precision import MEMORY_FORMATS, PRECISIONS, resolve_memory_format
-from engine.schedule import SCHEDULES, SHORT_RUN_EPOCHS, LRSchedule, OptimConfig, default_warmup
+from auglocal.engine.auxnets import RULES, STRATEGIES, build_aux_nets
+from auglocal.engine.data import DATASETS, build_dataset
+from auglocal.engine.models import build_model, model_names
+from auglocal.engine.nonfinite import POLICIES as NONFINITE_POLICIES
+from auglocal.engine.precision import MEMORY_FORMATS, PRECISIONS, resolve_memory_format
+from auglocal.engine.schedule import SCHEDULES, SHORT_RUN_EPOCHS, LRSchedule, OptimConfig, default_warmup
 
 
 class UsageError(ValueError):
@@ -45,7 +44,7 @@ class RunConfig:
     seed: int = 1234
     max_steps: int | None = None
     device: str = "cpu"
-    memory_format: str = "auto"       # auto: the device's faster one (engine.precision.AUTO_MEMORY_FORMAT)
+    memory_format: str = "auto"       # auto: the device's faster one (auglocal.engine.precision.AUTO_MEMORY_FORMAT)
     precision: str = "fp32"           # fp32, or bf16/fp16 autocast (weights and optimizer state stay fp32)
     nonfinite: str = "stop"           # a non-finite loss/gradient: 'stop' the run or 'skip' that module's update;
                                       # not in IDENTITY_FIELDS: --resume may change it (engine/nonfinite.py)

@@ -6,8 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-
-from engine.nonfinite import drop_update
+from auglocal.engine.nonfinite import drop_update
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from auglocal.engine.models.base import LayeredModel
 from torch import nn
-
-from engine.models.base import LayeredModel
 
 
 class LocalModule(nn.Module):

@@ -8,12 +8,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from auglocal.engine.nonfinite import DIVERGED_SCALE, POLICIES, BufferSnapshot, NonFiniteLoss, drop_update, folded_loss
+from auglocal.engine.precision import Kernels, LossScaler
+from auglocal.engine.rules import LocalModule
+from auglocal.engine.schedule import LRSchedule, OptimConfig
 from torch import nn
-
-from engine.nonfinite import DIVERGED_SCALE, POLICIES, BufferSnapshot, NonFiniteLoss, drop_update, folded_loss
-from engine.precision import Kernels, LossScaler
-from engine.rules import LocalModule
-from engine.schedule import LRSchedule, OptimConfig
 
 _MASK64 = (1 << 63) - 1
 
@@ -91,7 +90,7 @@ class Stage:
         self.last_applied: tuple[int, int] | None = None   # (epoch, step) of the last minibatch trained on
         self.epoch = -1
         self.set_epoch(0)
-        # Shared by every stage of one process whose stages run in threads (workers/host.py): the global RNG is
+        # Shared by every stage of one process whose stages run in threads (workers/runtime/host.py): the global RNG is
         # per process, so a module that draws random numbers seeds and runs under it; the others skip the seed.
         self.rng_lock: AbstractContextManager | None = None
         self._random = [any(_draws_random(m) for m in module.modules()) for module in modules]

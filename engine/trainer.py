@@ -11,15 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from auglocal.engine.feed import EpochEnd, EvalBatch, FeedShape, TrainStep, feed_plan
+from auglocal.engine.models.base import LayeredModel
+from auglocal.engine.nonfinite import add_skips, skipped_layers
+from auglocal.engine.precision import Kernels
+from auglocal.engine.rules import build_local_modules
+from auglocal.engine.schedule import LRSchedule, OptimConfig
+from auglocal.engine.stage import Stage, StepResult
 from torch import nn
-
-from engine.feed import EpochEnd, EvalBatch, FeedShape, TrainStep, feed_plan
-from engine.models.base import LayeredModel
-from engine.nonfinite import add_skips, skipped_layers
-from engine.precision import Kernels
-from engine.rules import build_local_modules
-from engine.schedule import LRSchedule, OptimConfig
-from engine.stage import Stage, StepResult
 
 
 @dataclass
@@ -86,7 +85,7 @@ class SequentialTrainer:
 
         The order of steps and evaluations is the feed plan's (engine/feed.py), the same the pipeline's
         coordinator feeds; checkpoint markers mean nothing in one process and are skipped. Under --nonfinite stop
-        a non-finite loss raises engine.nonfinite.NonFiniteLoss out of here."""
+        a non-finite loss raises auglocal.engine.nonfinite.NonFiniteLoss out of here."""
         shape = FeedShape(epochs, data.steps_per_epoch(batch_size), data.num_test_batches(batch_size), max_steps)
         history: list[EpochRecord] = []
         best = 0.0

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine.config import (
+from auglocal.engine.config import (
     IDENTITY_FIELDS,
     RunConfig,
     UsageError,
@@ -21,9 +21,14 @@ from engine.config import (
     resolve,
     validate,
 )
-from engine.precision import resolve_memory_format
-from launch.run_dir import resumable
-from launch.transport_choice import TRANSPORT_CHOICES, check_possible, elastic_transport, one_host_transport
+from auglocal.engine.precision import resolve_memory_format
+from auglocal.launch.run.run_dir import resumable
+from auglocal.launch.run.transport_choice import (
+    TRANSPORT_CHOICES,
+    check_possible,
+    elastic_transport,
+    one_host_transport,
+)
 
 EPILOG = """examples:
   auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, pipeline of one worker per core
@@ -47,7 +52,7 @@ documentation (paths in the repository):
 
 
 def fault_help() -> str:
-    from workers.faults import help_text
+    from auglocal.workers.runtime.faults import help_text
 
     return help_text().replace("%", "%%")
 
@@ -187,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fault injection for tests and demos (or AUGLOCAL_INJECT_FAULT): " + fault_help())
     f.add_argument("--cleanup", action="store_true",
                    help="remove socket folders left by launchers that were killed, print them and exit")
-    from launch.elastic import add_flags
+    from auglocal.launch.backends.elastic import add_flags
 
     add_flags(p)
     return p
@@ -297,7 +302,7 @@ def record_runtime(args: argparse.Namespace, overrides: dict) -> None:
             changes = []
         if overrides:
             changes.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "flags": overrides})
-    from engine.atomic import atomic_write_bytes
+    from auglocal.engine.atomic import atomic_write_bytes
 
     record = {"flags": {name: getattr(args, name) for name in RUNTIME_FLAGS}, "changes": changes}
     atomic_write_bytes(path, json.dumps(record, indent=1).encode())
@@ -309,7 +314,7 @@ def record_nonfinite(run_dir: str, policy: str) -> None:
     path = Path(run_dir) / "config.json"
     raw = json.loads(path.read_bytes())
     if raw.get("nonfinite", "stop") != policy:
-        from engine.atomic import atomic_write_bytes
+        from auglocal.engine.atomic import atomic_write_bytes
 
         print(f"auglocal-launch: resuming with --nonfinite {policy} (was {raw.get('nonfinite', 'stop')})")
         atomic_write_bytes(path, json.dumps({**raw, "nonfinite": policy}, indent=2).encode())
@@ -328,26 +333,26 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
     """Print the per-layer table and, unless --sequential, the worker partition and its prediction."""
-    from engine.planning import format_plan_table, layer_costs
+    from auglocal.engine.planning import format_plan_table, layer_costs
 
     model, aux = build_network(cfg, data)
     print(f"model {cfg.model} (L = {model.num_layers}), rule {cfg.rule}, d = {cfg.d}, tau = {cfg.tau}, "
           f"strategy {cfg.strategy}, {cfg.num_classes} classes, input {cfg.input_size}x{cfg.input_size}")
     print(format_plan_table(model, layer_costs(model, aux)))
     if not args.sequential:
-        from launch.pipeline import plan_pipeline
+        from auglocal.launch.run.pipeline import plan_pipeline
 
         plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args), measure=False, network=(model, aux))
         print()
         print(plan.format())
-        from engine.planning.simulator import dry_run_line
-        from launch.hosts import describe_hosts, gpu_sharing
+        from auglocal.engine.planning.simulator import dry_run_line
+        from auglocal.launch.backends.one_host.hosts import describe_hosts, gpu_sharing
 
         print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda"),
                            shared=gpu_sharing(placement.devices), network=(model, aux)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
         print(describe_hosts(placement.hosts, placement.devices))
-    from engine.feed import FeedShape, format_feed
+    from auglocal.engine.feed import FeedShape, format_feed
 
     shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
                       cfg.max_steps, getattr(args, "checkpoint_every", 0))
@@ -358,8 +363,8 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
 
 def pipeline_options(args: argparse.Namespace):
     """--workers/--gpus/--balance/--worker-threads/--trace as PipelineOptions; CPU when CUDA is absent."""
-    from launch.devices import parse_gpus
-    from launch.pipeline import PipelineOptions
+    from auglocal.launch.run.devices import parse_gpus
+    from auglocal.launch.run.pipeline import PipelineOptions
 
     gpus_text = args.gpus   # args keeps what was asked: runtime.json records that, not this machine's GPUs
     if gpus_text is None:
@@ -369,7 +374,7 @@ def pipeline_options(args: argparse.Namespace):
             gpus_text = ",".join(str(i) for i in range(torch.cuda.device_count()))
         else:
             print("auglocal-launch: no CUDA device found; workers run on CPU cores (--gpus cpu)")
-    from workers.faults import fault_from_env, parse_fault
+    from auglocal.workers.runtime.faults import fault_from_env, parse_fault
 
     try:
         fault = parse_fault(args.inject_fault) if args.inject_fault else fault_from_env()
@@ -381,7 +386,7 @@ def pipeline_options(args: argparse.Namespace):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
                          f"got {args.replay_log_mb}")
     gpus = parse_gpus(gpus_text)
-    from launch.hosts import resolve_kind
+    from auglocal.launch.backends.one_host.hosts import resolve_kind
 
     resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
     return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,
@@ -396,8 +401,7 @@ def pipeline_options(args: argparse.Namespace):
 def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:
     """--transport checked against the workers' devices and resolved for this launcher (exit 2 if impossible)."""
     import torch
-
-    from launch.devices import parse_gpus
+    from auglocal.launch.run.devices import parse_gpus
 
     try:
         devices = parse_gpus(gpus_text)
@@ -414,10 +418,10 @@ def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:
 
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data, opts) -> int:
     """Train with `opts` (pipeline_options, checked before the run folder was claimed)."""
-    from launch.pipeline import train_pipeline
+    from auglocal.launch.run.pipeline import train_pipeline
 
     if args.elastic:
-        from launch.elastic import train_elastic
+        from auglocal.launch.backends.elastic import train_elastic
 
         return train_elastic(args.elastic_rank, cfg, data, opts, out=args.out,
                              progress=not args.no_progress, resume=bool(args.resume))
@@ -442,7 +446,7 @@ def _say(message: str, args: argparse.Namespace, *, hint: str | None = None) -> 
 
 def cleanup(quiet: bool = False) -> int:
     """--cleanup: remove socket folders of launchers that are gone."""
-    from launch.sockets import cleanup_stale
+    from auglocal.launch.backends.one_host.sockets import cleanup_stale
 
     removed = cleanup_stale()
     for path in removed:
@@ -469,9 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{what} at {time.strftime('%H:%M:%S')}{' while ' + waiting if waiting else stopped}", args)
         return 143 if isinstance(err, Terminated) else 130
     except Exception as err:
-        from engine.atomic import DiskFullError, describe_io_error
-        from engine.data.imagenet import ImageDecodeError
-        from launch.checkpoints import CheckpointError
+        from auglocal.engine.atomic import DiskFullError, describe_io_error
+        from auglocal.engine.data.imagenet import ImageDecodeError
+        from auglocal.launch.run.checkpoints import CheckpointError
 
         if isinstance(err, ImageDecodeError):
             _say(f"error: {err}", args)
@@ -492,14 +496,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.list_presets:
-        from launch.presets import format_presets
+        from auglocal.launch.run.presets import format_presets
 
         print(format_presets())
         return 0
     if args.cleanup:
         return cleanup()
     if args.elastic:
-        from launch.elastic import ElasticRank
+        from auglocal.launch.backends.elastic import ElasticRank
 
         args.elastic_rank = ElasticRank.join(args)
         if not args.elastic_rank.is_coordinator:
@@ -516,7 +520,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     else:
         cfg = config_from_args(args)
         if args.preset:
-            from launch.presets import apply_preset
+            from auglocal.launch.run.presets import apply_preset
 
             cfg = apply_preset(args.preset, cfg, explicit_args(argv))
     validate(cfg)
@@ -525,13 +529,13 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
         data = build_data(cfg)
         resolve(cfg, data)
         return dry_run(cfg, data, args)
-    from launch.run_dir import claim_run_folder, default_run_dir
+    from auglocal.launch.run.run_dir import claim_run_folder, default_run_dir
 
     # every runtime flag (transport, GPUs, faults, worker kind) is checked before a run folder exists: a bad
     # flag exits 2 without leaving a half-made run behind
     opts = None if args.sequential else pipeline_options(args)
     args.out = str(args.out or default_run_dir(cfg.model, cfg.rule))
-    from launch.preflight import preflight
+    from auglocal.launch.run.preflight import preflight
 
     data = preflight(args, cfg, opts)     # the socket root, the data, --workers, --out: before the claim
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
@@ -542,7 +546,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
             print("auglocal-launch: resuming with " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                                 for k, v in overrides.items()))
         if args.sequential:
-            from launch.sequential import sequential_device, train_sequential
+            from auglocal.launch.run.sequential import sequential_device, train_sequential
 
             cfg.device = sequential_device(args.gpus)
 

@@ -4,8 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from launch.cli import EPILOG
+from auglocal.launch.cli import EPILOG
 
 REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from engine.auxnets import build_aux_nets
-from engine.models import build_model
-from engine.rules import build_local_modules
-from engine.schedule import LRSchedule, OptimConfig
-from engine.stage import Stage
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.models import build_model
+from auglocal.engine.rules import build_local_modules
+from auglocal.engine.schedule import LRSchedule, OptimConfig
+from auglocal.engine.stage import Stage
 
 DEVICE_VAR = "AUGLOCAL_GPU_TEST_DEVICE"
 #: where these tests run: cuda:0, or the CPU in gpu_check.sh's dry run; '' skips them all
@@ -39,7 +38,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not DEVICE, reason=f"needs a CUDA GPU (or {DEVICE_VAR}=cpu, the dry run)")]
 cuda_only = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (CUDA-only feature: not in the dry run)")
 
-if DEVICE:   # before any worker process starts: they read it (workers/worker.py)
+if DEVICE:   # before any worker process starts: they read it (workers/runtime/worker.py)
     os.environ.setdefault("AUGLOCAL_DETERMINISTIC", "1")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
@@ -55,9 +54,9 @@ def deterministic():
 
 def sequential_on_device(cfg, data):
     """The sequential trainer (the oracle) on DEVICE, deterministic: its model and auxiliary networks."""
-    from engine.config import build_network, optim_and_schedule
-    from engine.precision import Kernels
-    from engine.trainer import SequentialTrainer
+    from auglocal.engine.config import build_network, optim_and_schedule
+    from auglocal.engine.precision import Kernels
+    from auglocal.engine.trainer import SequentialTrainer
 
     torch.set_num_threads(1)
     cfg.device = DEVICE
@@ -102,7 +101,7 @@ def assert_equals_run(run_dir: Path, reference_dir: Path) -> None:
 
 def pipeline(cfg, data, out: Path, workers: int, **options) -> dict:
     """train_pipeline of `workers` workers on DEVICE (deterministic, as the workers are); its summary.json."""
-    from launch.pipeline import PipelineOptions, train_pipeline
+    from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
     cfg.device = DEVICE
     opts = PipelineOptions(workers=str(workers), gpus=[DEVICE] if ON_GPU else None, balance="flops", threads=1,
@@ -133,8 +132,8 @@ def test_stage_on_gpu_matches_cpu_to_float_tolerance():
 def test_pipeline_on_one_gpu_runs_counts_updates_and_equals_sequential(tmp_path):
     """Two process workers sharing GPU 0 (each its own CUDA context) end bitwise equal to the sequential
     trainer on the same GPU."""
-    from engine.config import RunConfig, resolve
-    from engine.data import build_dataset
+    from auglocal.engine.config import RunConfig, resolve
+    from auglocal.engine.data import build_dataset
 
     model_name, side = ("resnet32", 32) if ON_GPU else ("resnet20", 16)   # the dry run: smaller, same code
 
@@ -153,7 +152,7 @@ def test_pipeline_on_one_gpu_runs_counts_updates_and_equals_sequential(tmp_path)
 
 @cuda_only
 def test_to_host_keeps_channels_last_and_pins():
-    from workers.worker import to_host
+    from auglocal.workers.runtime.worker import to_host
 
     t = torch.randn(4, 8, 6, 6, device="cuda:0").contiguous(memory_format=torch.channels_last).bfloat16()
     host = to_host(t)
@@ -164,7 +163,7 @@ def test_to_host_keeps_channels_last_and_pins():
 @cuda_only
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_autocast_stage_on_gpu_keeps_fp32_weights_and_hands_on_half(precision):
-    from engine.precision import Kernels, activation_dtype
+    from auglocal.engine.precision import Kernels, activation_dtype
 
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10)
@@ -197,8 +196,9 @@ def test_worker_killed_on_one_gpu_recovers_bitwise(tmp_path):
     """The design card's single-GPU fault test: three process workers on GPU 0, worker 1 killed (SIGKILL) before
     minibatch 8 of 12, restarted alone from the checkpoint and its neighbour's replay log, ends bitwise equal
     to the unfaulted run on the same GPU."""
+    from auglocal.workers.runtime.faults import parse_fault
+
     from tests.faults.support import CHECKPOINT_EVERY, small_run
-    from workers.faults import parse_fault
 
     common = dict(checkpoint_every=CHECKPOINT_EVERY, recovery="one", max_restarts=1)
     clean = pipeline(*small_run(), tmp_path / "clean", 3, **common)
@@ -227,7 +227,7 @@ def one_node_torchrun(tmp_path: Path, flags: list[str], timeout_s: float = 300) 
     env.update(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "3",
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--max-restarts", "0",
-           "-m", "launch.elastic", "--", "--node-addr", "127.0.0.1", "--secret-file", str(secret),
+           "-m", "auglocal.launch.backends.elastic", "--", "--node-addr", "127.0.0.1", "--secret-file", str(secret),
            "--out", str(out), *flags]
     log_path = tmp_path / "torchrun.log"
     with open(log_path, "w") as log:
@@ -248,7 +248,8 @@ def test_cuda_ipc_workers_equal_sequential_on_one_gpu(tmp_path):
     """Two worker ranks on GPU 0 linked by cuda-ipc (activations and gradients stay in GPU memory, opened
     by handle and offset in the other process) end bitwise equal to the sequential trainer on the same GPU:
     every tensor of model.pt and aux.pt. On CPU (the dry run) the same launch links the ranks by gloo."""
-    from engine.config import RunConfig, build_data, resolve
+    from auglocal.engine.config import RunConfig, build_data, resolve
+
     from tests.faults.support import SMALL_FLAGS
 
     device_flags = ["--gpus", "0", "--transport", "cuda-ipc"] if ON_GPU else ["--gpus", "cpu", "--transport", "gloo"]

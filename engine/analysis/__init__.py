@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.analysis.cka import linear_cka
-from engine.analysis.features import global_pool, head_logits, layer_outputs, test_examples, train_examples
-from engine.analysis.probes import ProbeResult, fit_probe, probe_layers
+from auglocal.engine.analysis.cka import linear_cka
+from auglocal.engine.analysis.features import global_pool, head_logits, layer_outputs, test_examples, train_examples
+from auglocal.engine.analysis.probes import ProbeResult, fit_probe, probe_layers
 
 __all__ = ["ProbeResult", "fit_probe", "global_pool", "head_logits", "layer_outputs", "linear_cka",
            "probe_layers", "test_examples", "train_examples"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-
-from engine.data.source import DataSource, evenly_spaced
-from engine.models.base import LayeredModel
+from auglocal.engine.data.source import DataSource, evenly_spaced
+from auglocal.engine.models.base import LayeredModel
 
 #: the probes' training images are one fixed draw of training batches, the same for every run compared
 PROBE_DRAW_SEED = 0

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numbers
 
-from engine.auxnets.auglocal import AugLocalAux, build_auglocal_nets
-from engine.auxnets.base import AuxNet
-from engine.auxnets.convwide import build_conv_nets
-from engine.auxnets.dgl import DGLAux
-from engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux, infopro_weights
-from engine.auxnets.macs import forward_macs
-from engine.auxnets.predsim import PredSimAux
-from engine.auxnets.selection import CONVENTIONS, num_local_layers, pyramid_ks, select_layers
-from engine.models.base import LayeredModel
+from auglocal.engine.auxnets.auglocal import AugLocalAux, build_auglocal_nets
+from auglocal.engine.auxnets.base import AuxNet
+from auglocal.engine.auxnets.convwide import build_conv_nets
+from auglocal.engine.auxnets.dgl import DGLAux
+from auglocal.engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux, infopro_weights
+from auglocal.engine.auxnets.macs import forward_macs
+from auglocal.engine.auxnets.predsim import PredSimAux
+from auglocal.engine.auxnets.selection import CONVENTIONS, num_local_layers, pyramid_ks, select_layers
+from auglocal.engine.models.base import LayeredModel
 
 RULES = ("bp", "auglocal", "dgl", "predsim", "infopro")
 STRATEGIES = ("uniform", "sequential", "repetitive", "conv1x1", "conv3x3")

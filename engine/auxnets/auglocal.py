@@ -6,11 +6,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+from auglocal.engine.auxnets.base import AuxNet, head_notation
+from auglocal.engine.auxnets.selection import select_layers
+from auglocal.engine.models.base import LayeredModel
 from torch import nn
-
-from engine.auxnets.base import AuxNet, head_notation
-from engine.auxnets.selection import select_layers
-from engine.models.base import LayeredModel
 
 #: families whose aux strides follow log2 of the width ratio, exactly as the paper's ResNet code does
 WIDTH_RATIO_FAMILIES = ("cifar_resnet", "imagenet_resnet")

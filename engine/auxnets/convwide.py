@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from auglocal.engine.auxnets.auglocal import AugLocalAux, AuxStep, build_block_aux, plan_aux, step_notation
+from auglocal.engine.auxnets.base import head_notation
+from auglocal.engine.auxnets.macs import meta_macs
+from auglocal.engine.auxnets.selection import select_layers
+from auglocal.engine.models.base import LayeredModel
 from torch import nn
-
-from engine.auxnets.auglocal import AugLocalAux, AuxStep, build_block_aux, plan_aux, step_notation
-from engine.auxnets.base import head_notation
-from engine.auxnets.macs import meta_macs
-from engine.auxnets.selection import select_layers
-from engine.models.base import LayeredModel
 
 _MAX_WIDEN = 2.0**12
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
+from auglocal.engine.auxnets.base import AuxNet
+from auglocal.engine.auxnets.deterministic import AdaptiveAvgPool2d
 from torch import nn
-
-from engine.auxnets.base import AuxNet
-from engine.auxnets.deterministic import AdaptiveAvgPool2d
 
 
 class DGLAux(AuxNet):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from auglocal.engine.auxnets.base import AuxNet
+from auglocal.engine.auxnets.deterministic import deterministic_on, interpolate_bilinear
 from torch import nn
-
-from engine.auxnets.base import AuxNet
-from engine.auxnets.deterministic import deterministic_on, interpolate_bilinear
 
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)

@@ -6,9 +6,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from auglocal.engine.auxnets.base import AuxNet
 from torch import nn
-
-from engine.auxnets.base import AuxNet
 
 
 def similarity_matrix(t: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 
-from engine.data.source import DataSource, TensorSource
-from engine.data.synthetic import make_synthetic
+from auglocal.engine.data.source import DataSource, TensorSource
+from auglocal.engine.data.synthetic import make_synthetic
 
 DATASETS = ("mnist5k", "digits", "animal-mnist", "synthetic", "cifar10", "svhn", "stl10", "imagenet")
 
@@ -16,7 +16,7 @@ def _loader(module: str, name: str, takes_dir: bool = True) -> Callable[[str | P
     """A loader that imports its module on first use: the torchvision-based ones import torchvision, which
     costs seconds that a run on the embedded digits (or a dry run) should not pay."""
     def load(data_dir):
-        function = getattr(import_module(f"engine.data.{module}"), name)
+        function = getattr(import_module(f"auglocal.engine.data.{module}"), name)
         return function(data_dir) if takes_dir else function()
     return load
 
@@ -53,7 +53,7 @@ def build_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 
                               train_size=2048 if train_size is None else train_size,
                               test_size=512 if test_size is None else test_size)
     if name == "imagenet":
-        from engine.data.imagenet import ImageFolderSource
+        from auglocal.engine.data.imagenet import ImageFolderSource
 
         return ImageFolderSource(data_dir, input_size=224 if input_size is None else input_size,
                                  num_classes=num_classes, train_size=train_size, test_size=test_size)

@@ -18,10 +18,9 @@ from importlib.resources import files
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
-
-from engine.data.augment import CropFlip, channel_stats
-from engine.data.embedded import stratified_split
-from engine.data.source import TensorSource
+from auglocal.engine.data.augment import CropFlip, channel_stats
+from auglocal.engine.data.embedded import stratified_split
+from auglocal.engine.data.source import TensorSource
 
 PACKAGE = "animal_mnist"
 IMAGES_FILE = "animal_data_version_3.gz"

@@ -14,11 +14,10 @@ from importlib.resources import files
 
 import numpy as np
 import torch
+from auglocal.engine.data.augment import CropFlip, channel_stats
+from auglocal.engine.data.recorded_splits import DIGITS_TEST_MASK, MNIST5K_TEST_MASK
+from auglocal.engine.data.source import TensorSource
 from torch.nn import functional as nnf
-
-from engine.data.augment import CropFlip, channel_stats
-from engine.data.recorded_splits import DIGITS_TEST_MASK, MNIST5K_TEST_MASK
-from engine.data.source import TensorSource
 
 #: fixed seed of the train/test splits; independent of the run seed so every run sees the same test set
 SPLIT_SEED = 2024
@@ -68,7 +67,8 @@ def stratified_split(labels: np.ndarray, test_size: int | float) -> tuple[np.nda
 
 
 def recorded_split(test_mask_hex: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The split `stratified_split` gives, read from its recorded test mask (see engine.data.recorded_splits)."""
+    """The split `stratified_split` gives, read from its recorded test mask (see
+    auglocal.engine.data.recorded_splits)."""
     test = np.unpackbits(np.frombuffer(bytes.fromhex(test_mask_hex), dtype=np.uint8), count=n).astype(bool)
     return np.flatnonzero(~test), np.flatnonzero(test)
 

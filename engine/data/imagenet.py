@@ -9,13 +9,12 @@ from pathlib import Path
 import torch
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as F
+from auglocal.engine.data.augment import normalise
+from auglocal.engine.data.seeding import SAMPLE_STREAM, derive_seed
+from auglocal.engine.data.source import DataSource, evenly_spaced
+from auglocal.engine.data.torchvision_sets import require_dir
 from PIL import Image
 from torchvision.datasets import ImageFolder
-
-from engine.data.augment import normalise
-from engine.data.seeding import SAMPLE_STREAM, derive_seed
-from engine.data.source import DataSource, evenly_spaced
-from engine.data.torchvision_sets import require_dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -1,6 +1,6 @@
 """Test-set membership of the embedded data sets' fixed stratified splits, as recorded from scikit-learn.
 
-`engine.data.embedded.stratified_split` (scikit-learn's `train_test_split` with SPLIT_SEED) defines the splits;
+`auglocal.engine.data.embedded.stratified_split` (scikit-learn's `train_test_split` with SPLIT_SEED) defines the splits;
 importing scikit-learn costs about 2.5 s of CPU, more than everything else a dry run does after importing torch,
 so the loaders read the recorded result instead. A test recomputes both splits and compares them bit for bit.
 Each value is a hex bitmask (numpy.packbits order): bit i set = image i is in the test set.

@@ -6,9 +6,8 @@ import math
 from collections.abc import Iterator
 
 import torch
-
-from engine.data.augment import CropFlip, normalise
-from engine.data.seeding import AUGMENT_STREAM, ORDER_STREAM, seeded_generator
+from auglocal.engine.data.augment import CropFlip, normalise
+from auglocal.engine.data.seeding import AUGMENT_STREAM, ORDER_STREAM, seeded_generator
 
 
 def _check_count(value: int, what: str) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import psutil
 import torch
-
-from engine.data.augment import CropFlip, channel_stats
-from engine.data.source import TensorSource
+from auglocal.engine.data.augment import CropFlip, channel_stats
+from auglocal.engine.data.source import TensorSource
 
 COMPONENTS = 3          # cosine waves per class pattern
 MAX_FREQUENCY = 3       # cycles per image: the patterns are smooth, so conv nets with pooling can see them

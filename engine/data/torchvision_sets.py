@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from auglocal.engine.data.augment import CropFlip
+from auglocal.engine.data.source import TensorSource
 from torchvision.datasets import CIFAR10, STL10, SVHN
 from torchvision.datasets.utils import check_integrity
-
-from engine.data.augment import CropFlip
-from engine.data.source import TensorSource
 
 # docs/method.md 4.4 / 4.2
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 
-from engine.models.base import LayeredModel, LayerInfo
-from engine.models.cifar_resnet import CIFAR_DEPTHS, CifarResNet
+from auglocal.engine.models.base import LayeredModel, LayerInfo
+from auglocal.engine.models.cifar_resnet import CIFAR_DEPTHS, CifarResNet
 
 _BUILDERS: dict[str, Callable[[int, int], LayeredModel]] = {
     f"resnet{depth}": (lambda nc, size, depth=depth: CifarResNet(depth, nc, size)) for depth in CIFAR_DEPTHS
@@ -36,9 +36,9 @@ __all__ = ["LayeredModel", "LayerInfo", "build_model", "model_names", "register"
 
 
 def _lazy(module: str, name: str, *args) -> Callable[[int, int], LayeredModel]:
-    """A builder that imports `engine.models.<module>` (and so torchvision) only when a network is built."""
+    """A builder that imports `auglocal.engine.models.<module>` (and so torchvision) only when a network is built."""
     def build(num_classes: int, input_size: int) -> LayeredModel:
-        return getattr(import_module(f"engine.models.{module}"), name)(*args, num_classes, input_size)
+        return getattr(import_module(f"auglocal.engine.models.{module}"), name)(*args, num_classes, input_size)
     return build
 
 

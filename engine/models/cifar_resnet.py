@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
+from auglocal.engine.models.base import LayeredModel, LayerInfo
 from torch import nn
-
-from engine.models.base import LayeredModel, LayerInfo
 
 CIFAR_DEPTHS = {20: 3, 32: 5, 56: 9, 110: 18}
 

@@ -8,13 +8,12 @@ from itertools import chain
 
 import torch
 import torchvision
+from auglocal.engine.models.base import LayeredModel, LayerInfo
+from auglocal.engine.models.cifar_resnet import PoolLinearHead
 from torch import nn
 from torch.func import functional_call
 from torchvision.models import efficientnet, mobilenetv2, regnet, resnet
 from torchvision.ops import Conv2dNormActivation
-
-from engine.models.base import LayeredModel, LayerInfo
-from engine.models.cifar_resnet import PoolLinearHead
 
 
 # --- helpers shared by every cut ----------------------------------------------------------------------------

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torchvision
+from auglocal.engine.models.base import LayeredModel
+from auglocal.engine.models.torchvision_cuts import TorchvisionCut, check_stride, make_infos, trace_shapes
 from torch import nn
 from torchvision.models import vgg as tv_vgg
-
-from engine.models.base import LayeredModel
-from engine.models.torchvision_cuts import TorchvisionCut, check_stride, make_infos, trace_shapes
 
 #: hidden width of the paper's VGG aux classifier (4096 in the primary, "changed to 512", docs/method.md 3.5)
 AUX_HIDDEN = 512

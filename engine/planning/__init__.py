@@ -1,7 +1,7 @@
 """Planning: per-layer costs, the dry-run table, partitioning modules onto workers, predicted throughput, simulation."""
 
-from engine.planning.balance import BALANCES, ModuleCosts, choose_module_costs
-from engine.planning.costs import (
+from auglocal.engine.planning.balance import BALANCES, ModuleCosts, choose_module_costs
+from auglocal.engine.planning.costs import (
     CostTotals,
     HeadCost,
     LayerCost,
@@ -12,12 +12,20 @@ from engine.planning.costs import (
     layer_output_shapes,
     module_costs_flops,
 )
-from engine.planning.partition import group_costs, partition
-from engine.planning.plan import PipelinePlan, format_ids, make_plan
-from engine.planning.simulator import LinkCost, ModuleTime, Simulation, WorkerLoad, run_events, simulate, worker_loads
-from engine.planning.table import format_plan_table
-from engine.planning.timing import module_costs_timed
-from engine.planning.timing_cache import CostKey, MachineKey, TimingCache, cache_path
+from auglocal.engine.planning.partition import group_costs, partition
+from auglocal.engine.planning.plan import PipelinePlan, format_ids, make_plan
+from auglocal.engine.planning.simulator import (
+    LinkCost,
+    ModuleTime,
+    Simulation,
+    WorkerLoad,
+    run_events,
+    simulate,
+    worker_loads,
+)
+from auglocal.engine.planning.table import format_plan_table
+from auglocal.engine.planning.timing import module_costs_timed
+from auglocal.engine.planning.timing_cache import CostKey, MachineKey, TimingCache, cache_path
 
 __all__ = [
     "BALANCES",

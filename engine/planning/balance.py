@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from auglocal.engine.planning.costs import module_costs_flops
+from auglocal.engine.planning.timing import TIMING_THREADS, module_costs_timed
+from auglocal.engine.planning.timing_cache import CostKey, MachineKey, TimingCache
+from auglocal.engine.precision import Kernels
 from torch import nn
-
-from engine.planning.costs import module_costs_flops
-from engine.planning.timing import TIMING_THREADS, module_costs_timed
-from engine.planning.timing_cache import CostKey, MachineKey, TimingCache
-from engine.precision import Kernels
 
 BALANCES = ("auto", "time", "flops")
 

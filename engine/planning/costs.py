@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from auglocal.engine.models.base import LayeredModel
+from auglocal.engine.planning import mac_cache
+from auglocal.engine.rules import LocalModule
 from torch import nn
-
-from engine.models.base import LayeredModel
-from engine.planning import mac_cache
-from engine.rules import LocalModule
 
 #: batch used for counting: BatchNorm1d and batch-wise losses misbehave at batch 1; results are per image
 COUNT_BATCH = 2
@@ -125,7 +124,7 @@ def _shape(arg: Any) -> tuple | None:
 
 def _architecture(module: nn.Module) -> str:
     """What decides a module's forward FLOPs: its repr, less an aux net's layer index (which costs nothing)."""
-    from engine.auxnets.base import AuxNet
+    from auglocal.engine.auxnets.base import AuxNet
 
     if isinstance(module, AuxNet):
         return repr(module).replace(f"layer={module.layer}, ", "", 1)

@@ -16,8 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-
-from engine.planning.user_cache import CacheFile
+from auglocal.engine.planning.user_cache import CacheFile
 
 FORMAT = 1
 FILE_NAME = "module_macs.json"

@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
-from engine.planning.partition import partition
-from engine.rules import LocalModule
+from auglocal.engine.planning.partition import partition
+from auglocal.engine.rules import LocalModule
 
 SECONDS = "s"
 

@@ -6,7 +6,7 @@ window that blocks a worker whose downstream still holds `window` unconsumed mes
 the run's event sequence (see `run_events`, to be replaced by the coordinator's feed plan) and gives each
 event's start and end on every worker, from which it reports steady images/s and busy fractions.
 
-Model (what a worker does, workers/worker.py): it takes the next message from its inbox (that *consumes* it
+Model (what a worker does, workers/runtime/worker.py): it takes the next message from its inbox (that *consumes* it
 and returns a credit to its sender), runs the primary forwards of its modules (and the aux work of all but
 the last module), emits the output, sends it (blocking while its downstream holds `window` unconsumed
 messages; the send itself costs the link's latency + bytes / bandwidth), then runs the last module's aux
@@ -30,13 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from auglocal.engine.feed import CheckpointMarker, EvalBatch, FeedShape, TrainStep, feed_plan
+from auglocal.engine.planning.plan import format_rate
+from auglocal.engine.planning.shared_cores import replay_shared
+from auglocal.engine.planning.timing import time_module_phases
+from auglocal.engine.precision import Kernels
 from torch import nn
-
-from engine.feed import CheckpointMarker, EvalBatch, FeedShape, TrainStep, feed_plan
-from engine.planning.plan import format_rate
-from engine.planning.shared_cores import replay_shared
-from engine.planning.timing import time_module_phases
-from engine.precision import Kernels
 
 TRAIN, EVAL, CHECKPOINT = "train", "eval", "checkpoint"
 
@@ -210,7 +209,7 @@ def _steady_rate(train_done: Sequence[float], skip: int, batch_size: int, makesp
 def module_phase_times(modules: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor, steps: int = 2,
                        warmup: int = 1, kernels: Kernels | None = None) -> tuple[list[ModuleTime], list[int]]:
     """Measured (primary forward, rest) seconds per batch of each local module at one thread (medians of
-    engine.planning.timing.time_module_phases, which runs them as a Stage does), and the bytes of each
+    auglocal.engine.planning.timing.time_module_phases, which runs them as a Stage does), and the bytes of each
     module's output (what a worker ending with it sends downstream). The split is where a worker emits."""
     s = time_module_phases(modules, x, y, steps, warmup, kernels)
     return ([ModuleTime(statistics.median(f), statistics.median(r)) for f, r in zip(s.forward, s.rest, strict=True)],
@@ -235,7 +234,7 @@ def forward_shares(modules: Sequence[nn.Module], x: torch.Tensor) -> tuple[list[
     """Per module: the share of its training work that is the primary forward, from MACs counted on the meta
     device (forward / 3 x (primary + aux)), and its output bytes per image. Costs no arithmetic, and the
     blocks the plan's FLOPs costs counted already are not counted again."""
-    from engine.planning.costs import module_macs
+    from auglocal.engine.planning.costs import module_macs
 
     counted = module_macs(modules, x)
     return [m.forward_share for m in counted], [m.out_bytes_per_image for m in counted]
@@ -261,8 +260,8 @@ def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[i
     `network`: the (model, aux nets) the caller built already."""
     import os
 
-    from engine.config import build_network
-    from engine.rules import build_local_modules
+    from auglocal.engine.config import build_network
+    from auglocal.engine.rules import build_local_modules
 
     model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)

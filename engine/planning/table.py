@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from engine.models.base import LayeredModel
-from engine.planning.costs import HeadCost, LayerCost, cost_totals, head_cost
-from engine.planning.plan import format_ids
+from auglocal.engine.models.base import LayeredModel
+from auglocal.engine.planning.costs import HeadCost, LayerCost, cost_totals, head_cost
+from auglocal.engine.planning.plan import format_ids
 
 HEADERS = ("layer", "width", "size", "selected", "aux net", "params", "aux params", "MMACs", "aux MMACs")
 TEXT_COLUMNS = (3, 4)    # left-aligned; everything else is a number, right-aligned

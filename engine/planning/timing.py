@@ -9,9 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from auglocal.engine.precision import Kernels
 from torch import nn
-
-from engine.precision import Kernels
 
 #: intra-op threads the modules are timed with: one, as a pipeline worker on a CPU core runs
 TIMING_THREADS = 1

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from engine.planning.user_cache import CacheFile, cache_dir
-from engine.precision import Kernels
+from auglocal.engine.planning.user_cache import CacheFile, cache_dir
+from auglocal.engine.precision import Kernels
 
 #: bump when the meaning of a cached figure changes: older entries are then ignored
 #: (2: times are taken in the run's memory format and precision, which the key now names)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.atomic import atomic_write_bytes
+from auglocal.engine.atomic import atomic_write_bytes
 
 #: a cache file larger than this is not read (ResNet-110's MAC cache is about 30 KB)
 MAX_BYTES = 16 << 20

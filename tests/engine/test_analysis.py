@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-
-from engine.analysis import features, fit_probe, global_pool, head_logits, layer_outputs, linear_cka
-from engine.config import RunConfig, build_data, build_network, resolve
-from engine.models import build_model
-from launch.analyze import main as analyze
+from auglocal.engine.analysis import features, fit_probe, global_pool, head_logits, layer_outputs, linear_cka
+from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+from auglocal.engine.models import build_model
+from auglocal.launch.report.analyze import main as analyze
 
 
 def gaussian(*shape: int, seed: int = 0) -> torch.Tensor:

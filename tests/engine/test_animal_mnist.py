@@ -9,8 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
-from engine.data.animal_mnist import (
+from auglocal.engine.data.animal_mnist import (
     CLASSES,
     TEST_SIZE,
     animal_arrays,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from auglocal.engine.auxnets import RULES, STRATEGIES, AuxNet, build_aux_nets, forward_macs
+from auglocal.engine.auxnets.auglocal import plan_aux
+from auglocal.engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux, infopro_weights
+from auglocal.engine.auxnets.predsim import grown_pool, similarity_matrix
+from auglocal.engine.auxnets.selection import num_local_layers, pyramid_ks
+from auglocal.engine.models import LayeredModel, build_model, model_names
 from torch import nn
-
-from engine.auxnets import RULES, STRATEGIES, AuxNet, build_aux_nets, forward_macs
-from engine.auxnets.auglocal import plan_aux
-from engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux, infopro_weights
-from engine.auxnets.predsim import grown_pool, similarity_matrix
-from engine.auxnets.selection import num_local_layers, pyramid_ks
-from engine.models import LayeredModel, build_model, model_names
 
 BATCH = 2
 CLASSES = 10

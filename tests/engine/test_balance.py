@@ -4,9 +4,8 @@ import json
 
 import pytest
 import torch
-
-from engine.config import RunConfig, build_data, build_network, resolve
-from engine.planning import (
+from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+from auglocal.engine.planning import (
     CostKey,
     MachineKey,
     TimingCache,
@@ -17,8 +16,8 @@ from engine.planning import (
     module_costs_flops,
     timing_cache,
 )
-from engine.planning import costs as costs_module
-from engine.rules import build_local_modules
+from auglocal.engine.planning import costs as costs_module
+from auglocal.engine.rules import build_local_modules
 
 
 def network(model="resnet20", rule="auglocal", input_size=16, **kw):
@@ -85,7 +84,7 @@ def test_auto_uses_flops_for_a_dry_run_and_measures_then_caches_for_a_training_r
         timed.append(len(mods))
         return [0.01 * (i + 1) for i in range(len(mods))]
 
-    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake_timing)
+    monkeypatch.setattr("auglocal.engine.planning.balance.module_costs_timed", fake_timing)
     dry = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), k=2, measure=False, cache=cache)
     assert dry.unit == "MAC" and "no module times cached" in dry.source and timed == []
     run = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), k=2, measure=True, cache=cache)
@@ -142,7 +141,7 @@ def test_a_gpu_run_is_timed_on_its_gpu(tmp_path, monkeypatch):
         asked.append(None if device is None else str(device))
         return [0.01 * (i + 1) for i in range(len(mods))]
 
-    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake_timing)
+    monkeypatch.setattr("auglocal.engine.planning.balance.module_costs_timed", fake_timing)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
@@ -156,7 +155,7 @@ def test_a_gpu_run_is_timed_on_its_gpu(tmp_path, monkeypatch):
 
 def test_a_gpu_this_process_cannot_reach_is_balanced_by_macs_and_says_so(tmp_path, monkeypatch):
     cfg, _, _, modules, x, y = network()
-    monkeypatch.setattr("engine.planning.balance.module_costs_timed", lambda *a, **k: pytest.fail("timed"))
+    monkeypatch.setattr("auglocal.engine.planning.balance.module_costs_timed", lambda *a, **k: pytest.fail("timed"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for balance in ("auto", "time"):
         chosen = choose_module_costs(modules, x, y, balance, CostKey.of(cfg), k=2,
@@ -172,7 +171,7 @@ def test_a_gpu_this_process_cannot_reach_is_balanced_by_macs_and_says_so(tmp_pat
 
 def test_the_pipeline_plan_times_modules_on_the_workers_device(tmp_path, monkeypatch):
     """plan_pipeline asks for timing on the first worker's device: cuda:0 for --gpus 0."""
-    from launch.pipeline import PipelineOptions, plan_pipeline
+    from auglocal.launch.run.pipeline import PipelineOptions, plan_pipeline
 
     cfg, model, aux, modules, x, y = network()
     asked = []
@@ -181,7 +180,7 @@ def test_the_pipeline_plan_times_modules_on_the_workers_device(tmp_path, monkeyp
         asked.append(str(device))
         return [0.01] * len(mods)
 
-    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake_timing)
+    monkeypatch.setattr("auglocal.engine.planning.balance.module_costs_timed", fake_timing)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from auglocal.engine.data import DATASETS, build_dataset, embedded, recorded_splits
+from auglocal.engine.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from auglocal.engine.data.seeding import derive_seed
+from auglocal.engine.data.torchvision_sets import CIFAR10_MEAN, CIFAR10_STD
 from PIL import Image
 from torchvision.datasets import STL10, SVHN
 
-from engine.data import DATASETS, build_dataset, embedded, recorded_splits
-from engine.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from engine.data.seeding import derive_seed
-from engine.data.torchvision_sets import CIFAR10_MEAN, CIFAR10_STD
 from tests.data_files import md5, write_cifar10
 
 

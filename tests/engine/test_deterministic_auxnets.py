@@ -7,11 +7,10 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-
-from engine.auxnets.deterministic import adaptive_avg_pool2d, interpolate_bilinear
-from engine.auxnets.dgl import DGLAux
-from engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux
-from workers.process_setup import CUBLAS_VAR, DETERMINISTIC_VAR, apply_determinism
+from auglocal.engine.auxnets.deterministic import adaptive_avg_pool2d, interpolate_bilinear
+from auglocal.engine.auxnets.dgl import DGLAux
+from auglocal.engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux
+from auglocal.workers.runtime.process_setup import CUBLAS_VAR, DETERMINISTIC_VAR, apply_determinism
 
 
 @pytest.fixture

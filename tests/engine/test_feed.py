@@ -1,6 +1,6 @@
 """The feed plan: the one order of train steps, evaluations, checkpoint markers and stop."""
 
-from engine.feed import (
+from auglocal.engine.feed import (
     CheckpointMarker,
     EpochEnd,
     EpochFed,

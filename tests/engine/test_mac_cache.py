@@ -3,10 +3,9 @@
 import json
 
 import pytest
-
-from engine.auxnets import build_aux_nets
-from engine.models import build_model
-from engine.planning import costs, layer_costs, mac_cache
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.models import build_model
+from auglocal.engine.planning import costs, layer_costs, mac_cache
 
 
 @pytest.fixture

@@ -7,17 +7,16 @@ import math
 
 import pytest
 import torch
-from torch import nn
-from torchvision.models import efficientnet, mobilenetv2, regnet, resnet
-from torchvision.ops import Conv2dNormActivation
-
-from engine.models import LayeredModel, build_model, model_names
-from engine.models.torchvision_cuts import (
+from auglocal.engine.models import LayeredModel, build_model, model_names
+from auglocal.engine.models.torchvision_cuts import (
     TorchvisionCut,
     build_torchvision_model,
     from_torchvision_state_dict,
     to_torchvision_state_dict,
 )
+from torch import nn
+from torchvision.models import efficientnet, mobilenetv2, regnet, resnet
+from torchvision.ops import Conv2dNormActivation
 
 NUM_LAYERS = {
     "resnet20": 10, "resnet32": 16, "resnet56": 28, "resnet110": 55, "vgg19": 16, "vgg13": 10,

@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
-
-from engine.auxnets import build_aux_nets
-from engine.models import build_model
-from engine.nonfinite import NonFiniteLoss, folded_loss, skipped_layers
-from engine.rules import build_local_modules
-from engine.schedule import LRSchedule, OptimConfig
-from engine.stage import Stage
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.models import build_model
+from auglocal.engine.nonfinite import NonFiniteLoss, folded_loss, skipped_layers
+from auglocal.engine.rules import build_local_modules
+from auglocal.engine.schedule import LRSchedule, OptimConfig
+from auglocal.engine.stage import Stage
 
 SCHED = LRSchedule("constant", 0.1, 1, 0)
 BAD = 1        # the module whose aux net is poisoned

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from auglocal.engine.config import RunConfig, UsageError, build_data
+from auglocal.engine.data import embedded
 
-from engine.config import RunConfig, UsageError, build_data
-from engine.data import embedded
 from tests.blocked_imports import blocked
 
 
@@ -21,6 +21,7 @@ def test_embedded_set_without_its_package_is_a_usage_error(dataset, package, mon
 
 def test_engine_workers_and_launch_import_without_mlxtend_and_sklearn():
     code = ("import sys; sys.modules.update(dict.fromkeys(('mlxtend', 'sklearn'))); "
-            "import engine, workers, launch, launch.cli, launch.pipeline, engine.data.embedded")
+            "import auglocal.engine, auglocal.workers, auglocal.launch, auglocal.launch.cli, "
+            "auglocal.launch.run.pipeline, auglocal.engine.data.embedded")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -9,10 +9,8 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from engine.models import build_model
-from engine.planning import (
+from auglocal.engine.models import build_model
+from auglocal.engine.planning import (
     PipelinePlan,
     cost_totals,
     count_macs,
@@ -24,8 +22,9 @@ from engine.planning import (
     module_costs_timed,
     partition,
 )
-from engine.precision import Kernels
-from engine.rules import build_local_modules
+from auglocal.engine.precision import Kernels
+from auglocal.engine.rules import build_local_modules
+from torch import nn
 
 SEEN_X: list[tuple[int, tuple[int, ...]]] = []
 
@@ -60,7 +59,7 @@ def mac_totals(model, aux_nets):
 
 @pytest.mark.parametrize("name,gmacs", [("resnet32", 0.069), ("resnet110", 0.253)])
 def test_primary_forward_macs_match_method_md(name, gmacs):
-    from engine.auxnets import build_aux_nets
+    from auglocal.engine.auxnets import build_aux_nets
 
     model = build_model(name)
     totals = mac_totals(model, build_aux_nets(model, "bp"))     # BP: no aux nets, all is the top group
@@ -108,7 +107,7 @@ def test_layer_costs_reject_too_many_or_misplaced_aux_nets():
 
 @pytest.mark.parametrize("rule", ["auglocal", "dgl", "predsim", "infopro"])
 def test_counting_on_meta_equals_counting_on_real_tensors(rule):
-    from engine.auxnets import build_aux_nets
+    from auglocal.engine.auxnets import build_aux_nets
 
     model = build_model("resnet20", num_classes=10)
     aux = build_aux_nets(model, rule, d=3, tau=0.5)
@@ -125,7 +124,7 @@ def test_counting_on_meta_equals_counting_on_real_tensors(rule):
 
 @pytest.mark.parametrize("d,paper", [(2, 0.63), (3, 0.69), (4, 0.80), (5, 0.98), (6, 1.13)])
 def test_auglocal_resnet110_flops_match_paper_table7(d, paper):
-    from engine.auxnets import build_aux_nets
+    from auglocal.engine.auxnets import build_aux_nets
 
     model = build_model("resnet110")
     aux = build_aux_nets(model, "auglocal", d=d, tau=0.5)

@@ -5,15 +5,14 @@ import json
 
 import pytest
 import torch
-
-from engine.auxnets import build_aux_nets
-from engine.config import RunConfig, UsageError, resolve, validate
-from engine.data import build_dataset
-from engine.models import build_model
-from engine.precision import AUTO_MEMORY_FORMAT, Kernels, LossScaler, activation_dtype, resolve_memory_format
-from engine.rules import build_local_modules
-from engine.schedule import LRSchedule, OptimConfig
-from engine.stage import Stage
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.config import RunConfig, UsageError, resolve, validate
+from auglocal.engine.data import build_dataset
+from auglocal.engine.models import build_model
+from auglocal.engine.precision import AUTO_MEMORY_FORMAT, Kernels, LossScaler, activation_dtype, resolve_memory_format
+from auglocal.engine.rules import build_local_modules
+from auglocal.engine.schedule import LRSchedule, OptimConfig
+from auglocal.engine.stage import Stage
 
 CL = torch.channels_last
 
@@ -51,14 +50,14 @@ def test_config_resolves_auto_once_and_validates_values():
     (["--precision", "half"], "--precision must be one of fp32, bf16, fp16, got 'half'"),
 ])
 def test_cli_rejects_bad_kernel_options_with_exit_2(args, expected, capsys):
-    from launch.cli import main
+    from auglocal.launch.cli import main
 
     assert main([*args, "--dataset", "synthetic", "--dry-run"]) == 2
     assert expected in capsys.readouterr().err
 
 
 def test_resume_refuses_another_precision_but_accepts_auto(tmp_path):
-    from launch.cli import build_parser, resume_config
+    from auglocal.launch.cli import build_parser, resume_config
 
     saved = RunConfig(dataset="synthetic", memory_format="channels_last", precision="bf16")
     (tmp_path / "config.json").write_text(json.dumps(saved.to_dict()))

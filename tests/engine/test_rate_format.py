@@ -2,12 +2,11 @@
 "0.0 images/s" (issue 22, case 3), while ordinary rates print as before."""
 
 import pytest
-
-from engine.config import RunConfig, build_data, build_network, resolve
-from engine.planning import make_plan
-from engine.planning.plan import format_rate
-from engine.planning.simulator import dry_run_line
-from engine.rules import build_local_modules
+from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+from auglocal.engine.planning import make_plan
+from auglocal.engine.planning.plan import format_rate
+from auglocal.engine.planning.simulator import dry_run_line
+from auglocal.engine.rules import build_local_modules
 
 
 @pytest.mark.parametrize("value, text", [

@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-
-from engine.schedule import LRSchedule, OptimConfig, default_warmup
+from auglocal.engine.schedule import LRSchedule, OptimConfig, default_warmup
 
 
 def paper_cifar_lr(e: int, lr0: float, total: int) -> float:
@@ -55,8 +54,8 @@ def test_optimizer_is_sgd_nesterov_with_decay_on_everything():
 
 
 def test_short_runs_default_to_a_cosine_that_trains_every_epoch():
-    from engine.config import RunConfig, resolve
-    from engine.data import build_dataset
+    from auglocal.engine.config import RunConfig, resolve
+    from auglocal.engine.data import build_dataset
 
     data = build_dataset("synthetic", train_size=8, test_size=4)
     short = resolve(RunConfig(dataset="synthetic", epochs=1), data)

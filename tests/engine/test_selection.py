@@ -7,12 +7,11 @@ from itertools import groupby
 
 import pytest
 import torch
-
-from engine.auxnets import build_aux_nets
-from engine.auxnets.auglocal import plan_aux
-from engine.auxnets.selection import num_local_layers, pyramid_ks, select_layers
-from engine.models import build_model
-from engine.models.cifar_resnet import BasicBlock
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.auxnets.auglocal import plan_aux
+from auglocal.engine.auxnets.selection import num_local_layers, pyramid_ks, select_layers
+from auglocal.engine.models import build_model
+from auglocal.engine.models.cifar_resnet import BasicBlock
 
 TAU = 0.5
 

@@ -5,14 +5,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
-from engine.auxnets import build_aux_nets
-from engine.models import build_model
-from engine.precision import Kernels
-from engine.rules import build_local_modules
-from engine.schedule import LRSchedule, OptimConfig
-from engine.stage import Stage
-from engine.trainer import SequentialTrainer, evaluate
+from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.models import build_model
+from auglocal.engine.precision import Kernels
+from auglocal.engine.rules import build_local_modules
+from auglocal.engine.schedule import LRSchedule, OptimConfig
+from auglocal.engine.stage import Stage
+from auglocal.engine.trainer import SequentialTrainer, evaluate
 
 LR, MOMENTUM, WD = 0.05, 0.9, 1e-4
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from auglocal.launch.backends.one_host.sockets import ROOT_VAR
+from auglocal.launch.cli import main
 
-from launch.cli import main
-from launch.sockets import ROOT_VAR
 from tests.faults.support import Reference, assert_no_tagged, new_tag, run_cli, sequential_reference, small_flags
 
 # Every run of this session (in this process or its children) puts its socket folders here. A short path:

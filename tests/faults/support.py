@@ -19,12 +19,11 @@ from pathlib import Path
 
 import psutil
 import torch
-
-from engine.config import RunConfig, build_data, build_network, optim_and_schedule, resolve
-from engine.trainer import EpochRecord, SequentialTrainer
-from launch.coordinator import Coordinator
-from launch.pipeline import PipelineOptions, train_pipeline
-from workers.faults import parse_fault
+from auglocal.engine.config import RunConfig, build_data, build_network, optim_and_schedule, resolve
+from auglocal.engine.trainer import EpochRecord, SequentialTrainer
+from auglocal.launch.run.coordinator import Coordinator
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
+from auglocal.workers.runtime.faults import parse_fault
 
 REPO = Path(__file__).resolve().parents[2]
 TAG_VAR = "AUGLOCAL_TEST_TAG"
@@ -90,9 +89,9 @@ def run_in_process(out: Path, fault: str | None = None, *, workers: str = "2", m
 
 
 def run_cli(args: list[str], tag: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """`python -m launch.cli ARGS` in a new process whose environment carries `tag` (tagged_processes)."""
+    """`python -m auglocal.launch.cli ARGS` in a new process whose environment carries `tag` (tagged_processes)."""
     env = {**os.environ, TAG_VAR: tag}
-    return subprocess.run([sys.executable, "-m", "launch.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "auglocal.launch.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -206,7 +205,7 @@ def assert_no_tagged(tag: str) -> None:
 
 def one_line_exit(args, capsys, code: int = 2) -> str:
     """Run the CLI in this process and return its one stderr line: it must exit `code`, with no traceback."""
-    from launch.cli import main
+    from auglocal.launch.cli import main
 
     assert main([str(a) for a in args]) == code
     err = capsys.readouterr().err

@@ -12,9 +12,9 @@ import sys
 import time
 
 import pytest
+from auglocal.engine.config import UsageError
+from auglocal.launch.backends.elastic import ElasticRank
 
-from engine.config import UsageError
-from launch.elastic import ElasticRank
 from tests.faults.support import REPO, SMALL_FLAGS
 from tests.faults.test_integrity import copy_run
 from tests.launch.test_elastic import elastic_args, free_port, torchrun_environ
@@ -39,7 +39,7 @@ def test_a_read_only_out_is_one_line_exit_2(inside, tmp_path):
     locked.chmod(0o555)
     out = locked / "run" if inside else locked
     try:
-        proc = subprocess.run([*prefix, sys.executable, "-m", "launch.cli", *SMALL_FLAGS, "--out", str(out)],
+        proc = subprocess.run([*prefix, sys.executable, "-m", "auglocal.launch.cli", *SMALL_FLAGS, "--out", str(out)],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     finally:
         locked.chmod(0o755)
@@ -54,7 +54,7 @@ def test_a_read_only_out_is_one_line_exit_2(inside, tmp_path):
 def test_resume_restores_no_progress(coordinator_killed, tmp_path, capsys):
     """The killed run was started with --no-progress: resuming it without the flag shows no progress bar."""
     out = copy_run(coordinator_killed, tmp_path)
-    from launch.cli import main
+    from auglocal.launch.cli import main
 
     assert main(["--resume", str(out)]) == 0
     err = capsys.readouterr().err
@@ -68,7 +68,7 @@ def test_rank_0_stopped_while_a_rank_refused_its_record_says_why(tmp_path):
     "terminated (SIGTERM)"."""
     port = free_port()
     env = {**os.environ, **torchrun_environ(0, port, WORLD_SIZE="2")}
-    rank0 = subprocess.Popen([sys.executable, "-m", "launch.cli", "--elastic", "--out", str(tmp_path / "run"),
+    rank0 = subprocess.Popen([sys.executable, "-m", "auglocal.launch.cli", "--elastic", "--out", str(tmp_path / "run"),
                               *SMALL_FLAGS], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:

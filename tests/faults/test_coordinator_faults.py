@@ -1,7 +1,7 @@
 """The command line in its own process: the coordinator dies and --resume finishes the run; resume refuses a
 different run; a worker that always dies exhausts --max-restarts. No process of a run may outlive it.
 
-Runs are `python -m launch.cli` on the suite's small run (--train-size 48), so they compare with the same
+Runs are `python -m auglocal.launch.cli` on the suite's small run (--train-size 48), so they compare with the same
 sequential reference as the in-process tests. The subprocess's output is captured through pipes that its
 workers inherit: had the workers not noticed their coordinator's death (a zombie until this process reaps it,
 which `subprocess.run` does only after the pipes close), the run would hang here instead of returning.
@@ -50,7 +50,7 @@ def test_resume_after_coordinator_death_ends_equal(coordinator_killed, workers, 
     ("--train-size", "64", "48"),
 ])
 def test_resume_refuses_another_run(coordinator_killed, flag, value, saved):
-    from launch.cli import main
+    from auglocal.launch.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

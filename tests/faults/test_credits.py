@@ -2,7 +2,7 @@
 socket folder) while worker 1 is stopped, then into the coordinator's (`w0.sock.*.credits`). They must not widen
 the window: worker 0 sends nothing more, the bytes are refused and counted once per FIFO in summary.json,
 `max_in_flight` stays within the window, and the run ends bitwise equal to the sequential reference
-(workers/credit_pipe.py).
+(workers/links/credit_pipe.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 import signal
 import time
 
-from launch.coordinator import Coordinator
+from auglocal.launch.run.coordinator import Coordinator
+
 from tests.faults.support import after_feeding, assert_complete, assert_no_orphan_workers, run_in_process
 
 STOP_AT, FORGE_AT = 1, 5     # worker 1 stops once this many minibatches were fed; the bytes come at this many

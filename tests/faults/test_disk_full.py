@@ -12,9 +12,9 @@ import shutil
 import subprocess
 
 import pytest
+from auglocal.launch.cli import main
+from auglocal.launch.run.checkpoints import CheckpointStore, RunIdentity
 
-from launch.checkpoints import CheckpointStore, RunIdentity
-from launch.cli import main
 from tests.faults.support import SMALL_FLAGS, assert_complete, assert_no_orphan_workers
 
 

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import torch
+from auglocal.launch.cli import main
+from auglocal.launch.run.run_dir import RunLock
 
-from launch.cli import main
-from launch.run_dir import RunLock
 from tests.faults.support import assert_no_orphan_workers, small_flags
 
 DIVERGE = ("--lr", "1e6", "--no-tensorboard")

@@ -8,8 +8,8 @@ import os
 import signal
 
 import psutil
+from auglocal.launch.run.coordinator import Coordinator
 
-from launch.coordinator import Coordinator
 from tests.faults.support import assert_complete, assert_no_orphan_workers, run_in_process
 
 

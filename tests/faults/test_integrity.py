@@ -10,9 +10,10 @@ import json
 import shutil
 import signal
 
-from launch.checkpoints import CheckpointStore, RunIdentity
-from launch.cli import main
-from launch.sockets import cleanup_stale
+from auglocal.launch.backends.one_host.sockets import cleanup_stale
+from auglocal.launch.cli import main
+from auglocal.launch.run.checkpoints import CheckpointStore, RunIdentity
+
 from tests.faults.support import (
     assert_complete,
     assert_no_orphan_workers,

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import psutil
 import pytest
+from auglocal.engine.config import UsageError
+from auglocal.engine.data.synthetic import needed_bytes
+from auglocal.launch.run.run_dir import LOCK_FILE, claim_run_folder
 
-from engine.config import UsageError
-from engine.data.synthetic import needed_bytes
-from launch.run_dir import LOCK_FILE, claim_run_folder
 from tests.data_files import write_cifar10, write_image_folder
 from tests.faults.support import SMALL_FLAGS, one_line_exit
 from tests.faults.test_integrity import copy_run

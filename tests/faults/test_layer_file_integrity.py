@@ -2,8 +2,9 @@
 write and the coordinator's read is refused with one line and exit 1 (never a model.pt built from it), and
 `--resume` then recomputes the run's end, bitwise equal to the sequential reference."""
 
-import launch.pipeline
-from launch.cli import main
+import auglocal.launch.run.pipeline
+from auglocal.launch.cli import main
+
 from tests.faults.support import assert_complete, assert_no_orphan_workers, small_flags
 
 
@@ -17,13 +18,13 @@ def flip_middle(path, n: int = 64) -> None:
 
 def test_a_damaged_final_layer_file_is_refused_and_the_run_resumes(reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    original = launch.pipeline.assemble
+    original = auglocal.launch.run.pipeline.assemble
 
     def assemble(cfg, data, run_dir):
         flip_middle(out / "layers" / "layer_004.pt")
         return original(cfg, data, run_dir)
 
-    monkeypatch.setattr(launch.pipeline, "assemble", assemble)
+    monkeypatch.setattr(auglocal.launch.run.pipeline, "assemble", assemble)
     code = main([str(a) for a in small_flags(out, "--workers", "2")])
     err = capsys.readouterr().err
     assert code == 1, err
@@ -35,7 +36,7 @@ def test_a_damaged_final_layer_file_is_refused_and_the_run_resumes(reference, tm
     assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
     assert_no_orphan_workers()
 
-    monkeypatch.setattr(launch.pipeline, "assemble", original)
+    monkeypatch.setattr(auglocal.launch.run.pipeline, "assemble", original)
     code = main(["--resume", str(out), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert_complete(reference, out, restarts=0)
@@ -46,13 +47,14 @@ def test_a_checkpoint_damaged_before_a_one_worker_recovery_falls_back(reference,
     """The committed checkpoint worker 1 would restart from is damaged when worker 1 dies: it is verified again
     (it was verified only when committed), the whole restart takes the older intact one, and nothing is ever
     loaded from the damaged file."""
-    import launch.recovery
-    from launch.checkpoints import CheckpointStore
+    import auglocal.launch.run.recovery
+    from auglocal.launch.run.checkpoints import CheckpointStore
+
     from tests.faults.support import run_in_process
 
     out = tmp_path / "run"
     damaged = []
-    original = launch.recovery.OneWorkerRecovery.recover
+    original = auglocal.launch.run.recovery.OneWorkerRecovery.recover
 
     def recover(self, err):
         if not damaged:
@@ -61,7 +63,7 @@ def test_a_checkpoint_damaged_before_a_one_worker_recovery_falls_back(reference,
             damaged.append(self.committed_id)
         return original(self, err)
 
-    monkeypatch.setattr(launch.recovery.OneWorkerRecovery, "recover", recover)
+    monkeypatch.setattr(auglocal.launch.run.recovery.OneWorkerRecovery, "recover", recover)
     assert run_in_process(out, "kill:worker=1:step=8", workers="2", recovery="one") == 0
     (newest,) = damaged
     err = capfd.readouterr().err

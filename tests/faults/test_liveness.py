@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import torch
+from auglocal.engine.config import RunConfig, build_data, build_network, optim_and_schedule, resolve
+from auglocal.engine.trainer import SequentialTrainer
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
+from auglocal.workers.runtime.faults import parse_fault
 
-from engine.config import RunConfig, build_data, build_network, optim_and_schedule, resolve
-from engine.trainer import SequentialTrainer
-from launch.pipeline import PipelineOptions, train_pipeline
 from tests.faults.support import SMALL, assert_complete, assert_no_orphan_workers, assert_same_weights, run_in_process
-from workers.faults import parse_fault
 
 
 def short_run(**overrides):

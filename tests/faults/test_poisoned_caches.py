@@ -9,10 +9,9 @@ writer (CacheFile.write): its digest is valid and only the type and range checks
 import json
 
 import pytest
-
-from engine.planning import costs, mac_cache, timing_cache, user_cache
-from engine.planning.user_cache import CacheFile, cache_dir
-from launch.cli import main
+from auglocal.engine.planning import costs, mac_cache, timing_cache, user_cache
+from auglocal.engine.planning.user_cache import CacheFile, cache_dir
+from auglocal.launch.cli import main
 
 FLAGS = ["--model", "resnet20", "--d", "3", "--dataset", "synthetic", "--input-size", "16", "--num-classes", "4",
          "--train-size", "16", "--test-size", "8", "--batch-size", "8", "--workers", "2", "--gpus", "cpu",
@@ -39,7 +38,7 @@ def dry_run(monkeypatch, capsys, *extra: str) -> tuple[str, str]:
 @pytest.fixture
 def caches(monkeypatch, capsys):
     """Both caches as a clean `--balance time` dry run leaves them (timing faked: real timing takes seconds)."""
-    monkeypatch.setattr("engine.planning.balance.module_costs_timed",
+    monkeypatch.setattr("auglocal.engine.planning.balance.module_costs_timed",
                         lambda modules, x, y, steps=3, warmup=1, kernels=None, device=None:
                         [0.002 * (1 + i % 3) for i in range(len(modules))])
     dry_run(monkeypatch, capsys, "--balance", "time")

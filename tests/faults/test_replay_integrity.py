@@ -12,12 +12,12 @@ before it is told to relink, so this is the issue's order of events without its 
 
 from pathlib import Path
 
+import auglocal.launch.run.recovery
 import pytest
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
+from auglocal.workers.runtime.faults import parse_fault
 
-import launch.recovery
-from launch.pipeline import PipelineOptions, train_pipeline
 from tests.faults.support import CHECKPOINT_EVERY, assert_complete, assert_no_orphan_workers, small_run, summary
-from workers.faults import parse_fault
 
 
 def overwrite(path: Path, where: str, n: int = 4096) -> None:
@@ -33,7 +33,7 @@ def overwrite(path: Path, where: str, n: int = 4096) -> None:
 def damage_before_recovery(monkeypatch, spill: Path, how: str) -> list[Path]:
     """Damage worker 0's spill files when the coordinator begins to recover worker 1 (once)."""
     damaged: list[Path] = []
-    original = launch.recovery.OneWorkerRecovery.recover
+    original = auglocal.launch.run.recovery.OneWorkerRecovery.recover
 
     def recover(self, err):
         if err.rank == 1 and not damaged:
@@ -44,7 +44,7 @@ def damage_before_recovery(monkeypatch, spill: Path, how: str) -> list[Path]:
             damaged.extend(files)
         return original(self, err)
 
-    monkeypatch.setattr(launch.recovery.OneWorkerRecovery, "recover", recover)
+    monkeypatch.setattr(auglocal.launch.run.recovery.OneWorkerRecovery, "recover", recover)
     return damaged
 
 

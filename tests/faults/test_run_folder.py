@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 
+import auglocal.launch.run.pipeline
 import pytest
+from auglocal.launch.cli import main
+from auglocal.launch.run.checkpoints import UNCOMMITTED, CheckpointStore, RunIdentity
 
-import launch.pipeline
-from launch.checkpoints import UNCOMMITTED, CheckpointStore, RunIdentity
-from launch.cli import main
 from tests.faults.support import (
     REPO,
     TAG_VAR,
@@ -27,11 +27,11 @@ from tests.faults.support import (
 
 
 def start_cli(args, tag: str) -> subprocess.Popen:
-    """`python -m launch.cli ARGS` in the background (its output is small: --no-progress)."""
+    """`python -m auglocal.launch.cli ARGS` in the background (its output is small: --no-progress)."""
     env = {**os.environ, TAG_VAR: tag}
     # SIGINT at its default, as at a terminal: a test suite started in the background (`pytest &`) ignores it, the
     # child would inherit that, Python would then install no KeyboardInterrupt handler, and Ctrl-C would do nothing
-    return subprocess.Popen([sys.executable, "-m", "launch.cli", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "auglocal.launch.cli", *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -88,13 +88,13 @@ def test_signal_stops_cleanly_with_the_resume_hint(sig, code, what, reference, t
     assert all(line.endswith(f"{UNCOMMITTED}; skipped") for line in lines), lines    # nothing half-written
 
     seen = {}
-    real = launch.pipeline.train_pipeline
+    real = auglocal.launch.run.pipeline.train_pipeline
 
     def spy(cfg, data, opts, **kw):
         seen["opts"] = opts
         return real(cfg, data, opts, **kw)
 
-    monkeypatch.setattr(launch.pipeline, "train_pipeline", spy)
+    monkeypatch.setattr(auglocal.launch.run.pipeline, "train_pipeline", spy)
     assert main(["--resume", str(out), "--workers", "3", "--no-progress"]) == 0
     stdout = capsys.readouterr().out
     assert "auglocal-launch: resuming with --workers 3" in stdout

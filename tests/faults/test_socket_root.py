@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from auglocal.launch.backends.one_host.sockets import ROOT_VAR, make_socket_dir, remove_socket_dir
+from auglocal.launch.cli import main
 
-from launch.cli import main
-from launch.sockets import ROOT_VAR, make_socket_dir, remove_socket_dir
 from tests.faults.support import assert_no_tagged, new_tag, one_line_exit, run_cli, small_flags
 
 NOBODY = 65534

@@ -13,8 +13,9 @@ import pytest
 import torch
 import zmq
 import zmq.utils.garbage  # noqa: F401  (zero-copy sends import it lazily: a forked `nobody` child cannot read it)
+from auglocal.launch.run.coordinator import Coordinator
+from auglocal.workers.wire.messages import MAX_HEADER_BYTES, Codec, Kind, Message
 
-from launch.coordinator import Coordinator
 from tests.faults.support import (
     after_feeding,
     assert_complete,
@@ -22,7 +23,6 @@ from tests.faults.support import (
     run_in_process,
     worker_processes,
 )
-from workers.messages import MAX_HEADER_BYTES, Codec, Kind, Message
 
 STRANGERS = {
     "random bytes": lambda: [bytes(range(256)) * 4, b"\xff" * 64],
@@ -185,7 +185,7 @@ def test_a_strangers_huge_multipart_message_costs_no_memory(transport, reference
 def _insider(address: str, secret: str) -> tuple[zmq.Socket, zmq.Socket]:
     """A DEALER that passes the run's handshake (it knows the PLAIN password) and never reconnects, with a
     monitor on its connection events; only the frame bound or the codec can stop what it sends."""
-    from workers import zap
+    from auglocal.workers.links import zap
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, -1)
@@ -232,12 +232,12 @@ def _probe_bound(coord: Coordinator, address: str, bound: int) -> dict[int, tupl
 
 def test_a_frame_one_byte_above_the_links_bound_is_dropped_by_zeromq(reference, tmp_path, monkeypatch):
     """While the run trains, a peer past the handshake sends one frame one byte larger than the largest the link
-    carries (workers/frame_bounds.py) to worker 1's inbox (its input activation at the batch size), worker 1's
+    carries (workers/wire/frame_bounds.py) to worker 1's inbox (its input activation at the batch size), worker 1's
     control inbox and the coordinator's results inbox (headers only): ZeroMQ disconnects it before buffering
     the frame, so nobody sees or counts it; a frame of exactly the bound still reaches the codec (refused and
     counted once). The run ends bitwise equal to the clean one. On code that leaves every link at the codec's
     1 GiB each larger frame is delivered and counted, and the peer stays connected."""
-    from workers.frame_bounds import HEADER_ONLY, inbox_bound
+    from auglocal.workers.wire.frame_bounds import HEADER_ONLY, inbox_bound
     seen = {}
 
     def probe(self):

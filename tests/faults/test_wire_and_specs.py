@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
-from workers.faults import Fault, parse_fault
-from workers.messages import Codec, Kind, Message, MessageError
+from auglocal.workers.runtime.faults import Fault, parse_fault
+from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
 
 
 @pytest.mark.parametrize("run_id, secret", [("run-a", "wrong-secret"), ("run-b", "the-secret")])
@@ -56,7 +55,7 @@ def test_bad_fault_spec_names_the_bad_part(text, words):
 
 
 def test_cli_rejects_bad_fault_with_exit_2(capsys):
-    from launch.cli import main
+    from auglocal.launch.cli import main
 
     code = main(["--model", "resnet20", "--d", "3", "--dataset", "synthetic", "--input-size", "8",
                  "--inject-fault", "explode:worker=1", "--no-progress", "--gpus", "cpu"])

@@ -74,11 +74,11 @@ def test_crash_while_checkpointing_leaves_last_commit_loadable(tmp_path):
     before it loads with weights_only=True, is a consistent cut and equals the sequential trainer at that
     step."""
     import torch
+    from auglocal.engine.config import build_network
+    from auglocal.launch.run.checkpoints import CheckpointStore
+    from auglocal.workers.runtime.layer_files import head_file, layer_file, load_layers_into
 
-    from engine.config import build_network
-    from launch.checkpoints import CheckpointStore
     from tests.faults.support import sequential_reference, small_run
-    from workers.layer_files import head_file, layer_file, load_layers_into
 
     out = tmp_path / "run"
     assert run_in_process(out, "kill-checkpoint:worker=1:checkpoint=4", max_restarts=0) == 1

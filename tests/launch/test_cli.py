@@ -6,9 +6,8 @@ import sys
 
 import pytest
 import torch
-
-from engine.models import build_model
-from launch.cli import main
+from auglocal.engine.models import build_model
+from auglocal.launch.cli import main
 
 
 def run_cli(args, capsys):
@@ -80,7 +79,7 @@ def test_short_training_run_writes_run_folder(tmp_path, capsys):
 
 
 def test_console_script_help_explains_flags():
-    out = subprocess.run([sys.executable, "-m", "launch.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "auglocal.launch.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     for flag in ("--model", "--rule", "--d", "--tau", "--dry-run", "--dataset", "--data-dir", "--max-steps"):
         assert flag in out.stdout

@@ -2,7 +2,7 @@
 
 import json
 
-from launch.compare import Cell, main
+from auglocal.launch.report.compare import Cell, main
 
 
 def test_cell_parsing():
@@ -20,7 +20,8 @@ def test_tiny_grid_writes_table_and_resumes(tmp_path, capsys):
     rows = (tmp_path / "table.csv").read_text().splitlines()
     assert len(rows) == 2
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
-    from launch.compare import DPI, PLOT_SIZE
+    from auglocal.launch.report.compare import DPI, PLOT_SIZE
+
     from tests.launch.pictures import png_size
 
     assert png_size(tmp_path / "accuracy.png") == (PLOT_SIZE[0] * DPI, PLOT_SIZE[1] * DPI)
@@ -38,7 +39,8 @@ def test_unknown_rule_is_exit_2(tmp_path):
 
 
 def test_accuracy_plot_has_a_line_per_rule_and_its_size(tmp_path):
-    from launch.compare import DPI, PLOT_SIZE, _series, plot
+    from auglocal.launch.report.compare import DPI, PLOT_SIZE, _series, plot
+
     from tests.launch.pictures import png_size
 
     def row(cell, rule, d="", tau="", acc=90.0, aux=0.1):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-
-from engine.config import RunConfig, resolve
-from engine.data import build_dataset
-from launch.coordinator import AttemptOptions, Coordinator, Placement, Position, RunCounters, WorkerFailed
-from launch.progress import EpochTracker
-from workers.memlink import MemoryLink
-from workers.messages import Codec, Kind, Message
-from workers.protocol import (
+from auglocal.engine.config import RunConfig, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.launch.run.coordinator import AttemptOptions, Coordinator, Placement, Position, RunCounters, WorkerFailed
+from auglocal.launch.run.progress import EpochTracker
+from auglocal.workers.links.memlink import MemoryLink
+from auglocal.workers.wire.messages import Codec, Kind, Message
+from auglocal.workers.wire.protocol import (
     CheckpointAckMeta,
     ErrorMeta,
     HeartbeatMeta,
@@ -172,7 +171,7 @@ def test_a_dead_worker_is_a_failure(coord):
 
 
 def test_stop_reports_finish_the_attempt(coord):
-    from workers.protocol import StoppedMeta
+    from auglocal.workers.wire.protocol import StoppedMeta
 
     for rank in (0, 1):
         report(coord, rank, Kind.STOPPED, StoppedMeta(2, 0, {"0": 4}))

@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from auglocal.launch.run.pipeline import PipelineOptions, coordinator_threads, train_pipeline
+from auglocal.workers.runtime.faults import parse_fault
 
-from launch.pipeline import PipelineOptions, coordinator_threads, train_pipeline
 from tests.launch.test_parity import small_run
-from workers.faults import parse_fault
 
 
 @pytest.fixture

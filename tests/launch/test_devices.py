@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
-
-from engine.config import RunConfig, UsageError, build_data, resolve
-from launch.cli import main
-from launch.sequential import sequential_device
+from auglocal.engine.config import RunConfig, UsageError, build_data, resolve
+from auglocal.launch.cli import main
+from auglocal.launch.run.sequential import sequential_device
 
 
 def pretend_gpus(monkeypatch, count: int) -> None:
@@ -48,10 +47,10 @@ def test_cli_sequential_records_its_device(tmp_path):
     assert json.loads((out / "config.json").read_text())["device"] == "cpu"
 
 
-# The one device map (launch/devices.py): which GPU each worker gets, on one host and under torchrun.
+# The one device map (launch/run/devices.py): which GPU each worker gets, on one host and under torchrun.
 
 def test_one_host_map_spreads_workers_over_the_gpus_or_streams():
-    from launch.devices import one_host_devices
+    from auglocal.launch.run.devices import one_host_devices
 
     assert one_host_devices(3, []) == ["cpu"] * 3
     assert one_host_devices(3, ["cuda:0", "cuda:1"]) == ["cuda:0", "cuda:1", "cuda:0"]
@@ -63,7 +62,7 @@ def test_one_host_map_spreads_workers_over_the_gpus_or_streams():
 def test_torchrun_one_node_one_gpu_puts_the_worker_on_gpu_0():
     """--nproc-per-node 2 on a one-GPU node: rank 0 coordinates from the CPU, rank 1 trains on cuda:0 (the old
     cuda:{LOCAL_RANK} asked for cuda:1, which is not there)."""
-    from launch.devices import torchrun_device, torchrun_map
+    from auglocal.launch.run.devices import torchrun_device, torchrun_map
 
     assert torchrun_map([2], [1]) == [(0, "cpu"), (0, "cuda:0")]
     assert torchrun_device(rank=1, local_rank=1, gpu_count=1) == "cuda:0"
@@ -73,7 +72,7 @@ def test_torchrun_one_node_one_gpu_puts_the_worker_on_gpu_0():
 def test_torchrun_two_nodes_of_four_gpus_use_every_gpu_once(coordinator_node):
     """Two nodes of 4 GPUs, 8 workers: the coordinator's node starts 5 processes (rank 0 + 4 workers), the other
     4; whichever node holds rank 0 (torchrun's node 0), every GPU of both nodes gets exactly one worker."""
-    from launch.devices import torchrun_map
+    from auglocal.launch.run.devices import torchrun_map
 
     names = ["A", "B"] if coordinator_node == "A" else ["B", "A"]      # torchrun's node order
     placed = torchrun_map([5, 4], [4, 4])
@@ -89,7 +88,7 @@ def test_torchrun_two_nodes_of_four_gpus_use_every_gpu_once(coordinator_node):
 def test_torchrun_same_process_count_on_both_nodes_and_a_coordinator_that_asks_for_a_gpu():
     """--nproc-per-node 4 on both nodes (7 workers): the coordinator's node has 3 workers on GPUs 0-2; asked
     (AUGLOCAL_COORDINATOR_GPU=1), rank 0 keeps GPU 0 and its node's workers take 1-3."""
-    from launch.devices import coordinator_gpu_asked, torchrun_map
+    from auglocal.launch.run.devices import coordinator_gpu_asked, torchrun_map
 
     assert [d for _, d in torchrun_map([4, 4], [4, 4])] == \
         ["cpu", "cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1", "cuda:2", "cuda:3"]
@@ -99,7 +98,7 @@ def test_torchrun_same_process_count_on_both_nodes_and_a_coordinator_that_asks_f
 
 
 def test_torchrun_more_workers_than_gpus_share_them_and_impossible_ranks_are_refused():
-    from launch.devices import torchrun_gpu, torchrun_map
+    from auglocal.launch.run.devices import torchrun_gpu, torchrun_map
 
     assert [d for _, d in torchrun_map([5], [2])] == ["cpu", "cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     with pytest.raises(ValueError, match="no CUDA device"):
@@ -111,8 +110,8 @@ def test_torchrun_more_workers_than_gpus_share_them_and_impossible_ranks_are_ref
 def test_readme_single_gpu_command_resolves_to_8_stream_workers_on_cuda_0(monkeypatch):
     """README's `--gpus 0 --streams-per-gpu 8` (no --worker-kind): it exited 2 when the kind defaulted to
     process; now 8 thread workers on cuda:0 in one host. An explicit --worker-kind process still exits 2."""
-    from launch.cli import build_parser, pipeline_options
-    from launch.pipeline import plan_pipeline
+    from auglocal.launch.cli import build_parser, pipeline_options
+    from auglocal.launch.run.pipeline import plan_pipeline
 
     pretend_gpus(monkeypatch, 1)
     flags = ["--model", "resnet20", "--d", "2", "--dataset", "synthetic", "--input-size", "8", "--num-classes", "4",

@@ -1,4 +1,4 @@
-"""The coordinator on a divergence report (launch/divergence.py): it names the earliest (step, layer) of the run,
+"""The coordinator on a divergence report (launch/run/divergence.py): it names the earliest (step, layer) of the run,
 as the sequential trainer would, whichever report arrives first, and fails the run for good."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from auglocal.launch.run.coordinator import WorkerFailed
+from auglocal.workers.wire.messages import Kind
+from auglocal.workers.wire.protocol import DivergedMeta, MetricsMeta
 
-from launch.coordinator import WorkerFailed
 from tests.launch.test_coordinator import coord, report  # noqa: F401 - the in-process coordinator fixture
-from workers.messages import Kind
-from workers.protocol import DivergedMeta, MetricsMeta
 
 
 def metrics(c, rank: int, step: int) -> None:

@@ -1,11 +1,10 @@
 """--dry-run prints its plan at once: FLOPs unless times were measured (--balance time) or cached before."""
 
 import pytest
-
-from engine.config import RunConfig, build_data, build_network, resolve
-from engine.planning import make_plan, module_costs_flops
-from engine.rules import build_local_modules
-from launch.cli import main
+from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+from auglocal.engine.planning import make_plan, module_costs_flops
+from auglocal.engine.rules import build_local_modules
+from auglocal.launch.cli import main
 
 FLAGS = ["--model", "resnet20", "--d", "3", "--dataset", "synthetic", "--input-size", "16", "--num-classes", "4",
          "--train-size", "16", "--test-size", "8", "--batch-size", "8", "--workers", "2", "--gpus", "cpu",
@@ -21,7 +20,7 @@ def timings(monkeypatch):
         calls.append(len(modules))
         return [0.001 * (1 + i % 3) for i in range(len(modules))]
 
-    monkeypatch.setattr("engine.planning.balance.module_costs_timed", fake)
+    monkeypatch.setattr("auglocal.engine.planning.balance.module_costs_timed", fake)
     return calls
 
 
@@ -76,9 +75,9 @@ def test_a_second_dry_run_neither_counts_again_nor_imports_torchvision(tmp_path,
     import subprocess
     import sys
 
-    probe = ("import sys; from launch.cli import main; rc = main(sys.argv[1:]); "
+    probe = ("import sys; from auglocal.launch.cli import main; rc = main(sys.argv[1:]); "
              "print('IMPORTED', [m for m in ('torch._dynamo', 'torchvision') if m in sys.modules]); sys.exit(rc)")
-    from engine.planning import costs
+    from auglocal.engine.planning import costs
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for name, fresh in (("_MEMO", {}), ("_UNSAVED", {}), ("_LOADED", False)):   # as a process that just started

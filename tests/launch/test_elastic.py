@@ -13,19 +13,18 @@ from pathlib import Path
 import psutil
 import pytest
 import zmq
-
-from engine.config import RunConfig, UsageError, build_data, resolve
-from launch.cli import main
-from launch.elastic_coordinator import spec_from_wire, spec_to_wire
-from launch.elastic_links import LinkPlan, bind_inbox, connect, publish_inbox, publish_key
-from launch.elastic_store import RunStore, TorchrunEnv, read_secret
-from workers.curve import CurveKeyPair, stop_authenticator
-from workers.endpoint_record import EndpointRecordError, sign
-from workers.link import Link
-from workers.messages import Codec, Kind, Message, TensorSpec
-from workers.protocol import InboxSchema
-from workers.sealed import seal
-from workers.worker import WorkerSpec
+from auglocal.engine.config import RunConfig, UsageError, build_data, resolve
+from auglocal.launch.backends.elastic.coordinator import spec_from_wire, spec_to_wire
+from auglocal.launch.backends.elastic.links import LinkPlan, bind_inbox, connect, publish_inbox, publish_key
+from auglocal.launch.backends.elastic.store import RunStore, TorchrunEnv, read_secret
+from auglocal.launch.cli import main
+from auglocal.workers.links.curve import CurveKeyPair, stop_authenticator
+from auglocal.workers.links.link import Link
+from auglocal.workers.runtime.worker import WorkerSpec
+from auglocal.workers.wire.endpoint_record import EndpointRecordError, sign
+from auglocal.workers.wire.messages import Codec, Kind, Message, TensorSpec
+from auglocal.workers.wire.protocol import InboxSchema
+from auglocal.workers.wire.sealed import seal
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
@@ -155,7 +154,8 @@ def two_nodes(tmp_path: Path, extra: list[str], timeout_s: float = 600, max_rest
         log = open(tmp_path / f"node-{addr}.log", "w")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{rdzv}", "--local-addr", addr,
-               "--max-restarts", str(max_restarts), "--monitor-interval", "0.5", "-m", "launch.elastic", "--",
+               "--max-restarts", str(max_restarts), "--monitor-interval", "0.5", "-m",
+               "auglocal.launch.backends.elastic", "--",
                "--node-addr", addr,
                "--secret-file", str(secret), "--out", str(out), *COMMON, *extra]
         nodes.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -232,7 +232,7 @@ def test_a_run_left_by_a_failed_group_resumes_on_one_host_with_another_worker_co
     out, _ = two_nodes(tmp_path, ["--checkpoint-every", "2", "--inject-fault", "kill:worker=2:step=5",
                                   "--heartbeat-timeout", "10"], max_restarts=0, expect=1)
     assert not (out / "model.pt").exists()
-    done = subprocess.run([sys.executable, "-m", "launch.cli", "--resume", str(out), "--workers", "2",
+    done = subprocess.run([sys.executable, "-m", "auglocal.launch.cli", "--resume", str(out), "--workers", "2",
                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "resuming from checkpoint 2" in done.stdout and "4 minibatches done" in done.stdout
@@ -246,13 +246,13 @@ def torchrun_environ(rank: int, port: int, **extra) -> dict:
 
 
 def elastic_args(tmp_path, *flags):
-    from launch.cli import build_parser
+    from auglocal.launch.cli import build_parser
 
     return build_parser().parse_args(["--elastic", "--out", str(tmp_path / "run"), *flags])
 
 
 def test_ranks_join_rank_0s_store_and_rank_0_sees_the_groups_restarts(tmp_path):
-    from launch.elastic import ElasticRank
+    from auglocal.launch.backends.elastic import ElasticRank
 
     port = free_port()
     zero = ElasticRank.join(elastic_args(tmp_path), torchrun_environ(0, port))
@@ -271,7 +271,7 @@ def test_ranks_join_rank_0s_store_and_rank_0_sees_the_groups_restarts(tmp_path):
     (["--node-addr", "127.0.0.2"], {"AUGLOCAL_SECRET": "another"}, "secret differs"),
 ])
 def test_a_worker_rank_that_cannot_join_says_why(tmp_path, flags, environ, expected):
-    from launch.elastic import ElasticRank
+    from auglocal.launch.backends.elastic import ElasticRank
 
     port = free_port()
     zero = ElasticRank.join(elastic_args(tmp_path), torchrun_environ(0, port))     # keeps its store alive
@@ -281,7 +281,7 @@ def test_a_worker_rank_that_cannot_join_says_why(tmp_path, flags, environ, expec
 
 
 def test_a_worker_refuses_a_forged_results_record_and_never_connects(tmp_path, capsys):
-    from launch.elastic_worker import EXIT_REFUSED, run_worker
+    from auglocal.launch.backends.elastic.worker import EXIT_REFUSED, run_worker
 
     port = free_port()
     host = RunStore.host(port, "s", restart_count=0, timeout_s=5)
@@ -349,7 +349,7 @@ def test_the_link_plan_follows_the_transport_asked_and_the_pairs(asked, hosts, d
 
 
 def test_the_gloo_interface_is_the_one_holding_the_node_address():
-    from launch.elastic_links import interface_of
+    from auglocal.launch.backends.elastic.links import interface_of
 
     assert interface_of("127.0.0.1") is not None and interface_of("203.0.113.254") is None
 
@@ -375,8 +375,8 @@ def test_a_killed_rank_0_restarts_the_group_which_resumes_and_ends_equal(tmp_pat
 def test_a_worker_count_other_than_the_groups_is_refused_before_anything_is_written(tmp_path):
     from types import SimpleNamespace
 
-    from launch.elastic import train_elastic
-    from launch.pipeline import PipelineOptions
+    from auglocal.launch.backends.elastic import train_elastic
+    from auglocal.launch.run.pipeline import PipelineOptions
 
     rank = SimpleNamespace(env=SimpleNamespace(world_size=4), restarts=0)
     with pytest.raises(UsageError, match="has 3 worker rank"):

@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-
-from engine.config import RunConfig, build_network, optim_and_schedule, resolve
-from engine.data import build_dataset
-from engine.precision import Kernels
-from engine.trainer import SequentialTrainer
-from launch.pipeline import PipelineOptions, train_pipeline
-from workers.faults import Fault
+from auglocal.engine.config import RunConfig, build_network, optim_and_schedule, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.engine.precision import Kernels
+from auglocal.engine.trainer import SequentialTrainer
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
+from auglocal.workers.runtime.faults import Fault
 
 
 def small_run(rule: str, epochs: int = 2, max_steps: int | None = None, memory_format: str = "auto",

@@ -3,8 +3,7 @@
 import math
 
 import numpy as np
-
-from launch.plots import (
+from auglocal.launch.report.plots import (
     CURVES_SIZE,
     DPI,
     LOCAL_LOSSES_SIZE,
@@ -13,6 +12,7 @@ from launch.plots import (
     local_loss_matrix,
     plot_run,
 )
+
 from tests.launch.pictures import png_size
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
-from engine.auxnets import RULES
-from engine.config import RunConfig, resolve, validate
-from engine.data import DATASETS
-from engine.models import model_names
-from launch.presets import PRESETS, apply_preset, format_presets, get_preset
+from auglocal.engine.auxnets import RULES
+from auglocal.engine.config import RunConfig, resolve, validate
+from auglocal.engine.data import DATASETS
+from auglocal.engine.models import model_names
+from auglocal.launch.run.presets import PRESETS, apply_preset, format_presets, get_preset
 
 # docs/method.md 4.2, copied by hand: data set (or ImageNet model) -> batch, initial lr, epochs
 TABLE_4_2 = {"cifar10": (1024, 0.8, 400), "svhn": (1024, 0.8, 400), "stl10": (128, 0.1, 400),

@@ -1,9 +1,9 @@
 """Step records from out-of-order reports: a step is recorded once, with every local loss, when all workers
 have reported it."""
 
-from engine.config import RunConfig
-from launch.progress import EpochTracker
-from workers.protocol import EvalResultMeta, MetricsMeta
+from auglocal.engine.config import RunConfig
+from auglocal.launch.run.progress import EpochTracker
+from auglocal.workers.wire.protocol import EvalResultMeta, MetricsMeta
 
 
 def tracker(workers: int, steps: list, epochs: list) -> EpochTracker:

@@ -4,9 +4,8 @@ the flags that choose it, and when the coordinator refuses it (falls back to the
 from __future__ import annotations
 
 import pytest
-
-from launch.recovery import ReportDedupe
-from workers.faults import Fault, check_target, parse_fault
+from auglocal.launch.run.recovery import ReportDedupe
+from auglocal.workers.runtime.faults import Fault, check_target, parse_fault
 
 
 def test_reports_of_replayed_steps_count_once_per_rank():
@@ -38,7 +37,7 @@ def test_two_worker_faults_need_a_next_worker(text):
 
 
 def test_flags_choose_the_recovery_path():
-    from launch.cli import build_parser, pipeline_options
+    from auglocal.launch.cli import build_parser, pipeline_options
 
     base = ["--gpus", "cpu", "--dataset", "synthetic"]
     opts = pipeline_options(build_parser().parse_args(base))
@@ -51,10 +50,10 @@ def test_flags_choose_the_recovery_path():
 def test_a_coordinator_without_control_links_falls_back(tmp_path):
     """Driven in-process (no worker processes, no control inboxes), a failure is re-raised for the whole
     restart, saying why."""
-    from engine.config import RunConfig, resolve
-    from engine.data import build_dataset
-    from launch.coordinator import AttemptOptions, Coordinator, Placement, WorkerFailed
-    from launch.progress import EpochTracker
+    from auglocal.engine.config import RunConfig, resolve
+    from auglocal.engine.data import build_dataset
+    from auglocal.launch.run.coordinator import AttemptOptions, Coordinator, Placement, WorkerFailed
+    from auglocal.launch.run.progress import EpochTracker
 
     data = build_dataset("synthetic", seed=1, input_size=8, num_classes=4, train_size=16, test_size=8)
     cfg = resolve(RunConfig(model="resnet20", d=3, dataset="synthetic", epochs=1, batch_size=4, input_size=8,

@@ -4,11 +4,11 @@ pictures of its own story (local losses per layer over time, worker usage over t
 import json
 
 import pytest
+from auglocal.engine.config import build_network
+from auglocal.engine.rules import build_local_modules
+from auglocal.launch.report.plots import CURVES_SIZE, DPI, LOCAL_LOSSES_SIZE, WORKERS_SIZE
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
-from engine.config import build_network
-from engine.rules import build_local_modules
-from launch.pipeline import PipelineOptions, train_pipeline
-from launch.plots import CURVES_SIZE, DPI, LOCAL_LOSSES_SIZE, WORKERS_SIZE
 from tests.faults.support import small_run
 from tests.launch.pictures import png_size, tensorboard_images, tensorboard_scalars
 

@@ -4,9 +4,8 @@ with a non-deterministic oracle."""
 
 import pytest
 import torch
-
-from engine.config import RunConfig
-from launch import sequential
+from auglocal.engine.config import RunConfig
+from auglocal.launch.run import sequential
 
 
 class Built(Exception):

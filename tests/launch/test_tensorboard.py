@@ -1,11 +1,11 @@
 """The TensorBoard sink: scalars per record, restarts that do not duplicate steps, silence when off."""
 
 import pytest
+from auglocal.engine.trainer import EpochRecord, StepRecord
+from auglocal.launch.report import tensorboard
+from auglocal.launch.report.tensorboard import TensorBoardSink
+from auglocal.launch.report.worker_usage import WorkerUsage
 
-from engine.trainer import EpochRecord, StepRecord
-from launch import tensorboard
-from launch.tensorboard import TensorBoardSink
-from launch.worker_usage import WorkerUsage
 from tests.launch.pictures import tensorboard_scalars
 
 pytest.importorskip("tensorboard", reason="the dev extra installs tensorboard: pip install -e '.[dev]'")

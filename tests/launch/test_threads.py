@@ -7,8 +7,8 @@ between every pair), or mixed (several hosts, ZeroMQ between them, by reference 
 import json
 
 import pytest
+from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 
-from launch.pipeline import PipelineOptions, train_pipeline
 from tests.launch.test_parity import assert_same_weights, sequential_reference, small_run
 
 
@@ -56,7 +56,7 @@ def test_mixed_hosts_dgl_layer_equal_sequential(tmp_path):
 
 
 def test_host_groups_hold_consecutive_workers_of_one_device():
-    from launch.hosts import gpu_sharing, host_groups, stream_devices
+    from auglocal.launch.backends.one_host.hosts import gpu_sharing, host_groups, stream_devices
 
     assert host_groups(["cpu"] * 5, "process") is None
     assert host_groups(["cpu"] * 5, "thread") == [[0, 1, 2, 3, 4]]
@@ -68,8 +68,8 @@ def test_host_groups_hold_consecutive_workers_of_one_device():
 
 
 def test_worker_kind_combinations_are_checked():
-    from engine.config import UsageError
-    from launch.hosts import resolve_kind
+    from auglocal.engine.config import UsageError
+    from auglocal.launch.backends.one_host.hosts import resolve_kind
 
     assert resolve_kind("auto", ["cuda:0"], 4) == "thread"
     assert resolve_kind("auto", ["cuda:0"], 0) == "process"
@@ -82,7 +82,7 @@ def test_worker_kind_combinations_are_checked():
 
 
 def test_gantt_labels_each_thread_worker_on_its_own_row():
-    from launch.gantt import row_label
+    from auglocal.launch.report.gantt import row_label
 
     hosts = [[0, 1], [2]]
     assert [row_label(r, hosts) for r in range(3)] == ["worker 0 (thread, host 0)", "worker 1 (thread, host 0)",
@@ -91,7 +91,7 @@ def test_gantt_labels_each_thread_worker_on_its_own_row():
 
 
 def test_simulator_bounds_workers_sharing_a_gpu_by_their_summed_work():
-    from engine.planning.simulator import LinkCost, WorkerLoad, run_events, simulate
+    from auglocal.engine.planning.simulator import LinkCost, WorkerLoad, run_events, simulate
 
     loads = [WorkerLoad(0.1, 0.0, 0)] * 4
     events = run_events(20, 1, 0)
@@ -106,7 +106,7 @@ def test_simulator_bounds_workers_sharing_a_gpu_by_their_summed_work():
     (["--workers-per-host", "-1"], "--workers-per-host"),
 ])
 def test_impossible_thread_flags_exit_2(flags, message, capsys):
-    from launch.cli import main
+    from auglocal.launch.cli import main
 
     code = main(["--dataset", "synthetic", "--model", "resnet20", "--dry-run", "--no-progress", *flags])
     assert code == 2

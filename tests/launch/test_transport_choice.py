@@ -1,9 +1,8 @@
 """--transport: auto picks per pair, impossible choices exit 2, the single-host launcher wires ipc or tcp."""
 
 import pytest
-
-from launch.cli import main
-from launch.transport_choice import Place, link_address, one_host_transport, pick_for_pair
+from auglocal.launch.cli import main
+from auglocal.launch.run.transport_choice import Place, link_address, one_host_transport, pick_for_pair
 
 
 def test_auto_picks_per_pair():

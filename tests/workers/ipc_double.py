@@ -1,4 +1,5 @@
-"""A CPU double of CUDA IPC memory for workers/cuda_ipc.py: slots carved out of shared segments, as the caching
+"""A CPU double of CUDA IPC memory for workers/links/paths/cuda_ipc.py: slots carved out of shared segments, as the
+caching
 allocator carves them, so the path's slot, handle, offset and event logic runs in CI without a GPU.
 
 A segment is one file in a folder both ends can read (shared memory mapped by `torch.from_file(shared=True)`);

@@ -5,9 +5,9 @@ window (no message in flight) is refused and counted too."""
 
 
 import pytest
+from auglocal.workers.links.zmq_link import Receiver, Sender
 
 from tests.workers.test_credit_pipe import CODEC, WAIT_MS, address, train  # noqa: F401  (fixture)
-from workers.transport import Receiver, Sender
 
 
 @pytest.mark.parametrize("forged", [b"\x01", b"\x01\x01\x01", b"\x01" * 8, b"forged credits\n" * 5])

@@ -1,4 +1,4 @@
-"""Credits of ipc:// links through a named pipe (workers/credit_pipe.py): the window holds, nothing comes back on
+"""Credits of ipc:// links through a named pipe (workers/links/credit_pipe.py): the window holds, nothing comes back on
 the socket, senders that left cost nothing, and a peer's identity never chooses a path."""
 
 import os
@@ -10,11 +10,10 @@ import time
 import pytest
 import torch
 import zmq
-
-from workers.credit_pipe import CreditPipes, pipe_path, token_of
-from workers.messages import Codec, Kind, Message
-from workers.transport import Receiver, Sender, ipc_address
-from workers.zap import join_plain, serve_plain
+from auglocal.workers.links.credit_pipe import CreditPipes, pipe_path, token_of
+from auglocal.workers.links.zap import join_plain, serve_plain
+from auglocal.workers.links.zmq_link import Receiver, Sender, ipc_address
+from auglocal.workers.wire.messages import Codec, Kind, Message
 
 RUN, SECRET = "run-1", "s3cret"
 WAIT_MS = 5000

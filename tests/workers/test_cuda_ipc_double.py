@@ -11,12 +11,12 @@ import tempfile
 
 import pytest
 import torch
+from auglocal.workers.links.paths.cuda_ipc import CudaIpcPath, slot_key
+from auglocal.workers.links.paths.oob_link import OobReceiver, OobSender
+from auglocal.workers.links.zmq_link import ipc_address
+from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
 
 from tests.workers.ipc_double import CpuIpcMemory
-from workers.cuda_ipc import CudaIpcPath, slot_key
-from workers.messages import Codec, Kind, Message, MessageError
-from workers.oob_link import OobReceiver, OobSender
-from workers.transport import ipc_address
 
 WAIT_MS = 10_000
 SAME_SIZE = [64, 64, 64, 64]                 # floats: both slots in one segment, same size

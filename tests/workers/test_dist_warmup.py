@@ -2,7 +2,8 @@
 
 Two threads are ranks 0 and 1, each with its own gloo group; NCCL's lazy communicator (the first send or
 receive of a pair blocks until the other rank's first one) is emulated on top. The link is set up in exactly
-the elastic launch's order (launch/elastic_links.py, as launch/elastic_worker.py calls it): the downstream rank
+the elastic launch's order (launch/backends/elastic/links.py, as launch/backends/elastic/worker.py calls it): the
+downstream rank
 binds its inbox, then publishes its endpoint record; the upstream rank reads that record, then connects and
 sends its warm-up. When the receiver posted its warm-up receive while binding (before it published), this
 deadlocked: it waited for a sender that could not find it yet.
@@ -16,13 +17,14 @@ import threading
 import pytest
 import torch
 import torch.distributed as dist
+from auglocal.launch.backends.elastic.links import bind_inbox, connect, publish_inbox, publish_key
+from auglocal.launch.backends.elastic.store import RunStore
+from auglocal.workers.links import link
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.paths import oob_link
+from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
 
-from launch.elastic_links import bind_inbox, connect, publish_inbox, publish_key
-from launch.elastic_store import RunStore
 from tests.workers.dist_standin import GroupOps, LazyPairing, gloo_pair
-from workers import link, oob_link
-from workers.link import Link
-from workers.messages import Codec, Kind, Message, MessageError
 
 WAIT_MS = 10_000
 

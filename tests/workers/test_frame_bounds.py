@@ -1,4 +1,4 @@
-"""workers/frame_bounds.py: each link's frame bound is the largest frame its own messages have, and the ends a
+"""workers/wire/frame_bounds.py: each link's frame bound is the largest frame its own messages have, and the ends a
 worker binds carry it as ZMQ_MAXMSGSIZE."""
 
 from __future__ import annotations
@@ -8,14 +8,20 @@ import os
 import pytest
 import torch
 import zmq
-
-from workers.frame_bounds import FRAMING_SLACK, HEADER_ONLY, data_bound, inbox_bound, results_bound, tensor_bytes
-from workers.layer_shipping import CHUNK_BYTES
-from workers.link import Link
-from workers.messages import DTYPES, MAX_HEADER_BYTES, Codec, Kind, Message, TensorSpec
-from workers.protocol import InboxSchema, SeqMeta, TrainMeta, activation_spec
-from workers.transport import ipc_address
-from workers.worker import WorkerSpec, bind_control, bind_inbox
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.zmq_link import ipc_address
+from auglocal.workers.runtime.layer_shipping import CHUNK_BYTES
+from auglocal.workers.runtime.worker import WorkerSpec, bind_control, bind_inbox
+from auglocal.workers.wire.frame_bounds import (
+    FRAMING_SLACK,
+    HEADER_ONLY,
+    data_bound,
+    inbox_bound,
+    results_bound,
+    tensor_bytes,
+)
+from auglocal.workers.wire.messages import DTYPES, MAX_HEADER_BYTES, Codec, Kind, Message, TensorSpec
+from auglocal.workers.wire.protocol import InboxSchema, SeqMeta, TrainMeta, activation_spec
 
 CODEC = Codec("run", "s" * 32)
 IMAGE = activation_spec((3, 32, 32))
@@ -80,7 +86,7 @@ def test_a_workers_inbox_and_control_inbox_are_bound_to_their_frames(tmp_path):
 def test_a_full_size_message_passes_its_links_bound(transport, tmp_path):
     """The largest message the schema allows arrives bitwise through a Receiver bound to `data_bound`; on curve
     links each frame arrives wrapped in 33 more bytes, which the framing slack covers."""
-    from workers.curve import CurveKeyPair
+    from auglocal.workers.links.curve import CurveKeyPair
     schema = InboxSchema(activation=activation_spec((32, 32, 32)), image=IMAGE)
     batch = 16
     address = ipc_address("w1", str(tmp_path)) if transport == "ipc" else "tcp://127.0.0.1:*"

@@ -1,12 +1,11 @@
-"""workers/host.py on CPU: what a thread host does with its GPU, with the CUDA calls replaced by recorders."""
+"""workers/runtime/host.py on CPU: what a thread host does with its GPU, with the CUDA calls replaced by recorders."""
 
 import os
 
 import torch
-
-from workers import host
-from workers.link import Link
-from workers.worker import WorkerSpec
+from auglocal.workers.links.link import Link
+from auglocal.workers.runtime import host
+from auglocal.workers.runtime.worker import WorkerSpec
 
 
 class FakeWorker:

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
-from engine.config import RunConfig, build_network, optim_and_schedule
-from engine.rules import build_local_modules
-from engine.stage import Stage
-from workers.layer_files import layer_file, load_layers_into, load_stage_layers, save_stage_layers
+from auglocal.engine.config import RunConfig, build_network, optim_and_schedule
+from auglocal.engine.rules import build_local_modules
+from auglocal.engine.stage import Stage
+from auglocal.workers.runtime.layer_files import layer_file, load_layers_into, load_stage_layers, save_stage_layers
 
 CFG = RunConfig(model="resnet20", rule="auglocal", d=3, dataset="synthetic", input_size=8, num_classes=4,
                 batch_size=4, lr=0.1, seed=11, schedule="constant")

@@ -4,10 +4,8 @@ coordinator's CPU, and a damaged, cut-short, missing or unsealed file is one Lay
 import pytest
 import torch
 import torch.serialization
-
-from engine.config import build_network
-from tests.workers.test_layer_files import CFG, stages, train_one_step
-from workers.layer_files import (
+from auglocal.engine.config import build_network
+from auglocal.workers.runtime.layer_files import (
     DIGEST,
     LayerFileDamaged,
     head_file,
@@ -17,6 +15,8 @@ from workers.layer_files import (
     read_layer_file,
     save_stage_layers,
 )
+
+from tests.workers.test_layer_files import CFG, stages, train_one_step
 
 
 def saved(tmp_path):

@@ -4,11 +4,10 @@ import dataclasses
 
 import pytest
 import torch
-
-from workers import layer_shipping
-from workers.layer_shipping import LayerFileSink, layer_file_messages
-from workers.messages import Codec
-from workers.protocol import Route, validate
+from auglocal.workers.runtime import layer_shipping
+from auglocal.workers.runtime.layer_shipping import LayerFileSink, layer_file_messages
+from auglocal.workers.wire.messages import Codec
+from auglocal.workers.wire.protocol import Route, validate
 
 
 def write_files(folder, sizes):

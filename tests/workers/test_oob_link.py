@@ -1,4 +1,5 @@
-"""Out-of-band links (workers.oob_link) with an in-process tensor path: what they promise beyond the contract.
+"""Out-of-band links (auglocal.workers.links.paths.oob_link) with an in-process tensor path: what they promise beyond
+the contract.
 
 A `ShelfPath` moves tensor bytes through a shared list in this process and records every call, so the tests
 see exactly when a receive happens and when a sent buffer is released, without a process group.
@@ -10,11 +11,11 @@ import tempfile
 import msgpack
 import pytest
 import torch
+from auglocal.workers.links.paths.oob_link import OobReceiver, OobSender, as_byte_tensor
+from auglocal.workers.links.zmq_link import Sender, ipc_address
+from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
 
 from tests.workers.wire_headers import header_of, packed_header
-from workers.messages import Codec, Kind, Message, MessageError
-from workers.oob_link import OobReceiver, OobSender, as_byte_tensor
-from workers.transport import Sender, ipc_address
 
 WAIT_MS = 5000
 

@@ -1,4 +1,4 @@
-"""The one process set-up (workers/process_setup.py), and that every entry point goes through it.
+"""The one process set-up (workers/runtime/process_setup.py), and that every entry point goes through it.
 
 Each entry point is driven in this process up to the first thing it does after its set-up (opening or binding
 its links), which a stub records and stops: what the set-up applied is then this process's state. CUDA is
@@ -12,11 +12,15 @@ import signal
 
 import pytest
 import torch
-
-from workers import process_setup
-from workers.link import Link
-from workers.process_setup import CUBLAS_DETERMINISTIC, CUBLAS_VAR, DETERMINISTIC_VAR, apply_determinism
-from workers.worker import WorkerSpec
+from auglocal.workers.links.link import Link
+from auglocal.workers.runtime import process_setup
+from auglocal.workers.runtime.process_setup import (
+    CUBLAS_DETERMINISTIC,
+    CUBLAS_VAR,
+    DETERMINISTIC_VAR,
+    apply_determinism,
+)
+from auglocal.workers.runtime.worker import WorkerSpec
 
 ENV = (DETERMINISTIC_VAR, CUBLAS_VAR, "OMP_NUM_THREADS")
 
@@ -93,7 +97,7 @@ def expected(threads: int) -> dict:
 
 
 def test_worker_process_entry_goes_through_the_set_up(process_state, monkeypatch, tmp_path):
-    from workers import worker
+    from auglocal.workers.runtime import worker
 
     seen = {}
 
@@ -110,7 +114,7 @@ def test_worker_process_entry_goes_through_the_set_up(process_state, monkeypatch
 
 
 def test_thread_host_entry_goes_through_the_set_up(process_state, monkeypatch, tmp_path):
-    from workers import host
+    from auglocal.workers.runtime import host
 
     seen = {}
 
@@ -156,10 +160,10 @@ class FakeStore:
 ])
 def test_elastic_rank_entry_goes_through_the_set_up_on_the_mapped_gpu(process_state, monkeypatch, tmp_path,
                                                                      rank, local_rank, gpus, device):
-    from launch import elastic_worker
-    from launch.elastic_coordinator import spec_to_wire
-    from launch.elastic_links import LinkPlan
-    from launch.elastic_store import TorchrunEnv
+    from auglocal.launch.backends.elastic import worker as elastic_worker
+    from auglocal.launch.backends.elastic.coordinator import spec_to_wire
+    from auglocal.launch.backends.elastic.links import LinkPlan
+    from auglocal.launch.backends.elastic.store import TorchrunEnv
 
     seen = {}
 
@@ -183,10 +187,10 @@ def test_elastic_rank_entry_goes_through_the_set_up_on_the_mapped_gpu(process_st
 
 
 def test_an_elastic_gpu_worker_on_a_node_without_gpus_says_so(process_state, monkeypatch, tmp_path, capsys):
-    from launch import elastic_worker
-    from launch.elastic_coordinator import spec_to_wire
-    from launch.elastic_links import LinkPlan
-    from launch.elastic_store import TorchrunEnv
+    from auglocal.launch.backends.elastic import worker as elastic_worker
+    from auglocal.launch.backends.elastic.coordinator import spec_to_wire
+    from auglocal.launch.backends.elastic.links import LinkPlan
+    from auglocal.launch.backends.elastic.store import TorchrunEnv
 
     monkeypatch.setattr(elastic_worker, "publish_key", lambda store, rank, addr: None)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

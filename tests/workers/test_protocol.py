@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from workers.messages import Kind, Message, MessageError, TensorSpec
-from workers.protocol import (
+from auglocal.workers.wire.messages import Kind, Message, MessageError, TensorSpec
+from auglocal.workers.wire.protocol import (
     CheckpointMeta,
     InboxSchema,
     MetricsMeta,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from workers.replay_log import LogLost, ReplayLog
+from auglocal.workers.runtime.replay_log import LogLost, ReplayLog
 
 
 def frames(seq: int, size: int) -> list[bytes]:

@@ -8,8 +8,7 @@ import time
 import zlib
 
 import pytest
-
-from workers.replay_log import UNUSABLE, LogDamaged, LogLost, ReplayLog
+from auglocal.workers.runtime.replay_log import UNUSABLE, LogDamaged, LogLost, ReplayLog
 
 
 def frames(seq: int, size: int) -> list[bytes]:

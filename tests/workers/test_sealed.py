@@ -1,11 +1,10 @@
-"""Values sealed under the run secret (workers/sealed.py): they verify under that secret only; tampered,
+"""Values sealed under the run secret (workers/wire/sealed.py): they verify under that secret only; tampered,
 foreign or junk values are refused, and a sealed value never passes for an endpoint record or the reverse."""
 
 import msgpack
 import pytest
-
-from workers.endpoint_record import EndpointRecordError, sign, verify
-from workers.sealed import codec_secret, seal, unseal
+from auglocal.workers.wire.endpoint_record import EndpointRecordError, sign, verify
+from auglocal.workers.wire.sealed import codec_secret, seal, unseal
 
 
 def test_a_sealed_value_unseals_under_its_secret_only():

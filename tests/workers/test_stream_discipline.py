@@ -1,8 +1,9 @@
 """The stream-discipline checker (tests/workers/stream_check.py) on planted mistakes and on the real paths.
 
 The checker must fail a consumer that reads another stream's tensor without waiting, and must pass what the
-engine really does: thread workers (workers/host.py's threads and streams, workers/threadlink.py's handoff),
-the cuda-ipc path over the CPU IPC double, and the replay log's side-stream copies (workers/device_log.py).
+engine really does: thread workers (workers/runtime/host.py's threads and streams, workers/links/threadlink.py's
+handoff),
+the cuda-ipc path over the CPU IPC double, and the replay log's side-stream copies (workers/runtime/device_log.py).
 Each real path is also run with its wait planted away, to show the check is not vacuous there.
 """
 
@@ -15,23 +16,23 @@ import time
 
 import pytest
 import torch
+from auglocal.engine.config import RunConfig, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.memlink import MemoryLink
+from auglocal.workers.links.paths.cuda_ipc import CudaIpcPath
+from auglocal.workers.links.paths.oob_link import OobReceiver, OobSender
+from auglocal.workers.links.threadlink import ThreadLink
+from auglocal.workers.links.zmq_link import ipc_address
+from auglocal.workers.runtime import host, streams
+from auglocal.workers.runtime.device_log import DeferredLog
+from auglocal.workers.runtime.replay_log import ReplayLog
+from auglocal.workers.runtime.worker import WorkerLinks, WorkerSpec
+from auglocal.workers.wire.messages import Codec, Kind, Message
+from auglocal.workers.wire.protocol import InboxSchema, Route, SeqMeta, TrainMeta, activation_spec, validate
 
-from engine.config import RunConfig, resolve
-from engine.data import build_dataset
 from tests.workers.ipc_double import CpuIpcMemory
 from tests.workers.stream_check import CpuStreams, StreamChecker
-from workers import host, streams
-from workers.cuda_ipc import CudaIpcPath
-from workers.device_log import DeferredLog
-from workers.link import Link
-from workers.memlink import MemoryLink
-from workers.messages import Codec, Kind, Message
-from workers.oob_link import OobReceiver, OobSender
-from workers.protocol import InboxSchema, Route, SeqMeta, TrainMeta, activation_spec, validate
-from workers.replay_log import ReplayLog
-from workers.threadlink import ThreadLink
-from workers.transport import ipc_address
-from workers.worker import WorkerLinks, WorkerSpec
 
 RUN, SECRET, SIZE = "run-streams", "s3cret", 8
 CPU = torch.device("cpu")

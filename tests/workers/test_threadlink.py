@@ -4,10 +4,9 @@ import threading
 
 import pytest
 import torch
-
-from workers.messages import Codec, Kind, Message, MessageError
-from workers.protocol import TrainMeta
-from workers.threadlink import ThreadLink
+from auglocal.workers.links.threadlink import ThreadLink
+from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
+from auglocal.workers.wire.protocol import TrainMeta
 
 CODEC = Codec("run", "secret")
 

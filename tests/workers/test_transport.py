@@ -1,4 +1,5 @@
-"""Tests for the wire format (workers.messages) and the credit-windowed ZeroMQ links (workers.transport)."""
+"""Tests for the wire format (auglocal.workers.wire.messages) and the credit-windowed ZeroMQ links
+(auglocal.workers.links.zmq_link)."""
 
 import contextlib
 import multiprocessing
@@ -12,10 +13,10 @@ import msgpack
 import pytest
 import torch
 import zmq
-
-from tests.workers.wire_headers import header_of, with_header
-from workers.link import Link
-from workers.messages import (
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.zap import join_plain
+from auglocal.workers.links.zmq_link import Receiver, Sender, ipc_address, tcp_address
+from auglocal.workers.wire.messages import (
     MAX_HEADER_BYTES,
     Codec,
     Kind,
@@ -23,8 +24,8 @@ from workers.messages import (
     MessageError,
     TensorSpec,
 )
-from workers.transport import Receiver, Sender, ipc_address, tcp_address
-from workers.zap import join_plain
+
+from tests.workers.wire_headers import header_of, with_header
 
 RUN, SECRET = "run-1", "s3cret"
 WAIT_MS = 5000

@@ -29,6 +29,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import zmq
+from auglocal.workers.links.curve import CurveKeyPair, stop_authenticator
+from auglocal.workers.links.memlink import MemoryLink
+from auglocal.workers.links.zmq_link import Receiver, Sender
+from auglocal.workers.wire import endpoint_record
+from auglocal.workers.wire.messages import DTYPES, Codec, Kind, Message
 
 from tests.workers.transport_peer import (
     DOUBLE,
@@ -40,11 +45,6 @@ from tests.workers.transport_peer import (
     serve,
     serve_memory,
 )
-from workers import endpoint_record
-from workers.curve import CurveKeyPair, stop_authenticator
-from workers.memlink import MemoryLink
-from workers.messages import DTYPES, Codec, Kind, Message
-from workers.transport import Receiver, Sender
 
 WAIT_MS = 20_000
 RUN = "contract"
@@ -101,7 +101,7 @@ def peer():
 class Pair:
     """This process's ends of one transport's link pair: `outbox` to the peer, `inbox` from it.
 
-    memlink (workers/memlink.py, in-process links of the same interface) gets a peer thread instead of the
+    memlink (workers/links/memlink.py, in-process links of the same interface) gets a peer thread instead of the
     peer process, driven by the same commands."""
 
     def __init__(self, peer, transport: str):

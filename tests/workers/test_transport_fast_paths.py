@@ -8,10 +8,9 @@ import time
 import pytest
 import torch
 import zmq
-
-from workers.messages import Codec, Kind, Message, MessageError
-from workers.transport import Receiver, Sender, ipc_address, tcp_address
-from workers.zap import serve_plain
+from auglocal.workers.links.zap import serve_plain
+from auglocal.workers.links.zmq_link import Receiver, Sender, ipc_address, tcp_address
+from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
 
 RUN, SECRET = "run-1", "s3cret"
 WAIT_MS = 5000

@@ -7,14 +7,13 @@ import time
 
 import pytest
 import torch
-
-from engine.config import RunConfig, resolve
-from engine.data import build_dataset
-from tests.workers.wire_headers import with_header
-from workers.link import Link
-from workers.memlink import MemoryLink
-from workers.messages import Codec, Kind, Message
-from workers.protocol import (
+from auglocal.engine.config import RunConfig, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.memlink import MemoryLink
+from auglocal.workers.runtime.worker import Worker, WorkerError, WorkerLinks, WorkerSpec
+from auglocal.workers.wire.messages import Codec, Kind, Message
+from auglocal.workers.wire.protocol import (
     PROTOCOL,
     CheckpointMeta,
     InboxSchema,
@@ -26,7 +25,8 @@ from workers.protocol import (
     kinds_on,
     validate,
 )
-from workers.worker import Worker, WorkerError, WorkerLinks, WorkerSpec
+
+from tests.workers.wire_headers import with_header
 
 RUN, SECRET = "run-test", "s3cret"
 SIZE = 8
@@ -193,7 +193,7 @@ def test_checkpoint_marker_writes_layers_passes_on_and_acknowledges(config, tmp_
 
 
 def test_a_worker_without_the_run_folder_ships_its_layer_files_before_it_acknowledges(config, tmp_path):
-    from workers.layer_shipping import LayerFileSink
+    from auglocal.workers.runtime.layer_shipping import LayerFileSink
 
     h = Harness(config, tmp_path, ship_layers=True)
     directory = tmp_path / "ckpt"        # the coordinator's folder: on another machine, so never written here
@@ -213,7 +213,7 @@ def test_a_worker_without_the_run_folder_ships_its_layer_files_before_it_acknowl
 
 def test_a_full_disk_is_not_restartable(config, tmp_path, monkeypatch):
     """An I/O error while writing layer files says where and asks for no restart (it would fail again)."""
-    import workers.layer_files as layer_files
+    import auglocal.workers.runtime.layer_files as layer_files
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")

@@ -1,4 +1,4 @@
-"""A worker copies its outputs to the host only for a host transport (workers/worker.py `Worker._outgoing`).
+"""A worker copies its outputs to the host only for a host transport (workers/runtime/worker.py `Worker._outgoing`).
 
 On cuda-ipc and nccl links (`keeps_device`) the link moves device memory itself; a host copy there is a
 device-to-host and host-to-device round trip per message, and on nccl it sends through the group's CPU backend
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from auglocal.workers.links.memlink import MemorySender
+from auglocal.workers.runtime import worker as worker_module
+from auglocal.workers.wire.messages import Kind, Message
+from auglocal.workers.wire.protocol import Route, SeqMeta, validate
 
 from tests.workers.test_worker import SIZE, Harness, config  # noqa: F401 - config is the module's fixture
-from workers import worker as worker_module
-from workers.memlink import MemorySender
-from workers.messages import Kind, Message
-from workers.protocol import Route, SeqMeta, validate
 
 
 class DeviceLinkSender(MemorySender):

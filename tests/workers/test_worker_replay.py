@@ -9,13 +9,13 @@ import time
 
 import pytest
 import torch
-
-from engine.config import RunConfig, resolve
-from engine.data import build_dataset
-from workers.link import Link
-from workers.memlink import MemoryLink
-from workers.messages import Codec, Kind, Message
-from workers.protocol import (
+from auglocal.engine.config import RunConfig, resolve
+from auglocal.engine.data import build_dataset
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.memlink import MemoryLink
+from auglocal.workers.runtime.worker import CoordinatorGone, Worker, WorkerError, WorkerLinks, WorkerSpec
+from auglocal.workers.wire.messages import Codec, Kind, Message
+from auglocal.workers.wire.protocol import (
     CommittedMeta,
     ExpectReplayMeta,
     InboxSchema,
@@ -27,7 +27,6 @@ from workers.protocol import (
     activation_spec,
     validate,
 )
-from workers.worker import CoordinatorGone, Worker, WorkerError, WorkerLinks, WorkerSpec
 
 RUN, SECRET = "run-replay", "s3cret"
 SIZE = 8

@@ -4,7 +4,7 @@ opens links of any transport to the test process and does what it is told over a
 The pipe is the test's control channel, not a transport under test. Commands: ("open", transport, ...),
 ("connect",), ("echo", n, timeout_ms), ("burst", n, timeout_ms), ("close",), ("stop",).
 
-`cuda-ipc-double` is the cuda-ipc path (workers/cuda_ipc.py) over the CPU double of CUDA IPC memory
+`cuda-ipc-double` is the cuda-ipc path (workers/links/paths/cuda_ipc.py) over the CPU double of CUDA IPC memory
 (tests/workers/ipc_double.py): its ends are built here (`receiver_of`, `sender_of`), not by `Link`, which
 knows only the real transports.
 """
@@ -15,13 +15,12 @@ import os
 import tempfile
 
 import torch
-
-from workers.cuda_ipc import CudaIpcPath
-from workers.curve import CurveKeyPair
-from workers.link import Link
-from workers.messages import Codec, Kind, Message
-from workers.oob_link import OobReceiver, OobSender
-from workers.transport import ipc_address, tcp_address
+from auglocal.workers.links.curve import CurveKeyPair
+from auglocal.workers.links.link import Link
+from auglocal.workers.links.paths.cuda_ipc import CudaIpcPath
+from auglocal.workers.links.paths.oob_link import OobReceiver, OobSender
+from auglocal.workers.links.zmq_link import ipc_address, tcp_address
+from auglocal.workers.wire.messages import Codec, Kind, Message
 
 WAIT_MS = 20_000
 DOUBLE = "cuda-ipc-double"
@@ -96,7 +95,7 @@ def exchange(command: str, args: list, inbox, outbox):
 
 
 def serve_memory(conn, inbox, outbox) -> None:
-    """The peer as a thread over in-memory links (workers/memlink.py): echo and burst until "close"."""
+    """The peer as a thread over in-memory links (workers/links/memlink.py): echo and burst until "close"."""
     while True:
         command, *args = conn.recv()
         if command == "close":

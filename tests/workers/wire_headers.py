@@ -1,8 +1,7 @@
-"""Edit a message's header frame by field name in tests (the wire form is a msgpack array, workers/messages.py)."""
+"""Edit a message's header frame by field name in tests (the wire form is a msgpack array, workers/wire/messages.py)."""
 
 import msgpack
-
-from workers.messages import HEADER_FIELDS, TENSOR_FIELDS
+from auglocal.workers.wire.messages import HEADER_FIELDS, TENSOR_FIELDS
 
 
 def header_of(frames) -> dict:

@@ -1,0 +1,676 @@
+"""One pipeline worker: receive a minibatch, run its stage, send the output on early, report to the coordinator.
+
+The worker takes its links from outside (`WorkerLinks`): ZeroMQ ends in a worker process (`open_links`), or
+in-memory links (workers/links/memlink.py) when a test drives it in one process. Every message it receives is
+validated against the protocol table (workers/wire/protocol.py) and dispatched through `handlers`, which covers
+exactly the kinds that travel down the pipeline. While it waits, on receive or on a full outgoing link, it
+sends a heartbeat at least every `heartbeat_s`, so a worker is silent only when it computes or is stuck.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import psutil
+import torch
+from auglocal.engine.nonfinite import NonFiniteLoss, value_text
+from auglocal.workers.links.link import Link
+from auglocal.workers.runtime.device_log import DeferredLog
+from auglocal.workers.runtime.faults import Fault, die, hang
+from auglocal.workers.runtime.process_setup import (  # noqa: F401 - the set-up helpers moved there; importers of them here still work
+    DETERMINISTIC_VAR,
+    apply_determinism,
+    return_freed_memory,
+    set_up_process,
+)
+from auglocal.workers.runtime.replay_log import LogLost, ReplayLog
+from auglocal.workers.runtime.trace import Tracer
+from auglocal.workers.wire import protocol
+from auglocal.workers.wire.frame_bounds import HEADER_ONLY, inbox_bound
+from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
+from auglocal.workers.wire.protocol import (
+    SEQUENCED,
+    CheckpointAckMeta,
+    DivergedMeta,
+    ErrorMeta,
+    EvalResultMeta,
+    HeartbeatMeta,
+    InboxSchema,
+    MetricsMeta,
+    NoMeta,
+    RejectedMeta,
+    Route,
+    StoppedMeta,
+    TrainMeta,
+)
+
+POLL_MS = 1000          # longest single wait before a blocked worker checks that its coordinator is still alive
+HEARTBEAT_S = 1.0       # a waiting worker reports at least this often
+CONTROL_POLL_MS = 100   # with a control inbox, the longest wait before a worker looks at it
+REPLAY_LOG_BYTES = 256 << 20
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs, as plain data handed to the new process (never sent over the wire)."""
+
+    rank: int
+    modules: list[int]            # indices into the run's list of local modules
+    config: dict                  # auglocal.engine.config.RunConfig.to_dict(), fully resolved
+    inbox: Link                   # this worker binds it; activations (or the coordinator's batches) arrive
+    outbox: Link | None           # the next worker's inbox; None for the last worker
+    results: Link                 # the coordinator's inbox for metrics and acknowledgements
+    run_id: str
+    secret: str
+    out_dir: str                  # per-layer files of the final state go to out_dir/layers/
+    coordinator_pid: int
+    schema: InboxSchema | None = None   # what this worker's inbox accepts (shapes of its input)
+    threads: int = 1
+    device: str = "cpu"
+    send_input: bool = False      # forward the network input x downstream (a later stage needs it)
+    trace_path: str | None = None
+    data_stats: dict = field(default_factory=dict)   # {"mean": [...], "std": [...]} for InfoPro
+    resume_dir: str | None = None  # a committed checkpoint folder to start from (per-layer files)
+    fault: dict | None = None     # auglocal.workers.runtime.faults.Fault as a dict, for this worker only
+    heartbeat_s: float = HEARTBEAT_S
+    malloc: str = "keep"          # 'return': freed activations go back to the OS (less memory, ~2x slower on
+                                  # CPU from page faults); 'keep': glibc's default heap reuse (fastest)
+    control: Link | None = None   # this worker binds it: the coordinator's control messages (relink, commits)
+    incarnation: int = 0          # 0 for a worker of a new attempt, n for the n-th one-worker restart of rank
+    resume_seq: int = -1          # seq of the last message the resumed state has handled (its checkpoint's)
+    replay_log_bytes: int = REPLAY_LOG_BYTES   # memory bound of the replay log; more spills to files
+    spill_dir: str | None = None  # where the replay log spills (None: the system's temporary folder)
+    ship_layers: bool = False     # send layer files to the coordinator over the results link instead of writing
+                                  # them into its folders (several machines: workers/runtime/layer_shipping.py)
+    curve: object | None = None   # this worker's CurveKeyPair when its links are curve links (one-host launcher)
+    admit: tuple = ()             # public keys its CURVE receivers admit (the run's other processes)
+    replay_log: bool = True       # False for thread workers: their failure restarts the whole pipeline, which
+                                  # never replays, so keeping (encoding) every sent message would be waste
+    hold_after_stop: bool = False  # after reporting stopped, keep process, links and replay log until the
+                                   # coordinator's RELEASE: a neighbour failing in the run's tail can still be
+                                   # recovered alone (launch/run/recovery.py)
+
+    @property
+    def name(self) -> str:
+        return worker_name(self.rank, self.incarnation)
+
+
+def worker_name(rank: int, incarnation: int = 0) -> str:
+    """The sender name of worker `rank` on the wire (the coordinator maps it back to the rank); a restarted
+    worker's name carries its incarnation, so reports the old process left behind are told apart."""
+    return f"worker{rank}" if incarnation == 0 else f"worker{rank}.{incarnation}"
+
+
+class CoordinatorGone(RuntimeError):
+    """The coordinator died: a worker must not linger as an orphan."""
+
+
+class WorkerError(RuntimeError):
+    """This worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice, I/O)."""
+
+
+@dataclass
+class WorkerLinks:
+    """The three ends a worker uses: its inbox, the next worker's inbox (none for the last), the results."""
+
+    inbox: object
+    outbox: object | None
+    results: object
+    control: object | None = None                       # the coordinator's control messages (one-worker recovery)
+    reopen_outbox: Callable[[str], object] | None = None   # a fresh sender to a (new) downstream inbox address
+
+    def close(self) -> None:
+        for end in (self.inbox, self.outbox, self.results, self.control):
+            if end is not None:
+                end.close()
+
+
+def bind_inbox(spec: WorkerSpec, codec: Codec):
+    """Bind a worker's ZeroMQ inbox; on curve links a CURVE server that admits only `spec.admit` (the allow-list
+    belongs to the process's ZeroMQ context, so its other CURVE receivers share it). Its frames are bounded by
+    the largest tensor its schema allows at the run's batch size (workers/wire/frame_bounds.py)."""
+    inbox = spec.inbox.receiver(codec, spec.name, curve=spec.curve, max_frame=inbox_bound(spec.schema, spec.config))
+    for key in spec.admit if inbox.allowed is not None else ():
+        inbox.allowed.allow(key)
+    return inbox
+
+
+def bind_control(spec: WorkerSpec, codec: Codec):
+    """Bind a worker's control inbox, if it has one: header-only kinds, so header-sized frames."""
+    return spec.control.receiver(codec, spec.name, curve=spec.curve, max_frame=HEADER_ONLY) if spec.control else None
+
+
+def reopen_outbox(spec: WorkerSpec, codec: Codec, window: int | None = None) -> Callable[[str], object]:
+    """A fresh sender to a (new) downstream inbox address, with the outbox's transport and keys."""
+    def reopen(address: str):
+        link = replace(spec.outbox, address=address) if spec.outbox else Link(address, window or 1)
+        return link.sender(codec, curve=spec.curve)
+    return reopen
+
+
+def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
+    """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox.
+
+    Links whose transport is curve use the spec's CurveKeyPair, and its receivers admit `spec.admit`."""
+    inbox = bind_inbox(spec, codec)
+    control = bind_control(spec, codec)
+    return WorkerLinks(inbox,
+                       spec.outbox.sender(codec, curve=spec.curve) if spec.outbox else None,
+                       spec.results.sender(codec, curve=spec.curve),
+                       control,
+                       reopen_outbox(spec, codec))
+
+
+def to_host(t: torch.Tensor) -> torch.Tensor:
+    """CPU copy for the wire. A GPU tensor goes through pinned host memory (torch's caching host allocator,
+    so the pinned block is reused), copied asynchronously and waited for: the DMA path without a staging copy."""
+    if t.device.type != "cuda":
+        return t
+    host = torch.empty_like(t, device="cpu", pin_memory=True)   # keeps a channels_last layout for the wire
+    host.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host
+
+
+def build_stage(spec: WorkerSpec):
+    """Rebuild the run's network from its config (same seed, so the same initial weights) and keep a slice."""
+    from auglocal.engine.config import RunConfig, build_network, optim_and_schedule
+    from auglocal.engine.precision import Kernels
+    from auglocal.engine.rules import build_local_modules
+    from auglocal.engine.stage import Stage
+
+    cfg = RunConfig.from_dict(spec.config)
+    stats = _Stats(**spec.data_stats) if spec.data_stats else None
+    model, aux = build_network(cfg, stats)
+    modules = build_local_modules(model, aux)
+    optim, schedule = optim_and_schedule(cfg)
+    mine = [modules[i] for i in spec.modules]
+    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg),
+                 nonfinite=cfg.nonfinite)
+
+
+@dataclass
+class _Stats:
+    mean: list
+    std: list
+
+
+def coordinator_watch(pid: int) -> Callable[[], bool]:
+    """A check that the coordinator `pid` still runs. A dead coordinator stays a zombie until its parent reaps
+    it (a parent that may itself wait for our output to end): a zombie, or a new process that reused its pid
+    (psutil keeps the start time), counts as gone."""
+    process = psutil.Process(pid)
+
+    def alive() -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    return alive
+
+
+class InjectedError(RuntimeError):
+    """The `raise` fault: an unexpected exception inside a worker, as a bug would raise."""
+
+
+def _raise() -> None:
+    raise InjectedError("injected fault: an unexpected exception in the worker")
+
+
+#: what a fault firing at `train` does (workers/runtime/faults.py REGISTRY names the kinds)
+FAULT_ACTIONS: dict[str, Callable[[], None]] = {"kill": die, "hang": hang, "raise": _raise}
+
+
+class Worker:
+    """The receive-compute-send loop of one worker; `handlers` is its half of the protocol."""
+
+    def __init__(self, spec: WorkerSpec, links: WorkerLinks, stage=None, *,
+                 coordinator_alive: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic, poll_ms: float = POLL_MS):
+        self.spec = spec
+        self.codec = Codec(spec.run_id, spec.secret)
+        self.links = links
+        self.stage = stage if stage is not None else build_stage(spec)
+        self.tracer = Tracer(spec.rank, spec.trace_path)
+        self.is_last = links.outbox is None
+        self.max_in_flight = 0
+        self.fault = Fault(**spec.fault) if spec.fault else None
+        self.coordinator_alive = coordinator_alive or (lambda: True)
+        self.clock = clock
+        self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000, CONTROL_POLL_MS if links.control else poll_ms)
+        self._last_report = clock()
+        self.stopped = False
+        self.released = False
+        self.diverged = False        # a module's loss went non-finite under --nonfinite stop (_report_diverged)
+        self.handlers: dict[Kind, Callable[[Message], None]] = {
+            Kind.TRAIN: self._train, Kind.EVAL: self._eval, Kind.CHECKPOINT: self._checkpoint,
+            Kind.STOP: self._stop, Kind.RELINK: self._relink, Kind.EXPECT_REPLAY: self._expect_replay,
+            Kind.COMMITTED: self._committed, Kind.RELEASE: self._release,
+        }
+        self.last_seq = spec.resume_seq       # seq of the last DOWN message handled
+        self.replay_from: str | None = None   # sender whose repeats (seq <= last_seq) are dropped, after a restart
+        self.dropped_repeats = 0
+        self._in_control = False
+        self.log = (DeferredLog(ReplayLog(spec.replay_log_bytes, spec.spill_dir, spec.name), self.codec)
+                    if links.outbox is not None and spec.replay_log else None)
+        protocol.check_handlers(self.handlers, Route.DOWN, "worker")
+        links.inbox.on_foreign = self._report_rejected
+        if links.control is not None:                          # strangers there are reported too
+            links.control.on_foreign = self._report_rejected
+        if links.outbox is not None:
+            links.outbox.on_foreign = self._report_rejected    # refused credits (workers/links/credit_pipe.py)
+        if spec.resume_dir:
+            from auglocal.workers.runtime.layer_files import load_stage_layers
+
+            load_stage_layers(self.stage, spec.resume_dir)
+
+    # --- waiting: heartbeats on a timer, never an orphan --------------------------------------------------
+    def _check_coordinator(self) -> None:
+        if not self.coordinator_alive():
+            raise CoordinatorGone(f"{self.spec.name}: coordinator {self.spec.coordinator_pid} is gone")
+
+    def _maybe_heartbeat(self, waiting: str) -> None:
+        if self.clock() - self._last_report < self.spec.heartbeat_s:
+            return
+        try:
+            self.links.results.send(Message(Kind.HEARTBEAT, self.spec.name, meta=HeartbeatMeta(waiting)), 0)
+            self._last_report = self.clock()
+        except TimeoutError:
+            pass   # the coordinator is busy; it will see our next message
+
+    def _recv(self) -> Message | None:
+        """Next message of this run, validated against the table; a peer's malformed message ends the worker.
+        None once the coordinator has released this (stopped) worker."""
+        while True:
+            self._maybe_heartbeat("recv")
+            self._poll_control()
+            if self.released:
+                return None
+            try:
+                msg = protocol.validate(self.links.inbox.recv(self.poll_ms), Route.DOWN, self.spec.schema)
+            except TimeoutError:
+                self._check_coordinator()
+                continue
+            except MessageError as err:
+                self._fail(f"{self.spec.name} rejected a message: {err}")
+            if self._in_sequence(msg):
+                return msg
+
+    def _in_sequence(self, msg: Message) -> bool:
+        """Whether to handle `msg`: the next seq, or (False) a repeat that a restarted upstream resends.
+
+        A repeat is dropped only while the coordinator has announced a replay from that sender; otherwise it
+        is an error, as is a gap (a message lost). seq -1 marks an unsequenced message (in-process tests)."""
+        if msg.kind not in SEQUENCED or msg.meta.seq < 0:
+            return True
+        seq = msg.meta.seq
+        if seq <= self.last_seq:
+            if self.replay_from is None:
+                self._poll_control()      # the announcement may be waiting on the control inbox
+            if self.replay_from == msg.sender:
+                self.dropped_repeats += 1
+                return False
+            self._fail(f"{self.spec.name}: {msg.kind.value} seq {seq} from {msg.sender} arrived after seq "
+                       f"{self.last_seq}: it would be handled twice")
+        if seq != self.last_seq + 1:
+            self._fail(f"{self.spec.name} rejected a message: {msg.kind.value} seq {seq} from {msg.sender} follows "
+                       f"seq {self.last_seq}: {seq - self.last_seq - 1} message(s) lost on the way (a peer's "
+                       "message that did not parse is dropped as a stranger's)")
+        if msg.sender == self.replay_from:
+            self.replay_from = None       # the restarted upstream has caught up
+        self.last_seq = seq
+        return True
+
+    # --- control: one-worker recovery (launch/run/recovery.py) -------------------------------------------------
+    def _poll_control(self) -> None:
+        """Handle every control message waiting, unless already inside one (a relink's replay)."""
+        if self.links.control is None or self._in_control:
+            return
+        self._in_control = True
+        try:
+            while True:
+                try:
+                    raw = self.links.control.recv(0)
+                except TimeoutError:
+                    return
+                try:
+                    msg = protocol.validate(raw, Route.DOWN)
+                except MessageError as err:
+                    self._fail(f"{self.spec.name} rejected a control message: {err}")
+                protocol.dispatch(self.handlers, msg)
+        finally:
+            self._in_control = False
+
+    def _relink(self, msg: Message) -> None:
+        """The next worker restarted at `address`: drop the old link (its credits die with it), open a fresh one
+        and resend everything logged after the restarted worker's checkpoint, in order."""
+        if self.links.outbox is None or self.links.reopen_outbox is None:
+            self._fail(f"{self.spec.name}: told to relink, but it has no outgoing link to reopen")
+        self.links.outbox.close()
+        self.links.outbox = self.links.reopen_outbox(msg.meta.address)
+        self.links.outbox.on_foreign = self._report_rejected
+        try:
+            for frames in self.log.since(msg.meta.from_seq):
+                self._send(self.links.outbox, self.codec.decode(frames), log=False)
+        except LogLost as err:
+            self._fail(f"{self.spec.name}: cannot replay to the restarted worker: {err}")
+
+    def _expect_replay(self, msg: Message) -> None:
+        self.replay_from = msg.meta.upstream
+
+    def _committed(self, msg: Message) -> None:
+        if self.log is not None:
+            self.log.prune(msg.meta.seq)
+
+    def _release(self, msg: Message) -> None:
+        """Every worker reported stopped: nobody can need this worker's replay, or it to drop a replay, again."""
+        if not self.stopped:
+            self._fail(f"{self.spec.name}: released before the stop marker reached it")
+        self.released = True
+
+    def _send(self, end, message: Message, log: bool = True) -> None:
+        """Send, heartbeating while the link is full; a report to the coordinator also proves liveness.
+
+        Downstream sends go to whatever the outgoing link is now (a relink may replace it while we wait) and
+        are kept in the replay log unless `log` is False (a replay itself)."""
+        downstream = end is self.links.outbox
+        while True:
+            try:
+                (self.links.outbox if downstream else end).send(message, self.poll_ms)
+                break
+            except TimeoutError:
+                self._check_coordinator()
+                self._maybe_heartbeat("send")
+                if downstream:
+                    self._poll_control()
+        if downstream and log:
+            self._log(message)
+        if end is self.links.results:
+            self._last_report = self.clock()
+
+    def _log(self, message: Message) -> None:
+        """Keep a sent message for replay. Device tensors are not encoded here: the log queues their copy to
+        pinned host memory on a side stream and encodes them once it is done (workers/runtime/device_log.py), so no
+        host round trip waits for the GPU on the step's path."""
+        if self.log is not None and message.kind in SEQUENCED and message.meta.seq >= 0:
+            self.log.append(message.meta.seq, message)
+
+    def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
+        self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
+
+    def _report_rejected(self, err: MessageError) -> None:
+        try:
+            self.links.results.send(Message(Kind.REJECTED, self.spec.name, meta=RejectedMeta(str(err)[:2000])),
+                                    self.poll_ms)
+        except TimeoutError:
+            pass
+
+    def _report_diverged(self, err: NonFiniteLoss) -> None:
+        """--nonfinite stop: report where the loss went non-finite, then drop every minibatch and marker that
+        follows (`run`). The worker stays: its upstream is not blocked, its downstream still reports the steps
+        before this one (the coordinator waits for those to name the earliest divergence, launch/run/divergence.py),
+        and no checkpoint after the divergence can commit without this worker's acknowledgement."""
+        self.diverged = True
+        self._report(Kind.DIVERGED, DivergedMeta(err.layer, err.what, value_text(err.value)), err.epoch, err.step)
+
+    def _fail(self, detail: str, restartable: bool = True) -> None:
+        try:
+            self.links.results.send(Message(Kind.ERROR, self.spec.name,
+                                            meta=ErrorMeta(detail[:2000], restartable)), self.poll_ms)
+        except TimeoutError:
+            pass
+        raise WorkerError(detail)
+
+    def _wait_consumed(self, end) -> None:
+        """Wait until the receiver of `end` has consumed everything sent on it, heartbeating meanwhile. On the
+        outgoing link, control messages are handled meanwhile (a relink replaces the link and replays onto it)."""
+        downstream = end is self.links.outbox
+        while True:
+            try:
+                (self.links.outbox if downstream else end).wait_all(self.poll_ms)
+                return
+            except TimeoutError:
+                self._check_coordinator()
+                self._maybe_heartbeat("send")
+                if downstream:
+                    self._poll_control()
+
+    def _sleep_alive(self, seconds: float) -> None:
+        """Sleep `seconds` the way a slow but healthy worker computes: heartbeating."""
+        end = self.clock() + seconds
+        while (left := end - self.clock()) > 0:
+            time.sleep(min(left, self.spec.heartbeat_s / 2))
+            self._maybe_heartbeat("recv")
+
+    def _outgoing(self, t: torch.Tensor) -> torch.Tensor:
+        """An output as the outgoing link carries it: on its device to a thread worker of this process (by
+        reference) or over a link that moves device memory itself (cuda-ipc, nccl: `keeps_device`); a host copy
+        only for a host transport (ipc, tcp, curve, gloo)."""
+        outbox = self.links.outbox
+        if getattr(outbox, "by_reference", False) or getattr(outbox, "keeps_device", False):
+            return t.detach()
+        return to_host(t)
+
+    # --- fault hooks (workers/runtime/faults.py says which kind fires where) --------------------------------------
+    def _fire(self, point: str, **where) -> bool:
+        return self.fault is not None and self.fault.fires(point, **where)
+
+    def _send_faulty(self, out: Message) -> bool:
+        """Put the fault's bad message on the outgoing link; True when the real one must not follow."""
+        kind = self.fault.kind
+        if kind == "foreign":
+            stranger = Codec("another-run", "not-the-secret")
+            self.links.outbox.send_raw(stranger.encode(Message(Kind.TRAIN, "stranger", out.epoch, out.step,
+                                                               tensors=dict(out.tensors))))
+            return False
+        frames = self.codec.encode(out)
+        if kind == "truncated":
+            frames[-1] = bytes(frames[-1])[: max(1, len(frames[-1]) // 2)]
+        else:
+            frames = [b"\xc1 not a msgpack header", *frames[1:]]
+        self.links.outbox.send_raw(frames)
+        return True
+
+    # --- message handlers -----------------------------------------------------------------------------------
+    def _train(self, msg: Message) -> None:
+        g = msg.meta.g
+        if self._fire("train", g=g):
+            FAULT_ACTIONS[self.fault.kind]()
+        position = (msg.epoch, msg.step)
+        if self.stage.last_applied is not None and position <= self.stage.last_applied:
+            self._fail(f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}: it would "
+                       "be applied twice")
+        h, y = msg.tensors["h"], msg.tensors["y"]
+        x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
+        if self.stage.epoch != msg.epoch:
+            self.stage.set_epoch(msg.epoch)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        sent = {}
+
+        def emit(out: torch.Tensor) -> None:
+            t_emit, c_emit = time.perf_counter(), time.thread_time()
+            self.tracer.span("compute", msg.epoch, msg.step, t0, t_emit)
+            tensors = {"h": self._outgoing(out), "y": y}
+            if self.spec.send_input and x is not None:
+                tensors["x"] = x
+            out_msg = Message(Kind.TRAIN, self.spec.name, msg.epoch, msg.step, layer=self.stage.layer_ids[-1],
+                              tensors=tensors, meta=TrainMeta(g, msg.meta.seq))
+            if self._fire("send", g=g) and self._send_faulty(out_msg):
+                self._log(out_msg)     # the log keeps what was meant: a replay heals the receiver
+                return
+            self._send(self.links.outbox, out_msg)
+            sent["t"], sent["t_emit"] = time.perf_counter(), t_emit
+            sent["c"], sent["c_emit"] = time.thread_time(), c_emit
+            self.max_in_flight = max(self.max_in_flight, self.links.outbox.in_flight)
+            self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
+
+        stage_input = x if self.stage.needs_input else None
+        try:
+            result = self.stage.train_step(h, y, stage_input, step=msg.step, emit=None if self.is_last else emit)
+        except NonFiniteLoss as err:
+            self._report_diverged(err)
+            return
+        if self._fire("step"):
+            self._sleep_alive(self.fault.delay)
+        t1, c1 = time.perf_counter(), time.thread_time()
+        self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step, sent.get("t", t0), t1)
+        busy = (t1 - t0) - (sent["t"] - sent["t_emit"] if sent else 0.0)
+        cpu = (c1 - c0) - (sent["c"] - sent["c_emit"] if sent else 0.0)
+        correct = int(result.correct) if result.correct is not None else None
+        self._report(Kind.METRICS, MetricsMeta(busy, result.batch_size,
+                                               {str(k): v for k, v in result.loss_values().items()}, correct,
+                                               cpu=cpu),
+                     msg.epoch, msg.step)
+
+    def _eval(self, msg: Message) -> None:
+        out = self.stage.eval_step(msg.tensors["h"])
+        if self._fire("eval"):
+            time.sleep(self.fault.delay)     # computing, so no heartbeat
+        if self._fire("step"):
+            self._sleep_alive(self.fault.delay)
+        y = msg.tensors["y"]
+        if self.is_last:
+            correct = int((out.argmax(1).cpu() == y.cpu()).sum())   # y is on the GPU after a cuda-ipc/nccl link
+            self._report(Kind.EVAL_RESULT, EvalResultMeta(correct, int(y.shape[0])), msg.epoch, msg.step)
+        else:
+            self._send(self.links.outbox, Message(Kind.EVAL, self.spec.name, msg.epoch, msg.step,
+                                                  tensors={"h": self._outgoing(out), "y": y}, meta=msg.meta))
+
+    def _save_layers(self, directory: str, before_each=None) -> None:
+        """Write this worker's layer files into `directory`, or ship them there when it is another machine's."""
+        from auglocal.workers.runtime.layer_files import save_stage_layers
+
+        try:
+            if not self.spec.ship_layers:
+                save_stage_layers(self.stage, directory, before_each)
+                return
+            import tempfile
+
+            from auglocal.workers.runtime.layer_shipping import layer_file_messages
+
+            with tempfile.TemporaryDirectory(prefix=f"auglocal-{self.spec.name}-") as local:
+                save_stage_layers(self.stage, local, before_each)
+                for message in layer_file_messages(self.spec.name, directory, local):
+                    self._send(self.links.results, message)
+        except OSError as err:
+            self._fail(f"{self.spec.name} cannot write its layer files into {directory}: {err.strerror or err}",
+                       restartable=False)
+
+    def _checkpoint(self, msg: Message) -> None:
+        """Save this worker's layers into the checkpoint folder, pass the marker on, acknowledge.
+
+        Dependencies only point forward, so saving when the marker passes gives a consistent cut: every layer
+        has applied exactly the minibatches fed before the marker."""
+        ckpt_id = msg.meta.id
+        written = []
+
+        def before_each(layer_id: int) -> None:
+            if len(written) == 1 and self._fire("checkpoint", checkpoint=ckpt_id):
+                die()
+            written.append(layer_id)
+
+        self._save_layers(msg.meta.dir, before_each)
+        if self.links.outbox is not None:
+            self._send(self.links.outbox, Message(Kind.CHECKPOINT, self.spec.name, msg.epoch, msg.step,
+                                                  meta=msg.meta))
+        self._report(Kind.CHECKPOINT_ACK, CheckpointAckMeta(ckpt_id), msg.epoch, msg.step)
+
+    def _stop(self, msg: Message) -> None:
+        """Save the final layers, pass the marker on (it goes into the replay log like any sequenced message),
+        report stopped. A held worker then waits for its release (`run`)."""
+        self._save_layers(os.path.join(self.spec.out_dir, "layers"))
+        self.tracer.close()
+        if self.links.outbox is not None:
+            self._send(self.links.outbox, Message(Kind.STOP, self.spec.name, msg.epoch, msg.step, meta=msg.meta))
+            self._wait_consumed(self.links.outbox)
+        if self._fire("stop"):
+            die()
+        self._report(Kind.STOPPED, StoppedMeta(self.max_in_flight, self._gpu_peak(),
+                                               {str(k): v for k, v in self.stage.update_counts.items()},
+                                               self.log.stats() if self.log is not None else {}),
+                     msg.epoch, msg.step)
+        self._wait_consumed(self.links.results)
+        self.stopped = True
+
+    def _gpu_peak(self) -> int:
+        device = torch.device(self.spec.device)
+        return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else 0
+
+    def run(self) -> None:
+        """Report ready, then handle messages until the stop marker has passed; a held worker then stays until
+        released (`_await_release`)."""
+        self._report(Kind.READY, NoMeta())
+        while not self.stopped:
+            t_wait = time.perf_counter()
+            msg = self._recv()
+            self.tracer.span("idle", msg.epoch, msg.step, t_wait, time.perf_counter())
+            if not self.diverged:
+                protocol.dispatch(self.handlers, msg)
+        if self.spec.hold_after_stop and self.links.control is not None:
+            self._await_release()
+
+    def _await_release(self) -> None:
+        """After the stop marker, until the coordinator's RELEASE: relink and replay the log (the marker included)
+        when the next worker restarts, drop the repeats of a restarted upstream, heartbeat, and exit when the
+        coordinator is gone. Nothing new may arrive: every message after the marker is a repeat."""
+        while (msg := self._recv()) is not None:
+            self._fail(f"{self.spec.name}: {msg.kind.value} from {msg.sender} arrived after the stop marker")
+
+
+def report_crash(links: WorkerLinks, name: str, err: BaseException) -> None:
+    """Tell the coordinator why this worker stops on an unexpected exception (with where it was raised)."""
+    import traceback
+
+    where = "".join(traceback.format_exception(err)[-3:])
+    try:
+        links.results.send(Message(Kind.ERROR, name, meta=ErrorMeta(f"{name} raised {where}"[:2000], True)),
+                           POLL_MS)
+    except (TimeoutError, ValueError):
+        pass
+
+
+def flush_reports(links: WorkerLinks) -> None:
+    """Wait (briefly) until the coordinator has read our reports: it must read why we stop before we exit."""
+    try:
+        links.results.wait_all(POLL_MS)
+    except TimeoutError:
+        pass
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Process entry point: the one process set-up (workers/runtime/process_setup.py: signals, allocator, threads,
+    determinism, the worker's GPU), then open the links and serve."""
+    set_up_process(spec.threads, spec.malloc, spec.device)
+    codec = Codec(spec.run_id, spec.secret)
+    try:
+        links = open_links(spec, codec)
+    except ValueError:
+        ipc = spec.inbox.address.startswith("ipc://")
+        if ipc and not os.path.isdir(os.path.dirname(spec.inbox.address.removeprefix("ipc://"))):
+            os._exit(0)      # the attempt ended while this worker started (its socket folder is gone): nothing to do
+        raise
+    serve(spec, links, coordinator_watch(spec.coordinator_pid))
+
+
+def serve(spec: WorkerSpec, links: WorkerLinks, coordinator_alive: Callable[[], bool]) -> bool:
+    """Run a worker on opened links until it stops; False when its coordinator went away first. A worker that
+    cannot go on exits with code 3 once the coordinator has read why."""
+    worker = None
+    try:
+        worker = Worker(spec, links, coordinator_alive=coordinator_alive)
+        worker.run()
+        return True
+    except CoordinatorGone:
+        return False
+    except Exception as err:     # WorkerError was reported by _fail; anything else is a bug: report it first
+        if not isinstance(err, WorkerError):
+            report_crash(links, spec.name, err)
+        flush_reports(links)
+        os._exit(3)
+    finally:
+        links.close()
+        if worker is not None and worker.log is not None:
+            worker.log.close()
