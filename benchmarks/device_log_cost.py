@@ -8,7 +8,7 @@ would, and the entry is encoded when it completes. Run: PYTHONPATH=. python3 ben
 import time
 
 import torch
-from auglocal.workers.runtime import streams
+from auglocal.workers.links import streams
 from auglocal.workers.runtime.device_log import DeferredLog
 from auglocal.workers.runtime.replay_log import ReplayLog
 from auglocal.workers.wire.messages import Codec, Kind, Message

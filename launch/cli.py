@@ -346,7 +346,7 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
         print()
         print(plan.format())
         from auglocal.engine.planning.simulator import dry_run_line
-        from auglocal.launch.backends.one_host.hosts import describe_hosts, gpu_sharing
+        from auglocal.launch.run.hosts import describe_hosts, gpu_sharing
 
         print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda"),
                            shared=gpu_sharing(placement.devices), network=(model, aux)))
@@ -386,7 +386,7 @@ def pipeline_options(args: argparse.Namespace):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
                          f"got {args.replay_log_mb}")
     gpus = parse_gpus(gpus_text)
-    from auglocal.launch.backends.one_host.hosts import resolve_kind
+    from auglocal.launch.run.hosts import resolve_kind
 
     resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
     return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,

@@ -9,8 +9,10 @@ when a run restarts from a checkpoint, so the record of a resumed run has no dup
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from auglocal.launch.run.progress import PipelineStats
+if TYPE_CHECKING:   # a type only: report/ reads what run/ hands it and imports nothing of run/
+    from auglocal.launch.run.progress import PipelineStats
 
 #: about this many samples per run: enough for a picture, few enough to keep metrics.jsonl small
 SAMPLES_PER_RUN = 200

@@ -15,7 +15,6 @@ from auglocal.engine.planning import CostKey, PipelinePlan, choose_module_costs,
 from auglocal.engine.precision import Kernels
 from auglocal.engine.rules import build_local_modules
 from auglocal.engine.trainer import EpochRecord, StepRecord
-from auglocal.launch.backends.one_host.hosts import describe_hosts, host_groups, resolve_kind
 from auglocal.launch.report.plots import plot_run
 from auglocal.launch.report.tensorboard import TensorBoardSink
 from auglocal.launch.report.worker_usage import UsageSampler
@@ -29,6 +28,7 @@ from auglocal.launch.run.coordinator import (
     WorkerFailed,
 )
 from auglocal.launch.run.devices import one_host_devices
+from auglocal.launch.run.hosts import describe_hosts, host_groups, resolve_kind
 from auglocal.launch.run.progress import EpochTracker, PipelineStats, TrackerState, epoch_line
 from auglocal.launch.run.run_dir import RunDir, default_run_dir
 from auglocal.launch.run.sequential import save_networks
@@ -57,7 +57,7 @@ class PipelineOptions:
     replay_spill_dir: str | None = None   # where replay logs spill (None: the attempt's private temp folder)
     transport: str = "ipc"         # 'ipc' or 'tcp' links (launch/run/transport_choice.py resolves --transport)
     worker_kind: str | None = None  # 'process', 'thread' (threads of host processes), 'auto' or None: thread with
-                                    # streams_per_gpu > 1, else process (launch/backends/one_host/hosts.py resolve_kind)
+                                    # streams_per_gpu > 1, else process (launch/run/hosts.py resolve_kind)
     workers_per_host: int = 0      # thread workers: at most this many per host process (0: all of one device)
     streams_per_gpu: int = 0       # thread workers per GPU, each on its own CUDA stream (0: one worker per GPU)
 

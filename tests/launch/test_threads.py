@@ -56,7 +56,7 @@ def test_mixed_hosts_dgl_layer_equal_sequential(tmp_path):
 
 
 def test_host_groups_hold_consecutive_workers_of_one_device():
-    from auglocal.launch.backends.one_host.hosts import gpu_sharing, host_groups, stream_devices
+    from auglocal.launch.run.hosts import gpu_sharing, host_groups, stream_devices
 
     assert host_groups(["cpu"] * 5, "process") is None
     assert host_groups(["cpu"] * 5, "thread") == [[0, 1, 2, 3, 4]]
@@ -69,7 +69,7 @@ def test_host_groups_hold_consecutive_workers_of_one_device():
 
 def test_worker_kind_combinations_are_checked():
     from auglocal.engine.config import UsageError
-    from auglocal.launch.backends.one_host.hosts import resolve_kind
+    from auglocal.launch.run.hosts import resolve_kind
 
     assert resolve_kind("auto", ["cuda:0"], 4) == "thread"
     assert resolve_kind("auto", ["cuda:0"], 0) == "process"

@@ -1,6 +1,6 @@
 """A CPU double for CUDA streams and a stream-discipline checker, for tests (the GPU paths without a GPU).
 
-`CpuStreams` implements workers/runtime/streams.py's operations for CPU tensors, the way torchgpipe's CPUStream lets
+`CpuStreams` implements workers/links/streams.py's operations for CPU tensors, the way torchgpipe's CPUStream lets
 its stream logic run on CPU: streams, events, `wait_stream`, `record_stream` are objects with no device work.
 With a `StreamChecker`, it also checks the discipline those operations exist for. Every torch op run under
 `watching()` (entered by `CpuStreams.using` for a thread worker's stream, or by a test for its own thread) is
@@ -218,7 +218,7 @@ class _Mode(TorchDispatchMode):
 
 
 class CpuStreams:
-    """workers/runtime/streams.py's operations for CPU tensors; with a checker, every op under `watching` is checked."""
+    """workers/links/streams.py's operations for CPU tensors; with a checker, every op under `watching` is checked."""
 
     def __init__(self, checker: StreamChecker | None = None):
         self.checker = checker

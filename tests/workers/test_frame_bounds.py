@@ -10,9 +10,9 @@ import torch
 import zmq
 from auglocal.workers.links.link import Link
 from auglocal.workers.links.zmq_link import ipc_address
-from auglocal.workers.runtime.layer_shipping import CHUNK_BYTES
 from auglocal.workers.runtime.worker import WorkerSpec, bind_control, bind_inbox
 from auglocal.workers.wire.frame_bounds import (
+    CHUNK_BYTES,
     FRAMING_SLACK,
     HEADER_ONLY,
     data_bound,

@@ -20,14 +20,14 @@ output is a fresh tensor), so no copy is needed. On a GPU each thread worker run
 producer records an event on its stream after the output is computed and the consumer's stream waits on it
 before any kernel reads the tensor; `record_stream` tells the caching allocator that the consumer's stream
 uses the memory, so the producer dropping its reference never lets the allocator hand the block out while the
-consumer may still read it. Those stream operations go through workers/runtime/streams.py, so a CPU double can check
+consumer may still read it. Those stream operations go through workers/links/streams.py, so a CPU double can check
 them in tests (tests/workers/stream_check.py).
 """
 
 from __future__ import annotations
 
+from auglocal.workers.links import streams
 from auglocal.workers.links.memlink import MemoryLink, MemorySender
-from auglocal.workers.runtime import streams
 from auglocal.workers.wire.messages import Codec, Expect, Message
 
 

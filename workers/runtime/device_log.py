@@ -15,14 +15,14 @@ a device one waits for it. GPU memory is not held beyond the copy; host memory o
 bounded by what the side stream has not finished (a step or two).
 
 Host tensors (every CPU run) take the old path: encoded and appended at once. Stream operations go through
-workers/runtime/streams.py, so tests run this with CPU doubles.
+workers/links/streams.py, so tests run this with CPU doubles.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from auglocal.workers.runtime import streams
+from auglocal.workers.links import streams
 from auglocal.workers.runtime.replay_log import ReplayLog
 from auglocal.workers.wire.messages import Codec, Message
 

@@ -74,6 +74,24 @@ REGISTRY: dict[str, FaultKind] = {k.name: k for k in (
               "after the other)", on_link=True),
 )}
 KINDS = tuple(REGISTRY)
+OPTIONS = ("worker", "step", "checkpoint", "delay", "always")     # the fields of `Fault` a kind may take
+TARGETS = ("worker", "coordinator")
+
+
+def check_kind(kind: FaultKind) -> None:
+    """Raise ValueError unless `kind` has every part: a name, known options, a firing point, a help line and a
+    target; the registry's test runs it on every entry, so a kind added with a part missing fails there."""
+    problems = [what for what, bad in (
+        ("a name", not kind.name or ":" in kind.name),
+        (f"distinct options among {OPTIONS}",
+         not set(kind.options) <= set(OPTIONS) or len(set(kind.options)) != len(kind.options)),
+        (f"a firing point among {POINTS}", kind.point not in POINTS),
+        ("a help line", not kind.help.strip()),
+        (f"a target among {TARGETS}", kind.target not in TARGETS),
+        ("a worker option (its target is a worker)", kind.target == "worker" and "worker" not in kind.options),
+    ) if bad]
+    if problems:
+        raise ValueError(f"fault kind {kind.name!r} lacks {', '.join(problems)}")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import os
 import threading
 
 import torch
+from auglocal.workers.links import streams
 from auglocal.workers.links.threadlink import ThreadLink
-from auglocal.workers.runtime import streams
 from auglocal.workers.runtime.process_setup import set_up_process
 from auglocal.workers.runtime.worker import (
     CoordinatorGone,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from auglocal.engine.atomic import atomic_write_bytes
+from auglocal.workers.wire.frame_bounds import CHUNK_BYTES
 from auglocal.workers.wire.messages import Kind, Message
 from auglocal.workers.wire.protocol import LayerFileMeta
 
-CHUNK_BYTES = 4 << 20
 LAYER_FILE_NAME = re.compile(r"layer_\d{3}\.pt|head\.pt")
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 
-from auglocal.workers.runtime.layer_shipping import CHUNK_BYTES
 from auglocal.workers.wire.messages import DTYPES, MAX_HEADER_BYTES, TensorSpec
 from auglocal.workers.wire.protocol import PROTOCOL, InboxSchema, Route
 
+#: the largest piece of a layer file a worker ships in one `layer_file` report (runtime/layer_shipping.py)
+CHUNK_BYTES = 4 << 20
 #: bytes a transport's framing may add to a frame (CURVE: 33), with a wide margin; a few KiB against MiB-sized bounds
 FRAMING_SLACK = 4096
 #: the frame bound of a link that carries only headers (control inboxes; results without layer files)

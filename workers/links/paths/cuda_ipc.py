@@ -16,7 +16,7 @@ and they share the segment's handle and differ only in offset, so a cache by han
 from slot 0's bytes, and a slot grown inside the same segment from the stale, shorter view.
 
 The device side (allocate a slot, share and open its handle, interprocess events) is `CudaMemory`, and stream
-operations go through workers/runtime/streams.py: `CudaIpcPath(memory=...)` takes a double, so the slot, handle, offset
+operations go through workers/links/streams.py: `CudaIpcPath(memory=...)` takes a double, so the slot, handle, offset
 and event logic runs on CPU in CI (tests/workers/ipc_double.py shares one file-backed buffer the way the caching
 allocator shares a segment). Used through `Link(transport="cuda-ipc")` and workers/links/paths/oob_link.py.
 """
@@ -26,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from auglocal.workers.links import streams
 from auglocal.workers.links.paths.oob_link import as_byte_tensor
-from auglocal.workers.runtime import streams
 from auglocal.workers.wire.messages import MessageError
 
 _ALIGN = 256   # CUDA allocation granularity for tensor views: every tensor starts aligned for any dtype
