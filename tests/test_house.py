@@ -4,6 +4,7 @@ lines, and an installed wheel that exposes `auglocal` and nothing else at the to
 from __future__ import annotations
 
 import configparser
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -78,8 +79,14 @@ def test_an_installed_wheel_exposes_auglocal_and_no_top_level_engine_workers_or_
     """`pip install .` into a fresh environment: the wheel pip builds holds only `auglocal/` (with engine,
     workers and launch inside it), and in a fresh venv `auglocal` imports from site-packages while `engine`,
     `workers` and `launch` do not exist (the venv has no torch: only the namespace is imported)."""
+    source = tmp_path / "source"      # a copy: setuptools writes build/ and *.egg-info beside the sources
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy(REPO / name, source / name)
+    for folder in ("auglocal", "engine", "workers", "launch"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("auglocal-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
