@@ -108,3 +108,17 @@ def test_an_installed_wheel_exposes_auglocal_and_no_top_level_engine_workers_or_
     where, missing, cli = seen.stdout.splitlines()
     assert "site-packages" in where and "site-packages" in cli and str(REPO) not in where + cli
     assert missing == "[None, None, None]"
+
+
+def test_the_public_package_exports_resolve_lazily():
+    probe = ("import sys, auglocal; assert 'torch' not in sys.modules, 'import auglocal imported torch'; "
+             "print(sorted(n for n in auglocal.__all__ if getattr(auglocal, n) is None))")
+    seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert seen.returncode == 0, seen.stderr[-2000:]
+    assert seen.stdout.strip() == "[]"
+    import auglocal
+    from auglocal.engine.models import register
+
+    assert auglocal.register_model is register
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        auglocal.nope  # noqa: B018
