@@ -116,8 +116,9 @@ def test_the_public_package_exports_resolve_lazily():
     seen = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert seen.returncode == 0, seen.stderr[-2000:]
     assert seen.stdout.strip() == "[]"
-    import auglocal
     from auglocal.engine.models import register
+
+    import auglocal
 
     assert auglocal.register_model is register
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
