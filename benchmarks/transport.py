@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import zmq
+from auglocal.workers.links import registry
 from auglocal.workers.links.curve import CurveKeyPair, stop_authenticator
 from auglocal.workers.links.link import Link
 from auglocal.workers.links.zmq_link import Receiver, Sender, ipc_address, tcp_address
@@ -47,7 +48,7 @@ LARGE_BYTES = 8 * 1024 * 1024
 WAIT_MS = 60_000
 
 
-GPU_TRANSPORTS = ("cuda-ipc", "nccl")
+GPU_TRANSPORTS = registry.GPU_TRANSPORTS
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,7 @@ def measure_copy(reps: int) -> dict[str, dict[str, float]]:
     return results
 
 
-ALL_TRANSPORTS = ("ipc", "tcp", "curve", "gloo", *GPU_TRANSPORTS)
+ALL_TRANSPORTS = registry.BY_FEWEST_GPUS   # CPU transports first, then by the GPUs each needs
 
 
 def default_transports() -> list[str]:

@@ -1,12 +1,13 @@
 """Which transport a link takes: `--transport auto` picks per pair, a named one is checked for being possible.
 
-`pick_for_pair` is the rule of `auto` for two placed processes: CPU on one host -> ipc, CPU across hosts ->
-curve (tcp + CurveZMQ), GPU to GPU on one host -> cuda-ipc, GPU to GPU across hosts -> nccl; a CPU end with a
-GPU end goes like CPU (the GPU worker copies through pinned host memory, workers/runtime/worker.py). The single-host
-launcher (launch/run/coordinator.py) wires ZeroMQ links only, so there `auto` means ipc, exactly as before, and
-`tcp` and `curve` (loopback ports, keys from `OneHostKeys`) are the alternatives; gloo, nccl and cuda-ipc links
-are built by the launch across hosts (torchrun, launch/backends/elastic/, `elastic_transport`), which owns the
-process group they need.
+The rules read the transports' entries (workers/links/registry.py), so a new transport needs no change here.
+`pick_for_pair` is the rule of `auto` for two placed processes, the entry whose `auto` names that placement:
+CPU on one host -> ipc, CPU across hosts -> curve (tcp + CurveZMQ), GPU to GPU on one host -> cuda-ipc, GPU to
+GPU across hosts -> nccl; a CPU end with a GPU end goes like CPU (the GPU worker copies through pinned host
+memory, workers/runtime/worker.py). The single-host launcher (launch/run/coordinator.py) wires ZeroMQ links
+only, so there `auto` means ipc, exactly as before, and `tcp` and `curve` (loopback ports, keys from
+`OneHostKeys`) are the alternatives; gloo, nccl and cuda-ipc links are built by the launch across hosts
+(torchrun, launch/backends/elastic/, `elastic_transport`), which owns the process group they need.
 """
 
 from __future__ import annotations
@@ -15,11 +16,24 @@ import socket
 from dataclasses import dataclass
 
 from auglocal.workers.links.curve import CurveKeyPair
-from auglocal.workers.links.link import TRANSPORTS
+from auglocal.workers.links.registry import (
+    ACROSS_HOSTS,
+    BY_NAME,
+    CPU,
+    CUDA,
+    ONE_HOST,
+    ONE_HOST_TRANSPORTS,
+    TRANSPORTS,
+    auto_pick,
+)
 from auglocal.workers.links.zmq_link import ipc_address
 
 TRANSPORT_CHOICES = ("auto", *TRANSPORTS)
-ONE_HOST_TRANSPORTS = ("ipc", "tcp", "curve")
+
+
+def _either(names) -> str:
+    """'a, b or c'."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 @dataclass(frozen=True)
@@ -32,24 +46,25 @@ class Place:
 
 def pick_for_pair(src: Place, dst: Place) -> str:
     """The transport `auto` gives the link from `src` to `dst` (see the module docstring)."""
-    same_host = src.host == dst.host
-    if src.device.startswith("cuda") and dst.device.startswith("cuda"):
-        return "cuda-ipc" if same_host else "nccl"
-    return "ipc" if same_host else "curve"
+    device = CUDA if src.device.startswith("cuda") and dst.device.startswith("cuda") else CPU
+    return auto_pick(device, ONE_HOST if src.host == dst.host else ACROSS_HOSTS)
 
 
 def check_possible(transport: str, devices: list[str], gpu_count: int) -> None:
     """Raise ValueError (exit 2 in the CLI) for a transport these workers' devices cannot use."""
     if transport not in TRANSPORT_CHOICES:
         raise ValueError(f"--transport {transport!r}: expected one of {', '.join(TRANSPORT_CHOICES)}")
+    if transport == "auto":
+        return
+    spec = BY_NAME[transport]
     gpu_workers = [d for d in devices if d.startswith("cuda")]
-    if transport in ("cuda-ipc", "nccl") and (gpu_count == 0 or not gpu_workers):
+    if spec.device == CUDA and (gpu_count == 0 or not gpu_workers):
         raise ValueError(f"--transport {transport} moves tensors between GPUs, but "
                          + ("this machine has no CUDA GPU" if gpu_count == 0 else "the workers run on CPU")
                          + "; use auto, ipc or tcp on one host (gloo across hosts)")
-    if transport == "nccl" and len(set(gpu_workers)) < 2:
-        raise ValueError("--transport nccl needs workers on at least two GPUs (NCCL does not pair a GPU with "
-                         "itself); use cuda-ipc on one GPU")
+    if len(set(gpu_workers)) < spec.gpus:
+        raise ValueError(f"--transport {transport} needs workers on at least two GPUs (NCCL does not pair a GPU "
+                         "with itself); use cuda-ipc on one GPU")
 
 
 def one_host_transport(transport: str) -> str:
@@ -57,7 +72,8 @@ def one_host_transport(transport: str) -> str:
     if transport == "auto":
         return "ipc"
     if transport not in ONE_HOST_TRANSPORTS:
-        raise ValueError(f"--transport {transport}: the single-host launcher wires ipc, tcp or curve links; "
+        raise ValueError(f"--transport {transport}: the single-host launcher wires {_either(ONE_HOST_TRANSPORTS)} "
+                         "links; "
                          f"{transport} links need the process group of the launch across hosts "
                          "(torchrun, launch/backends/elastic/)")
     return transport
@@ -66,9 +82,9 @@ def one_host_transport(transport: str) -> str:
 def elastic_transport(transport: str) -> str:
     """The `--transport` of a run under torchrun, checked: every kind but ipc (each rank binds its inbox on its
     node's routable address; launch/backends/elastic/links.py resolves auto per pair)."""
-    if transport == "ipc":
-        raise ValueError("--transport ipc: under --elastic every inbox binds on its node's address (tcp); use auto, "
-                         "curve, tcp (private networks only) or gloo")
+    if transport in BY_NAME and not BY_NAME[transport].under_torchrun:
+        raise ValueError(f"--transport {transport}: under --elastic every inbox binds on its node's address (tcp); "
+                         "use auto, curve, tcp (private networks only) or gloo")
     return transport
 
 
@@ -106,6 +122,6 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
 
 def link_address(transport: str, name: str, directory: str) -> str:
     """An address for a single-host link named `name`: an ipc socket in `directory`, or a loopback tcp port."""
-    if transport in ("tcp", "curve"):
+    if transport in BY_NAME and BY_NAME[transport].scheme == "tcp":
         return f"tcp://127.0.0.1:{free_tcp_port()}"
     return ipc_address(name, directory)

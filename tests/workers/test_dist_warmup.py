@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from auglocal.launch.backends.elastic.links import bind_inbox, connect, publish_inbox, publish_key
 from auglocal.launch.backends.elastic.store import RunStore
-from auglocal.workers.links import link
+from auglocal.workers.links import registry
 from auglocal.workers.links.link import Link
 from auglocal.workers.links.paths import oob_link
 from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
@@ -39,7 +39,7 @@ def ranks(monkeypatch):
     def path(backend, peer, tag, device):   # the rank is the end that is not `peer` (two ranks)
         return real(backend, peer, tag, device, ops=ops[1 - peer])
 
-    monkeypatch.setattr(link, "DistPath", path)    # the name Link builds gloo paths from
+    monkeypatch.setattr(registry, "DistPath", path)    # the name the registry builds gloo paths from
     yield ops
     for group in groups:
         group.abort() if hasattr(group, "abort") else None

@@ -1,31 +1,20 @@
 """A link as plain data, and the one place that turns it into its two ends.
 
-`Link` names an edge of the pipeline (address, window, transport, ranks) and builds its `Sender` and `Receiver`:
-ZeroMQ's own (workers/links/zmq_link.py) or the out-of-band kinds that move tensor bytes by torch.distributed or CUDA
-IPC (workers/links/paths/oob_link.py, workers/links/paths/cuda_ipc.py). It sits above all of them, so none of them
-imports another
-through it.
+`Link` names an edge of the pipeline (address, window, transport, ranks) and builds its `Sender` and `Receiver`
+from its transport's entry in workers/links/registry.py: ZeroMQ's own (workers/links/zmq_link.py) or the
+out-of-band kinds that move tensor bytes by torch.distributed or CUDA IPC (workers/links/paths/oob_link.py,
+workers/links/paths/cuda_ipc.py). It sits above all of them, so none of them imports another through it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import zmq
 from auglocal.workers.links import curve as _curve
-from auglocal.workers.links.paths.cuda_ipc import CudaIpcPath
-from auglocal.workers.links.paths.oob_link import DistPath, OobReceiver, OobSender
+from auglocal.workers.links.registry import BY_NAME, TRANSPORTS, Transport
 from auglocal.workers.links.zmq_link import Receiver, Sender
 from auglocal.workers.wire.messages import Codec
-
-#: Transports a link may name. ipc/tcp/curve: everything on ZeroMQ (ipc:// or tcp://, curve = tcp:// with
-#: CurveZMQ). gloo/nccl/cuda-ipc: header, credits and control on ZeroMQ, tensor bytes out of band
-#: (workers/links/paths/oob_link.py, workers/links/paths/cuda_ipc.py). "auto" is not a transport:
-# launch/run/transport_choice.py resolves it
-#: per pair.
-TRANSPORTS = ("ipc", "tcp", "curve", "gloo", "nccl", "cuda-ipc")
-_OOB = {"gloo", "nccl", "cuda-ipc"}
 
 
 @dataclass(frozen=True)
@@ -51,12 +40,17 @@ class Link:
     def __post_init__(self):
         if not self.transport:
             object.__setattr__(self, "transport", "tcp" if self.address.startswith("tcp://") else "ipc")
-        if self.transport not in TRANSPORTS:
+        if self.transport not in BY_NAME:
             raise ValueError(f"link transport {self.transport!r} is not one of {TRANSPORTS}")
-        if self.transport == "curve" and not self.address.startswith("tcp://"):
-            raise ValueError(f"a curve link needs a tcp:// address, got {self.address!r}")
-        if self.transport in {"gloo", "nccl"} and (self.src_rank is None or self.dst_rank is None):
+        if self.spec.curve and not self.address.startswith("tcp://"):
+            raise ValueError(f"a {self.transport} link needs a tcp:// address, got {self.address!r}")
+        if self.spec.process_group and (self.src_rank is None or self.dst_rank is None):
             raise ValueError(f"a {self.transport} link needs src_rank and dst_rank (process-group ranks)")
+
+    @property
+    def spec(self) -> Transport:
+        """The registry entry of this link's transport (workers/links/registry.py)."""
+        return BY_NAME[self.transport]
 
     def receiver(
         self, codec: Codec, name: str, *, context: zmq.Context | None = None, allow_remote: bool = False,
@@ -69,9 +63,9 @@ class Link:
         """
         kwargs = dict(window=self.window, context=context, allow_remote=allow_remote,
                       curve=self._keys(curve, sending=False), max_frame=max_frame)
-        if self.transport not in _OOB:
-            return Receiver(self.address, codec, name, **kwargs)
-        return OobReceiver(self.address, codec, name, self._path(receiving=True), **kwargs)
+        if not self.spec.out_of_band:
+            return self.spec.receiver(self.address, codec, name, **kwargs)
+        return self.spec.receiver(self.address, codec, name, self.spec.path(self, True), **kwargs)
 
     def sender(self, codec: Codec, *, context: zmq.Context | None = None,
                curve: _curve.CurveKeyPair | None = None) -> Sender:
@@ -79,20 +73,13 @@ class Link:
         keys = self._keys(curve, sending=True)
         kwargs = dict(window=self.window, context=context, curve=keys,
                       server_key=self.server_key if keys else None)
-        if self.transport not in _OOB:
-            return Sender(self.address, codec, **kwargs)
-        return OobSender(self.address, codec, self._path(receiving=False), **kwargs)
+        if not self.spec.out_of_band:
+            return self.spec.sender(self.address, codec, **kwargs)
+        return self.spec.sender(self.address, codec, self.spec.path(self, False), **kwargs)
 
     def _keys(self, curve: _curve.CurveKeyPair | None, sending: bool) -> _curve.CurveKeyPair | None:
-        if self.transport == "curve" and curve is None:
-            raise ValueError("a curve link needs this process's CurveKeyPair (CurveKeyPair.generate())")
-        if self.transport == "curve" and sending and self.server_key is None:
-            raise ValueError("a curve link needs the receiver's public key (server_key)")
-        return curve if self.transport == "curve" else None
-
-    def _path(self, receiving: bool):
-        if self.transport == "cuda-ipc":
-            return CudaIpcPath(self.window, receiving=receiving)
-        peer = self.src_rank if receiving else self.dst_rank
-        device = torch.device("cpu") if self.transport == "gloo" else torch.device("cuda", torch.cuda.current_device())
-        return DistPath(self.transport, peer, self.tag, device)
+        if self.spec.curve and curve is None:
+            raise ValueError(f"a {self.transport} link needs this process's CurveKeyPair (CurveKeyPair.generate())")
+        if self.spec.curve and sending and self.server_key is None:
+            raise ValueError(f"a {self.transport} link needs the receiver's public key (server_key)")
+        return curve if self.spec.curve else None

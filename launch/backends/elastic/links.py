@@ -26,12 +26,10 @@ from datetime import timedelta
 from auglocal.launch.run.transport_choice import Place, pick_for_pair
 from auglocal.workers.links.curve import CurveKeyPair
 from auglocal.workers.links.link import Link
+from auglocal.workers.links.registry import GROUP_TRANSPORTS, ZMQ_ONLY  # noqa: F401 - link transport -> group backend
 from auglocal.workers.links.zmq_link import Receiver, Sender
 from auglocal.workers.wire.endpoint_record import sign, verify
 from auglocal.workers.wire.messages import Codec
-
-GROUP_TRANSPORTS = {"gloo": "gloo", "nccl": "cpu:gloo,cuda:nccl"}   # link transport -> process-group backend
-ZMQ_ONLY = ("tcp", "curve")
 
 
 @dataclass(frozen=True)
