@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from auglocal.engine.config import (
-    IDENTITY_FIELDS,
     RunConfig,
     UsageError,
     build_data,
     build_network,
-    check_number,
     resolve,
     validate,
 )
-from auglocal.engine.precision import resolve_memory_format
+from auglocal.launch.run import resume_flags
 from auglocal.launch.run.run_dir import resumable
 from auglocal.launch.run.transport_choice import (
     TRANSPORT_CHOICES,
@@ -198,15 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: settings that define what a run computes (as flag names): --resume refuses a different value for any of them
-RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in IDENTITY_FIELDS)
-#: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
-RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_kind", "workers_per_host", "streams_per_gpu",
-                 "worker_malloc", "trace", "checkpoint_every", "heartbeat_timeout", "max_restarts", "recovery",
-                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport", "no_progress")
-RUNTIME_FILE = "runtime.json"
-
-
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that the run stops as on Ctrl-C: workers stopped, files whole."""
 
@@ -214,23 +201,6 @@ class Terminated(KeyboardInterrupt):
 def _on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)     # one is enough: let the clean stop finish
     raise Terminated()
-
-
-def validate_runtime(args: argparse.Namespace) -> None:
-    """Numeric flags of how a run is executed: finite and in range, else exit 2 naming the flag."""
-    check_number("--worker-threads", args.worker_threads, low=1)
-    check_number("--threads", args.threads, low=1)
-    check_number("--heartbeat-timeout", args.heartbeat_timeout, low=0, low_open=True)
-    check_number("--checkpoint-every", args.checkpoint_every, low=0)
-    check_number("--max-restarts", args.max_restarts, low=0)
-    check_number("--workers-per-host", args.workers_per_host, low=0)
-    check_number("--streams-per-gpu", args.streams_per_gpu, low=0)
-    if args.workers not in ("auto", "layer"):
-        try:
-            workers = int(args.workers)
-        except ValueError:
-            raise UsageError(f"--workers {args.workers!r}: expected auto, layer or a number") from None
-        check_number("--workers", workers, low=1)
 
 
 def explicit_args(argv: list[str] | None) -> set[str]:
@@ -243,92 +213,7 @@ def explicit_args(argv: list[str] | None) -> set[str]:
 
 def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig:
     """The saved config of --resume RUN_DIR; refuses flags that would change what the run computes."""
-    path = Path(args.resume) / "config.json"
-    if not path.is_file():
-        raise UsageError(f"--resume {args.resume}: no run folder there (expected {path})")
-    try:
-        raw = json.loads(path.read_bytes())
-        if not isinstance(raw, dict):
-            raise ValueError
-        saved = RunConfig.from_dict(raw)
-    except (ValueError, TypeError):
-        raise UsageError(f"--resume {args.resume}: {path} is damaged (expected the JSON object of the run's "
-                         "settings); restore it, or start the run again with --overwrite") from None
-    if raw.get("trainer") == "sequential":
-        raise UsageError(f"--resume {args.resume}: that run used --sequential, which keeps no checkpoints; "
-                         "run it again with --overwrite")
-    given = explicit_args(argv)
-    field_of = {"warmup_epochs": "warmup"}
-    for name in (n for n in RUN_IDENTITY if n in given):
-        value, old = getattr(args, name), getattr(saved, field_of.get(name, name))
-        if name == "memory_format":
-            value = resolve_memory_format(value, saved.device)
-        if value != old:
-            raise UsageError(f"--resume {args.resume}: that run has --{name.replace('_', '-')} {old}, not {value}; "
-                             "a checkpoint only continues the run it belongs to")
-    if "nonfinite" in given:       # not the run's identity: a run that stopped at a divergence had skipped nothing
-        saved.nonfinite = args.nonfinite
-    return saved
-
-
-def restore_runtime(args: argparse.Namespace, argv: list[str] | None) -> dict:
-    """--resume: the runtime flags the run was started with (runtime.json), except those given again."""
-    path = Path(args.resume) / RUNTIME_FILE
-    try:
-        saved = json.loads(path.read_bytes())["flags"]
-        if not isinstance(saved, dict):
-            raise TypeError
-    except FileNotFoundError:
-        return {}
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"--resume {args.resume}: {path} is damaged (expected the JSON auglocal-launch wrote); "
-                         "remove it to resume with default flags") from None
-    given = explicit_args(argv)
-    for name in RUNTIME_FLAGS:
-        if name in saved and name not in given:
-            setattr(args, name, saved[name])
-    return {name: getattr(args, name) for name in RUNTIME_FLAGS if name in given and saved.get(name) !=
-            getattr(args, name)}
-
-
-def record_runtime(args: argparse.Namespace, overrides: dict) -> None:
-    """runtime.json: the runtime flags in force; a resume that overrides some appends them to `changes`."""
-    path = Path(args.out) / RUNTIME_FILE
-    changes = []
-    if args.resume and path.exists():
-        try:
-            changes = list(json.loads(path.read_bytes()).get("changes", []))
-        except (ValueError, AttributeError, TypeError):
-            changes = []
-        if overrides:
-            changes.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "flags": overrides})
-    from auglocal.engine.atomic import atomic_write_bytes
-
-    record = {"flags": {name: getattr(args, name) for name in RUNTIME_FLAGS}, "changes": changes}
-    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
-
-
-def record_nonfinite(run_dir: str, policy: str) -> None:
-    """--resume with another --nonfinite: config.json says which one the run continues with (a later --resume
-    keeps it unless given again), the only setting --resume may change there."""
-    path = Path(run_dir) / "config.json"
-    raw = json.loads(path.read_bytes())
-    if raw.get("nonfinite", "stop") != policy:
-        from auglocal.engine.atomic import atomic_write_bytes
-
-        print(f"auglocal-launch: resuming with --nonfinite {policy} (was {raw.get('nonfinite', 'stop')})")
-        atomic_write_bytes(path, json.dumps({**raw, "nonfinite": policy}, indent=2).encode())
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    return RunConfig(model=args.model, rule=args.rule, d=args.d, tau=args.tau, strategy=args.strategy,
-                     convention=args.convention, dataset=args.dataset, data_dir=args.data_dir,
-                     num_classes=args.num_classes, input_size=args.input_size, train_size=args.train_size,
-                     test_size=args.test_size, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, schedule=args.schedule,
-                     seed=args.seed,
-                     max_steps=args.max_steps, memory_format=args.memory_format, precision=args.precision,
-                     nonfinite=args.nonfinite)
+    return resume_flags.resume_config(args, explicit_args(argv))
 
 
 def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
@@ -380,7 +265,7 @@ def pipeline_options(args: argparse.Namespace):
         fault = parse_fault(args.inject_fault) if args.inject_fault else fault_from_env()
     except ValueError as err:
         raise UsageError(str(err)) from err
-    validate_runtime(args)
+    resume_flags.validate_runtime(args)
     transport = link_transport(args, gpus_text)
     if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
@@ -516,15 +401,15 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
                              "or --overwrite")
         cfg = resume_config(args, argv)
         args.out = args.resume
-        overrides = restore_runtime(args, argv)
+        overrides = resume_flags.restore_runtime(args, explicit_args(argv))
     else:
-        cfg = config_from_args(args)
+        cfg = resume_flags.config_from_args(args)
         if args.preset:
             from auglocal.launch.run.presets import apply_preset
 
             cfg = apply_preset(args.preset, cfg, explicit_args(argv))
     validate(cfg)
-    validate_runtime(args)
+    resume_flags.validate_runtime(args)
     if args.dry_run:
         data = build_data(cfg)
         resolve(cfg, data)
@@ -539,9 +424,9 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     data = preflight(args, cfg, opts)     # the socket root, the data, --workers, --out: before the claim
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
-        record_runtime(args, overrides)
+        resume_flags.record_runtime(args, overrides)
         if args.resume:
-            record_nonfinite(args.out, cfg.nonfinite)
+            resume_flags.record_nonfinite(args.out, cfg.nonfinite)
         if overrides:
             print("auglocal-launch: resuming with " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                                 for k, v in overrides.items()))

@@ -11,16 +11,13 @@ links (workers/links/memlink.py).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import secrets
 import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import psutil
 from auglocal.engine.config import RunConfig
 from auglocal.engine.feed import (
     CheckpointMarker,
@@ -34,16 +31,18 @@ from auglocal.engine.feed import (
     feed_plan,
 )
 from auglocal.engine.precision import activation_dtype
+from auglocal.launch.backends.one_host.processes import WorkerProcess, forkserver_context
 from auglocal.launch.backends.one_host.sockets import make_socket_dir, remove_socket_dir
+from auglocal.launch.run.attempt import AttemptOptions, Placement, RunCounters, WorkerFailed
 from auglocal.launch.run.checkpoints import CheckpointStore
 from auglocal.launch.run.divergence import Divergence, settle
 from auglocal.launch.run.progress import EpochTracker
 from auglocal.launch.run.recovery import OneWorkerRecovery
 from auglocal.launch.run.transport_choice import OneHostKeys, link_address
 from auglocal.workers.links.link import Link
-from auglocal.workers.runtime.faults import Fault, die
+from auglocal.workers.runtime.faults import die
 from auglocal.workers.runtime.layer_shipping import LayerFileSink
-from auglocal.workers.runtime.worker import WorkerSpec, worker_main, worker_name
+from auglocal.workers.runtime.worker import WorkerSpec, worker_name
 from auglocal.workers.wire import protocol
 from auglocal.workers.wire.frame_bounds import results_bound
 from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
@@ -53,120 +52,6 @@ POLL_MS = 50
 READY_TIMEOUT_S = 300.0
 
 __all__ = ["AttemptOptions", "Coordinator", "Placement", "Position", "RunCounters", "WorkerFailed"]
-
-
-class WorkerFailed(RuntimeError):
-    """A worker process died, hung or could not go on; the text names it and its layers.
-
-    `restartable` is False when a new attempt would fail the same way (a full disk): the run stops."""
-
-    def __init__(self, rank: int | None, layers: list[int], what: str, restartable: bool = True):
-        self.rank, self.layers, self.what, self.restartable = rank, layers, what, restartable
-        self.fallback: str | None = None         # why one-worker recovery did not apply (launch/run/recovery.py)
-        self.divergence = None                   # auglocal.launch.run.divergence.Divergence when a loss went non-finite
-        self.detected_at = time.perf_counter()   # recovery time counts from here, stopping the workers included
-        who = f"worker {rank} (layers {layers[0]}..{layers[-1]})" if rank is not None else "a process of this run"
-        super().__init__(f"{who} {what}")
-
-
-@dataclass
-class Placement:
-    """Which local modules each worker runs, where, with how many threads, and the shape of its input."""
-
-    groups: list[list[int]]
-    layer_ids: list[list[int]]
-    devices: list[str]
-    threads: list[int]
-    input_shapes: list[tuple[int, ...]] | None = None   # per worker: one input activation's shape (no batch)
-    hosts: list[list[int]] | None = None                # thread workers: the ranks of each host process
-
-
-@dataclass
-class AttemptOptions:
-    """Knobs of the runtime that do not change what is computed."""
-
-    window: int = 2
-    trace_dir: str | None = None
-    checkpoint_every: int = 0            # steps between checkpoints; 0 = only at epoch ends
-    heartbeat_timeout: float = 120.0     # seconds without any message from a worker that is not waiting = hung
-    fault: Fault | None = None
-    resume_dir: str | None = None        # committed checkpoint folder the workers load
-    malloc: str = "keep"                 # worker allocator policy, see WorkerSpec.malloc
-    recovery: str = "all"                # 'one': restart only a failed worker where possible (launch/run/recovery.py)
-    replay_log_mb: float = 256.0         # memory bound of each worker's replay log; past it, it spills to files
-    spill_dir: str | None = None         # where replay logs spill (None: the attempt's private temp folder)
-    transport: str = "ipc"               # links: 'ipc' sockets in the attempt's folder or loopback 'tcp' ports
-
-
-@dataclass
-class RunCounters:
-    """What the whole run counts across attempts (the attempt loop owns it, attempts add to it)."""
-
-    rejected: int = 0                    # strangers' messages dropped, by the workers and by the coordinator
-
-
-def forkserver_context() -> mp.context.BaseContext:
-    """Workers start from a forkserver that has imported torch once: a fresh import costs seconds each."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "auglocal.engine.stage", "auglocal.engine.auxnets",
-                                "auglocal.engine.models", "auglocal.workers.runtime.worker",
-                                "auglocal.workers.runtime.host"])
-    return ctx
-
-
-class WorkerProcess:
-    """A worker process started from the forkserver, watched by its pid as well; with `hosted`, a host
-    process running those workers as threads (workers/runtime/host.py), which then stands for each of them.
-
-    If the forkserver dies, multiprocessing reports its children as exited (code 255) although they run on,
-    reparented to init: `orphaned` tells that case apart and `stop` ends them through their pid."""
-
-    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext, hosted: list[WorkerSpec] | None = None):
-        if hosted:
-            from auglocal.workers.runtime.host import host_main
-
-            self.process = ctx.Process(target=host_main, args=(hosted,), daemon=True,
-                                       name=f"host-{hosted[0].name}-{hosted[-1].name}")
-        else:
-            self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
-        self.process.start()
-        self._ps = psutil.Process(self.process.pid)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.process.exitcode
-
-    def is_alive(self) -> bool:
-        return self.process.is_alive()
-
-    def orphaned(self) -> bool:
-        try:
-            return self._ps.is_running() and self._ps.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=10)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(timeout=5)
-        if self.orphaned():
-            try:
-                self._ps.terminate()
-                self._ps.wait(timeout=10)
-            except psutil.TimeoutExpired:
-                self._ps.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-    def join(self, timeout: float) -> None:
-        self.process.join(timeout=timeout)
 
 
 class Coordinator:

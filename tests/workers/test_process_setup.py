@@ -97,7 +97,7 @@ def expected(threads: int) -> dict:
 
 
 def test_worker_process_entry_goes_through_the_set_up(process_state, monkeypatch, tmp_path):
-    from auglocal.workers.runtime import worker
+    from auglocal.workers.runtime import entry
 
     seen = {}
 
@@ -105,10 +105,10 @@ def test_worker_process_entry_goes_through_the_set_up(process_state, monkeypatch
         seen.update(applied())
         raise Reached
 
-    monkeypatch.setattr(worker, "open_links", stop)
+    monkeypatch.setattr(entry, "open_links", stop)
     os.environ[DETERMINISTIC_VAR] = "1"
     with pytest.raises(Reached):
-        worker.worker_main(make_spec(tmp_path, "cuda:1", threads=2))
+        entry.worker_main(make_spec(tmp_path, "cuda:1", threads=2))
     assert seen == expected(2)
     assert process_state == [torch.device("cuda:1")]          # before: nothing selected the worker's GPU
 

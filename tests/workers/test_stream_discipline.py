@@ -18,13 +18,14 @@ import pytest
 import torch
 from auglocal.engine.config import RunConfig, resolve
 from auglocal.engine.data import build_dataset
+from auglocal.workers.links import streams
 from auglocal.workers.links.link import Link
 from auglocal.workers.links.memlink import MemoryLink
 from auglocal.workers.links.paths.cuda_ipc import CudaIpcPath
 from auglocal.workers.links.paths.oob_link import OobReceiver, OobSender
 from auglocal.workers.links.threadlink import ThreadLink
 from auglocal.workers.links.zmq_link import ipc_address
-from auglocal.workers.runtime import host, streams
+from auglocal.workers.runtime import host
 from auglocal.workers.runtime.device_log import DeferredLog
 from auglocal.workers.runtime.replay_log import ReplayLog
 from auglocal.workers.runtime.worker import WorkerLinks, WorkerSpec

@@ -62,265 +62,30 @@ workers/links/paths/cuda_ipc.py).
 
 from __future__ import annotations
 
-import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 
 import zmq
 from auglocal.workers.links import curve as _curve
 from auglocal.workers.links import zap as _zap
-from auglocal.workers.links.credit_pipe import CreditPipe, CreditPipes, socket_path
-from auglocal.workers.links.handshake_audit import AUDIT_S, HandshakeAudit
-from auglocal.workers.wire.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, MessageError
-
-_IPC_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
-_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
-_CREDIT_ONLY: Expect = {Kind.CREDIT: {}}
-# Plain ints: pyzmq's flag enums cost an enum construction per `|` on the per-message path.
-_NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-_CREDIT_HWM = 1024   # credits queued per peer before ZeroMQ would refuse one (see the module docstring)
-
-
-def ipc_address(name: str, directory: str | None = None) -> str:
-    """An ipc:// address for a link named `name` in `directory` (a fresh private temp directory if None).
-
-    The caller owns the directory. A private (0700) directory keeps other users from connecting.
-    """
-    if directory is None:
-        directory = tempfile.mkdtemp(prefix="auglocal-")
-    path = os.path.join(os.path.abspath(directory), f"{name}.sock")
-    if len(path) > _IPC_PATH_MAX:
-        raise ValueError(
-            f"ipc socket path {path!r} is {len(path)} characters, above the {_IPC_PATH_MAX} that "
-            "Unix sockets allow; use a shorter run directory or a tcp:// address"
-        )
-    return f"ipc://{path}"
-
-
-def tcp_address(port: int | None = None) -> str:
-    """A loopback tcp:// address; without a port the Receiver binds an ephemeral one (see its .address)."""
-    return f"tcp://127.0.0.1:{'*' if port is None else port}"
-
-
-def _check_bind_address(address: str, allow_remote: bool) -> None:
-    scheme, sep, rest = address.partition("://")
-    if not sep or scheme not in {"ipc", "tcp", "inproc"}:
-        raise ValueError(f"address {address!r} must start with ipc://, tcp:// or inproc://")
-    if scheme == "tcp" and not allow_remote:
-        host = rest.rpartition(":")[0]
-        if host not in _LOOPBACK_HOSTS:
-            raise ValueError(
-                f"refusing to bind {address!r}: not a loopback interface. Use tcp://127.0.0.1:PORT, "
-                "or pass allow_remote=True when the run really spans machines"
-            )
-
-
-def _wait(poller, deadline: float) -> bool:
-    """Wait until what `poller` holds (one socket, or one pipe) is ready, or `deadline` (time.monotonic) passes.
-
-    `poller` is a zmq.Poller or a select.poll object: both take a timeout in milliseconds."""
-    while True:
-        remaining_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-        if poller.poll(remaining_ms):   # the poller holds one socket or pipe: any event is ours
-            return True
-        if remaining_ms == 0 or time.monotonic() >= deadline:  # re-wait only after an early wake-up
-            return False
-
-
-def _check_timeout(timeout_ms: float) -> None:
-    if timeout_ms < 0:
-        raise ValueError(f"timeout_ms must be >= 0, got {timeout_ms}")
-
-
-def _deadline(timeout_ms: float) -> float:
-    _check_timeout(timeout_ms)
-    return time.monotonic() + timeout_ms / 1000
-
-
-class _Endpoint:
-    """Socket ownership shared by both ends: close with linger 0, context-manager support."""
-
-    _socket: zmq.Socket
-
-    def close(self) -> None:
-        """Close the socket now, dropping anything unsent (linger 0). Safe to call twice."""
-        if not self._socket.closed:
-            self._socket.close(linger=0)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    @property
-    def socket(self) -> zmq.Socket:
-        """The underlying socket, for registering in a caller's own zmq.Poller (do not send or recv on it)."""
-        return self._socket
-
-
-class Receiver(_Endpoint):
-    """The bound end of one or more links: validates each message and returns one credit per consumed message.
-
-    `name` is this process's name; it signs the credits. `window` must be at least the senders' window.
-    `max_frame` is the largest frame a peer of this link may send (workers/wire/frame_bounds.py: from the link's
-    kinds and tensor specs); None: the codec's max_message_bytes. A connection must pass the handshake first
-    (PLAIN with the run's password, workers/links/zap.py, or CURVE): until then it can make this process hold at most
-    one frame of that size.
-    """
-
-    def __init__(
-        self,
-        address: str,
-        codec: Codec,
-        name: str,
-        *,
-        window: int = 2,
-        context: zmq.Context | None = None,
-        allow_remote: bool = False,
-        curve: _curve.CurveKeyPair | None = None,
-        max_frame: int | None = None,
-    ):
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
-        _check_bind_address(address, allow_remote)
-        if curve is not None and not address.startswith("tcp://"):
-            raise ValueError(f"CURVE encrypts tcp:// links only, got {address!r}")
-        self._codec = codec
-        (self._credit,) = codec.encode(Message(Kind.CREDIT, name))   # header only: one frame
-        context = context or zmq.Context.instance()
-        self.allowed: _curve.KeyAllowList | None = None
-        """With CURVE: the client public keys admitted (shared by the context's CURVE receivers)."""
-        if curve is not None:
-            self.allowed = _curve.authenticator(context)
-        self._socket = context.socket(zmq.ROUTER)
-        self._zap: tuple[_zap.Guard, str] | None = None
-        if curve is not None:
-            _curve.make_server(self._socket, curve)
-        else:
-            self._zap = _zap.serve_plain(self._socket, context, codec.secret)
-        self._audit = HandshakeAudit(self._socket)
-        self._audit_at = 0.0
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.RCVHWM, window + 1)
-        self._socket.setsockopt(zmq.SNDHWM, _CREDIT_HWM)   # only credits go out
-        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A frame above the limit makes ZeroMQ drop that peer before buffering it, in the handshake too: what
-        # an unauthenticated connection can make us hold is one frame of this size.
-        bound = codec.max_message_bytes if max_frame is None else max_frame
-        self._socket.setsockopt(zmq.MAXMSGSIZE, max(bound, MAX_HEADER_BYTES))
-        try:
-            self._socket.bind(address)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise ValueError(f"cannot bind link address {address!r}: {exc} (in use by another process?)") from exc
-        self.address: str = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
-        """The bound address, with the actual port when an ephemeral tcp port was asked for."""
-        path = socket_path(self.address)
-        self._pipes: CreditPipes | None = None if path is None else CreditPipes(path)
-        self._poller = zmq.Poller()
-        self._poller.register(self._socket, zmq.POLLIN)
-        self.rejected = 0
-        """Strangers' messages dropped so far (from peers that passed the handshake: see `refused`)."""
-        self.on_foreign: Callable[[MessageError], None] | None = None
-        """Called with each stranger's rejection, message or refused connection (a worker reports it)."""
-
-    @property
-    def refused(self) -> int:
-        """Connections refused in the handshake so far (counted as `recv` runs: workers/links/handshake_audit.py)."""
-        return self._audit.refused
-
-    def _check_handshakes(self, now: float) -> None:
-        """Count and report the connections refused since the last look (at most every AUDIT_S)."""
-        self._audit_at = now + AUDIT_S
-        for reason in self._audit.poll():
-            if self.on_foreign is not None:
-                self.on_foreign(MessageError(f"<connection to {self.address}>", "handshake", reason, foreign=True))
-
-    def recv(self, timeout_ms: float, expect: Expect | None = None) -> Message:
-        """Next validated message from any connected sender; returns its sender a credit.
-
-        A stranger's message (`MessageError.foreign`: no header, no or a wrong secret) is counted in
-        `rejected`, passed to `on_foreign`, dropped without a credit, and the wait goes on. Raises
-        TimeoutError when nothing of this run arrives within `timeout_ms`, MessageError when a peer of this
-        run sent something malformed or not in `expect` (the receiver stays usable; no credit is returned).
-        """
-        socket = self._socket
-        deadline = _deadline(timeout_ms)
-        now = deadline - timeout_ms / 1000   # the deadline is now + timeout: no clock read of its own
-        if now >= self._audit_at:
-            self._check_handshakes(now)
-        while True:
-            # Ask before receiving: a refused non-blocking recv raises zmq.Again, and building that exception
-            # costs more (~15 us) than the whole check (~2 us, and it also processes ZeroMQ's pending commands).
-            if not socket.getsockopt(_EVENTS) & _POLLIN and not _wait(self._poller, deadline):
-                raise TimeoutError(f"no message at {self.address} within {timeout_ms} ms (is the upstream alive?)")
-            try:
-                first = socket.recv(_NOBLOCK, copy=False)
-            except zmq.Again:   # readiness was reported but nothing came: wait again, to the same deadline
-                continue
-            # The routing identity is copied (small bytes); header and tensor frames stay zero-copy Frames: the
-            # header is size-checked before anything is parsed, tensors are rebuilt on the frames' buffers.
-            # Frame.more says whether parts follow without a getsockopt(RCVMORE) call per part.
-            identity = first.bytes
-            frames = []
-            frame = first
-            while frame.more:
-                frame = socket.recv(copy=False)
-                frames.append(frame)
-            try:
-                message = self._decode(frames, expect, f"<peer {identity.hex()} at {self.address}>")
-            except MessageError as err:
-                if not err.foreign:
-                    raise
-                self.rejected += 1
-                if self.on_foreign is not None:
-                    self.on_foreign(err)
-                continue
-            if self._pipes is None or not self._pipes.give(identity):
-                self._send_credit(identity)
-            return message
-
-    def _send_credit(self, identity: bytes) -> None:
-        """Return a credit as a message on the socket (senders without a credit pipe: tcp, curve, others)."""
-        socket = self._socket
-        for attempt in range(2):
-            try:
-                socket.send(identity, _NOBLOCK | _SNDMORE)
-                socket.send(self._credit, _NOBLOCK)
-            except zmq.Again:
-                if attempt:
-                    raise
-                socket.getsockopt(_EVENTS)   # process pending commands: the pipe's lazily reported reads
-                continue
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:  # a peer that already left needs no credit
-                    raise
-            break
-
-    def close(self) -> None:
-        """Close the socket (linger 0) and the credit pipes of its senders. Safe to call twice."""
-        self._audit.close()
-        super().close()
-        if getattr(self, "_pipes", None) is not None:
-            self._pipes.close()
-        if self._zap is not None:
-            self._zap[0].release(self._zap[1])
-            self._zap = None
-
-    @property
-    def open_credit_pipes(self) -> int:
-        """How many senders' credit pipes this receiver holds open (a departed sender's is closed once noticed)."""
-        return 0 if self._pipes is None else self._pipes.open_pipes
-
-    def _decode(self, frames: list, expect: Expect | None, peer: str) -> Message:
-        """Validate and rebuild one message from its ZeroMQ frames (out-of-band transports fetch tensors here)."""
-        return self._codec.decode(frames, expect, peer=peer)
+from auglocal.workers.links.credit_pipe import CreditPipe, socket_path
+from auglocal.workers.links.zmq_base import (  # noqa: F401 - a link's addresses are imported from here
+    _CREDIT_HWM,
+    _CREDIT_ONLY,
+    _EVENTS,
+    _IPC_PATH_MAX,
+    _NOBLOCK,
+    _POLLIN,
+    _SNDMORE,
+    _check_timeout,
+    _deadline,
+    _Endpoint,
+    _wait,
+    ipc_address,
+    tcp_address,
+)
+from auglocal.workers.links.zmq_receiver import Receiver  # noqa: F401 - both ends are imported from here
+from auglocal.workers.wire.messages import MAX_HEADER_BYTES, Codec, Message, MessageError
 
 
 class Sender(_Endpoint):

@@ -13,7 +13,7 @@ of K workers, `help_text` is what `--help` prints, and `Fault.fires(point, ...)`
 
 `step` counts minibatches from the start of the run (global step, 0-based). A fault fires on the first
 attempt only, unless `always` is given. To add a kind: one `FaultKind` entry here, and its action at its
-firing point (workers/runtime/worker.py `FAULT_ACTIONS`, or the coordinator for `feed`).
+firing point (`FAULT_ACTIONS` below for `train`, the worker loop for the others, the coordinator for `feed`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 ENV_VAR = "AUGLOCAL_INJECT_FAULT"
@@ -197,3 +198,15 @@ def hang() -> None:
     """Stop making progress forever (the heartbeat timeout must catch this)."""
     while True:
         time.sleep(3600)
+
+
+class InjectedError(RuntimeError):
+    """The `raise` fault: an unexpected exception inside a worker, as a bug would raise."""
+
+
+def _raise() -> None:
+    raise InjectedError("injected fault: an unexpected exception in the worker")
+
+
+#: what a fault firing at `train` does (REGISTRY names the kinds; the worker loop calls it)
+FAULT_ACTIONS: dict[str, Callable[[], None]] = {"kill": die, "hang": hang, "raise": _raise}

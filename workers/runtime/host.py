@@ -27,6 +27,7 @@ import threading
 import torch
 from auglocal.workers.links import streams
 from auglocal.workers.links.threadlink import ThreadLink
+from auglocal.workers.runtime.entry import flush_reports, report_crash
 from auglocal.workers.runtime.process_setup import set_up_process
 from auglocal.workers.runtime.worker import (
     CoordinatorGone,
@@ -37,9 +38,7 @@ from auglocal.workers.runtime.worker import (
     bind_control,
     bind_inbox,
     coordinator_watch,
-    flush_reports,
     reopen_outbox,
-    report_crash,
 )
 from auglocal.workers.wire.messages import Codec
 

@@ -1,6 +1,6 @@
 """The one set-up of every process that runs pipeline workers: signals, allocator, threads, determinism, device.
 
-Three entry points start such a process: a worker process (`auglocal.workers.runtime.worker.worker_main`), a thread host
+Three entry points start such a process: a worker process (`auglocal.workers.runtime.entry.worker_main`), a thread host
 (`auglocal.workers.runtime.host.host_main`) and a worker rank under torchrun
 (`auglocal.launch.backends.elastic.worker.run_worker`). Each used to
 set these its own way and they drifted (the elastic rank applied no determinism and no OpenMP setting, none

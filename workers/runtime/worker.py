@@ -12,24 +12,35 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 
-import psutil
 import torch
 from auglocal.engine.nonfinite import NonFiniteLoss, value_text
-from auglocal.workers.links.link import Link
+from auglocal.workers.runtime.control import RecoveryControl
 from auglocal.workers.runtime.device_log import DeferredLog
-from auglocal.workers.runtime.faults import Fault, die, hang
-from auglocal.workers.runtime.process_setup import (  # noqa: F401 - the set-up helpers moved there; importers of them here still work
-    DETERMINISTIC_VAR,
-    apply_determinism,
-    return_freed_memory,
-    set_up_process,
+from auglocal.workers.runtime.faults import FAULT_ACTIONS, Fault, die
+from auglocal.workers.runtime.liveness import coordinator_watch  # noqa: F401 - importers of it here still work
+from auglocal.workers.runtime.replay_log import ReplayLog
+from auglocal.workers.runtime.spec import (  # noqa: F401 - the spec's names, where importers look for them
+    CONTROL_POLL_MS,
+    HEARTBEAT_S,
+    POLL_MS,
+    REPLAY_LOG_BYTES,
+    CoordinatorGone,
+    WorkerError,
+    WorkerSpec,
+    build_stage,
+    worker_name,
 )
-from auglocal.workers.runtime.replay_log import LogLost, ReplayLog
 from auglocal.workers.runtime.trace import Tracer
+from auglocal.workers.runtime.worker_links import (  # noqa: F401 - as above
+    WorkerLinks,
+    bind_control,
+    bind_inbox,
+    open_links,
+    reopen_outbox,
+    to_host,
+)
 from auglocal.workers.wire import protocol
-from auglocal.workers.wire.frame_bounds import HEADER_ONLY, inbox_bound
 from auglocal.workers.wire.messages import Codec, Kind, Message, MessageError
 from auglocal.workers.wire.protocol import (
     SEQUENCED,
@@ -38,7 +49,6 @@ from auglocal.workers.wire.protocol import (
     ErrorMeta,
     EvalResultMeta,
     HeartbeatMeta,
-    InboxSchema,
     MetricsMeta,
     NoMeta,
     RejectedMeta,
@@ -47,184 +57,8 @@ from auglocal.workers.wire.protocol import (
     TrainMeta,
 )
 
-POLL_MS = 1000          # longest single wait before a blocked worker checks that its coordinator is still alive
-HEARTBEAT_S = 1.0       # a waiting worker reports at least this often
-CONTROL_POLL_MS = 100   # with a control inbox, the longest wait before a worker looks at it
-REPLAY_LOG_BYTES = 256 << 20
 
-
-@dataclass
-class WorkerSpec:
-    """Everything a worker needs, as plain data handed to the new process (never sent over the wire)."""
-
-    rank: int
-    modules: list[int]            # indices into the run's list of local modules
-    config: dict                  # auglocal.engine.config.RunConfig.to_dict(), fully resolved
-    inbox: Link                   # this worker binds it; activations (or the coordinator's batches) arrive
-    outbox: Link | None           # the next worker's inbox; None for the last worker
-    results: Link                 # the coordinator's inbox for metrics and acknowledgements
-    run_id: str
-    secret: str
-    out_dir: str                  # per-layer files of the final state go to out_dir/layers/
-    coordinator_pid: int
-    schema: InboxSchema | None = None   # what this worker's inbox accepts (shapes of its input)
-    threads: int = 1
-    device: str = "cpu"
-    send_input: bool = False      # forward the network input x downstream (a later stage needs it)
-    trace_path: str | None = None
-    data_stats: dict = field(default_factory=dict)   # {"mean": [...], "std": [...]} for InfoPro
-    resume_dir: str | None = None  # a committed checkpoint folder to start from (per-layer files)
-    fault: dict | None = None     # auglocal.workers.runtime.faults.Fault as a dict, for this worker only
-    heartbeat_s: float = HEARTBEAT_S
-    malloc: str = "keep"          # 'return': freed activations go back to the OS (less memory, ~2x slower on
-                                  # CPU from page faults); 'keep': glibc's default heap reuse (fastest)
-    control: Link | None = None   # this worker binds it: the coordinator's control messages (relink, commits)
-    incarnation: int = 0          # 0 for a worker of a new attempt, n for the n-th one-worker restart of rank
-    resume_seq: int = -1          # seq of the last message the resumed state has handled (its checkpoint's)
-    replay_log_bytes: int = REPLAY_LOG_BYTES   # memory bound of the replay log; more spills to files
-    spill_dir: str | None = None  # where the replay log spills (None: the system's temporary folder)
-    ship_layers: bool = False     # send layer files to the coordinator over the results link instead of writing
-                                  # them into its folders (several machines: workers/runtime/layer_shipping.py)
-    curve: object | None = None   # this worker's CurveKeyPair when its links are curve links (one-host launcher)
-    admit: tuple = ()             # public keys its CURVE receivers admit (the run's other processes)
-    replay_log: bool = True       # False for thread workers: their failure restarts the whole pipeline, which
-                                  # never replays, so keeping (encoding) every sent message would be waste
-    hold_after_stop: bool = False  # after reporting stopped, keep process, links and replay log until the
-                                   # coordinator's RELEASE: a neighbour failing in the run's tail can still be
-                                   # recovered alone (launch/run/recovery.py)
-
-    @property
-    def name(self) -> str:
-        return worker_name(self.rank, self.incarnation)
-
-
-def worker_name(rank: int, incarnation: int = 0) -> str:
-    """The sender name of worker `rank` on the wire (the coordinator maps it back to the rank); a restarted
-    worker's name carries its incarnation, so reports the old process left behind are told apart."""
-    return f"worker{rank}" if incarnation == 0 else f"worker{rank}.{incarnation}"
-
-
-class CoordinatorGone(RuntimeError):
-    """The coordinator died: a worker must not linger as an orphan."""
-
-
-class WorkerError(RuntimeError):
-    """This worker cannot go on (a malformed message from its own pipeline, a minibatch seen twice, I/O)."""
-
-
-@dataclass
-class WorkerLinks:
-    """The three ends a worker uses: its inbox, the next worker's inbox (none for the last), the results."""
-
-    inbox: object
-    outbox: object | None
-    results: object
-    control: object | None = None                       # the coordinator's control messages (one-worker recovery)
-    reopen_outbox: Callable[[str], object] | None = None   # a fresh sender to a (new) downstream inbox address
-
-    def close(self) -> None:
-        for end in (self.inbox, self.outbox, self.results, self.control):
-            if end is not None:
-                end.close()
-
-
-def bind_inbox(spec: WorkerSpec, codec: Codec):
-    """Bind a worker's ZeroMQ inbox; on curve links a CURVE server that admits only `spec.admit` (the allow-list
-    belongs to the process's ZeroMQ context, so its other CURVE receivers share it). Its frames are bounded by
-    the largest tensor its schema allows at the run's batch size (workers/wire/frame_bounds.py)."""
-    inbox = spec.inbox.receiver(codec, spec.name, curve=spec.curve, max_frame=inbox_bound(spec.schema, spec.config))
-    for key in spec.admit if inbox.allowed is not None else ():
-        inbox.allowed.allow(key)
-    return inbox
-
-
-def bind_control(spec: WorkerSpec, codec: Codec):
-    """Bind a worker's control inbox, if it has one: header-only kinds, so header-sized frames."""
-    return spec.control.receiver(codec, spec.name, curve=spec.curve, max_frame=HEADER_ONLY) if spec.control else None
-
-
-def reopen_outbox(spec: WorkerSpec, codec: Codec, window: int | None = None) -> Callable[[str], object]:
-    """A fresh sender to a (new) downstream inbox address, with the outbox's transport and keys."""
-    def reopen(address: str):
-        link = replace(spec.outbox, address=address) if spec.outbox else Link(address, window or 1)
-        return link.sender(codec, curve=spec.curve)
-    return reopen
-
-
-def open_links(spec: WorkerSpec, codec: Codec) -> WorkerLinks:
-    """ZeroMQ ends of a worker process: bind its inbox, connect to the next inbox and the results inbox.
-
-    Links whose transport is curve use the spec's CurveKeyPair, and its receivers admit `spec.admit`."""
-    inbox = bind_inbox(spec, codec)
-    control = bind_control(spec, codec)
-    return WorkerLinks(inbox,
-                       spec.outbox.sender(codec, curve=spec.curve) if spec.outbox else None,
-                       spec.results.sender(codec, curve=spec.curve),
-                       control,
-                       reopen_outbox(spec, codec))
-
-
-def to_host(t: torch.Tensor) -> torch.Tensor:
-    """CPU copy for the wire. A GPU tensor goes through pinned host memory (torch's caching host allocator,
-    so the pinned block is reused), copied asynchronously and waited for: the DMA path without a staging copy."""
-    if t.device.type != "cuda":
-        return t
-    host = torch.empty_like(t, device="cpu", pin_memory=True)   # keeps a channels_last layout for the wire
-    host.copy_(t, non_blocking=True)
-    torch.cuda.current_stream(t.device).synchronize()
-    return host
-
-
-def build_stage(spec: WorkerSpec):
-    """Rebuild the run's network from its config (same seed, so the same initial weights) and keep a slice."""
-    from auglocal.engine.config import RunConfig, build_network, optim_and_schedule
-    from auglocal.engine.precision import Kernels
-    from auglocal.engine.rules import build_local_modules
-    from auglocal.engine.stage import Stage
-
-    cfg = RunConfig.from_dict(spec.config)
-    stats = _Stats(**spec.data_stats) if spec.data_stats else None
-    model, aux = build_network(cfg, stats)
-    modules = build_local_modules(model, aux)
-    optim, schedule = optim_and_schedule(cfg)
-    mine = [modules[i] for i in spec.modules]
-    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg),
-                 nonfinite=cfg.nonfinite)
-
-
-@dataclass
-class _Stats:
-    mean: list
-    std: list
-
-
-def coordinator_watch(pid: int) -> Callable[[], bool]:
-    """A check that the coordinator `pid` still runs. A dead coordinator stays a zombie until its parent reaps
-    it (a parent that may itself wait for our output to end): a zombie, or a new process that reused its pid
-    (psutil keeps the start time), counts as gone."""
-    process = psutil.Process(pid)
-
-    def alive() -> bool:
-        try:
-            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-    return alive
-
-
-class InjectedError(RuntimeError):
-    """The `raise` fault: an unexpected exception inside a worker, as a bug would raise."""
-
-
-def _raise() -> None:
-    raise InjectedError("injected fault: an unexpected exception in the worker")
-
-
-#: what a fault firing at `train` does (workers/runtime/faults.py REGISTRY names the kinds)
-FAULT_ACTIONS: dict[str, Callable[[], None]] = {"kill": die, "hang": hang, "raise": _raise}
-
-
-class Worker:
+class Worker(RecoveryControl):
     """The receive-compute-send loop of one worker; `handlers` is its half of the protocol."""
 
     def __init__(self, spec: WorkerSpec, links: WorkerLinks, stage=None, *,
@@ -323,53 +157,6 @@ class Worker:
             self.replay_from = None       # the restarted upstream has caught up
         self.last_seq = seq
         return True
-
-    # --- control: one-worker recovery (launch/run/recovery.py) -------------------------------------------------
-    def _poll_control(self) -> None:
-        """Handle every control message waiting, unless already inside one (a relink's replay)."""
-        if self.links.control is None or self._in_control:
-            return
-        self._in_control = True
-        try:
-            while True:
-                try:
-                    raw = self.links.control.recv(0)
-                except TimeoutError:
-                    return
-                try:
-                    msg = protocol.validate(raw, Route.DOWN)
-                except MessageError as err:
-                    self._fail(f"{self.spec.name} rejected a control message: {err}")
-                protocol.dispatch(self.handlers, msg)
-        finally:
-            self._in_control = False
-
-    def _relink(self, msg: Message) -> None:
-        """The next worker restarted at `address`: drop the old link (its credits die with it), open a fresh one
-        and resend everything logged after the restarted worker's checkpoint, in order."""
-        if self.links.outbox is None or self.links.reopen_outbox is None:
-            self._fail(f"{self.spec.name}: told to relink, but it has no outgoing link to reopen")
-        self.links.outbox.close()
-        self.links.outbox = self.links.reopen_outbox(msg.meta.address)
-        self.links.outbox.on_foreign = self._report_rejected
-        try:
-            for frames in self.log.since(msg.meta.from_seq):
-                self._send(self.links.outbox, self.codec.decode(frames), log=False)
-        except LogLost as err:
-            self._fail(f"{self.spec.name}: cannot replay to the restarted worker: {err}")
-
-    def _expect_replay(self, msg: Message) -> None:
-        self.replay_from = msg.meta.upstream
-
-    def _committed(self, msg: Message) -> None:
-        if self.log is not None:
-            self.log.prune(msg.meta.seq)
-
-    def _release(self, msg: Message) -> None:
-        """Every worker reported stopped: nobody can need this worker's replay, or it to drop a replay, again."""
-        if not self.stopped:
-            self._fail(f"{self.spec.name}: released before the stop marker reached it")
-        self.released = True
 
     def _send(self, end, message: Message, log: bool = True) -> None:
         """Send, heartbeating while the link is full; a report to the coordinator also proves liveness.
@@ -476,19 +263,40 @@ class Worker:
 
     # --- message handlers -----------------------------------------------------------------------------------
     def _train(self, msg: Message) -> None:
-        g = msg.meta.g
-        if self._fire("train", g=g):
+        """One training minibatch: admit it, run the stage (its output leaves early through `emit`), then report
+        the step's metrics."""
+        self._admit(msg)
+        h, y = msg.tensors["h"], msg.tensors["y"]
+        x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
+        t0, c0 = time.perf_counter(), time.thread_time()
+        sent: dict[str, float] = {}
+        emit = None if self.is_last else self._emitter(msg, y, x, t0, sent)
+        stage_input = x if self.stage.needs_input else None
+        try:
+            result = self.stage.train_step(h, y, stage_input, step=msg.step, emit=emit)
+        except NonFiniteLoss as err:
+            self._report_diverged(err)
+            return
+        if self._fire("step"):
+            self._sleep_alive(self.fault.delay)
+        self._report_step(msg, result, t0, c0, sent)
+
+    def _admit(self, msg: Message) -> None:
+        """Fire a `train` fault, refuse a minibatch already applied, and follow the epoch."""
+        if self._fire("train", g=msg.meta.g):
             FAULT_ACTIONS[self.fault.kind]()
         position = (msg.epoch, msg.step)
         if self.stage.last_applied is not None and position <= self.stage.last_applied:
             self._fail(f"{self.spec.name}: minibatch {position} arrived after {self.stage.last_applied}: it would "
                        "be applied twice")
-        h, y = msg.tensors["h"], msg.tensors["y"]
-        x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
         if self.stage.epoch != msg.epoch:
             self.stage.set_epoch(msg.epoch)
-        t0, c0 = time.perf_counter(), time.thread_time()
-        sent = {}
+
+    def _emitter(self, msg: Message, y: torch.Tensor, x: torch.Tensor | None, t0: float,
+                 sent: dict[str, float]) -> Callable[[torch.Tensor], None]:
+        """What the stage calls with its output as soon as it exists: send it downstream (or the fault's bad
+        message instead), and note in `sent` when the send began and ended, which is not this worker's work."""
+        g = msg.meta.g
 
         def emit(out: torch.Tensor) -> None:
             t_emit, c_emit = time.perf_counter(), time.thread_time()
@@ -506,15 +314,10 @@ class Worker:
             sent["c"], sent["c_emit"] = time.thread_time(), c_emit
             self.max_in_flight = max(self.max_in_flight, self.links.outbox.in_flight)
             self.tracer.span("send", msg.epoch, msg.step, t_emit, sent["t"])
+        return emit
 
-        stage_input = x if self.stage.needs_input else None
-        try:
-            result = self.stage.train_step(h, y, stage_input, step=msg.step, emit=None if self.is_last else emit)
-        except NonFiniteLoss as err:
-            self._report_diverged(err)
-            return
-        if self._fire("step"):
-            self._sleep_alive(self.fault.delay)
+    def _report_step(self, msg: Message, result, t0: float, c0: float, sent: dict[str, float]) -> None:
+        """The step's metrics: losses, hits, and its busy and CPU time less the time spent sending."""
         t1, c1 = time.perf_counter(), time.thread_time()
         self.tracer.span("aux+update" if sent else "compute", msg.epoch, msg.step, sent.get("t", t0), t1)
         busy = (t1 - t0) - (sent["t"] - sent["t_emit"] if sent else 0.0)
@@ -620,57 +423,3 @@ class Worker:
             self._fail(f"{self.spec.name}: {msg.kind.value} from {msg.sender} arrived after the stop marker")
 
 
-def report_crash(links: WorkerLinks, name: str, err: BaseException) -> None:
-    """Tell the coordinator why this worker stops on an unexpected exception (with where it was raised)."""
-    import traceback
-
-    where = "".join(traceback.format_exception(err)[-3:])
-    try:
-        links.results.send(Message(Kind.ERROR, name, meta=ErrorMeta(f"{name} raised {where}"[:2000], True)),
-                           POLL_MS)
-    except (TimeoutError, ValueError):
-        pass
-
-
-def flush_reports(links: WorkerLinks) -> None:
-    """Wait (briefly) until the coordinator has read our reports: it must read why we stop before we exit."""
-    try:
-        links.results.wait_all(POLL_MS)
-    except TimeoutError:
-        pass
-
-
-def worker_main(spec: WorkerSpec) -> None:
-    """Process entry point: the one process set-up (workers/runtime/process_setup.py: signals, allocator, threads,
-    determinism, the worker's GPU), then open the links and serve."""
-    set_up_process(spec.threads, spec.malloc, spec.device)
-    codec = Codec(spec.run_id, spec.secret)
-    try:
-        links = open_links(spec, codec)
-    except ValueError:
-        ipc = spec.inbox.address.startswith("ipc://")
-        if ipc and not os.path.isdir(os.path.dirname(spec.inbox.address.removeprefix("ipc://"))):
-            os._exit(0)      # the attempt ended while this worker started (its socket folder is gone): nothing to do
-        raise
-    serve(spec, links, coordinator_watch(spec.coordinator_pid))
-
-
-def serve(spec: WorkerSpec, links: WorkerLinks, coordinator_alive: Callable[[], bool]) -> bool:
-    """Run a worker on opened links until it stops; False when its coordinator went away first. A worker that
-    cannot go on exits with code 3 once the coordinator has read why."""
-    worker = None
-    try:
-        worker = Worker(spec, links, coordinator_alive=coordinator_alive)
-        worker.run()
-        return True
-    except CoordinatorGone:
-        return False
-    except Exception as err:     # WorkerError was reported by _fail; anything else is a bug: report it first
-        if not isinstance(err, WorkerError):
-            report_crash(links, spec.name, err)
-        flush_reports(links)
-        os._exit(3)
-    finally:
-        links.close()
-        if worker is not None and worker.log is not None:
-            worker.log.close()

@@ -34,8 +34,9 @@ from auglocal.launch.backends.elastic.links import (
 )
 from auglocal.launch.backends.elastic.store import RunStore, TorchrunEnv
 from auglocal.launch.run.devices import coordinator_gpu_asked, torchrun_device
+from auglocal.workers.runtime.entry import serve
 from auglocal.workers.runtime.process_setup import set_up_process
-from auglocal.workers.runtime.worker import WorkerLinks, serve
+from auglocal.workers.runtime.worker import WorkerLinks
 from auglocal.workers.wire.endpoint_record import EndpointRecordError
 from auglocal.workers.wire.frame_bounds import inbox_bound
 from auglocal.workers.wire.messages import Codec
