@@ -23,9 +23,9 @@ import time
 
 import torch
 from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.models import build_model
 from auglocal.engine.nonfinite import BufferSnapshot, folded_loss
-from auglocal.engine.rules import build_local_modules
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from auglocal.engine.stage import Stage
 

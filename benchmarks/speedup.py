@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from auglocal.engine.config import RunConfig, build_network, resolve
 from auglocal.engine.data import build_dataset
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.planning import PipelinePlan, make_plan, module_costs_flops, module_costs_timed
 from auglocal.engine.planning.simulator import (
     LinkCost,
@@ -43,7 +44,6 @@ from auglocal.engine.planning.simulator import (
     simulate,
     worker_loads,
 )
-from auglocal.engine.rules import build_local_modules
 
 from benchmarks.memory import machine
 from benchmarks.report import emit

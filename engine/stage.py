@@ -8,9 +8,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
+from auglocal.engine.local_module import LocalModule
 from auglocal.engine.nonfinite import DIVERGED_SCALE, POLICIES, BufferSnapshot, NonFiniteLoss, drop_update, folded_loss
 from auglocal.engine.precision import Kernels, LossScaler
-from auglocal.engine.rules import LocalModule
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from torch import nn
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 from auglocal.engine.feed import EpochEnd, EvalBatch, FeedShape, TrainStep, feed_plan
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.models.base import LayeredModel
 from auglocal.engine.nonfinite import add_skips, skipped_layers
 from auglocal.engine.precision import Kernels
-from auglocal.engine.rules import build_local_modules
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from auglocal.engine.stage import Stage, StepResult
 from torch import nn

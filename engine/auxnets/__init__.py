@@ -1,26 +1,27 @@
-"""Auxiliary networks of every learning rule: AugLocal (+ ablation strategies), DGL, PredSim, InfoPro."""
+"""Auxiliary networks of every learning rule (AugLocal + ablation strategies, DGL, PredSim, InfoPro, and BP with
+none); the rules themselves are the entries of engine/auxnets/registry.py, and this module's names follow from it."""
 
 from __future__ import annotations
 
 import numbers
 
-from auglocal.engine.auxnets.auglocal import AugLocalAux, build_auglocal_nets
+from auglocal.engine.auxnets.auglocal import AugLocalAux
 from auglocal.engine.auxnets.base import AuxNet
-from auglocal.engine.auxnets.convwide import build_conv_nets
 from auglocal.engine.auxnets.dgl import DGLAux
-from auglocal.engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux, infopro_weights
+from auglocal.engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux
 from auglocal.engine.auxnets.macs import forward_macs
 from auglocal.engine.auxnets.predsim import PredSimAux
-from auglocal.engine.auxnets.selection import CONVENTIONS, num_local_layers, pyramid_ks, select_layers
+from auglocal.engine.auxnets.registry import REGISTRY, AuxSpec, Rule, get_rule, num_local_layers
+from auglocal.engine.auxnets.selection import CONVENTIONS, pyramid_ks, select_layers
 from auglocal.engine.models.base import LayeredModel
 
-RULES = ("bp", "auglocal", "dgl", "predsim", "infopro")
+#: the rule names, in the registry's order (engine/auxnets/registry.py: one file and one entry per rule)
+RULES = tuple(REGISTRY)
 STRATEGIES = ("uniform", "sequential", "repetitive", "conv1x1", "conv3x3")
 
 
 def _check_args(model: LayeredModel, rule: str, d: int, tau: float, strategy: str, convention: str) -> None:
-    if rule not in RULES:
-        raise ValueError(f"unknown rule {rule!r}; choose one of: {', '.join(RULES)}")
+    get_rule(rule)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown aux-net strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     if strategy != "uniform" and rule != "auglocal":
@@ -58,32 +59,10 @@ def build_aux_nets(model: LayeredModel, rule: str, d: int = 4, tau: float = 0.0,
     _check_args(model, rule, d, tau, strategy, convention)
     d = int(d)
     n = num_local_layers(model.num_layers, d - 1, convention, rule)
-    if rule == "bp":
-        return []
-    if rule == "auglocal":
-        ks = pyramid_ks(d - 1, n, tau)
-        if strategy in ("conv1x1", "conv3x3"):
-            return list(build_conv_nets(model, ks, kernel_size=1 if strategy == "conv1x1" else 3))
-        return list(build_auglocal_nets(model, ks, strategy))
-    nets = [_baseline_aux(model, rule, i, n, input_mean, input_std) for i in range(n)]
-    for aux in nets:
-        model.init_aux(aux)
-    return nets
-
-
-def _baseline_aux(model: LayeredModel, rule: str, i: int, n: int, mean: tuple[float, ...],
-                  std: tuple[float, ...]) -> AuxNet:
-    info = model.info[i]
-    if rule == "dgl":
-        return DGLAux(i, info.out_channels, info.spatial, model.num_classes)
-    if rule == "predsim":
-        return PredSimAux(i, info.out_channels, info.spatial, model.num_classes)
-    recon_weight, ce_weight = infopro_weights(model.num_layers, i, n)
-    widest = max(x.out_channels for x in model.info)
-    return InfoProAux(i, info.out_channels, widest, model.num_classes, mean, std, recon_weight, ce_weight)
+    return get_rule(rule).build(model, n, AuxSpec(d, tau, strategy, input_mean, input_std))
 
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "RULES", "STRATEGIES", "AugLocalAux", "AuxNet", "DGLAux", "InfoProAux",
-    "PredSimAux", "build_aux_nets", "forward_macs", "num_local_layers", "pyramid_ks", "select_layers",
+    "PredSimAux", "Rule", "build_aux_nets", "forward_macs", "num_local_layers", "pyramid_ks", "select_layers",
 ]

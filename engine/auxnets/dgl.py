@@ -7,6 +7,8 @@ import math
 import torch
 from auglocal.engine.auxnets.base import AuxNet
 from auglocal.engine.auxnets.deterministic import AdaptiveAvgPool2d
+from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
+from auglocal.engine.models.base import LayeredModel
 from torch import nn
 
 
@@ -39,3 +41,11 @@ class DGLAux(AuxNet):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(h))
+
+
+def build_dgl_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
+    return initialised(model, [DGLAux(i, model.info[i].out_channels, model.info[i].spatial, model.num_classes)
+                               for i in range(n)])
+
+
+RULE = Rule("dgl", "DGL: an MLP-SR aux classifier on every layer but the last", build_dgl_nets, all_but_last)

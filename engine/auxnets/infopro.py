@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from auglocal.engine.auxnets.base import AuxNet
 from auglocal.engine.auxnets.deterministic import deterministic_on, interpolate_bilinear
+from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
+from auglocal.engine.models.base import LayeredModel
 from torch import nn
 
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
@@ -81,3 +83,17 @@ class InfoProAux(AuxNet):
         target = (x * self.std + self.mean).clamp(0, 1)
         recon = F.binary_cross_entropy(self.reconstruct(h, tuple(x.shape[-2:])), target)
         return self.recon_weight * recon + self.ce_weight * F.cross_entropy(self.logits(h), y)
+
+
+def build_infopro_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
+    widest = max(x.out_channels for x in model.info)
+    nets = []
+    for i in range(n):
+        recon_weight, ce_weight = infopro_weights(model.num_layers, i, n)
+        nets.append(InfoProAux(i, model.info[i].out_channels, widest, model.num_classes, spec.input_mean,
+                               spec.input_std, recon_weight, ce_weight))
+    return initialised(model, nets)
+
+
+RULE = Rule("infopro", "InfoPro: CE + image-reconstruction loss on every layer but the last", build_infopro_nets,
+            all_but_last)

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 from auglocal.engine.auxnets.base import AuxNet
+from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
+from auglocal.engine.models.base import LayeredModel
 from torch import nn
 
 
@@ -76,3 +78,12 @@ class PredSimAux(AuxNet):
         target = similarity_matrix(F.one_hot(y, self.num_classes).to(h.dtype))
         sim_loss = F.mse_loss(similarity_matrix(self.sim_conv(h)), target)
         return self.sim_weight * sim_loss + self.pred_weight * pred_loss
+
+
+def build_predsim_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
+    return initialised(model, [PredSimAux(i, model.info[i].out_channels, model.info[i].spatial, model.num_classes)
+                               for i in range(n)])
+
+
+RULE = Rule("predsim", "PredSim: prediction + similarity-matching loss on every layer but the last",
+            build_predsim_nets, all_but_last)

@@ -1,9 +1,9 @@
-"""Which layers an AugLocal aux net copies, how deep it is, which layers get one (docs/method.md 2, 3.2, 3.3)."""
+"""Which layers an AugLocal aux net copies and how deep it is (docs/method.md 3.2, 3.3); which layers get one is
+each rule's own count (engine/auxnets/registry.py's num_local_layers)."""
 
 from __future__ import annotations
 
 CONVENTIONS = ("cifar", "imagenet")
-_BASELINES = ("dgl", "predsim", "infopro")
 
 
 def select_layers(layer: int, k: int, num_layers: int) -> list[int]:
@@ -49,25 +49,3 @@ def pyramid_ks(k: int, num_aux: int, tau: float) -> list[int]:
         r = tau * i / (num_aux - 1)
         ks.append(max(1, round(k * (1 - r) + 1 * r)))
     return ks
-
-
-def num_local_layers(num_layers: int, k: int, convention: str, rule: str) -> int:
-    """How many layers (0..n-1) get an aux net; layers n..L-1 and the head are trained by the global loss.
-
-    cifar convention + AugLocal: the top k + 1 = d layers have no aux net, n = L - k - 1 (docs/method.md 2A; the
-    FLOPs of Table 7 only match this). cifar baselines and the imagenet convention: n = L - 1. BP: 0.
-    Returns 0 (never negative) when k is too large to leave a local layer.
-    """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention!r}; choose one of: {', '.join(CONVENTIONS)}")
-    if rule == "bp":
-        return 0
-    if rule == "auglocal":
-        if k < 1:
-            raise ValueError(f"k (number of selected layers, = d - 1) must be >= 1, got {k}")
-        if convention == "cifar":
-            return max(0, num_layers - k - 1)
-        return max(0, num_layers - 1)
-    if rule in _BASELINES:
-        return max(0, num_layers - 1)
-    raise ValueError(f"unknown rule {rule!r}; choose one of: bp, auglocal, {', '.join(_BASELINES)}")

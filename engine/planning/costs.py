@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from auglocal.engine.local_module import LocalModule
 from auglocal.engine.models.base import LayeredModel
 from auglocal.engine.planning import mac_cache
-from auglocal.engine.rules import LocalModule
 from torch import nn
 
 #: batch used for counting: BatchNorm1d and batch-wise losses misbehave at batch 1; results are per image

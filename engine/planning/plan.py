@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
+from auglocal.engine.local_module import LocalModule
 from auglocal.engine.planning.partition import partition
-from auglocal.engine.rules import LocalModule
 
 SECONDS = "s"
 

@@ -261,7 +261,7 @@ def dry_run_line(cfg, data, plan, cpu_workers: bool, shared: Sequence[Sequence[i
     import os
 
     from auglocal.engine.config import build_network
-    from auglocal.engine.rules import build_local_modules
+    from auglocal.engine.local_module import build_local_modules
 
     model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)

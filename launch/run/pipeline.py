@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 from auglocal.engine.config import RunConfig, UsageError, build_network
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.planning import CostKey, PipelinePlan, choose_module_costs, layer_output_shapes, make_plan
 from auglocal.engine.precision import Kernels
-from auglocal.engine.rules import build_local_modules
 from auglocal.engine.trainer import EpochRecord, StepRecord
 from auglocal.launch.report.plots import plot_run
 from auglocal.launch.report.tensorboard import TensorBoardSink

@@ -56,7 +56,7 @@ def check_workers(cfg: RunConfig, data, opts) -> None:
     now (it was found by the planner, after the claim). Builds the network only for a numeric --workers."""
     if opts.workers in ("auto", "layer") and opts.fault is None:
         return
-    from auglocal.engine.rules import build_local_modules
+    from auglocal.engine.local_module import build_local_modules
     from auglocal.launch.run.pipeline import check_fault_target, number_of_workers
 
     model, aux = build_network(cfg, data)

@@ -9,7 +9,8 @@ from auglocal.engine.auxnets import RULES, STRATEGIES, AuxNet, build_aux_nets, f
 from auglocal.engine.auxnets.auglocal import plan_aux
 from auglocal.engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux, infopro_weights
 from auglocal.engine.auxnets.predsim import grown_pool, similarity_matrix
-from auglocal.engine.auxnets.selection import num_local_layers, pyramid_ks
+from auglocal.engine.auxnets.registry import num_local_layers
+from auglocal.engine.auxnets.selection import pyramid_ks
 from auglocal.engine.models import LayeredModel, build_model, model_names
 from torch import nn
 

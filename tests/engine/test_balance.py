@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.planning import (
     CostKey,
     MachineKey,
@@ -17,7 +18,6 @@ from auglocal.engine.planning import (
     timing_cache,
 )
 from auglocal.engine.planning import costs as costs_module
-from auglocal.engine.rules import build_local_modules
 
 
 def network(model="resnet20", rule="auglocal", input_size=16, **kw):

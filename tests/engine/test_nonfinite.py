@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.models import build_model
 from auglocal.engine.nonfinite import NonFiniteLoss, folded_loss, skipped_layers
-from auglocal.engine.rules import build_local_modules
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from auglocal.engine.stage import Stage
 

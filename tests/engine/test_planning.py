@@ -9,6 +9,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.models import build_model
 from auglocal.engine.planning import (
     PipelinePlan,
@@ -23,7 +24,6 @@ from auglocal.engine.planning import (
     partition,
 )
 from auglocal.engine.precision import Kernels
-from auglocal.engine.rules import build_local_modules
 from torch import nn
 
 SEEN_X: list[tuple[int, tuple[int, ...]]] = []

@@ -8,9 +8,9 @@ import torch
 from auglocal.engine.auxnets import build_aux_nets
 from auglocal.engine.config import RunConfig, UsageError, resolve, validate
 from auglocal.engine.data import build_dataset
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.models import build_model
 from auglocal.engine.precision import AUTO_MEMORY_FORMAT, Kernels, LossScaler, activation_dtype, resolve_memory_format
-from auglocal.engine.rules import build_local_modules
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from auglocal.engine.stage import Stage
 

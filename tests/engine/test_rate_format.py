@@ -3,10 +3,10 @@
 
 import pytest
 from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.planning import make_plan
 from auglocal.engine.planning.plan import format_rate
 from auglocal.engine.planning.simulator import dry_run_line
-from auglocal.engine.rules import build_local_modules
 
 
 @pytest.mark.parametrize("value, text", [

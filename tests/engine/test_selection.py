@@ -9,7 +9,8 @@ import pytest
 import torch
 from auglocal.engine.auxnets import build_aux_nets
 from auglocal.engine.auxnets.auglocal import plan_aux
-from auglocal.engine.auxnets.selection import num_local_layers, pyramid_ks, select_layers
+from auglocal.engine.auxnets.registry import num_local_layers
+from auglocal.engine.auxnets.selection import pyramid_ks, select_layers
 from auglocal.engine.models import build_model
 from auglocal.engine.models.cifar_resnet import BasicBlock
 

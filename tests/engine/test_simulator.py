@@ -127,8 +127,8 @@ def test_worker_loads_emit_after_the_last_primary_forward():
 
 def test_module_phase_times_measure_each_module():
     from auglocal.engine.auxnets import build_aux_nets
+    from auglocal.engine.local_module import build_local_modules
     from auglocal.engine.models import build_model
-    from auglocal.engine.rules import build_local_modules
 
     model = build_model("resnet20", num_classes=10)
     modules = build_local_modules(model, build_aux_nets(model, "auglocal", d=2, tau=0.5))

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from auglocal.engine.auxnets import build_aux_nets
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.models import build_model
 from auglocal.engine.precision import Kernels
-from auglocal.engine.rules import build_local_modules
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from auglocal.engine.stage import Stage
 from auglocal.engine.trainer import SequentialTrainer, evaluate

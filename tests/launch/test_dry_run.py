@@ -2,8 +2,8 @@
 
 import pytest
 from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.planning import make_plan, module_costs_flops
-from auglocal.engine.rules import build_local_modules
 from auglocal.launch.cli import main
 
 FLAGS = ["--model", "resnet20", "--d", "3", "--dataset", "synthetic", "--input-size", "16", "--num-classes", "4",

@@ -5,7 +5,7 @@ import json
 
 import pytest
 from auglocal.engine.config import build_network
-from auglocal.engine.rules import build_local_modules
+from auglocal.engine.local_module import build_local_modules
 from auglocal.launch.report.plots import CURVES_SIZE, DPI, LOCAL_LOSSES_SIZE, WORKERS_SIZE
 from auglocal.launch.run.pipeline import PipelineOptions, train_pipeline
 

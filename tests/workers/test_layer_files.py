@@ -3,7 +3,7 @@
 import pytest
 import torch
 from auglocal.engine.config import RunConfig, build_network, optim_and_schedule
-from auglocal.engine.rules import build_local_modules
+from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.stage import Stage
 from auglocal.workers.runtime.layer_files import layer_file, load_layers_into, load_stage_layers, save_stage_layers
 

@@ -1,4 +1,5 @@
-"""Learning rules turn a primary network into an ordered list of local modules (docs/method.md 2, 4.1)."""
+"""The local module: consecutive primary layers and the one loss that trains them, built from a rule's aux nets
+(docs/method.md 2, 4.1); the learning rules themselves are the registry in engine/auxnets/registry.py."""
 
 from __future__ import annotations
 
