@@ -18,7 +18,8 @@ def test_every_option_of_every_command_is_on_its_section_of_the_page():
     for name, parser in parsers.items():
         options = [s for action in parser._actions for s in action.option_strings]
         assert options, name
-        missing = [s for s in options if not re.search(re.escape(s) + r"(?![\w-])", sections[name])]  # --d: not --data-dir
+        # a whole option, so that --d is not found in --data-dir
+        missing = [s for s in options if not re.search(re.escape(s) + r"(?![\w-])", sections[name])]
         assert missing == [], f"{name}: options missing from docs/cli-reference.md"
 
 
