@@ -15,6 +15,7 @@ from tests.import_graph import REPO, cycles, graph, modules
 
 #: the packages in import order: each may import those after it, never one before it (docs/architecture.md)
 LAYERS = [
+    "auglocal.launch.cli_reference",
     "auglocal.launch.cli",
     "auglocal.launch.backends.elastic",
     "auglocal.launch.run",
