@@ -89,8 +89,8 @@ class _Stats:
 def build_stage(spec: WorkerSpec):
     """Rebuild the run's network from its config (same seed, so the same initial weights) and keep a slice."""
     from auglocal.engine.config import RunConfig, build_network, optim_and_schedule
-    from auglocal.engine.precision import Kernels
     from auglocal.engine.local_module import build_local_modules
+    from auglocal.engine.precision import Kernels
     from auglocal.engine.stage import Stage
 
     cfg = RunConfig.from_dict(spec.config)
