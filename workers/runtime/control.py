@@ -11,15 +11,12 @@ from __future__ import annotations
 from auglocal.workers.runtime.replay_log import LogLost
 from auglocal.workers.wire import protocol
 from auglocal.workers.wire.messages import Message, MessageError
-from auglocal.workers.wire.protocol import (
-    Route,
-)
+from auglocal.workers.wire.protocol import Route
 
 
 class RecoveryControl:
     """Worker's handlers for route-DOWN control kinds (relink, expect_replay, committed, release)."""
 
-    # --- control: one-worker recovery (launch/run/recovery.py) -------------------------------------------------
     def _poll_control(self) -> None:
         """Handle every control message waiting, unless already inside one (a relink's replay)."""
         if self.links.control is None or self._in_control:

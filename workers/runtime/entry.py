@@ -10,16 +10,12 @@ import os
 from collections.abc import Callable
 
 from auglocal.workers.runtime.liveness import coordinator_watch
-from auglocal.workers.runtime.process_setup import (
-    set_up_process,
-)
+from auglocal.workers.runtime.process_setup import set_up_process
 from auglocal.workers.runtime.spec import POLL_MS, CoordinatorGone, WorkerError, WorkerSpec
 from auglocal.workers.runtime.worker import Worker
 from auglocal.workers.runtime.worker_links import WorkerLinks, open_links
 from auglocal.workers.wire.messages import Codec, Kind, Message
-from auglocal.workers.wire.protocol import (
-    ErrorMeta,
-)
+from auglocal.workers.wire.protocol import ErrorMeta
 
 
 def report_crash(links: WorkerLinks, name: str, err: BaseException) -> None:

@@ -1,5 +1,4 @@
-"""Never an orphan: a worker notices when its coordinator is gone, even when that process is a zombie.
-"""
+"""Never an orphan: a worker notices when its coordinator is gone, even when that process is a zombie."""
 
 from __future__ import annotations
 

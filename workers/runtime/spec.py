@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from auglocal.workers.links.link import Link
-from auglocal.workers.wire.protocol import (
-    InboxSchema,
-)
+from auglocal.workers.wire.protocol import InboxSchema
 
 POLL_MS = 1000          # longest single wait before a blocked worker checks that its coordinator is still alive
 HEARTBEAT_S = 1.0       # a waiting worker reports at least this often
