@@ -48,8 +48,6 @@ LARGE_BYTES = 8 * 1024 * 1024
 WAIT_MS = 60_000
 
 
-GPU_TRANSPORTS = registry.GPU_TRANSPORTS
-
 
 @dataclass(frozen=True)
 class Wiring:
@@ -61,26 +59,30 @@ class Wiring:
     keys: tuple[CurveKeyPair, CurveKeyPair] | tuple[None, None] = (None, None)
     store: str | None = None
 
+    @property
+    def entry(self) -> registry.Transport:
+        return registry.BY_NAME[self.transport]
+
     def link(self, address: str, src: int, dst: int, server: CurveKeyPair | None = None) -> Link:
-        ranks = {"src_rank": src, "dst_rank": dst} if self.transport in ("gloo", "nccl") else {}
+        ranks = {"src_rank": src, "dst_rank": dst} if self.entry.process_group else {}
         return Link(address, self.window, self.transport, server_key=server and server.public.decode(),
                     tag=10 + src, **ranks)
 
     def address(self, name: str, directory: str) -> str:
-        return tcp_address() if self.transport in ("tcp", "curve") else ipc_address(name, directory)
+        return tcp_address() if self.entry.scheme == "tcp" else ipc_address(name, directory)
 
     def device(self, rank: int) -> torch.device:
-        if self.transport not in GPU_TRANSPORTS:
+        if self.entry.device != registry.CUDA:
             return torch.device("cpu")
-        return torch.device("cuda", rank if self.transport == "nccl" else 0)
+        return torch.device("cuda", rank if self.entry.gpus > 1 else 0)   # one GPU per end where it needs two
 
     def join_group(self, rank: int) -> None:
         if self.store:
             import torch.distributed as dist
 
-            backend = "nccl" if self.transport == "nccl" else "gloo"
-            dist.init_process_group(backend, store=dist.FileStore(self.store, 2), rank=rank, world_size=2)
-        if self.transport in GPU_TRANSPORTS:
+            dist.init_process_group(self.entry.group_backend, store=dist.FileStore(self.store, 2), rank=rank,
+                                    world_size=2)
+        if self.entry.device == registry.CUDA:
             torch.cuda.set_device(self.device(rank))
 
     def leave_group(self) -> None:
@@ -126,8 +128,9 @@ def measure_link(transport: str, window: int, round_trips: int, messages: int) -
     run_id, secret = "bench", secrets.token_hex(16)
     codec = Codec(run_id, secret)
     directory = tempfile.mkdtemp(prefix="al-bench-")
-    keys = (CurveKeyPair.generate(), CurveKeyPair.generate()) if transport == "curve" else (None, None)
-    store = os.path.join(directory, "store") if transport in ("gloo", "nccl") else None
+    entry = registry.BY_NAME[transport]
+    keys = (CurveKeyPair.generate(), CurveKeyPair.generate()) if entry.curve else (None, None)
+    store = os.path.join(directory, "store") if entry.process_group else None
     wiring = Wiring(transport, window, keys, store)
     zmq_context = zmq.Context()
     child = None
@@ -301,12 +304,15 @@ def measure_copy(reps: int) -> dict[str, dict[str, float]]:
 
 
 ALL_TRANSPORTS = registry.BY_FEWEST_GPUS   # CPU transports first, then by the GPUs each needs
+#: the plain ZeroMQ transports, each measured beside a bare-pyzmq floor of the same scheme
+PLAIN_FLOORS = tuple(name for name in ALL_TRANSPORTS
+                     if not registry.BY_NAME[name].out_of_band and not registry.BY_NAME[name].curve)
 
 
 def default_transports() -> list[str]:
     """Every transport this machine can run: the GPU ones need one GPU (cuda-ipc) or two (nccl)."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return ["ipc", "tcp", "curve", "gloo"] + ["cuda-ipc"] * (gpus >= 1) + ["nccl"] * (gpus >= 2)
+    return [name for name in ALL_TRANSPORTS if registry.BY_NAME[name].gpus <= gpus]
 
 
 def describe_machine() -> list[str]:
@@ -379,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = {}
     for transport in chosen:
         rows[f"{transport} link"] = measure_link(transport, args.window, args.round_trips, args.messages)
-        if transport in ("ipc", "tcp") and not args.no_plain:
+        if transport in PLAIN_FLOORS and not args.no_plain:
             rows[f"{transport}:// plain pyzmq"] = measure_plain(transport, args.round_trips, args.messages)
     rows.update({f"memory copy ({k})": v for k, v in measure_copy(reps=50).items()})
     table = format_table(rows, args.window, describe_machine())

@@ -23,9 +23,9 @@ def preflight(args: argparse.Namespace, cfg: RunConfig, opts):
     check_out(args.out)
     if opts is not None:
         from auglocal.launch.backends.one_host.sockets import check_socket_root
+        from auglocal.launch.run.transport_choice import binds_ipc_sockets
 
-        elastic = getattr(args, "elastic", False)   # auto: ipc on one host, tcp-based links under torchrun
-        check_socket_root(ipc=opts.transport == "ipc" or (opts.transport == "auto" and not elastic))
+        check_socket_root(ipc=binds_ipc_sockets(opts.transport, getattr(args, "elastic", False)))
     data = build_data(cfg, check_files=True)
     resolve(cfg, data)
     if opts is not None and not getattr(args, "elastic", False):    # torchrun: the group's size decides (elastic.py)

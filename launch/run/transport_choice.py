@@ -70,13 +70,21 @@ def check_possible(transport: str, devices: list[str], gpu_count: int) -> None:
 def one_host_transport(transport: str) -> str:
     """The link transport of the single-host launcher for the `--transport` asked (auto -> ipc)."""
     if transport == "auto":
-        return "ipc"
+        return auto_pick(CPU, ONE_HOST)
     if transport not in ONE_HOST_TRANSPORTS:
         raise ValueError(f"--transport {transport}: the single-host launcher wires {_either(ONE_HOST_TRANSPORTS)} "
                          "links; "
                          f"{transport} links need the process group of the launch across hosts "
                          "(torchrun, launch/backends/elastic/)")
     return transport
+
+
+def binds_ipc_sockets(transport: str, elastic: bool) -> bool:
+    """Whether the `--transport` asked makes the single-host launcher bind ipc:// sockets (in this user's socket
+    folder: launch/backends/one_host/sockets.py); under torchrun every inbox binds tcp:// instead."""
+    name = auto_pick(CPU, ONE_HOST) if transport == "auto" and not elastic else transport
+    entry = BY_NAME.get(name)
+    return entry is not None and entry.one_host_launcher and entry.scheme == "ipc"
 
 
 def elastic_transport(transport: str) -> str:

@@ -77,3 +77,18 @@ def test_auto_picks_per_pair_as_before(src, dst, expected):
 def test_the_cli_offers_the_registry_s_transports():
     (action,) = [a for a in build_parser()._actions if "--transport" in a.option_strings]
     assert tuple(action.choices) == ("auto", *registry.TRANSPORTS)
+
+
+def test_one_process_group_serves_every_link_of_a_plan():
+    assert registry.group_backend_for(("curve", "tcp")) is None
+    assert registry.group_backend_for(("curve", "gloo", "gloo")) == "gloo"
+    assert registry.group_backend_for(("nccl",)) == "cpu:gloo,cuda:nccl"
+    assert registry.group_backend_for(("gloo", "nccl")) == "cpu:gloo,cuda:nccl"    # the mixed one serves both
+
+
+def test_only_the_single_host_ipc_links_need_the_socket_folder():
+    from auglocal.launch.run.transport_choice import binds_ipc_sockets
+
+    assert binds_ipc_sockets("auto", elastic=False) and binds_ipc_sockets("ipc", elastic=False)
+    assert not binds_ipc_sockets("auto", elastic=True)
+    assert not any(binds_ipc_sockets(t, elastic=False) for t in ("tcp", "curve", "gloo", "nccl", "cuda-ipc"))

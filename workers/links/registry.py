@@ -200,3 +200,17 @@ ONE_HOST_TRANSPORTS = _names(lambda e: e.one_host_launcher)
 BY_FEWEST_GPUS = _names(lambda e: True, sorted(REGISTRY, key=lambda e: e.gpus))
 #: The transports that move GPU tensors, fewest GPUs first.
 GPU_TRANSPORTS = _names(lambda e: e.device == CUDA, sorted(REGISTRY, key=lambda e: e.gpus))
+
+
+def group_backend_for(transports) -> str | None:
+    """The backend of the one process group that serves every link of `transports`, None when none needs one.
+    A backend serves a transport when it names the transport's backend (as workers/links/paths/oob_link.py
+    checks): "cpu:gloo,cuda:nccl" serves gloo and nccl links alike."""
+    needed = {GROUP_TRANSPORTS[t] for t in transports if t in GROUP_TRANSPORTS}
+    serving = [backend for backend in sorted(set(GROUP_TRANSPORTS.values()))
+               if all(need in backend for need in needed)]
+    if not needed:
+        return None
+    if not serving:
+        raise ValueError(f"no process-group backend serves links of {sorted(set(transports))}")
+    return min(serving, key=len)     # the plainest that serves them all

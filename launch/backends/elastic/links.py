@@ -26,7 +26,16 @@ from datetime import timedelta
 from auglocal.launch.run.transport_choice import Place, pick_for_pair
 from auglocal.workers.links.curve import CurveKeyPair
 from auglocal.workers.links.link import Link
-from auglocal.workers.links.registry import GROUP_TRANSPORTS, ZMQ_ONLY  # noqa: F401 - link transport -> group backend
+from auglocal.workers.links.registry import (  # noqa: F401 - ZMQ_ONLY: imported from here by tests
+    ACROSS_HOSTS,
+    BY_NAME,
+    CPU,
+    CUDA,
+    GROUP_TRANSPORTS,
+    ZMQ_ONLY,
+    auto_pick,
+    group_backend_for,
+)
 from auglocal.workers.links.zmq_link import Receiver, Sender
 from auglocal.workers.wire.endpoint_record import sign, verify
 from auglocal.workers.wire.messages import Codec
@@ -44,17 +53,18 @@ class LinkPlan:
     @classmethod
     def resolve(cls, asked: str, hosts: list[str], devices: list[str]) -> LinkPlan:
         """`hosts[g]` is global rank g's node address, `devices[r]` worker r's device (rank 0 feeds from CPU)."""
-        places = [Place(hosts[0], "cpu"), *(Place(h, d) for h, d in zip(hosts[1:], devices, strict=True))]
-        if asked == "auto":
+        places = [Place(hosts[0], CPU), *(Place(h, d) for h, d in zip(hosts[1:], devices, strict=True))]
+        zmq_link = auto_pick(CPU, ACROSS_HOSTS)   # CPU ends across hosts: the ZeroMQ link auto picks (curve)
+        if asked == "auto":                      # a pair on one node may get a one-host-only link: not here
             picked = [pick_for_pair(places[g], places[g + 1]) for g in range(len(places) - 1)]
-            inbox = tuple("curve" if t == "ipc" else t for t in picked)
-        elif asked in ("nccl", "cuda-ipc"):      # rank 0 feeds images from host memory: its link stays ZeroMQ
-            inbox = ("curve",) + (asked,) * (len(places) - 2)
+            inbox = tuple(t if BY_NAME[t].under_torchrun else zmq_link for t in picked)
+        elif BY_NAME[asked].device == CUDA:      # rank 0 feeds images from host memory: its link stays ZeroMQ
+            inbox = (zmq_link,) + (asked,) * (len(places) - 2)
         else:
             inbox = (asked,) * (len(places) - 1)
-        groups = {GROUP_TRANSPORTS[t] for t in inbox if t in GROUP_TRANSPORTS}
-        group = "cpu:gloo,cuda:nccl" if len(groups) > 1 else next(iter(groups), None)
-        return cls(inbox, "tcp" if asked == "tcp" else "curve", group)
+        group = group_backend_for(inbox)
+        results = asked if asked in ZMQ_ONLY else zmq_link   # results are small: ZeroMQ, as asked if it is
+        return cls(inbox, results, group)
 
     def outbox(self, r: int) -> str | None:
         """The transport of worker r's link to worker r+1 (None for the last worker)."""
@@ -102,7 +112,7 @@ def connect(store, name: str, codec: Codec, keys: CurveKeyPair, transport: str, 
     """The sending end of the link to the inbox published under `name`, verified first: a curve link
     admits only the server key the record names."""
     address, server_key = verify(store.secret, store.get_raw(name))
-    link = Link(address, window, transport, server_key=server_key if transport == "curve" else None,
+    link = Link(address, window, transport, server_key=server_key if BY_NAME[transport].curve else None,
                 src_rank=src_rank, dst_rank=dst_rank, tag=dst_rank or 0)
     return link.sender(codec, curve=keys)
 
