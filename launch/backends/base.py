@@ -33,8 +33,9 @@ class WorkerHandle(Protocol):
     def join(self, timeout: float) -> None: ...
 
 
-#: The members a worker handle class must have (the Protocol's, spelled once for the registry's check).
-HANDLE_MEMBERS = ("pid", "exitcode", "is_alive", "orphaned", "stop", "join")
+#: The members a worker handle class must have: the Protocol's own, read off it for the registry's check.
+HANDLE_MEMBERS = tuple(sorted({*WorkerHandle.__annotations__,
+                               *(name for name in vars(WorkerHandle) if not name.startswith("_"))}))
 
 
 def resolve(ref: str):
