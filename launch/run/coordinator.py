@@ -31,6 +31,7 @@ from auglocal.engine.feed import (
     feed_plan,
 )
 from auglocal.engine.precision import activation_dtype
+from auglocal.launch.backends.base import WorkerHandle
 from auglocal.launch.backends.one_host.processes import WorkerProcess, forkserver_context
 from auglocal.launch.backends.one_host.sockets import make_socket_dir, remove_socket_dir
 from auglocal.launch.run.attempt import AttemptOptions, Placement, RunCounters, WorkerFailed
@@ -80,7 +81,7 @@ class Coordinator:
             raise
         self.needs_input = needs_input
         self.ranks = {worker_name(r): r for r in range(self.k)}
-        self.workers: list = []
+        self.workers: list[WorkerHandle] = []
         self.results = None
         self.feed = None
         self.stats = tracker.stats
@@ -157,7 +158,7 @@ class Coordinator:
                 replay_log=self.placement.hosts is None, hold_after_stop=self.recovery.holds_after_stop))
         return out
 
-    def attach(self, results, feed, workers: list) -> None:
+    def attach(self, results, feed, workers: list[WorkerHandle]) -> None:
         """Use these links and worker handles (tests: in-memory links and stand-in processes)."""
         self.results, self.feed, self.workers = results, feed, list(workers)
         self.results.on_foreign = self._count_stranger

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +15,8 @@ from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.planning import CostKey, PipelinePlan, choose_module_costs, layer_output_shapes, make_plan
 from auglocal.engine.precision import Kernels
 from auglocal.engine.trainer import EpochRecord, StepRecord
+from auglocal.launch.backends.base import Backend
+from auglocal.launch.backends.registry import BY_NAME, ONE_HOST
 from auglocal.launch.report.plots import plot_run
 from auglocal.launch.report.tensorboard import TensorBoardSink
 from auglocal.launch.report.worker_usage import UsageSampler
@@ -174,7 +176,8 @@ class PreparedRun:
     progress: bool
     tb: TensorBoardSink                             # event files (a no-op when off or not installed)
     resume_from: tuple[int, dict] | None = None    # the verified checkpoint --resume starts from
-    make_coordinator: Callable[..., Coordinator] = Coordinator   # one attempt's coordinator (launch/backends/elastic/)
+    backend: Backend = BY_NAME[ONE_HOST]             # whose coordinator runs each attempt (launch/backends/registry.py)
+    backend_options: dict = field(default_factory=dict)   # its coordinator's own keyword arguments
 
 
 @dataclass
@@ -255,6 +258,7 @@ def run_attempts(p: PreparedRun) -> Outcome:
     counters = RunCounters()
     t_failed: float | None = None
     attempt = 0
+    make_coordinator = p.backend.coordinator_factory()
     while True:
         state = TrackerState.from_dict(latest[1]["tracker"]) if latest else TrackerState()
         run.truncate_metrics(state.metrics_lines)
@@ -273,9 +277,10 @@ def run_attempts(p: PreparedRun) -> Outcome:
             resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc,
             recovery=opts.recovery, replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir,
             transport=opts.transport)
-        coord = p.make_coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
-                                   store=store, tracker=tracker, start=start,
-                                   next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters)
+        coord = make_coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
+                                 store=store, tracker=tracker, start=start,
+                                 next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters,
+                                 **p.backend_options)
         try:
             with coord:
                 coord.start()

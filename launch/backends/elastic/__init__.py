@@ -20,7 +20,6 @@ restarts the whole group, and the new rank 0 resumes from the last committed che
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -33,6 +32,7 @@ from auglocal.launch.backends.elastic.store import (
     TorchrunEnv,
     read_secret,
 )
+from auglocal.launch.backends.registry import BY_NAME, ELASTIC
 from auglocal.launch.run.run_dir import resumable
 from auglocal.launch.run.transport_choice import elastic_transport
 from auglocal.workers.wire.endpoint_record import EndpointRecordError
@@ -151,7 +151,6 @@ class ElasticRank:
 def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progress: bool, resume: bool) -> int:
     """Rank 0: one attempt of the pipelined run with the other ranks as its workers; 0 done, 1 failed (torchrun
     then restarts the group, and the next rank 0 resumes from the last committed checkpoint)."""
-    from auglocal.launch.backends.elastic.coordinator import ElasticCoordinator
     from auglocal.launch.run.devices import coordinator_gpu_asked
     from auglocal.launch.run.pipeline import (
         coordinator_threads,
@@ -174,11 +173,11 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
     if rank.restarts > 0 and opts.fault is not None and not opts.fault.always:
         opts.fault = None                            # a fault fires in the first attempt only
     # The base Coordinator's own link table is unused here (each rank binds its own inbox): keep it plain tcp,
-    # and let ElasticCoordinator wire the asked transport per pair (launch/backends/elastic/links.py).
+    # and let the elastic backend's coordinator wire the asked transport per pair (launch/backends/elastic/links.py).
     transport, opts.transport = opts.transport, "tcp"
     prepared = prepare_run(cfg, data, opts, out, progress, resume)
-    prepared.make_coordinator = functools.partial(ElasticCoordinator, run_store=rank.store, node_addr=rank.node_addr,
-                                                  transport=transport)
+    prepared.backend = BY_NAME[ELASTIC]
+    prepared.backend_options = dict(run_store=rank.store, node_addr=rank.node_addr, transport=transport)
     with coordinator_threads(prepared.placement.devices):   # some worker ranks may share this host's cores
         outcome = run_attempts(prepared)
     if outcome.error is not None:

@@ -80,6 +80,7 @@ class RemoteWorker:
     """A worker rank as rank 0 sees it: no process handle (`pid` is on the worker's node); torchrun watches it."""
 
     exitcode = None
+    pid: int | None
 
     def __init__(self, pid: int | None = None):
         self.pid = pid
