@@ -41,6 +41,7 @@ from auglocal.launch.run.progress import EpochTracker
 from auglocal.launch.run.recovery import OneWorkerRecovery
 from auglocal.launch.run.transport_choice import OneHostKeys, link_address
 from auglocal.workers.links.link import Link
+from auglocal.workers.links.registry import BY_NAME
 from auglocal.workers.runtime.faults import die
 from auglocal.workers.runtime.layer_shipping import LayerFileSink
 from auglocal.workers.runtime.worker import WorkerSpec, worker_name
@@ -73,7 +74,7 @@ class Coordinator:
         self.tmp = make_socket_dir(self.run_id)   # launch/backends/one_host/sockets.py: found, removed if we die
         self.k = len(placement.groups)
         try:                                         # shutdown() removes the folder; without a coordinator, here
-            self.keys = OneHostKeys.generate(self.k) if opts.transport == "curve" else None
+            self.keys = OneHostKeys.generate(self.k) if BY_NAME[opts.transport].curve else None
             self.inboxes = [self.link(f"w{r}", opts.window, owner=r) for r in range(self.k)]
             self.results_link = self.link("results", 64, owner=-1)
         except BaseException:
