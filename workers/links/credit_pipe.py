@@ -16,11 +16,11 @@ exists only for a message of this run with the right secret, as before; the FIFO
 
 A credit is not one byte but an 8-byte record: the BLAKE2b of the consumed message's number on this link
 (1, 2, ...), keyed with the token. The sender knows the one record that can come next, so bytes someone else
-wrote into the FIFO (the same user only: mode 0600) never count as a credit: they are skipped, counted in
-`rejected` (one per run of foreign bytes), and the window, and with it `in_flight`, stays what the receiver
-really consumed. A record is written with one write() below PIPE_BUF, so foreign bytes land between records,
-never inside one. It checks integrity, not secrecy: the token is in the FIFO's name, and a process of this
-user could as well change the worker itself.
+wrote into the FIFO (the same user only: mode 0600) never count as a credit: they are skipped, reported to
+the sender's hook (once per run of foreign bytes; the Sender counts them as strangers), and the window, and
+with it `in_flight`, stays what the receiver really consumed. A record is written with one write() below
+PIPE_BUF, so foreign bytes land between records, never inside one. It checks integrity, not secrecy: the
+token is in the FIFO's name, and a process of this user could as well change the worker itself.
 
 A peer that left is like today's unreachable peer: its FIFO is gone (ENOENT), has no reader (ENXIO) or breaks
 on write (EPIPE), and it needs no credit. The sender keeps a write end of its own FIFO open so that the read end
@@ -36,6 +36,7 @@ import os
 import secrets
 import select
 import stat
+from collections.abc import Callable
 
 IDENTITY_PREFIX = b"fifo:"
 TOKEN_HEX_DIGITS = 16
@@ -77,7 +78,8 @@ def token_of(identity: bytes) -> str | None:
 class CreditPipe:
     """The sending end's FIFO: made and opened before the socket connects, counted by non-blocking reads."""
 
-    def __init__(self, socket: str):
+    def __init__(self, socket: str, on_foreign: Callable[[], None]):
+        self._on_foreign = on_foreign
         self.token = secrets.token_hex(TOKEN_HEX_DIGITS // 2)
         self.identity = IDENTITY_PREFIX + self.token.encode("ascii")
         """The routing identity to set on the sender's socket before it connects."""
@@ -100,9 +102,7 @@ class CreditPipe:
         self._credits = 0                      # valid records taken so far
         self._expected = credit_record(self.token, 1)
         self._carry = b""                      # fewer than RECORD_BYTES bytes not yet resolved
-        self._in_foreign = False               # the carry continues a run of foreign bytes already counted
-        self.rejected = 0
-        """Runs of foreign bytes found in the pipe (never counted as credits)."""
+        self._in_foreign = False               # the carry continues a run of foreign bytes already reported
 
     def _read_all(self) -> bytes:
         try:
@@ -124,7 +124,7 @@ class CreditPipe:
 
     def take(self) -> int:
         """How many valid credits arrived since the last call (0 when none; never blocks). Foreign bytes are
-        skipped and counted in `rejected`."""
+        skipped and reported to `on_foreign`, once per run."""
         data = self._read_all()
         if not self._carry and data == self._expected:   # the common case: exactly the one credit expected
             self._in_foreign = False
@@ -152,8 +152,8 @@ class CreditPipe:
 
     def _foreign(self) -> None:
         if not self._in_foreign:
-            self.rejected += 1
             self._in_foreign = True
+            self._on_foreign()
 
     def close(self) -> None:
         """Remove the FIFO and close both ends; the receiver then sees a peer that left. Safe to call twice."""

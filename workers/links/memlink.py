@@ -12,8 +12,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
+from auglocal.workers.links.strangers import Strangers
+from auglocal.workers.links.window import CreditWindow
 from auglocal.workers.wire.messages import Codec, Expect, Message, MessageError
 
 
@@ -24,8 +25,12 @@ class MemorySender:
         self._link = link
         self._codec = codec
         self.window = link.window
-        self.in_flight = 0
+        self._slots = CreditWindow(link.window)
         self.sent = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self._slots.in_flight
 
     def _payload(self, message: Message):
         """What travels on the link: the encoded frames, copied (a socket copies them too)."""
@@ -35,13 +40,13 @@ class MemorySender:
         payload = self._payload(message)
         deadline = time.monotonic() + timeout_ms / 1000
         with self._link.cond:
-            while self.in_flight >= self.window:
+            while self._slots.full:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"send to {self._link.name} timed out after {timeout_ms} ms: "
                                        f"{self.in_flight} of {self.window} messages unconsumed")
                 self._link.cond.wait(remaining)
-            self.in_flight += 1
+            self._slots.take()
             self.sent += 1
             self._link.queue.append((self, payload))
             self._link.cond.notify_all()
@@ -62,7 +67,7 @@ class MemorySender:
         pass
 
 
-class MemoryLink:
+class MemoryLink(Strangers):
     """An inbox: a queue of encoded messages from its senders, consumed by `recv` in arrival order."""
 
     def __init__(self, codec: Codec, name: str = "inbox", window: int = 2):
@@ -71,8 +76,6 @@ class MemoryLink:
         self.window = window
         self.cond = threading.Condition()
         self.queue: deque = deque()
-        self.rejected = 0
-        self.on_foreign: Callable[[MessageError], None] | None = None
 
     def sender(self, codec: Codec | None = None) -> MemorySender:
         return MemorySender(self, codec or self.codec)
@@ -96,15 +99,11 @@ class MemoryLink:
             try:
                 message = self._open(sender, payload, expect)
             except MessageError as err:
-                if not err.foreign:
-                    raise
-                self.rejected += 1
-                if self.on_foreign is not None:
-                    self.on_foreign(err)
+                self._drop_if_stranger(err)
                 continue
             if sender is not None:
                 with self.cond:
-                    sender.in_flight -= 1
+                    sender._slots.credit()
                     self.cond.notify_all()
             return message
 

@@ -63,12 +63,13 @@ workers/links/paths/cuda_ipc.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import zmq
 from auglocal.workers.links import curve as _curve
 from auglocal.workers.links import zap as _zap
 from auglocal.workers.links.credit_pipe import CreditPipe, socket_path
+from auglocal.workers.links.strangers import Strangers
+from auglocal.workers.links.window import CreditWindow
 from auglocal.workers.links.zmq_base import (  # noqa: F401 - a link's addresses are imported from here
     _CREDIT_HWM,
     _CREDIT_ONLY,
@@ -88,23 +89,19 @@ from auglocal.workers.links.zmq_receiver import Receiver  # noqa: F401 - both en
 from auglocal.workers.wire.messages import MAX_HEADER_BYTES, Codec, Message, MessageError
 
 
-class Sender(_Endpoint):
+class Sender(_Endpoint, Strangers):
     """The connecting end of a link: sends at most `window` messages ahead of what the receiver consumed."""
 
     def __init__(self, address: str, codec: Codec, *, window: int = 2, context: zmq.Context | None = None,
                  curve: _curve.CurveKeyPair | None = None, server_key: bytes | str | None = None,
                  handshake_secret: str | None = None):
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+        self._slots = CreditWindow(window)
         self.address = address
         self.window = window
         self._codec = codec
-        self._in_flight = 0
         self._valid_credit: bytes | None = None
-        self.rejected = 0
-        """Credits refused: beyond the window, or foreign bytes in the credit pipe (workers/links/credit_pipe.py)."""
-        self.on_foreign: Callable[[MessageError], None] | None = None
-        """Called with each refused credit (a worker reports it to the coordinator, like a stranger's message)."""
+        # `rejected` and `on_foreign` (Strangers) count refused credits: beyond the window, or foreign bytes in
+        # the credit pipe (workers/links/credit_pipe.py); a worker reports them like a stranger's message.
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         if (curve is None) != (server_key is None):
             raise ValueError("a CURVE sender needs both its own key pair and the receiver's public key")
@@ -116,11 +113,12 @@ class Sender(_Endpoint):
         self._socket.setsockopt(zmq.SNDHWM, window + 1)
         self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)
         self._pipe: CreditPipe | None = None
-        self._pipe_rejected = 0
         path = socket_path(address)
         if path is not None:
             try:
-                self._pipe = CreditPipe(path)   # before connecting: the first credit may come at once
+                # before connecting: the first credit may come at once
+                self._pipe = CreditPipe(path, lambda: self._refuse("bytes in the credit pipe that are no "
+                                                                   "credit of this link"))
             except ValueError:
                 self._socket.close(linger=0)
                 raise
@@ -147,7 +145,7 @@ class Sender(_Endpoint):
     @property
     def in_flight(self) -> int:
         """Messages sent whose credit has not been collected yet (an upper bound on those unconsumed)."""
-        return self._in_flight
+        return self._slots.in_flight
 
     def send(self, message: Message, timeout_ms: float) -> None:
         """Encode and send `message` without copying its tensors; waits for a credit if the window is full.
@@ -163,12 +161,12 @@ class Sender(_Endpoint):
         """Wait until the window has room for one more message (TimeoutError after `timeout_ms`)."""
         _check_timeout(timeout_ms)
         self._collect_credits(deadline=None)
-        if self._in_flight >= self.window:
+        if self._slots.full:
             deadline = _deadline(timeout_ms)
-            while self._in_flight >= self.window:
+            while self._slots.full:
                 if not self._collect_credits(deadline):
                     raise TimeoutError(
-                        f"send to {self.address} timed out after {timeout_ms} ms: {self._in_flight} of "
+                        f"send to {self.address} timed out after {timeout_ms} ms: {self.in_flight} of "
                         f"{self.window} messages still unconsumed by the receiver (slow or dead?)"
                     )
 
@@ -180,7 +178,7 @@ class Sender(_Endpoint):
             deadline = _deadline(timeout_ms) if deadline is None else deadline
             if not _wait(self._writable, deadline):
                 raise TimeoutError(f"send to {self.address} timed out after {timeout_ms} ms: socket not writable")
-        self._in_flight += 1
+        self._slots.take()
 
     def _consumed(self) -> None:
         """A credit arrived: the receiver consumed our oldest message (out-of-band transports free its buffers)."""
@@ -210,10 +208,10 @@ class Sender(_Endpoint):
         """Block until the receiver has consumed every message sent so far; TimeoutError otherwise."""
         deadline = _deadline(timeout_ms)
         self._collect_credits(deadline=None)
-        while self._in_flight > 0:
+        while self.in_flight > 0:
             if not self._collect_credits(deadline):
                 raise TimeoutError(
-                    f"{self._in_flight} messages to {self.address} still unconsumed after {timeout_ms} ms"
+                    f"{self.in_flight} messages to {self.address} still unconsumed after {timeout_ms} ms"
                 )
 
     def _collect_credits(self, deadline: float | None) -> bool:
@@ -252,25 +250,19 @@ class Sender(_Endpoint):
             count = pipe.take()
             if not count and time.monotonic() >= deadline:   # a wake-up without a credit never loops past it
                 break
-        while pipe.rejected > self._pipe_rejected:
-            self._pipe_rejected += 1
-            self._refuse("bytes in the credit pipe that are no credit of this link")
         for _ in range(count):
             self._credited()
         return count > 0
 
     def _credited(self) -> None:
         """Count one credit: one fewer message in flight; one beyond the messages in flight is refused."""
-        if self._in_flight:
-            self._in_flight -= 1
+        if self._slots.credit():
             self._consumed()
         else:
             self._refuse("a credit beyond the window (no message in flight)")
 
     def _refuse(self, detail: str) -> None:
-        self.rejected += 1
-        if self.on_foreign is not None:
-            self.on_foreign(MessageError(f"<receiver at {self.address}>", "credit", detail, foreign=True))
+        self._count_stranger(MessageError(f"<receiver at {self.address}>", "credit", detail, foreign=True))
 
     def close(self) -> None:
         """Close the socket (linger 0) and remove its credit pipe. Safe to call twice."""

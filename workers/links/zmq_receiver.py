@@ -4,13 +4,12 @@ strangers, and returns one credit per consumed message. See zmq_link.py for the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import zmq
 from auglocal.workers.links import curve as _curve
 from auglocal.workers.links import zap as _zap
 from auglocal.workers.links.credit_pipe import CreditPipes, socket_path
 from auglocal.workers.links.handshake_audit import AUDIT_S, HandshakeAudit
+from auglocal.workers.links.strangers import Strangers
 from auglocal.workers.links.zmq_base import (
     _CREDIT_HWM,
     _EVENTS,
@@ -25,7 +24,7 @@ from auglocal.workers.links.zmq_base import (
 from auglocal.workers.wire.messages import MAX_HEADER_BYTES, Codec, Expect, Kind, Message, MessageError
 
 
-class Receiver(_Endpoint):
+class Receiver(_Endpoint, Strangers):
     """The bound end of one or more links: validates each message and returns one credit per consumed message.
 
     `name` is this process's name; it signs the credits. `window` must be at least the senders' window.
@@ -86,10 +85,8 @@ class Receiver(_Endpoint):
         self._pipes: CreditPipes | None = None if path is None else CreditPipes(path)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
-        self.rejected = 0
-        """Strangers' messages dropped so far (from peers that passed the handshake: see `refused`)."""
-        self.on_foreign: Callable[[MessageError], None] | None = None
-        """Called with each stranger's rejection, message or refused connection (a worker reports it)."""
+        # `rejected` (Strangers) counts strangers' messages from peers that passed the handshake (those refused
+        # in it: `refused`); `on_foreign` hears of both.
 
     @property
     def refused(self) -> int:
@@ -100,8 +97,7 @@ class Receiver(_Endpoint):
         """Count and report the connections refused since the last look (at most every AUDIT_S)."""
         self._audit_at = now + AUDIT_S
         for reason in self._audit.poll():
-            if self.on_foreign is not None:
-                self.on_foreign(MessageError(f"<connection to {self.address}>", "handshake", reason, foreign=True))
+            self._report_stranger(MessageError(f"<connection to {self.address}>", "handshake", reason, foreign=True))
 
     def recv(self, timeout_ms: float, expect: Expect | None = None) -> Message:
         """Next validated message from any connected sender; returns its sender a credit.
@@ -137,11 +133,7 @@ class Receiver(_Endpoint):
             try:
                 message = self._decode(frames, expect, f"<peer {identity.hex()} at {self.address}>")
             except MessageError as err:
-                if not err.foreign:
-                    raise
-                self.rejected += 1
-                if self.on_foreign is not None:
-                    self.on_foreign(err)
+                self._drop_if_stranger(err)
                 continue
             if self._pipes is None or not self._pipes.give(identity):
                 self._send_credit(identity)

@@ -236,17 +236,20 @@ class Codec:
         frames[0] = packed
         return frames
 
-    def decode(self, frames: Sequence[Any], expect: Expect | None = None, peer: str = "<unknown sender>") -> Message:
+    def decode(self, frames: Sequence[Any], expect: Expect | None = None, peer: str = "<unknown sender>",
+               header: list[Any] | None = None) -> Message:
         """Validate received frames and rebuild the message; raises MessageError naming sender and field.
 
         `frames` are buffers (bytes, memoryview or zmq.Frame); tensors are views on them, not copies.
         `peer` names the sender in errors raised before the header's own sender field could be read.
+        `header`: `read_header`'s frames[0], where the caller needed it first (out-of-band links), checked once.
+        The kind's meta and tensors against the protocol table are `protocol.validate`'s, after this.
         """
         if len(frames) < 1:
             raise MessageError(peer, "frames", "empty message, expected a header frame")
-        header = self._parse_header(frames[0], peer)
-        _v, _secret, _run, sender, _kind, epoch, step, layer, specs, meta = header
-        kind = self._check_identity(header, sender)
+        if header is None:
+            header = self.read_header(frames[0], peer)
+        _v, _secret, _run, sender, kind, epoch, step, layer, specs, meta = header
         if len(frames) - 1 != len(specs):
             raise MessageError(
                 sender,
@@ -280,16 +283,21 @@ class Codec:
             check_expected(message, expect)
         return message
 
-    def tensor_sizes(self, header_frame: Any, peer: str = "<unknown sender>") -> list[int]:
-        """Byte counts of the tensors a header announces, after the checks `decode` makes of the header alone.
+    def read_header(self, frame: Any, peer: str = "<unknown sender>") -> list[Any]:
+        """The checks `decode` makes of the header frame alone (the run's proof, then its fields), made once:
+        the header's fields in HEADER_FIELDS order, its kind a `Kind`, to pass on to `decode(header=)`."""
+        header = self._parse_header(frame, peer)
+        header[4] = self._check_identity(header, header[3])
+        return header
+
+    def tensor_sizes(self, header: list[Any]) -> list[int]:
+        """Byte counts of the tensors a header (from `read_header`) announces, each description checked.
 
         For transports that move tensor bytes outside ZeroMQ (workers/links/paths/oob_link.py): they must know what to
-        receive before the bytes exist, and must not receive anything for a stranger (MessageError, foreign)
-        or for an inconsistent header. `decode` then checks the whole message again with the bytes.
+        receive before the bytes exist, and must not receive anything for a stranger (MessageError, foreign:
+        `read_header` refuses it) or for an inconsistent header. `decode(header=)` then checks the bytes.
         """
-        header = self._parse_header(header_frame, peer)
         sender = header[3]
-        self._check_identity(header, sender)
         sizes = []
         for index, spec in enumerate(header[8]):
             declared = spec[3] if type(spec) is list and len(spec) == _N_TENSOR_FIELDS else None

@@ -20,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
 from typing import Any, Union
 
-from auglocal.workers.wire.messages import DTYPES, Kind, Message, MessageError, TensorSpec
+from auglocal.workers.wire.messages import DTYPES, Kind, Message, MessageError, TensorSpec, check_expected
 
 
 class Route(str, Enum):
@@ -278,8 +278,6 @@ def is_record(value: Any) -> bool:
 
 
 def _check_tensors(message: Message, mtype: MessageType, schema: InboxSchema | None) -> None:
-    from auglocal.workers.wire.messages import check_expected
-
     names = {s.name for s in mtype.tensors}
     required = {s.name for s in mtype.tensors if not s.optional}
     present = set(message.tensors)
@@ -302,6 +300,8 @@ def validate(message: Message, route: Route, schema: InboxSchema | None = None) 
     Raises MessageError (a peer's failure, never `foreign`) for a kind that does not travel on `route`,
     meta that does not match the kind's record, or tensors other than the kind's (checked against
     `schema` where given). Also used by senders (`typed`) so nothing leaves that a receiver would refuse.
+    The wire checks (framing, secret, run id, header fields, tensor frames) are `Codec.decode`'s, made
+    before this on every receive path but the thread link's by-reference messages, which have no wire form.
     """
     mtype = PROTOCOL.get(message.kind)
     if mtype is None or mtype.route is not route:

@@ -2,11 +2,12 @@
 
 Headers, credits and control stay on the ZeroMQ link (workers/links/zmq_link.py): the message's header frame goes
 as always, followed by one small *route* frame (msgpack) instead of the tensor frames; the tensor bytes take
-the link's `TensorPath`. The receiver validates the header first (`Codec.tensor_sizes`: a stranger's header
-is dropped before anything is received for it), learns each tensor's byte count from it, has the path fetch
-exactly those bytes, and then decodes the whole message with the usual checks. The credit window is
-unchanged, and it also bounds the buffers: a sent tensor is held, never reused or freed, until the receiver's
-credit for its message arrives (by then the receiver has its bytes); a path waits on its work then.
+the link's `TensorPath`. The receiver checks the header first (`Codec.read_header`: a stranger's header
+is dropped before anything is received for it), learns each tensor's byte count from it (`tensor_sizes`), has
+the path fetch exactly those bytes, and then decodes the message from that checked header and the bytes.
+The credit window is unchanged, and it also bounds the buffers: a sent tensor is held, never reused or freed,
+until the receiver's credit for its message arrives (by then the receiver has its bytes); a path waits on its
+work then.
 
 Paths: `DistPath` (torch.distributed isend/irecv on the default process group: gloo on CPU, NCCL on GPU; the
 caller initialises the group, and names the ranks and a tag per link so links between the same two ranks
@@ -198,9 +199,10 @@ class OobReceiver(Receiver):
     def _decode(self, frames: list, expect: Expect | None, peer: str) -> Message:
         if not frames:
             return self._codec.decode(frames, expect, peer=peer)   # raises: an empty message
-        sizes = self._codec.tensor_sizes(frames[0], peer)   # a stranger's header fails here, before any receive
+        header = self._codec.read_header(frames[0], peer)   # a stranger's header fails here, before any receive
+        sizes = self._codec.tensor_sizes(header)
         if len(frames) != 2:
             raise MessageError(peer, "frames", f"expected a header and a route frame, got {len(frames)} frames "
                                "(is the sender on the same transport?)")
         buffers = self.path.receive(parse_route(frames[1], peer), sizes, peer)
-        return self._codec.decode([frames[0], *buffers], expect, peer=peer)
+        return self._codec.decode([frames[0], *buffers], expect, peer=peer, header=header)
