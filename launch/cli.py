@@ -17,7 +17,7 @@ from auglocal.engine.config import (
     resolve,
     validate,
 )
-from auglocal.launch.run import resume_flags
+from auglocal.launch.run import resume_flags, stop_request
 from auglocal.launch.run.run_dir import resumable
 from auglocal.launch.run.transport_choice import (
     TRANSPORT_CHOICES,
@@ -194,15 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that the run stops as on Ctrl-C: workers stopped, files whole."""
-
-
-def _on_sigterm(signum, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)     # one is enough: let the clean stop finish
-    raise Terminated()
-
-
 def explicit_args(argv: list[str] | None) -> set[str]:
     """Names of the options the user actually typed (argparse defaults hide that)."""
     parser = build_parser()
@@ -343,20 +334,22 @@ def cleanup(quiet: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    in_main_thread = threading.current_thread() is threading.main_thread()      # signals reach only that one
+    previous = ({sig: signal.signal(sig, stop_request.on_signal) for sig in stop_request.SIGNALS}
+                if in_main_thread else {})
     try:
         return _main(args, argv)
     except UsageError as err:
         print(f"auglocal-launch: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        stop_request.handled()
+        what = "terminated (SIGTERM)" if isinstance(err, stop_request.Terminated) else "interrupted"
         print(file=sys.stderr)
         stopped = "" if args.sequential else "; every worker stopped"
         waiting = getattr(getattr(args, "elastic_rank", None), "waiting", None)    # torchrun: what rank 0 awaited
         _say(f"{what} at {time.strftime('%H:%M:%S')}{' while ' + waiting if waiting else stopped}", args)
-        return 143 if isinstance(err, Terminated) else 130
+        return 143 if isinstance(err, stop_request.Terminated) else 130
     except Exception as err:
         from auglocal.engine.atomic import DiskFullError, describe_io_error
         from auglocal.engine.data.imagenet import ImageDecodeError
@@ -375,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _main(args: argparse.Namespace, argv: list[str] | None) -> int:

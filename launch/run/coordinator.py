@@ -34,6 +34,7 @@ from auglocal.engine.precision import activation_dtype
 from auglocal.launch.backends.base import WorkerHandle
 from auglocal.launch.backends.one_host.processes import WorkerProcess, forkserver_context
 from auglocal.launch.backends.one_host.sockets import make_socket_dir, remove_socket_dir
+from auglocal.launch.run import stop_request
 from auglocal.launch.run.attempt import AttemptOptions, Placement, RunCounters, WorkerFailed
 from auglocal.launch.run.checkpoints import CheckpointStore
 from auglocal.launch.run.divergence import Divergence, settle
@@ -243,6 +244,7 @@ class Coordinator:
 
     def _poll(self, timeout_ms: float) -> Message | None:
         """Next report of this run, validated and attributed to its worker; strangers are counted and dropped."""
+        stop_request.raise_if_lost()      # a Ctrl-C that a C extension swallowed (launch/run/stop_request.py)
         try:
             msg = protocol.validate(self.results.recv(timeout_ms), Route.REPORT)
         except TimeoutError:
