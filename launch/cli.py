@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        stop_request.handled()     # a stop lost where no coordinator polled must not end the next run here
 
 
 def _main(args: argparse.Namespace, argv: list[str] | None) -> int:

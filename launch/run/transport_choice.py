@@ -82,7 +82,7 @@ def one_host_transport(transport: str) -> str:
 def binds_ipc_sockets(transport: str, elastic: bool) -> bool:
     """Whether the `--transport` asked makes the single-host launcher bind ipc:// sockets (in this user's socket
     folder: launch/backends/one_host/sockets.py); under torchrun every inbox binds tcp:// instead."""
-    name = auto_pick(CPU, ONE_HOST) if transport == "auto" and not elastic else transport
+    name = one_host_transport(transport) if transport == "auto" and not elastic else transport
     entry = BY_NAME.get(name)
     return entry is not None and entry.one_host_launcher and entry.scheme == "ipc"
 

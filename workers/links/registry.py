@@ -207,10 +207,9 @@ def group_backend_for(transports) -> str | None:
     A backend serves a transport when it names the transport's backend (as workers/links/paths/oob_link.py
     checks): "cpu:gloo,cuda:nccl" serves gloo and nccl links alike."""
     needed = {GROUP_TRANSPORTS[t] for t in transports if t in GROUP_TRANSPORTS}
-    serving = [backend for backend in sorted(set(GROUP_TRANSPORTS.values()))
-               if all(need in backend for need in needed)]
     if not needed:
         return None
+    serving = [backend for backend in set(GROUP_TRANSPORTS.values()) if all(need in backend for need in needed)]
     if not serving:
         raise ValueError(f"no process-group backend serves links of {sorted(set(transports))}")
     return min(serving, key=len)     # the plainest that serves them all
