@@ -25,6 +25,23 @@ def _pyplot():
     return plt
 
 
+def plain_log_labels(axis) -> None:
+    """Label a log axis in plain text ("0.5", "2") instead of matplotlib's default mathtext ("$10^{0}$"):
+    the same ticks and which of them are labelled, but without parsing TeX for each label, which was most of
+    the time a run spent drawing its pictures (a short run's log axis spans less than a decade, so every
+    minor tick is labelled)."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        """LogFormatter decides which ticks get a label; each label reads as a number ("0.01", not "1e-02")."""
+
+        def _num_to_string(self, x, vmin, vmax):
+            return f"{x:.3g}"
+
+    axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
@@ -41,6 +58,7 @@ def plot_curves(metrics: list[dict], path: Path, title: str) -> Path:
     ax_loss.set_xlabel("minibatch")
     ax_loss.set_ylabel("global loss (top module CE)")
     ax_loss.set_yscale("log")
+    plain_log_labels(ax_loss.yaxis)
     ax_loss.grid(alpha=0.3)
     ep = [m["epoch"] + 1 for m in epochs]
     ax_acc.plot(ep, [m["train_accuracy"] for m in epochs], "o-", label="train (augmented)")
@@ -99,7 +117,9 @@ def plot_local_losses(metrics: list[dict], path: Path, title: str) -> Path | Non
     ax.set_yticks(ticks, [str(layers[i]) for i in ticks])
     ax.set_xlabel("minibatch" + (f" (mean of {size} per column)" if size > 1 else ""))
     ax.set_ylabel(f"local layer (top: {layers[-1]}, global loss)")
-    fig.colorbar(image, ax=ax, label="loss")
+    bar = fig.colorbar(image, ax=ax, label="loss")
+    if norm is not None:
+        plain_log_labels(bar.ax.yaxis)
     ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)

@@ -66,3 +66,24 @@ def test_a_run_resumed_with_more_workers_still_draws(tmp_path):
     rows = metrics(10, workers=2) + [r for r in metrics(20, workers=3) if r["kind"] == "workers"
                                      and r["global_step"] > 10]
     assert png_size(plot_run(rows, tmp_path, "resumed")[2]) == (WORKERS_SIZE[0] * DPI, WORKERS_SIZE[1] * DPI)
+
+
+def test_log_axes_are_labelled_in_plain_numbers_minor_ticks_included():
+    """A short run's loss spans less than a decade, so its minor ticks carry the labels: they must read as
+    numbers and be plain text (matplotlib's default writes each as mathtext, parsed per label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from auglocal.launch.report.plots import plain_log_labels
+
+    for low, high, expected in [(1.3, 2.0, {"1.4", "1.6", "2"}), (1e-3, 3.0, {"0.001", "0.01", "0.1", "1"})]:
+        fig, ax = plt.subplots()
+        ax.plot([1, 2], [low, high])
+        ax.set_yscale("log")
+        plain_log_labels(ax.yaxis)
+        fig.canvas.draw()
+        labels = {t.get_text() for t in ax.yaxis.get_majorticklabels() + ax.yaxis.get_minorticklabels()} - {""}
+        plt.close(fig)
+        assert expected <= labels, labels
+        assert not any("$" in label or "e" in label for label in labels), labels
