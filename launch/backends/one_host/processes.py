@@ -12,9 +12,14 @@ from auglocal.workers.runtime.worker import WorkerSpec
 
 
 def forkserver_context() -> mp.context.BaseContext:
-    """Workers start from a forkserver that has imported torch once: a fresh import costs seconds each."""
+    """Workers start from a forkserver that has imported torch once: a fresh import costs seconds each.
+
+    torch._dynamo too: torch imports it lazily the first time an optimizer is built (`Optimizer.__init__` is
+    wrapped to keep dynamo out), which cost every new worker about 2.5 s of its 2.9 s start on this 2-core
+    machine; preloaded, the forkserver pays it once per launch and a worker (or a one-worker recovery's
+    replacement) is ready in a fraction of a second."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "auglocal.engine.stage", "auglocal.engine.auxnets",
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "auglocal.engine.stage", "auglocal.engine.auxnets",
                                 "auglocal.engine.models", "auglocal.workers.runtime.entry",
                                 "auglocal.workers.runtime.host"])
     return ctx
