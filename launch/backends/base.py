@@ -55,6 +55,8 @@ class Backend:
     `coordinator`: the class (or factory) the attempt loop (launch/run/pipeline.py) calls once per attempt with
     the coordinator's arguments, plus the backend's own keyword arguments; `handle`: the class of the worker
     handles that coordinator holds, a `WorkerHandle`. Both as "module:attribute" (see the module docstring).
+    `warm_up` (optional, "module:attribute" too): called with no arguments before the run is planned, so that the
+    backend's slow start-up (the one-host forkserver's imports) runs while the launcher plans.
     """
 
     name: str
@@ -63,6 +65,11 @@ class Backend:
     selector: str
     coordinator: str
     handle: str
+    warm_up: str = ""
 
     def coordinator_factory(self):
         return resolve(self.coordinator)
+
+    def start_warming_up(self) -> None:
+        if self.warm_up:
+            resolve(self.warm_up)()

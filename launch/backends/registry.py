@@ -19,7 +19,8 @@ REGISTRY: tuple[Backend, ...] = (
     Backend(ONE_HOST, "workers are processes (or thread hosts) on this machine, linked by private sockets",
             "docs/architecture.md", "default (auglocal-launch without --elastic)",
             "auglocal.launch.run.coordinator:Coordinator",
-            "auglocal.launch.backends.one_host.processes:WorkerProcess"),
+            "auglocal.launch.backends.one_host.processes:WorkerProcess",
+            warm_up="auglocal.launch.backends.one_host.processes:start_forkserver"),
     Backend(ELASTIC, "rank 0 of a torchrun group coordinates; ranks 1..K are the workers, on any machines",
             "docs/several-machines.md", "--elastic under torchrun (python -m auglocal.launch.backends.elastic)",
             "auglocal.launch.backends.elastic.coordinator:ElasticCoordinator",
@@ -57,6 +58,8 @@ def check_entry(entry: Backend) -> None:
     factory, handle = _load(entry, "coordinator", problems), _load(entry, "handle", problems)
     if factory is not None and not callable(factory):
         problems.append(f"coordinator {entry.coordinator!r} is not callable")
+    if entry.warm_up and (warm_up := _load(entry, "warm_up", problems)) is not None and not callable(warm_up):
+        problems.append(f"warm_up {entry.warm_up!r} is not callable")
     if handle is not None:
         if not isinstance(handle, type):
             problems.append(f"handle {entry.handle!r} is not a class")

@@ -394,6 +394,7 @@ def train_pipeline(cfg: RunConfig, data, opts: PipelineOptions, out: str | None 
     """Train with worker processes, restarting from the last committed checkpoint after a failure.
 
     Returns the exit code: 0 done, 1 failed after --max-restarts restarts (or update counters disagree)."""
+    BY_NAME[ONE_HOST].start_warming_up()
     prepared = prepare_run(cfg, data, opts, out, progress, resume)
     with coordinator_threads(prepared.placement.devices):
         outcome = run_attempts(prepared)

@@ -9,6 +9,7 @@ import pytest
 from auglocal.launch.backends import registry
 from auglocal.launch.backends.base import HANDLE_MEMBERS, WorkerHandle, resolve
 from auglocal.launch.backends.elastic.coordinator import ElasticCoordinator, RemoteWorker
+from auglocal.launch.backends.one_host.processes import start_forkserver
 from auglocal.launch.run.coordinator import Coordinator
 from auglocal.launch.run.pipeline import PreparedRun
 
@@ -46,6 +47,8 @@ class _NoJoin:
     (dict(coordinator="auglocal.launch.run.coordinator:POLL_MS"), "not callable"),
     (dict(handle="auglocal.launch.run.coordinator:POLL_MS"), "not a class"),
     (dict(handle=f"{__name__}:_NoJoin"), r"lacks WorkerHandle members \['join'\]"),
+    (dict(warm_up="auglocal.launch.backends.one_host.processes:no_such_function"), "warm_up .* does not import"),
+    (dict(warm_up="auglocal.launch.run.coordinator:POLL_MS"), "warm_up .* not callable"),
 ], ids=lambda b: repr(b) if isinstance(b, str) else next(iter(b)))
 def test_an_entry_lacking_a_part_is_refused(broken, why):
     elastic = registry.BY_NAME[registry.ELASTIC]
@@ -58,6 +61,7 @@ def test_the_entries_name_today_s_coordinators_and_handles():
     assert one_host.coordinator_factory() is Coordinator
     assert elastic.coordinator_factory() is ElasticCoordinator
     assert resolve(elastic.handle) is RemoteWorker
+    assert resolve(one_host.warm_up) is start_forkserver and not elastic.warm_up
     assert isinstance(RemoteWorker(123), WorkerHandle)
     assert set(HANDLE_MEMBERS) == {"pid", "exitcode", "is_alive", "orphaned", "stop", "join"}
 

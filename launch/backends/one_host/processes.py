@@ -25,6 +25,15 @@ def forkserver_context() -> mp.context.BaseContext:
     return ctx
 
 
+def start_forkserver() -> None:
+    """Start the forkserver now, so that its imports (several seconds: torch, torch._dynamo, the stage) run while
+    the launcher plans the run, instead of after it, when the first worker is asked for."""
+    from multiprocessing import forkserver
+
+    forkserver_context()
+    forkserver.ensure_running()
+
+
 class WorkerProcess:
     """A worker process started from the forkserver, watched by its pid as well; with `hosted`, a host
     process running those workers as threads (workers/runtime/host.py), which then stands for each of them.
