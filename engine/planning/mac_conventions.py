@@ -14,9 +14,8 @@ PredSim and InfoPro, not PredSim's similarity conv nor InfoPro's decoder (docs/m
 FlopCounterMode sees operators after torch has decomposed them, below fvcore's traced ones, so fvcore's handles are
 registered here on what their operators become:
 
-- batch norm: `_native_batch_norm_legit_no_training` in eval mode, `_native_batch_norm_legit` in training, or the
-  native / cuDNN / MIOpen kernel where the dispatcher reaches one of those without decomposing (each counts only
-  when it is the one that runs);
+- batch norm: `native_batch_norm`, `_native_batch_norm_legit(_no_training)`, or the cuDNN / MIOpen kernel,
+  whichever the dispatcher reaches first (a formula stops its decomposition, so one of them counts, once);
 - adaptive_avg_pool2d: `_adaptive_avg_pool2d` on a 4-D input, and `mean` over the last two axes of a 4-D input
   keeping them, which is what the pool to 1x1 becomes. A 3-D `_adaptive_avg_pool2d` is what adaptive_avg_pool1d
   becomes, which fvcore does not count; counting runs on batches, so a 2-D pool always has a 4-D input. An explicit
@@ -79,7 +78,7 @@ def flop_formulas(macs: str) -> dict:
     if macs == ENGINE:
         return {}
     aten = torch.ops.aten
-    return {
+    per_packet = {
         aten._native_batch_norm_legit_no_training: _batch_norm(False),
         aten._native_batch_norm_legit: _batch_norm(None),
         aten.native_batch_norm: _batch_norm(None),
@@ -90,3 +89,9 @@ def flop_formulas(macs: str) -> dict:
         aten.upsample_bilinear2d: _upsample(4),
         aten.upsample_nearest2d: _upsample(1),
     }
+    # FlopCounterMode decomposes an operator unless its overload has a formula (upsample_nearest2d would become
+    # index arithmetic, uncounted); the count itself is read from the packet's
+    mapping: dict = dict(per_packet)
+    for packet, formula in per_packet.items():
+        mapping.update({getattr(packet, name): formula for name in packet.overloads()})
+    return mapping
