@@ -40,12 +40,14 @@ def test_paper_convention_prints_table7_baselines(capsys, rule, paper):
 def test_bp_and_predsim_are_0_255_g_counted_as_fvcore_does(capsys, rule):
     """Table 7 prints 0.25 G for BP and PredSim, but fvcore's batch norm alone adds 2.1 M to ResNet-110's 253.1 M
     conv + linear MACs: 0.2553 G (BP) and 0.2556 G (PredSim), printed 0.26, for the engine's modules and, run
-    through fvcore, for the official code's model alike. The paper's 0.25 is the engine's count (conv + linear
-    only), not fvcore's; docs/method.md 9 says so rather than this test bending either figure."""
+    through fvcore, for the official code's model alike. The paper's 0.25 is the count of convolutions and linear
+    layers alone (BP 0.2532 G, the engine's; PredSim's CE head adds 0.3 M), not fvcore's; docs/method.md 9 says
+    so rather than this test bending either figure."""
     paper_way, _ = dry_run(capsys, "--rule", rule, "--macs", "paper")
-    engine_way, _ = dry_run(capsys, "--rule", rule)
     assert f"{paper_way:.2f}" == "0.26" and paper_way == {"bp": 0.255, "predsim": 0.256}[rule]
-    assert f"{engine_way:.2f}" == "0.25"
+    if rule == "bp":
+        engine_way, _ = dry_run(capsys, "--rule", rule)
+        assert f"{engine_way:.2f}" == "0.25"
 
 
 def test_default_counts_the_engine_way_and_says_so(capsys):
