@@ -35,12 +35,10 @@ import torch
 ENGINE, PAPER = "engine", "paper"
 MAC_CONVENTIONS = (ENGINE, PAPER)
 
-#: one line the dry run prints under its totals, saying how its MACs were counted
+#: the line under the dry run's totals that says how its MACs were counted (fits the table's 110 columns)
 DESCRIPTIONS = {
-    ENGINE: "MACs counted the engine's way: convolutions, linear layers and matrix products of every forward and "
-            "aux loss (--macs paper: as the paper's tables)",
-    PAPER: "MACs counted the paper's way (fvcore's FlopCountAnalysis): also batch norm, adaptive average pooling "
-           "and upsampling; aux nets on their classifier path only",
+    ENGINE: "MACs counted the engine's way: conv, linear, matmul of all aux losses (--macs paper: the paper's)",
+    PAPER: "MACs counted the paper's way (fvcore): conv, linear, matmul, batch norm, pooling; aux classifiers only",
 }
 
 

@@ -77,3 +77,17 @@ def test_dgl_pool_auglocal_is_the_augLocal_imagenet_code_for_vgg13():
     assert f"{sum(c.aux_macs for c in augl) / 1e6:.1f}" == "387.2"
     assert [c.aux_params for c in own] == [c.aux_params for c in augl]
     assert [i for i, (a, b) in enumerate(zip(own, augl, strict=True)) if a.aux_macs != b.aux_macs] == [8]
+
+
+def test_a_run_saved_before_dgl_pool_existed_keeps_its_config_digest():
+    """config_digest leaves dgl_pool out at its earlier value: an older run's checkpoints still verify."""
+    import hashlib
+    import json
+
+    from auglocal.engine.config import IDENTITY_FIELDS, config_digest
+
+    cfg = RunConfig(rule="dgl")
+    before = {name: getattr(cfg, name) for name in IDENTITY_FIELDS if name != "dgl_pool"}
+    text = json.dumps(before, sort_keys=True, separators=(",", ":"))
+    assert config_digest(cfg) == hashlib.sha256(text.encode()).hexdigest()
+    assert config_digest(RunConfig(rule="dgl", dgl_pool="auglocal")) != config_digest(cfg)
