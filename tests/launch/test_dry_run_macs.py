@@ -69,7 +69,7 @@ def vgg13_dgl(dgl_pool: str):
     return layer_costs(*build_network(cfg))
 
 
-def test_dgl_pool_auglocal_is_the_augLocal_imagenet_code_for_vgg13():
+def test_dgl_pool_auglocal_is_the_auglocal_imagenet_code_for_vgg13():
     """Layer 8 (512 channels at 14x14): DGL's code pools to ceil(14/4) = 4, the AugLocal ImageNet code to 7 (it
     sizes every 512-channel layer as the 28x28 ones). Parameters agree; only layer 8's MACs differ."""
     own, augl = vgg13_dgl("dgl"), vgg13_dgl("auglocal")
