@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
-from auglocal.engine.auxnets import RULES, STRATEGIES, build_aux_nets
+from auglocal.engine.auxnets import DGL_POOLS, RULES, STRATEGIES, build_aux_nets
 from auglocal.engine.data import DATASETS, build_dataset
 from auglocal.engine.models import build_model, model_names
 from auglocal.engine.nonfinite import POLICIES as NONFINITE_POLICIES
@@ -48,6 +48,7 @@ class RunConfig:
     precision: str = "fp32"           # fp32, or bf16/fp16 autocast (weights and optimizer state stay fp32)
     nonfinite: str = "stop"           # a non-finite loss/gradient: 'stop' the run or 'skip' that module's update;
                                       # not in IDENTITY_FIELDS: --resume may change it (engine/nonfinite.py)
+    dgl_pool: str = "dgl"             # DGL's first pool: 'dgl' (DGL's code) or 'auglocal' (its ImageNet code's)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,12 +65,19 @@ class RunConfig:
 #: the fields that decide what a run computes: a checkpoint continues only a run with the same values of all
 IDENTITY_FIELDS = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
                    "train_size", "test_size", "schedule", "epochs", "batch_size", "lr", "warmup", "seed",
-                   "max_steps", "memory_format", "precision")
+                   "max_steps", "memory_format", "precision", "dgl_pool")
+#: identity fields added after runs were first saved, with the value every earlier run had: the digest leaves such
+#: a field out while it has that value, so an earlier run's checkpoints still verify
+ADDED_IDENTITY = {"dgl_pool": "dgl"}
 
 
 def config_digest(cfg: RunConfig) -> str:
     """SHA-256 of the canonical JSON of IDENTITY_FIELDS: equal exactly when two configs compute the same run."""
-    text = json.dumps({name: getattr(cfg, name) for name in IDENTITY_FIELDS}, sort_keys=True, separators=(",", ":"))
+    values = {name: getattr(cfg, name) for name in IDENTITY_FIELDS}
+    for name, earlier in ADDED_IDENTITY.items():
+        if values[name] == earlier:
+            del values[name]
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -115,6 +123,8 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"--memory-format must be one of {', '.join(MEMORY_FORMATS)}, got {cfg.memory_format!r}")
     if cfg.precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    if cfg.dgl_pool not in DGL_POOLS:
+        raise UsageError(f"--dgl-pool must be one of {', '.join(DGL_POOLS)}, got {cfg.dgl_pool!r}")
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UsageError(f"--nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {cfg.nonfinite!r}")
 
@@ -161,7 +171,7 @@ def build_network(cfg: RunConfig, data=None):
     try:
         extra = {"input_mean": data.mean, "input_std": data.std} if data is not None else {}
         aux = build_aux_nets(model, cfg.rule, d=cfg.d, tau=cfg.tau, strategy=cfg.strategy,
-                             convention=convention, **extra)
+                             convention=convention, dgl_pool=cfg.dgl_pool, **extra)
     except ValueError as err:
         raise UsageError(str(err)) from err
     return model, aux

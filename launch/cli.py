@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--convention", choices=("cifar", "imagenet"), default=None,
                    help="which layers are local (docs/method.md 2): cifar = top d layers trained globally, "
                         "imagenet = every hidden layer local; default: the model family's")
+    m.add_argument("--dgl-pool", default="dgl",
+                   help="DGL's first pool: dgl (default, DGL's own code: ceil(S/4) of the layer's size S) or auglocal "
+                        "(the AugLocal ImageNet code: S of the first layer as wide; VGG13 layer 8: 7x7, not 4x4)")
     m.add_argument("--num-classes", type=int, default=None, help="output classes (default: the data set's)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="mnist5k",
@@ -115,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dry-run", action="store_true",
                    help="build everything, print the per-layer plan (aux nets, params, MACs) and the worker "
                         "partition, and exit; takes seconds (it times modules only with --balance time)")
+    o.add_argument("--macs", default="engine",
+                   help="how --dry-run counts MACs: engine (default: conv, linear, matmul of every aux loss) or paper "
+                        "(as fvcore counts the paper's tables: batch norm and pooling too, aux classifier paths)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in logs)")
     o.add_argument("--no-tensorboard", action="store_true",
                    help="do not write TensorBoard event files (run_dir/tensorboard/; written by default when "
@@ -214,7 +220,7 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
     model, aux = build_network(cfg, data)
     print(f"model {cfg.model} (L = {model.num_layers}), rule {cfg.rule}, d = {cfg.d}, tau = {cfg.tau}, "
           f"strategy {cfg.strategy}, {cfg.num_classes} classes, input {cfg.input_size}x{cfg.input_size}")
-    print(format_plan_table(model, layer_costs(model, aux)))
+    print(format_plan_table(model, layer_costs(model, aux, macs=args.macs), macs=args.macs))
     if not args.sequential:
         from auglocal.launch.run.pipeline import plan_pipeline
 

@@ -7,7 +7,7 @@ import numbers
 
 from auglocal.engine.auxnets.auglocal import AugLocalAux
 from auglocal.engine.auxnets.base import AuxNet
-from auglocal.engine.auxnets.dgl import DGLAux
+from auglocal.engine.auxnets.dgl import DGL_POOLS, DGLAux
 from auglocal.engine.auxnets.infopro import CIFAR10_MEAN, CIFAR10_STD, InfoProAux
 from auglocal.engine.auxnets.macs import forward_macs
 from auglocal.engine.auxnets.predsim import PredSimAux
@@ -20,8 +20,11 @@ RULES = tuple(REGISTRY)
 STRATEGIES = ("uniform", "sequential", "repetitive", "conv1x1", "conv3x3")
 
 
-def _check_args(model: LayeredModel, rule: str, d: int, tau: float, strategy: str, convention: str) -> None:
+def _check_args(model: LayeredModel, rule: str, d: int, tau: float, strategy: str, convention: str,
+                dgl_pool: str) -> None:
     get_rule(rule)
+    if dgl_pool not in DGL_POOLS:
+        raise ValueError(f"unknown DGL pool {dgl_pool!r}; choose one of: {', '.join(DGL_POOLS)}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown aux-net strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")
     if strategy != "uniform" and rule != "auglocal":
@@ -44,7 +47,7 @@ def _check_args(model: LayeredModel, rule: str, d: int, tau: float, strategy: st
 
 def build_aux_nets(model: LayeredModel, rule: str, d: int = 4, tau: float = 0.0, strategy: str = "uniform",
                    convention: str | None = None, *, input_mean: tuple[float, ...] = CIFAR10_MEAN,
-                   input_std: tuple[float, ...] = CIFAR10_STD) -> list[AuxNet]:
+                   input_std: tuple[float, ...] = CIFAR10_STD, dgl_pool: str = "dgl") -> list[AuxNet]:
     """Aux nets for layers 0..n-1 of `model` (n = num_local_layers); layers n..L-1 + head train globally.
 
     d (paper depth, k = d - 1 selected layers) and tau (pyramid decay; the paper's CIFAR runs use 0.5, the
@@ -52,17 +55,18 @@ def build_aux_nets(model: LayeredModel, rule: str, d: int = 4, tau: float = 0.0,
     a bad value never passes silently. `strategy` picks uniform selection or an ablation (docs/method.md 5.5) and
     must stay 'uniform' for the other rules. `convention` None means model.convention (docs/method.md section 2).
     input_mean / input_std (per image channel, of the data normalisation) let InfoPro rebuild the raw image
-    it reconstructs; defaults are CIFAR-10's. Aux nets come freshly initialised (model.init_aux), in train
+    it reconstructs; defaults are CIFAR-10's. `dgl_pool` picks whose code DGL's first pool follows (DGL_POOLS,
+    engine/auxnets/dgl.py). Aux nets come freshly initialised (model.init_aux), in train
     mode, on the CPU; building them consumes the global torch RNG, so a seeded build is reproducible.
     """
     convention = model.convention if convention is None else convention
-    _check_args(model, rule, d, tau, strategy, convention)
+    _check_args(model, rule, d, tau, strategy, convention, dgl_pool)
     d = int(d)
     n = num_local_layers(model.num_layers, d - 1, convention, rule)
-    return get_rule(rule).build(model, n, AuxSpec(d, tau, strategy, input_mean, input_std))
+    return get_rule(rule).build(model, n, AuxSpec(d, tau, strategy, input_mean, input_std, dgl_pool))
 
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "RULES", "STRATEGIES", "AugLocalAux", "AuxNet", "DGLAux", "InfoProAux",
+    "CIFAR10_MEAN", "CIFAR10_STD", "DGL_POOLS", "RULES", "STRATEGIES", "AugLocalAux", "AuxNet", "DGLAux", "InfoProAux",
     "PredSimAux", "Rule", "build_aux_nets", "forward_macs", "num_local_layers", "pyramid_ks", "select_layers",
 ]

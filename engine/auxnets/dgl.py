@@ -11,14 +11,18 @@ from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialise
 from auglocal.engine.models.base import LayeredModel
 from torch import nn
 
+#: whose code sizes the first pool: "dgl" (DGL's own, the default) or "auglocal" (the AugLocal ImageNet code's)
+DGL_POOLS = ("dgl", "auglocal")
+
 
 class DGLAux(AuxNet):
     """AP to ceil(S/4) -> 3 x [1x1 conv C->C, BN, ReLU] -> AP to m x m -> 2 x [FC, BN1d, ReLU] -> FC.
 
     m = min(ceil(S/4), 2). The hidden FC width equals the flattened size C*m*m (4C whenever S > 4, as in the
     paper's "AP-16C1-16C1-16C1-AP-64FC-64FC-10FC"); for S <= 4 (m = 1, e.g. VGG's last layers) it is C.
-    S is the layer's actual output size (LayerInfo.spatial). Loss: mean cross-entropy, weight 1. The pools
-    switch to a deterministic formulation under deterministic algorithms (engine/auxnets/deterministic.py).
+    S is the layer's actual output size (LayerInfo.spatial) in DGL's own code; the AugLocal ImageNet code fixes
+    it per width instead (see `pool_sizes`). Loss: mean cross-entropy, weight 1. The pools switch to a
+    deterministic formulation under deterministic algorithms (engine/auxnets/deterministic.py).
     """
 
     def __init__(self, layer: int, channels: int, spatial: int, num_classes: int):
@@ -43,9 +47,26 @@ class DGLAux(AuxNet):
         return self.classifier(self.features(h))
 
 
+def pool_sizes(model: LayeredModel, dgl_pool: str) -> list[int]:
+    """The S of each layer's DGL aux net (docs/method.md 5.1).
+
+    "dgl": the layer's own output size, as DGL's code. "auglocal": the output size of the first layer as wide as
+    this one, as the AugLocal ImageNet code has it (`size_dgl = 224 // 8` for every 512-channel layer of VGG13, so
+    layer 8 at 14x14 pools to 7x7, not to 4x4). Where each width has one resolution (the ResNets) both agree.
+    """
+    if dgl_pool not in DGL_POOLS:
+        raise ValueError(f"unknown DGL pool {dgl_pool!r}; choose one of: {', '.join(DGL_POOLS)}")
+    if dgl_pool == "dgl":
+        return [info.spatial for info in model.info]
+    first: dict[int, int] = {}
+    for info in model.info:
+        first.setdefault(info.out_channels, info.spatial)
+    return [first[info.out_channels] for info in model.info]
+
+
 def build_dgl_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
-    return initialised(model, [DGLAux(i, model.info[i].out_channels, model.info[i].spatial, model.num_classes)
-                               for i in range(n)])
+    sizes = pool_sizes(model, spec.dgl_pool)
+    return initialised(model, [DGLAux(i, model.info[i].out_channels, sizes[i], model.num_classes) for i in range(n)])
 
 
 RULE = Rule("dgl", "DGL: an MLP-SR aux classifier on every layer but the last", build_dgl_nets, all_but_last)

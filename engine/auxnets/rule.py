@@ -13,13 +13,15 @@ from auglocal.engine.models.base import LayeredModel
 @dataclass(frozen=True)
 class AuxSpec:
     """The checked build arguments a rule's builder may read: paper depth d (>= 2), pyramid decay tau, the aux-net
-    strategy, and the per-channel mean / std of the input normalisation (InfoPro rebuilds the raw image)."""
+    strategy, the per-channel mean / std of the input normalisation (InfoPro rebuilds the raw image), and which
+    code DGL's first pool follows (engine/auxnets/dgl.py)."""
 
     d: int
     tau: float
     strategy: str
     input_mean: tuple[float, ...]
     input_std: tuple[float, ...]
+    dgl_pool: str = "dgl"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import torch
 from auglocal.engine.local_module import LocalModule
 from auglocal.engine.models.base import LayeredModel
 from auglocal.engine.planning import mac_cache
+from auglocal.engine.planning.mac_conventions import ENGINE, flop_formulas
 from torch import nn
 
 #: batch used for counting: BatchNorm1d and batch-wise losses misbehave at batch 1; results are per image
@@ -24,7 +25,8 @@ class LayerCost:
     """Size and forward cost of one local layer and of its aux net (none for layers of the global top group).
 
     MACs are forward multiply-accumulates per image at the model's input size (the paper's "FLOPs",
-    docs/method.md 3.8), counted by torch's FlopCounterMode: conv and linear (and any matmul a loss does).
+    docs/method.md 3.8), counted by torch's FlopCounterMode: conv and linear (and any matmul a loss does), or
+    under the paper's convention as fvcore counts them (mac_conventions.py).
     """
 
     index: int
@@ -89,12 +91,13 @@ def _twin(modules: Sequence[nn.Module], meta: bool) -> nn.ModuleList:
     return copy.deepcopy(nn.ModuleList(modules), memo).eval()
 
 
-def _counted(fn: Callable[[], Any], batch: int) -> tuple[int, Any]:
-    """Run `fn()` under FlopCounterMode: (forward MACs per image, what fn returned); FLOPs = 2 x MACs."""
+def _counted(fn: Callable[[], Any], batch: int, macs: str = ENGINE) -> tuple[int, Any]:
+    """Run `fn()` under FlopCounterMode: (forward MACs per image, what fn returned); FLOPs = 2 x MACs. `macs` is the
+    counting convention (mac_conventions.py)."""
     from torch.utils.flop_counter import FlopCounterMode  # 0.3 s to import: a dry run with cached counts skips it
 
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_formulas(macs)) as counter:
             result = fn()
     except (NotImplementedError, RuntimeError) as e:
         if "meta" not in str(e).lower():
@@ -131,9 +134,11 @@ def _architecture(module: nn.Module) -> str:
     return repr(module)
 
 
-def _memo_key(module: nn.Module, args: tuple, batch: int) -> str:
+def _memo_key(module: nn.Module, args: tuple, batch: int, macs: str = ENGINE, method: str = "forward") -> str:
+    """The engine's counts of `forward` keep the key they had before conventions existed (so do the cached ones)."""
     cls = type(module)
-    return f"{cls.__module__}.{cls.__qualname__}|{_architecture(module)}|{[_shape(a) for a in args]}|{batch}"
+    what = "" if (macs, method) == (ENGINE, "forward") else f"{macs}.{method}|"
+    return f"{what}{cls.__module__}.{cls.__qualname__}|{_architecture(module)}|{[_shape(a) for a in args]}|{batch}"
 
 
 def _remembered(key: str) -> mac_cache.Count | None:
@@ -177,8 +182,10 @@ def _recounted_if_the_cache_misled(count: Callable) -> Callable:
     return counted
 
 
-def _counted_call(module: nn.Module, args: tuple, batch: int, meta: bool) -> tuple[int, Any]:
-    """MACs per image of `module(*args)` and its output, run on an eval-mode twin (see `_twin`).
+def _counted_call(module: nn.Module, args: tuple, batch: int, meta: bool, macs: str = ENGINE,
+                  method: str = "forward") -> tuple[int, Any]:
+    """MACs per image of `module(*args)` (or of `module.<method>(*args)`) and its output, counted under the
+    convention `macs`, run on an eval-mode twin (see `_twin`).
 
     On the meta device the count is remembered by the module's architecture and the argument shapes, in this
     process and (through mac_cache.py) for later ones. Deep networks repeat the same block many times
@@ -191,16 +198,20 @@ def _counted_call(module: nn.Module, args: tuple, batch: int, meta: bool) -> tup
     """
     key = None
     if meta:
-        key = _memo_key(module, args, batch)
+        key = _memo_key(module, args, batch, macs, method)
         known = _remembered(key)
         if known is not None:
-            macs, out_shape = known
-            return macs, None if out_shape is None else torch.empty(out_shape, device="meta")
+            count, out_shape = known
+            return count, None if out_shape is None else torch.empty(out_shape, device="meta")
     twin = _twin([module], meta)[0]
-    macs, out = _counted(lambda: twin(*args), batch)
+    call = twin if method == "forward" else getattr(twin, method)
+    if macs == ENGINE:     # the engine's count is the two-argument call it always was
+        count, out = _counted(lambda: call(*args), batch)
+    else:
+        count, out = _counted(lambda: call(*args), batch, macs)
     if key is not None and (out is None or (isinstance(out, torch.Tensor) and out.dtype == torch.float32)):
-        _MEMO[key] = _UNSAVED[key] = (macs, None if out is None else tuple(out.shape))
-    return macs, out
+        _MEMO[key] = _UNSAVED[key] = (count, None if out is None else tuple(out.shape))
+    return count, out
 
 
 def _check_aux_nets(model: LayeredModel, aux_nets: Sequence[nn.Module]) -> None:
@@ -225,27 +236,32 @@ def _dummy_batch(model: LayeredModel, device: torch.device) -> tuple[torch.Tenso
 
 
 @_recounted_if_the_cache_misled
-def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool = True) -> list[LayerCost]:
+def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool = True,
+                macs: str = ENGINE) -> list[LayerCost]:
     """Parameters and per-image forward MACs of every local layer and of the aux net attached to it.
 
     Aux net i belongs to layer i (as in `build_local_modules`); layers from len(aux_nets) on form the
     global top group and get no aux net. The primary forward runs layer by layer on a dummy input of the
     model's input size, and each aux net runs on its layer's output, so every count is of the real
     modules, not of a formula. Counting runs on eval-mode copies (on the meta device unless `meta` is
-    False), so the caller's modules are left exactly as they were.
+    False), so the caller's modules are left exactly as they were. `macs` is the counting convention
+    (mac_conventions.py): under the paper's an aux net counts its classifier path, `logits(h)`, only.
     """
     _check_aux_nets(model, aux_nets)
     x, y = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
     costs: list[LayerCost] = []
     h = x
     for i, (layer, info) in enumerate(zip(model.layers, model.info, strict=True)):
-        primary, h = _counted_call(layer, (h,), COUNT_BATCH, meta)
+        primary, h = _counted_call(layer, (h,), COUNT_BATCH, meta, macs)
         cost = LayerCost(index=i, width=info.width, out_channels=info.out_channels, spatial=info.spatial,
                          primary_params=num_params(layer), primary_macs=primary, top=i >= len(aux_nets))
         if i < len(aux_nets):
             aux = aux_nets[i]
-            xin = x if getattr(aux, "needs_input", False) else None
-            cost.aux_macs = _counted_call(aux, (h, y, xin), COUNT_BATCH, meta)[0]
+            if macs == ENGINE:
+                xin = x if getattr(aux, "needs_input", False) else None
+                cost.aux_macs = _counted_call(aux, (h, y, xin), COUNT_BATCH, meta)[0]
+            else:
+                cost.aux_macs = _counted_call(aux, (h,), COUNT_BATCH, meta, macs, method="logits")[0]
             cost.aux_params = num_params(aux)
             cost.selected = [int(j) for j in getattr(aux, "selected", [])]
             cost.notation = str(getattr(aux, "notation", type(aux).__name__))
@@ -255,12 +271,13 @@ def layer_costs(model: LayeredModel, aux_nets: Sequence[nn.Module], meta: bool =
 
 
 @_recounted_if_the_cache_misled
-def head_cost(model: LayeredModel, meta: bool = True) -> HeadCost:
-    """Parameters and per-image forward MACs of the classifier head, on the last layer's output."""
+def head_cost(model: LayeredModel, meta: bool = True, macs: str = ENGINE) -> HeadCost:
+    """Parameters and per-image forward MACs of the classifier head, on the last layer's output, counted under
+    the convention `macs`."""
     h, _ = _dummy_batch(model, torch.device("meta") if meta else _device_of(model))
     for layer in model.layers:
         h = _counted_call(layer, (h,), COUNT_BATCH, meta)[1]
-    head = HeadCost(params=num_params(model.head), macs=_counted_call(model.head, (h,), COUNT_BATCH, meta)[0])
+    head = HeadCost(params=num_params(model.head), macs=_counted_call(model.head, (h,), COUNT_BATCH, meta, macs)[0])
     _save_new_counts()
     return head
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from auglocal.engine.models.base import LayeredModel
 from auglocal.engine.planning.costs import HeadCost, LayerCost, cost_totals, head_cost
+from auglocal.engine.planning.mac_conventions import DESCRIPTIONS, ENGINE
 from auglocal.engine.planning.plan import format_ids
 
 HEADERS = ("layer", "width", "size", "selected", "aux net", "params", "aux params", "MMACs", "aux MMACs")
@@ -47,18 +48,19 @@ def _line(cells: list[str], widths: list[int]) -> str:
 
 
 def format_plan_table(model: LayeredModel, costs: Sequence[LayerCost], head: HeadCost | None = None,
-                      title: str | None = None, max_width: int = 110) -> str:
+                      title: str | None = None, max_width: int = 110, macs: str = ENGINE) -> str:
     """Human-readable dry run of a model under a rule, for `--dry-run` and reports.
 
     One row per local layer (index, width, spatial size, the layers its aux net copies, the aux net in the
     paper's notation, parameters and forward MACs per image of layer and aux net), a row for the head, and
     the totals. Layers of the global top group are marked "top: global loss". `head` is counted from the
-    model when not given. Fits `max_width` columns by cutting long notations.
+    model when not given. Fits `max_width` columns by cutting long notations. `macs` names the convention the
+    costs were counted under (mac_conventions.py); the table says which it is.
     """
     if len(costs) != model.num_layers:
         raise ValueError(f"{len(costs)} layer costs for {model.name} with {model.num_layers} local layers; "
                          "pass the list layer_costs(model, aux_nets) returns")
-    head = head_cost(model) if head is None else head
+    head = head_cost(model, macs=macs) if head is None else head
     totals = cost_totals(costs, head)
     top_ids = [c.index for c in costs if c.top]
     n_aux = len(costs) - len(top_ids)
@@ -76,6 +78,7 @@ def format_plan_table(model: LayeredModel, costs: Sequence[LayerCost], head: Hea
     lines += [header, rule] + [_line(r, widths) for r in rows[1:]] + [rule]
     lines.append(f"total MACs: primary {totals.primary_macs / 1e9:.3f} G + aux {totals.aux_macs / 1e9:.3f} G "
                  f"= {totals.total_macs / 1e9:.3f} G per image (forward)")
+    lines.append(DESCRIPTIONS[macs])
     lines.append(f"total params: primary {totals.primary_params:,} + aux {totals.aux_params:,} "
                  f"= {totals.total_params:,}")
     return "\n".join(lines)

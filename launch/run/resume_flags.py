@@ -34,6 +34,10 @@ def validate_runtime(args: argparse.Namespace) -> None:
     check_number("--max-restarts", args.max_restarts, low=0)
     check_number("--workers-per-host", args.workers_per_host, low=0)
     check_number("--streams-per-gpu", args.streams_per_gpu, low=0)
+    from auglocal.engine.planning.mac_conventions import MAC_CONVENTIONS
+
+    if args.macs not in MAC_CONVENTIONS:
+        raise UsageError(f"--macs must be one of {', '.join(MAC_CONVENTIONS)}, got {args.macs!r}")
     if args.workers not in ("auto", "layer"):
         try:
             workers = int(args.workers)
@@ -127,4 +131,4 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, schedule=args.schedule,
                      seed=args.seed,
                      max_steps=args.max_steps, memory_format=args.memory_format, precision=args.precision,
-                     nonfinite=args.nonfinite)
+                     nonfinite=args.nonfinite, dgl_pool=args.dgl_pool)
