@@ -53,9 +53,8 @@ def pool_sizes(model: LayeredModel, dgl_pool: str) -> list[int]:
     "dgl": the layer's own output size, as DGL's code. "auglocal": the output size of the first layer as wide as
     this one, as the AugLocal ImageNet code has it (`size_dgl = 224 // 8` for every 512-channel layer of VGG13, so
     layer 8 at 14x14 pools to 7x7, not to 4x4). Where each width has one resolution (the ResNets) both agree.
+    `build_aux_nets` has checked `dgl_pool` against DGL_POOLS.
     """
-    if dgl_pool not in DGL_POOLS:
-        raise ValueError(f"unknown DGL pool {dgl_pool!r}; choose one of: {', '.join(DGL_POOLS)}")
     if dgl_pool == "dgl":
         return [info.spatial for info in model.info]
     first: dict[int, int] = {}

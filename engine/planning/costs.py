@@ -205,10 +205,7 @@ def _counted_call(module: nn.Module, args: tuple, batch: int, meta: bool, macs: 
             return count, None if out_shape is None else torch.empty(out_shape, device="meta")
     twin = _twin([module], meta)[0]
     call = twin if method == "forward" else getattr(twin, method)
-    if macs == ENGINE:     # the engine's count is the two-argument call it always was
-        count, out = _counted(lambda: call(*args), batch)
-    else:
-        count, out = _counted(lambda: call(*args), batch, macs)
+    count, out = _counted(lambda: call(*args), batch, macs)
     if key is not None and (out is None or (isinstance(out, torch.Tensor) and out.dtype == torch.float32)):
         _MEMO[key] = _UNSAVED[key] = (count, None if out is None else tuple(out.shape))
     return count, out

@@ -32,9 +32,9 @@ def count_calls(monkeypatch) -> list:
     calls = []
     real = costs._counted
 
-    def counting(fn, batch):
+    def counting(fn, batch, *convention):
         calls.append(batch)
-        return real(fn, batch)
+        return real(fn, batch, *convention)
 
     monkeypatch.setattr(costs, "_counted", counting)
     return calls
