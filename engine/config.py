@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from auglocal.engine.auxnets import DGL_POOLS, RULES, STRATEGIES, build_aux_nets
-from auglocal.engine.data import DATASETS, build_dataset
+from auglocal.engine.data import DATASETS, build_dataset, is_user_dataset
 from auglocal.engine.models import build_model, model_names
 from auglocal.engine.nonfinite import POLICIES as NONFINITE_POLICIES
 from auglocal.engine.precision import MEMORY_FORMATS, PRECISIONS, resolve_memory_format
@@ -102,7 +102,7 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"unknown rule {cfg.rule!r}; choose one of: {', '.join(RULES)}")
     if cfg.strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {cfg.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-    if cfg.dataset not in DATASETS:
+    if cfg.dataset not in DATASETS and not is_user_dataset(cfg.dataset):    # user: a Dataset given to train()
         raise UsageError(f"unknown data set {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
     if cfg.d < 2:
         raise UsageError(f"--d must be >= 2 (the paper's d counts the aux classifier), got {cfg.d}")

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -25,10 +26,20 @@ RUN_FILES = ("config.json", "run.json", "runtime.json", "metrics.jsonl", "plan.j
 RUN_FOLDERS = ("checkpoints", "layers")
 
 
+def folder_name(model: str) -> str:
+    """A model spec as one folder name: "pkg.mod:net" -> pkg.mod.net, "/x/nets.py:net" -> nets.net (a spec's
+    slashes and colons would make folders, or names some file systems refuse)."""
+    if ":" in model:
+        where, function = model.rsplit(":", 1)
+        where = Path(where).stem if where.endswith(".py") else where
+        model = f"{where}.{function}"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", model).strip("._") or "model"
+
+
 def default_run_dir(model: str, rule: str, root: str = "runs") -> Path:
     """runs/<model>-<rule>-<timestamp>, unique even when two runs start in the same second."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{model}-{rule}-{stamp}"
+    base = Path(root) / f"{folder_name(model)}-{rule}-{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1
