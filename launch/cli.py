@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model and learning rule")
     m.add_argument("--model", default="resnet32",
                    help="primary network: resnet20/32/56/110 (CIFAR), vgg19, vgg13, resnet34, resnet101, "
-                        "mobilenetv2, efficientnet_b0, regnetx_400mf (default resnet32)")
+                        "mobilenetv2, efficientnet_b0, regnetx_400mf (default resnet32), or your own: "
+                        "package.module:function or path/file.py:function, a function returning a LayeredModel "
+                        "or (blocks, head) (docs/api.md)")
     m.add_argument("--rule", default="auglocal", help="bp, auglocal, dgl, predsim or infopro (default auglocal)")
     m.add_argument("--d", type=int, default=4,
                    help="AugLocal aux-net depth in the paper's convention (hidden layers + classifier), >= 2")
@@ -337,7 +339,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, data=None) -> int:
         data = build_data(cfg) if data is None else data
         resolve(cfg, data)
         return dry_run(cfg, data, args)
-    from auglocal.launch.run.run_dir import claim_run_folder, default_run_dir
+    from auglocal.launch.run.run_dir import claim_run_folder, default_run_dir, record_data
 
     # every runtime flag (transport, GPUs, faults, worker kind) is checked before a run folder exists: a bad
     # flag exits 2 without leaving a half-made run behind
@@ -348,6 +350,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, data=None) -> int:
     data = preflight(args, cfg, opts, data)     # the socket root, the data, --workers, --out: before the claim
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
         resume_flags.record_runtime(args, overrides)
+        record_data(args.out, cfg, data)
         if args.resume:
             resume_flags.record_nonfinite(args.out, cfg.nonfinite)
         if overrides:

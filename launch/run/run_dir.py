@@ -21,7 +21,7 @@ from auglocal.engine.config import UsageError
 
 LOCK_FILE = "run.lock"
 #: what a run writes into its folder (--overwrite removes exactly these)
-RUN_FILES = ("config.json", "run.json", "runtime.json", "metrics.jsonl", "plan.json", "summary.json",
+RUN_FILES = ("config.json", "run.json", "runtime.json", "data.json", "metrics.jsonl", "plan.json", "summary.json",
              "failure.json", "model.pt", "aux.pt", "torchvision.pt", "curves.png", "gantt.png")
 RUN_FOLDERS = ("checkpoints", "layers")
 
@@ -237,6 +237,15 @@ class RunDir:
 
     def close(self) -> None:
         self._metrics.close()
+
+
+def record_data(path: str | Path, cfg, data) -> None:
+    """data.json: what was trained on, and the normalisation the network expects of its input (the training
+    set's channel mean and std): what using the trained network (auglocal.load) needs besides its weights."""
+    record = {"dataset": cfg.dataset, "num_classes": cfg.num_classes, "input_size": cfg.input_size,
+              "train_size": data.train_size, "test_size": data.test_size, "mean": list(data.mean),
+              "std": list(data.std)}
+    atomic_write_bytes(Path(path) / "data.json", json.dumps(record, indent=2).encode())
 
 
 def resumable(out: str | None, sequential: bool = False) -> bool:
