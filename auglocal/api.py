@@ -92,8 +92,10 @@ def _user_source(args: argparse.Namespace, train_data, test_data, augment: str |
     if args.resume and saved.is_file():
         try:
             raw = json.loads(saved.read_bytes())
-            sizes = {k: raw.get(k) if v is None else v for k, v in sizes.items()}
-        except ValueError:
+            lengths = {"train_size": len(train_data), "test_size": len(test_data)}
+            sizes = {k: v if v is not None or not isinstance(raw.get(k), int) or raw[k] > lengths.get(k, raw[k])
+                     else raw[k] for k, v in sizes.items()}     # a set now smaller: the resume says it differs
+        except (ValueError, TypeError):
             pass        # the resume itself reports a damaged config.json
     return DatasetSource(train_data, test_data, input_size=args.input_size, augment=augment, **sizes)
 

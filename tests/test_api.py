@@ -146,6 +146,11 @@ def test_a_user_dataset_is_recorded_and_the_cli_cannot_resume_it(tmp_path, capsy
     code = main(["--resume", str(result.run_dir)])
     assert code == 2
     assert "auglocal.train(model, train_data, test_data, resume=" in capsys.readouterr().err
+    again = auglocal.train("resnet20", Pixels(36, 0), Pixels(12, 1), resume=str(result.run_dir), no_progress=True)
+    assert again.best_test_accuracy == result.best_test_accuracy      # nothing left to train: the same folder
+    with pytest.raises(ValueError, match=r"that run trained on user:Pixels \(36 training, 12 test images\), not "
+                                         r"user:Pixels \(30, 12\)"):
+        auglocal.train("resnet20", Pixels(30, 0), Pixels(12, 1), resume=str(result.run_dir))
     network = auglocal.load(result.run_dir)
     state = torch.load(result.run_dir / "model.pt", weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in network.state_dict().items())
