@@ -57,6 +57,7 @@ def user_module(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "mynets.py").write_text(USER_NETS)
     monkeypatch.syspath_prepend(str(folder))
+    sys.modules.pop("mynets", None)
     yield "mynets"
     sys.modules.pop("mynets", None)
 
@@ -165,7 +166,16 @@ def test_load_refuses_a_folder_that_is_no_finished_run(tmp_path):
         auglocal.load(tmp_path)
 
 
-def test_a_model_function_in_the_users_module_trains_with_process_workers(user_module, tmp_path):
+def test_a_model_function_in_the_users_module_trains_with_process_workers(tmp_path, monkeypatch):
+    from auglocal.launch.backends.one_host.processes import start_forkserver
+
+    start_forkserver()      # running before the module's folder is on sys.path, as after an earlier run
+    folder = tmp_path / "later"
+    folder.mkdir()
+    (folder / "mynets.py").write_text(USER_NETS)
+    monkeypatch.syspath_prepend(str(folder))
+    sys.modules.pop("mynets", None)
+    monkeypatch.setitem(sys.modules, "mynets", __import__("mynets"))     # gone again after the test
     from mynets import tiny_cnn
 
     result = auglocal.train(tiny_cnn, Pixels(36, 0), Pixels(12, 1), workers=2, worker_kind="process",
