@@ -169,7 +169,8 @@ def test_load_refuses_a_folder_that_is_no_finished_run(tmp_path):
 def test_a_model_function_in_the_users_module_trains_with_process_workers(tmp_path, monkeypatch):
     from auglocal.launch.backends.one_host.processes import start_forkserver
 
-    start_forkserver()      # running before the module's folder is on sys.path, as after an earlier run
+    start_forkserver()      # running before the module's folder is on sys.path, as after an earlier run: each
+    # worker still gets this process's sys.path (multiprocessing's preparation data of every new process)
     folder = tmp_path / "later"
     folder.mkdir()
     (folder / "mynets.py").write_text(USER_NETS)

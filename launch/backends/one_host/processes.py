@@ -34,26 +34,6 @@ def start_forkserver() -> None:
     forkserver.ensure_running()
 
 
-def _with_path(sys_path: list[str], target, *args) -> None:
-    """Run `target` with the launcher's sys.path entries the forkserver lacks put first.
-
-    The forkserver took the launcher's sys.path when it started, perhaps runs ago: a model given as
-    "package.module:function" (auglocal.train, --model) must import in the worker from where the launcher
-    imported it now, e.g. a folder the user's script put on sys.path after an earlier run."""
-    import sys
-
-    sys.path[:0] = [entry for entry in sys_path if entry not in sys.path]
-    target(*args)
-
-
-def _launcher_path() -> list[str]:
-    """This process's sys.path, relative entries ("" is the current folder) made absolute for the worker."""
-    import os
-    import sys
-
-    return [os.path.abspath(entry) for entry in sys.path]
-
-
 class WorkerProcess:
     """A worker process started from the forkserver, watched by its pid as well; with `hosted`, a host
     process running those workers as threads (workers/runtime/host.py), which then stands for each of them.
@@ -65,11 +45,10 @@ class WorkerProcess:
         if hosted:
             from auglocal.workers.runtime.host import host_main
 
-            self.process = ctx.Process(target=_with_path, args=(_launcher_path(), host_main, hosted), daemon=True,
+            self.process = ctx.Process(target=host_main, args=(hosted,), daemon=True,
                                        name=f"host-{hosted[0].name}-{hosted[-1].name}")
         else:
-            self.process = ctx.Process(target=_with_path, args=(_launcher_path(), worker_main, spec), name=spec.name,
-                                       daemon=True)
+            self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
         self.process.start()
         self._ps = psutil.Process(self.process.pid)
 
