@@ -79,25 +79,31 @@ def model_spec(model) -> str:
                     f"{type(model).__name__}")
 
 
-def _user_source(args: argparse.Namespace, train_data, test_data, augment: str | None):
+def _user_source(args: argparse.Namespace, options: dict, train_data, test_data, augment: str | None):
     """The user's Datasets as a DataSource; a --resume takes the sizes the run recorded unless given again."""
     from auglocal.engine.data import DatasetSource
 
     if test_data is None or train_data is None:
         raise ValueError("give both train_data and test_data (the test set is evaluated after every epoch)")
-    if args.dataset != "mnist5k" or args.data_dir is not None:
+    if options.get("dataset") is not None or options.get("data_dir") is not None:
         raise ValueError("give either train_data and test_data or the dataset/data_dir options, not both")
     sizes = {"num_classes": args.num_classes, "train_size": args.train_size, "test_size": args.test_size}
-    saved = Path(args.resume or "") / "config.json"
-    if args.resume and saved.is_file():
-        try:
-            raw = json.loads(saved.read_bytes())
-            lengths = {"train_size": len(train_data), "test_size": len(test_data)}
-            sizes = {k: v if v is not None or not isinstance(raw.get(k), int) or raw[k] > lengths.get(k, raw[k])
-                     else raw[k] for k, v in sizes.items()}     # a set now smaller: the resume says it differs
-        except (ValueError, TypeError):
-            pass        # the resume itself reports a damaged config.json
+    if args.resume:
+        sizes = {**_recorded_sizes(Path(args.resume), train_data, test_data), **{k: v for k, v in sizes.items()
+                                                                                  if v is not None}}
     return DatasetSource(train_data, test_data, input_size=args.input_size, augment=augment, **sizes)
+
+
+def _recorded_sizes(run_dir: Path, train_data, test_data) -> dict:
+    """The sizes and classes a run recorded, where the data given can have them (a set now smaller than the run's
+    keeps its own size, and the resume then says that the data differ)."""
+    try:
+        raw = json.loads((run_dir / "config.json").read_bytes())
+        lengths = {"train_size": len(train_data), "test_size": len(test_data)}
+    except (OSError, ValueError, TypeError):
+        return {}           # the resume itself reports a missing or damaged config.json
+    return {k: raw[k] for k in ("num_classes", "train_size", "test_size")
+            if isinstance(raw.get(k), int) and raw[k] <= lengths.get(k, raw[k])}
 
 
 def _best(run_dir: Path) -> tuple[float | None, float | None]:
@@ -126,7 +132,7 @@ def train(model, train_data=None, test_data=None, *, augment: str | None = None,
     args = _parser().parse_args(argv)
     data = None
     if train_data is not None or test_data is not None:
-        data = _user_source(args, train_data, test_data, augment)
+        data = _user_source(args, options, train_data, test_data, augment)
     elif augment is not None:
         raise ValueError("augment applies to train_data; the built-in data sets bring their own augmentation")
     with stop_signals():

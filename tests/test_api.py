@@ -247,3 +247,22 @@ def test_the_model_spec_names_the_run_folder(user_module, tmp_path, monkeypatch)
     assert result.run_dir.parent.name == "runs"
     assert result.run_dir.name.startswith("mynets.tiny_cnn-auglocal-")
 
+
+
+def test_the_cli_takes_a_model_spec(user_module, capsys):
+    assert main(["--model", f"{user_module}:tiny_cnn", "--d", "2", "--dry-run", "--workers", "2",
+                 "--balance", "flops"]) == 0
+    out = capsys.readouterr().out
+    assert "model mynets:tiny_cnn (L = 5)" in out
+    assert "pipeline plan: 2 worker(s)" in out
+    assert main(["--model", f"{user_module}:tiny_rnn", "--dry-run"]) == 2
+    assert "tiny_rnn" in capsys.readouterr().err
+
+
+def test_user_data_and_a_dataset_option_exclude_each_other():
+    with pytest.raises(ValueError, match="either train_data and test_data or the dataset"):
+        auglocal.train("resnet20", Pixels(8, 0), Pixels(4, 1), dataset="mnist5k")
+    with pytest.raises(ValueError, match="both train_data and test_data"):
+        auglocal.train("resnet20", Pixels(8, 0))
+    with pytest.raises(ValueError, match="augment applies to train_data"):
+        auglocal.train("resnet20", augment="cifar", dry_run=True)
