@@ -54,3 +54,5 @@ register("resnet101", _lazy("torchvision_cuts", "ImageNetResNet", "resnet101"))
 register("mobilenetv2", _lazy("torchvision_cuts", "MobileNetV2Cut"))
 register("efficientnet_b0", _lazy("torchvision_cuts", "EfficientNetB0Cut"))
 register("regnetx_400mf", _lazy("torchvision_cuts", "RegNetX400MFCut"))
+for _vit in ("vit_tiny", "vit_b_16", "vit_b_32", "vit_l_16"):
+    register(_vit, _lazy("vit", "build_vit", _vit))
