@@ -122,18 +122,25 @@ def test_train_and_test_images_must_match(tmp_path):
         auglocal.train("resnet20", Pixels(8, 0), small)
 
 
-def test_the_cli_and_the_api_write_the_same_run_folder(tmp_path):
-    flags = ["--dataset", "mnist5k", "--train-size", "48", "--test-size", "24", "--model", "resnet20",
-             "--sequential", "--threads", "1", "--epochs", "1", "--batch-size", "12", "--max-steps", "3",
-             "--d", "2", "--seed", "3", "--no-progress", "--no-tensorboard"]
+@pytest.mark.parametrize("execution, flags", [
+    ({"sequential": True, "threads": 1}, ["--sequential", "--threads", "1"]),
+    ({"workers": 2, "balance": "flops"}, ["--workers", "2", "--balance", "flops"]),
+])
+def test_the_cli_and_the_api_write_the_same_run_folder(execution, flags, tmp_path):
+    flags = ["--dataset", "mnist5k", "--train-size", "48", "--test-size", "24", "--model", "resnet20", *flags,
+             "--epochs", "1", "--batch-size", "12", "--max-steps", "3", "--d", "2", "--seed", "3", "--no-progress",
+             "--no-tensorboard"]
     assert main([*flags, "--out", str(tmp_path / "cli")]) == 0
-    result = auglocal.train("resnet20", dataset="mnist5k", train_size=48, test_size=24, sequential=True,
-                            threads=1, epochs=1, batch_size=12, max_steps=3, d=2, seed=3, no_progress=True,
-                            no_tensorboard=True, out=str(tmp_path / "api"))
+    result = auglocal.train("resnet20", dataset="mnist5k", train_size=48, test_size=24, epochs=1, batch_size=12,
+                            max_steps=3, d=2, seed=3, no_progress=True, no_tensorboard=True,
+                            out=str(tmp_path / "api"), **execution)
     cli, api = tmp_path / "cli", result.run_dir
-    assert sorted(p.name for p in cli.iterdir()) == sorted(p.name for p in api.iterdir())
-    for name in ("config.json", "runtime.json", "model.pt", "aux.pt"):
+    listing = [sorted(str(p.relative_to(run)) for p in run.rglob("*")) for run in (cli, api)]
+    assert listing[0] == listing[1]
+    for name in ("config.json", "runtime.json", "data.json", "model.pt", "aux.pt"):
         assert (cli / name).read_bytes() == (api / name).read_bytes(), name
+    if "workers" in execution:
+        assert (cli / "plan.json").read_bytes() == (api / "plan.json").read_bytes()
     epochs = [json.loads(line) for line in (api / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line]
     assert result.best_test_accuracy == epochs[-1]["best_accuracy"]
 
