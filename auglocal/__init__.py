@@ -12,6 +12,9 @@ __version__ = "0.1.0"
 
 #: what users import, and where it lives; loaded on first use, so `import auglocal` costs no torch import
 _EXPORTS = {
+    "train": "auglocal.api",                         # train a network (a name, a spec, a function) on any Dataset
+    "load": "auglocal.api",                          # the trained network of a run folder, as an nn.Module
+    "Result": "auglocal.api",
     "main": "auglocal.launch.cli",                   # auglocal-launch, as a function of its argument list
     "RunConfig": "auglocal.engine.config",           # every setting of a run, as the CLI's flags give them
     "build_model": "auglocal.engine.models",         # a registered network, as ordered local layers + head

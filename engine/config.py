@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from auglocal.engine.auxnets import DGL_POOLS, RULES, STRATEGIES, build_aux_nets
-from auglocal.engine.data import DATASETS, build_dataset
-from auglocal.engine.models import build_model, model_names
+from auglocal.engine.data import DATASETS, build_dataset, is_user_dataset
+from auglocal.engine.models import build_model, is_spec, model_names, resolve_spec
 from auglocal.engine.nonfinite import POLICIES as NONFINITE_POLICIES
 from auglocal.engine.precision import MEMORY_FORMATS, PRECISIONS, resolve_memory_format
 from auglocal.engine.schedule import SCHEDULES, SHORT_RUN_EPOCHS, LRSchedule, OptimConfig, default_warmup
@@ -96,13 +96,18 @@ def check_number(flag: str, value: float | int | None, *, low: float | None = No
 
 def validate(cfg: RunConfig) -> None:
     """Reject impossible settings early, with the allowed values in the message."""
-    if cfg.model not in model_names():
+    if is_spec(cfg.model):
+        try:    # import the function now (a typo fails before any worker starts); building it waits for the run
+            resolve_spec(cfg.model)
+        except ValueError as err:
+            raise UsageError(f"--model: {err}") from err
+    elif cfg.model not in model_names():
         raise UsageError(f"unknown model {cfg.model!r}; choose one of: {', '.join(model_names())}")
     if cfg.rule not in RULES:
         raise UsageError(f"unknown rule {cfg.rule!r}; choose one of: {', '.join(RULES)}")
     if cfg.strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {cfg.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-    if cfg.dataset not in DATASETS:
+    if cfg.dataset not in DATASETS and not is_user_dataset(cfg.dataset):    # user: a Dataset given to train()
         raise UsageError(f"unknown data set {cfg.dataset!r}; choose one of: {', '.join(DATASETS)}")
     if cfg.d < 2:
         raise UsageError(f"--d must be >= 2 (the paper's d counts the aux classifier), got {cfg.d}")
@@ -164,7 +169,12 @@ def build_network(cfg: RunConfig, data=None):
 
     `data` supplies the input normalisation that InfoPro's reconstruction target needs to undo."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.num_classes or 10, cfg.input_size or 32)
+    try:
+        model = build_model(cfg.model, cfg.num_classes or 10, cfg.input_size or 32)
+    except ValueError as err:
+        if not is_spec(cfg.model):
+            raise
+        raise UsageError(f"--model: {err}") from err
     convention = cfg.convention or model.convention
     if cfg.tau is None:
         cfg.tau = 0.5 if convention == "cifar" and cfg.rule == "auglocal" else 0.0

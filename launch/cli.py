@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
-from auglocal.engine.config import (
-    RunConfig,
-    UsageError,
-    build_data,
-    build_network,
-    resolve,
-    validate,
-)
+from auglocal.engine.config import RunConfig, UsageError, build_data, resolve, validate
 from auglocal.launch.run import resume_flags, stop_request
+from auglocal.launch.run.execution import dry_run, link_transport, pipeline_options  # noqa: F401 (the CLI's API)
 from auglocal.launch.run.run_dir import resumable
-from auglocal.launch.run.transport_choice import (
-    TRANSPORT_CHOICES,
-    check_possible,
-    elastic_transport,
-    one_host_transport,
-)
+from auglocal.launch.run.transport_choice import TRANSPORT_CHOICES
 
 EPILOG = """examples:
   auglocal-launch --model resnet32 --d 4 --epochs 3            # embedded MNIST-5k, pipeline of one worker per core
@@ -62,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model and learning rule")
     m.add_argument("--model", default="resnet32",
                    help="primary network: resnet20/32/56/110 (CIFAR), vgg19, vgg13, resnet34, resnet101, "
-                        "mobilenetv2, efficientnet_b0, regnetx_400mf (default resnet32)")
+                        "mobilenetv2, efficientnet_b0, regnetx_400mf (default resnet32), or your own: "
+                        "package.module:function or path/file.py:function, a function returning a LayeredModel "
+                        "or (blocks, head) (docs/api.md)")
     m.add_argument("--rule", default="auglocal", help="bp, auglocal, dgl, predsim or infopro (default auglocal)")
     m.add_argument("--d", type=int, default=4,
                    help="AugLocal aux-net depth in the paper's convention (hidden layers + classifier), >= 2")
@@ -213,91 +206,6 @@ def resume_config(args: argparse.Namespace, argv: list[str] | None) -> RunConfig
     return resume_flags.resume_config(args, explicit_args(argv))
 
 
-def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
-    """Print the per-layer table and, unless --sequential, the worker partition and its prediction."""
-    from auglocal.engine.planning import format_plan_table, layer_costs
-
-    model, aux = build_network(cfg, data)
-    print(f"model {cfg.model} (L = {model.num_layers}), rule {cfg.rule}, d = {cfg.d}, tau = {cfg.tau}, "
-          f"strategy {cfg.strategy}, {cfg.num_classes} classes, input {cfg.input_size}x{cfg.input_size}")
-    print(format_plan_table(model, layer_costs(model, aux, macs=args.macs), macs=args.macs))
-    if not args.sequential:
-        from auglocal.launch.run.pipeline import plan_pipeline
-
-        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args), measure=False, network=(model, aux))
-        print()
-        print(plan.format())
-        from auglocal.engine.planning.simulator import dry_run_line
-        from auglocal.launch.run.hosts import describe_hosts, gpu_sharing
-
-        print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda"),
-                           shared=gpu_sharing(placement.devices), network=(model, aux)))
-        print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
-        print(describe_hosts(placement.hosts, placement.devices))
-    from auglocal.engine.feed import FeedShape, format_feed
-
-    shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
-                      cfg.max_steps, getattr(args, "checkpoint_every", 0))
-    print("\nfeed plan (the order both trainers follow), first events:")
-    print(format_feed(shape))
-    return 0
-
-
-def pipeline_options(args: argparse.Namespace):
-    """--workers/--gpus/--balance/--worker-threads/--trace as PipelineOptions; CPU when CUDA is absent."""
-    from auglocal.launch.run.devices import parse_gpus
-    from auglocal.launch.run.pipeline import PipelineOptions
-
-    gpus_text = args.gpus   # args keeps what was asked: runtime.json records that, not this machine's GPUs
-    if gpus_text is None:
-        import torch
-
-        if torch.cuda.is_available():
-            gpus_text = ",".join(str(i) for i in range(torch.cuda.device_count()))
-        else:
-            print("auglocal-launch: no CUDA device found; workers run on CPU cores (--gpus cpu)")
-    from auglocal.workers.runtime.faults import fault_from_env, parse_fault
-
-    try:
-        fault = parse_fault(args.inject_fault) if args.inject_fault else fault_from_env()
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-    resume_flags.validate_runtime(args)
-    transport = link_transport(args, gpus_text)
-    if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
-        raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
-                         f"got {args.replay_log_mb}")
-    gpus = parse_gpus(gpus_text)
-    from auglocal.launch.run.hosts import resolve_kind
-
-    resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
-    return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,
-                           threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
-                           heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
-                           malloc=args.worker_malloc, tensorboard=not args.no_tensorboard, recovery=args.recovery,
-                           replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
-                           transport=transport, worker_kind=args.worker_kind,
-                           workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu)
-
-
-def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:
-    """--transport checked against the workers' devices and resolved for this launcher (exit 2 if impossible)."""
-    import torch
-    from auglocal.launch.run.devices import parse_gpus
-
-    try:
-        devices = parse_gpus(gpus_text)
-    except ValueError:
-        devices = []   # pipeline_options reports a bad --gpus itself
-    try:
-        check_possible(args.transport, devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
-        if getattr(args, "elastic", False):
-            return elastic_transport(args.transport)
-        return one_host_transport(args.transport)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-
-
 def run_pipeline(args: argparse.Namespace, cfg: RunConfig, data, opts) -> int:
     """Train with `opts` (pipeline_options, checked before the run folder was claimed)."""
     from auglocal.launch.run.pipeline import train_pipeline
@@ -338,13 +246,31 @@ def cleanup(quiet: bool = False) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM stop the run cleanly (every worker stopped, files whole) while it lasts: both raise in
+    the main thread (stop_request.py); the handlers before are put back afterwards."""
     in_main_thread = threading.current_thread() is threading.main_thread()      # signals reach only that one
     previous = ({sig: signal.signal(sig, stop_request.on_signal) for sig in stop_request.SIGNALS}
                 if in_main_thread else {})
     try:
-        return _main(args, argv)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        stop_request.handled()     # a stop lost where no coordinator polled must not end the next run here
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with stop_signals():
+        return _exit_code(args, argv)
+
+
+def _exit_code(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """run() with every expected failure as one line on stderr and the documented exit code."""
+    try:
+        return run(args, argv)
     except UsageError as err:
         print(f"auglocal-launch: error: {err}", file=sys.stderr)
         return 2
@@ -373,13 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                  hint="run it again with --overwrite once fixed")
             return 1
         raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        stop_request.handled()     # a stop lost where no coordinator polled must not end the next run here
 
 
-def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
+def run(args: argparse.Namespace, argv: list[str] | None, data=None) -> int:
+    """What the command line does with its parsed flags (`argv`: the tokens, for which flags were given); the
+    exit code, or an exception. `data`: a DataSource to train on instead of --dataset (auglocal.train's)."""
     if args.list_presets:
         from auglocal.launch.run.presets import format_presets
 
@@ -408,13 +332,14 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
             from auglocal.launch.run.presets import apply_preset
 
             cfg = apply_preset(args.preset, cfg, explicit_args(argv))
+    resume_flags.adopt_data(cfg, data, args.resume)     # a user's Dataset: recorded in, or checked against, cfg
     validate(cfg)
     resume_flags.validate_runtime(args)
     if args.dry_run:
-        data = build_data(cfg)
+        data = build_data(cfg) if data is None else data
         resolve(cfg, data)
         return dry_run(cfg, data, args)
-    from auglocal.launch.run.run_dir import claim_run_folder, default_run_dir
+    from auglocal.launch.run.run_dir import claim_run_folder, default_run_dir, record_data
 
     # every runtime flag (transport, GPUs, faults, worker kind) is checked before a run folder exists: a bad
     # flag exits 2 without leaving a half-made run behind
@@ -422,9 +347,10 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
     args.out = str(args.out or default_run_dir(cfg.model, cfg.rule))
     from auglocal.launch.run.preflight import preflight
 
-    data = preflight(args, cfg, opts)     # the socket root, the data, --workers, --out: before the claim
+    data = preflight(args, cfg, opts, data)     # the socket root, the data, --workers, --out: before the claim
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
         resume_flags.record_runtime(args, overrides)
+        record_data(args.out, cfg, data)
         if args.resume:
             resume_flags.record_nonfinite(args.out, cfg.nonfinite)
         if overrides:

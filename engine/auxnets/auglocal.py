@@ -92,7 +92,13 @@ def step_notation(model: LayeredModel, step: AuxStep, body: str) -> str:
 
 
 def build_block_aux(model: LayeredModel, layer: int, selected: list[int]) -> AugLocalAux:
-    """An aux net of fresh blocks copying `selected` layers' architectures, then a fresh head, then init."""
+    """An aux net of fresh blocks copying `selected` layers' architectures, then a fresh head, then init.
+
+    A stack of blocks (engine/models/stack.py) copies its blocks and head itself, initialised as they are."""
+    if model.builds_aux_by_copy:
+        body_blocks, head, parts = model.copy_aux(layer, selected)
+        return AugLocalAux(layer, selected, nn.Sequential(*body_blocks), head,
+                           "-".join(parts + [head_notation(head)]))
     steps = plan_aux(model, layer, selected)
     body = nn.Sequential(*[model.aux_block(s.layer, s.in_channels, s.stride) for s in steps])
     head = model.aux_head(steps[-1].out_channels, len(selected))

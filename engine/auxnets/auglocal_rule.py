@@ -27,6 +27,8 @@ def auglocal_local_layers(num_layers: int, k: int, convention: str) -> int:
 def build_rule_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
     ks = pyramid_ks(spec.d - 1, n, spec.tau)
     if spec.strategy in CONV_STRATEGIES:
+        if model.builds_aux_by_copy:
+            model.aux_block(0, 0, 1)     # a stack of blocks cannot rebuild them wider: its hook says so
         return list(build_conv_nets(model, ks, kernel_size=CONV_STRATEGIES[spec.strategy]))
     return list(build_auglocal_nets(model, ks, spec.strategy))
 

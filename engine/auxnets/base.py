@@ -40,7 +40,8 @@ class AuxNet(nn.Module):
 def head_notation(head: nn.Module) -> str:
     """Paper-style notation of a classifier head, read from its modules: 'AP-10FC', 'AP-BN-10FC', ...
 
-    AP = any average pooling, BN = BatchNorm1d, <n>FC = Linear with n outputs. Reading the modules (in
+    AP = any average pooling, BN = BatchNorm1d, LN = LayerNorm (a ViT's head), <n>FC = Linear with n outputs.
+    Reading the modules (in
     registration order, which is forward order for the heads in this project) keeps the notation true to
     whatever head the model's `aux_head` hook builds.
     """
@@ -50,6 +51,8 @@ def head_notation(head: nn.Module) -> str:
             parts.append("AP")
         elif isinstance(m, nn.BatchNorm1d):
             parts.append("BN")
+        elif isinstance(m, nn.LayerNorm):
+            parts.append("LN")
         elif isinstance(m, nn.Linear):
             parts.append(f"{m.out_features}FC")
     return "-".join(parts)

@@ -47,6 +47,45 @@ class DGLAux(AuxNet):
         return self.classifier(self.features(h))
 
 
+class TokenMean(nn.Module):
+    """(B, N, D) tokens -> (B, D): the average pooling of a token sequence (no 2-D layout to pool in)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=1)
+
+
+class TokenDGLAux(AuxNet):
+    """DGL on (N, D) tokens (docs/method.md, "Stacks of blocks"): 3 x [token-wise Linear D->D, LayerNorm, ReLU]
+    -> mean over tokens -> 2 x [FC D->D, BN1d, ReLU] -> FC.
+
+    The 1x1 convs are token-wise linear maps, BN over a map's positions becomes LayerNorm (a transformer's norm);
+    tokens have no grid to pool to ceil(S/4) or to 2 x 2, so the first pool is left out and the second is the
+    mean over all tokens, i.e. the m = 1 case of DGLAux (hidden FC width = D)."""
+
+    def __init__(self, layer: int, dim: int, num_classes: int):
+        super().__init__(layer, "-".join([f"{dim}T"] * 3 + ["AP", f"{dim}FC", f"{dim}FC", f"{num_classes}FC"]))
+        mixers: list[nn.Module] = []
+        for _ in range(3):
+            mixers += [nn.Linear(dim, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*mixers, TokenMean())
+        self.classifier = nn.Sequential(
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
+            nn.Linear(dim, num_classes),
+        )
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(h))
+
+
+def require_layout(model: LayeredModel, n: int, rule: str, allowed: tuple[str, ...], why: str) -> None:
+    """ValueError naming the rule and the first of layers 0..n-1 whose output layout the rule has no aux net for."""
+    for info in model.info[:n]:
+        if info.layout not in allowed:
+            raise ValueError(f"rule {rule!r} has no aux net for layer {info.index} of {model.name}, which emits "
+                             f"{info.layout} (width {info.width}, size {info.spatial}): {why}")
+
+
 def pool_sizes(model: LayeredModel, dgl_pool: str) -> list[int]:
     """The S of each layer's DGL aux net (docs/method.md 5.1).
 
@@ -64,8 +103,11 @@ def pool_sizes(model: LayeredModel, dgl_pool: str) -> list[int]:
 
 
 def build_dgl_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
+    require_layout(model, n, "dgl", ("map", "tokens"), "DGL pools feature maps or token sequences; use auglocal")
     sizes = pool_sizes(model, spec.dgl_pool)
-    return initialised(model, [DGLAux(i, model.info[i].out_channels, sizes[i], model.num_classes) for i in range(n)])
+    return initialised(model, [
+        TokenDGLAux(i, info.width, model.num_classes) if info.layout == "tokens"
+        else DGLAux(i, info.out_channels, sizes[i], model.num_classes) for i, info in enumerate(model.info[:n])])
 
 
 RULE = Rule("dgl", "DGL: an MLP-SR aux classifier on every layer but the last", build_dgl_nets, all_but_last)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from auglocal.engine.auxnets.base import AuxNet
 from auglocal.engine.auxnets.deterministic import deterministic_on, interpolate_bilinear
+from auglocal.engine.auxnets.dgl import require_layout
 from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
 from auglocal.engine.models.base import LayeredModel
 from torch import nn
@@ -86,6 +87,9 @@ class InfoProAux(AuxNet):
 
 
 def build_infopro_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
+    require_layout(model, n, "infopro", ("map",), "InfoPro decodes the input image from a feature map by "
+                   "upsampling it; tokens or features have no image layout, so there is no faithful analogue; use "
+                   "auglocal, dgl or predsim")
     widest = max(x.out_channels for x in model.info)
     nets = []
     for i in range(n):

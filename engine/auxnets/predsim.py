@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from auglocal.engine.auxnets.base import AuxNet
+from auglocal.engine.auxnets.dgl import TokenMean, require_layout
 from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
 from auglocal.engine.models.base import LayeredModel
 from torch import nn
@@ -17,10 +18,13 @@ def similarity_matrix(t: torch.Tensor) -> torch.Tensor:
 
     A 4-D tensor with more than 3 channels and more than one spatial position is first reduced to the
     spatial standard deviation of each channel (as in the PredSim code; the std of a single position would
-    be undefined); anything else is flattened per sample.
+    be undefined); (B, N, D) tokens likewise to the std of each feature over the tokens; anything else is
+    flattened per sample.
     """
     if t.dim() == 4 and t.size(1) > 3 and t.size(2) * t.size(3) > 1:
         t = t.flatten(2).std(dim=2)
+    elif t.dim() == 3 and t.size(2) > 3 and t.size(1) > 1:
+        t = t.std(dim=1)
     else:
         t = t.flatten(1)
     centred = t - t.mean(dim=1, keepdim=True)
@@ -80,9 +84,27 @@ class PredSimAux(AuxNet):
         return self.sim_weight * sim_loss + self.pred_weight * pred_loss
 
 
+class TokenPredSimAux(PredSimAux):
+    """PredSim on (N, D) tokens (docs/method.md, "Stacks of blocks"): prediction = mean over tokens -> Linear (the
+    grown average pool of a map, down to one position), similarity = token-wise Linear D->D (a 1x1 stand-in for
+    the 3x3 conv, which needs a grid) -> per-feature std over tokens -> cosine similarity."""
+
+    def __init__(self, layer: int, dim: int, num_classes: int, sim_weight: float = 0.99, pred_weight: float = 0.01):
+        AuxNet.__init__(self, layer, f"AP-{num_classes}FC+{dim}T-SIM")
+        self.num_classes = num_classes
+        self.sim_weight = sim_weight
+        self.pred_weight = pred_weight
+        self.pool = TokenMean()
+        self.pred = nn.Linear(dim, num_classes)
+        self.sim_conv = nn.Linear(dim, dim, bias=False)
+
+
 def build_predsim_nets(model: LayeredModel, n: int, spec: AuxSpec) -> list[AuxNet]:
-    return initialised(model, [PredSimAux(i, model.info[i].out_channels, model.info[i].spatial, model.num_classes)
-                               for i in range(n)])
+    require_layout(model, n, "predsim", ("map", "tokens"), "its similarity head needs a feature map or tokens")
+    return initialised(model, [
+        TokenPredSimAux(i, info.width, model.num_classes) if info.layout == "tokens"
+        else PredSimAux(i, info.out_channels, info.spatial, model.num_classes)
+        for i, info in enumerate(model.info[:n])])
 
 
 RULE = Rule("predsim", "PredSim: prediction + similarity-matching loss on every layer but the last",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from auglocal.engine.data.source import DataSource, TensorSource
 from auglocal.engine.data.synthetic import make_synthetic
+from auglocal.engine.data.user import DatasetSource, is_user_dataset
 
 DATASETS = ("mnist5k", "digits", "animal-mnist", "synthetic", "cifar10", "svhn", "stl10", "imagenet")
 
@@ -45,6 +46,9 @@ def build_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 
     quick runs), and input_size/num_classes, if given, must match the data set; `seed` only affects synthetic
     (the splits of the embedded sets are fixed, and the run seed goes to `train_batch`).
     """
+    if is_user_dataset(name):
+        raise ValueError(f"the run used a Python Dataset ({name}): only auglocal.train(..., train_data, test_data) "
+                         "can give it again (docs/api.md)")
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "synthetic":
@@ -68,4 +72,4 @@ def build_dataset(name: str, data_dir: str | Path | None = None, *, seed: int = 
     return source.subset(train_size, test_size)
 
 
-__all__ = ["DATASETS", "DataSource", "TensorSource", "build_dataset"]
+__all__ = ["DATASETS", "DataSource", "DatasetSource", "TensorSource", "build_dataset", "is_user_dataset"]

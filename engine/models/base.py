@@ -15,7 +15,9 @@ class LayerInfo:
     `width` is the paper's "net_dim" entry (ResNet "planes"); the channel rule of AugLocal works on it.
     `out_channels` is what the layer actually emits (4 x planes for a Bottleneck). `spatial` is the output
     height (= width) for the model's configured input size. `kind` is the letter used in the paper's
-    notation of aux nets ("R" residual block, "B" bottleneck, "C" conv-BN-ReLU, "M" mobile block).
+    notation of aux nets ("R" residual block, "B" bottleneck, "C" conv-BN-ReLU, "M" mobile block). `layout` says
+    what the layer emits per sample: "map" (C, H, W), or for a stack of blocks (engine/models/stack.py) also
+    "tokens" (N, D: width = D, spatial = N) or "vector" (D,); the baselines' aux nets depend on it.
     """
 
     index: int
@@ -23,6 +25,7 @@ class LayerInfo:
     out_channels: int
     spatial: int
     kind: str
+    layout: str = "map"
 
 
 class LayeredModel(nn.Module):
@@ -41,6 +44,8 @@ class LayeredModel(nn.Module):
     convention: str = "cifar"
     #: how an aux net halves the spatial size: 'stride' (stride-2 block) or 'maxpool' (VGG)
     aux_downsample: str = "stride"
+    #: True: AugLocal aux nets are fresh copies of the model's own blocks (`copy_aux`), not `aux_block` rebuilds
+    builds_aux_by_copy: bool = False
 
     def __init__(self, layers: list[nn.Module], head: nn.Module, info: list[LayerInfo],
                  num_classes: int, input_size: int, name: str):

@@ -13,7 +13,7 @@ import torch
 from auglocal.engine.local_module import LocalModule
 from auglocal.engine.models.base import LayeredModel
 from auglocal.engine.planning import mac_cache
-from auglocal.engine.planning.mac_conventions import ENGINE, flop_formulas
+from auglocal.engine.planning.mac_conventions import ENGINE, attention_formulas, flop_formulas
 from torch import nn
 
 #: batch used for counting: BatchNorm1d and batch-wise losses misbehave at batch 1; results are per image
@@ -96,14 +96,21 @@ def _counted(fn: Callable[[], Any], batch: int, macs: str = ENGINE) -> tuple[int
     counting convention (mac_conventions.py)."""
     from torch.utils.flop_counter import FlopCounterMode  # 0.3 s to import: a dry run with cached counts skips it
 
+    # eval mode under no_grad sends nn.MultiheadAttention on real CPU/CUDA tensors down its fused fast path, an
+    # operator FlopCounterMode has no formula for (a ViT block would count its MLP only): count the plain path
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=flop_formulas(macs)) as counter:
+        torch.backends.mha.set_fastpath_enabled(False)
+        mapping = {**attention_formulas(), **flop_formulas(macs)}
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             result = fn()
     except (NotImplementedError, RuntimeError) as e:
         if "meta" not in str(e).lower():
             raise
         raise RuntimeError(f"a module cannot run on the meta device ({e}); count on its real device "
                            "instead by passing meta=False") from e
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return round(counter.get_total_flops() / (2 * batch)), result
 
 

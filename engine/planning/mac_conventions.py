@@ -69,6 +69,20 @@ def _upsample(per_output: int) -> Callable[..., int]:
     return formula
 
 
+def attention_formulas() -> dict:
+    """Formulas FlopCounterMode lacks for attention on real CPU tensors, for both conventions: there
+    scaled_dot_product_attention runs as `_scaled_dot_product_flash_attention_for_cpu`, which torch does not count
+    (on the meta device and on CUDA it becomes operators torch counts: Q K^T and A V). Counted like torch's own
+    flash-attention formula, so a ViT's MACs are the same on every device."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def sdpa(query_shape, key_shape, value_shape, *args: Any, out_shape=None, **kwargs: Any) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    packet = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    return {packet: sdpa, **{getattr(packet, name): sdpa for name in packet.overloads()}}
+
+
 def flop_formulas(macs: str) -> dict:
     """FlopCounterMode's `custom_mapping` for the convention `macs` (none for the engine's)."""
     if macs not in MAC_CONVENTIONS:

@@ -16,17 +16,19 @@ from pathlib import Path
 from auglocal.engine.config import RunConfig, UsageError, build_data, build_network, resolve
 
 
-def preflight(args: argparse.Namespace, cfg: RunConfig, opts):
+def preflight(args: argparse.Namespace, cfg: RunConfig, opts, data=None):
     """The data set, built and checked file by file (ImageNet images decoded once), with cfg resolved against
     it; raises UsageError (exit 2, one line) for whatever would fail the run before it starts. `opts`: the
-    PipelineOptions of a pipelined run, None for --sequential."""
+    PipelineOptions of a pipelined run, None for --sequential; `data`: a DataSource built already (a user's
+    Dataset, read and checked by auglocal.train), else --dataset's is built here."""
     check_out(args.out)
     if opts is not None:
         from auglocal.launch.backends.one_host.sockets import check_socket_root
         from auglocal.launch.run.transport_choice import binds_ipc_sockets
 
         check_socket_root(ipc=binds_ipc_sockets(opts.transport, getattr(args, "elastic", False)))
-    data = build_data(cfg, check_files=True)
+    if data is None:
+        data = build_data(cfg, check_files=True)
     resolve(cfg, data)
     if opts is not None and not getattr(args, "elastic", False):    # torchrun: the group's size decides (elastic.py)
         check_workers(cfg, data, opts)

@@ -123,6 +123,29 @@ def record_nonfinite(run_dir: str, policy: str) -> None:
         atomic_write_bytes(path, json.dumps({**raw, "nonfinite": policy}, indent=2).encode())
 
 
+def adopt_data(cfg: RunConfig, data, resume: str | None) -> None:
+    """A run on a user's Dataset (auglocal.train): config.json names it ("user:<class>") and its sizes, and a
+    --resume must be given the same data again, which only the Python API can do."""
+    from auglocal.engine.data import is_user_dataset
+
+    if data is None:
+        if is_user_dataset(cfg.dataset):
+            raise UsageError(f"--resume {resume}: that run trained on a Python Dataset ({cfg.dataset}); resume it "
+                             f"from Python with the same data: auglocal.train(model, train_data, test_data, "
+                             f"resume={str(resume)!r}) (docs/api.md)")
+        return
+    if resume:
+        saved = (cfg.dataset, cfg.train_size, cfg.test_size)
+        given = (data.name, data.train_size, data.test_size)
+        if saved != given:
+            raise UsageError(f"--resume {resume}: that run trained on {saved[0]} ({saved[1]} training, {saved[2]} "
+                             f"test images), not {given[0]} ({given[1]}, {given[2]}); a checkpoint only continues "
+                             "the run it belongs to")
+        return
+    cfg.dataset, cfg.data_dir = data.name, None
+    cfg.train_size, cfg.test_size = data.train_size, data.test_size
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(model=args.model, rule=args.rule, d=args.d, tau=args.tau, strategy=args.strategy,
                      convention=args.convention, dataset=args.dataset, data_dir=args.data_dir,

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -20,15 +21,25 @@ from auglocal.engine.config import UsageError
 
 LOCK_FILE = "run.lock"
 #: what a run writes into its folder (--overwrite removes exactly these)
-RUN_FILES = ("config.json", "run.json", "runtime.json", "metrics.jsonl", "plan.json", "summary.json",
+RUN_FILES = ("config.json", "run.json", "runtime.json", "data.json", "metrics.jsonl", "plan.json", "summary.json",
              "failure.json", "model.pt", "aux.pt", "torchvision.pt", "curves.png", "gantt.png")
 RUN_FOLDERS = ("checkpoints", "layers")
+
+
+def folder_name(model: str) -> str:
+    """A model spec as one folder name: "pkg.mod:net" -> pkg.mod.net, "/x/nets.py:net" -> nets.net (a spec's
+    slashes and colons would make folders, or names some file systems refuse)."""
+    if ":" in model:
+        where, function = model.rsplit(":", 1)
+        where = Path(where).stem if where.endswith(".py") else where
+        model = f"{where}.{function}"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", model).strip("._") or "model"
 
 
 def default_run_dir(model: str, rule: str, root: str = "runs") -> Path:
     """runs/<model>-<rule>-<timestamp>, unique even when two runs start in the same second."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{model}-{rule}-{stamp}"
+    base = Path(root) / f"{folder_name(model)}-{rule}-{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1
@@ -226,6 +237,15 @@ class RunDir:
 
     def close(self) -> None:
         self._metrics.close()
+
+
+def record_data(path: str | Path, cfg, data) -> None:
+    """data.json: what was trained on, and the normalisation the network expects of its input (the training
+    set's channel mean and std): what using the trained network (auglocal.load) needs besides its weights."""
+    record = {"dataset": cfg.dataset, "num_classes": cfg.num_classes, "input_size": cfg.input_size,
+              "train_size": data.train_size, "test_size": data.test_size, "mean": list(data.mean),
+              "std": list(data.std)}
+    atomic_write_bytes(Path(path) / "data.json", json.dumps(record, indent=2).encode())
 
 
 def resumable(out: str | None, sequential: bool = False) -> bool:

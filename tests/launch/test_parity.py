@@ -11,9 +11,9 @@ from auglocal.workers.runtime.faults import Fault
 
 
 def small_run(rule: str, epochs: int = 2, max_steps: int | None = None, memory_format: str = "auto",
-              precision: str = "fp32", train_size: int = 36) -> tuple[RunConfig, object]:
+              precision: str = "fp32", train_size: int = 36, model: str = "resnet20") -> tuple[RunConfig, object]:
     data = build_dataset("synthetic", seed=5, input_size=16, num_classes=4, train_size=train_size, test_size=10)
-    cfg = RunConfig(model="resnet20", rule=rule, d=3, dataset="synthetic", epochs=epochs, batch_size=12,
+    cfg = RunConfig(model=model, rule=rule, d=3, dataset="synthetic", epochs=epochs, batch_size=12,
                     lr=0.05, warmup=1, seed=7, max_steps=max_steps, input_size=16, num_classes=4,
                     memory_format=memory_format, precision=precision)
     return resolve(cfg, data), data
@@ -39,10 +39,10 @@ def assert_same_weights(model, aux, run_dir):
             assert torch.equal(aux_state[a.layer][name], value), f"aux {a.layer} {name} differs"
 
 
-def run_pipeline(cfg, data, workers, tmp_path):
+def run_pipeline(cfg, data, workers, tmp_path, worker_kind: str | None = None):
     out = tmp_path / f"run-{cfg.rule}-{workers}-{cfg.memory_format}-{cfg.precision}"
-    code = train_pipeline(cfg, data, PipelineOptions(workers=str(workers), balance="flops", threads=1),
-                          out=str(out), progress=False)
+    code = train_pipeline(cfg, data, PipelineOptions(workers=str(workers), balance="flops", threads=1,
+                                                     worker_kind=worker_kind), out=str(out), progress=False)
     assert code == 0
     return out
 
@@ -64,6 +64,23 @@ def test_pipeline_equals_sequential(rule, workers, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert {int(k): v for k, v in summary["updates"].items()} == updates
     assert set(updates.values()) == {cfg.epochs * data.steps_per_epoch(cfg.batch_size)}
+
+
+#: a ViT cut from torchvision, and a user's stack of blocks named by import path (its aux nets use the builder)
+@pytest.mark.parametrize("model, rule, workers, kind", [
+    ("vit_tiny", "auglocal", 2, None), ("vit_tiny", "dgl", 3, None),
+    ("tests.engine.stack_models:custom_cnn", "auglocal", 3, None),
+    ("tests.engine.stack_models:custom_cnn", "auglocal", 2, "thread"),
+])
+def test_stacks_of_blocks_train_the_same_pipelined(model, rule, workers, kind, tmp_path):
+    cfg, data = small_run(rule, epochs=1, max_steps=2, model=model)
+    reference, aux, _, updates = sequential_reference(cfg, data)
+    out = run_pipeline(cfg, data, workers, tmp_path, worker_kind=kind)
+    assert_same_weights(reference, aux, out)
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert {int(k): v for k, v in summary["updates"].items()} == updates and set(updates.values()) == {2}
 
 
 def test_slow_worker_keeps_queues_bounded_and_weights_equal(tmp_path):

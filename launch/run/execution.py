@@ -1,0 +1,95 @@
+"""The execution flags of a parsed command line as what runs them: the dry run's report and the pipeline's
+options, checked (UsageError, exit 2) before a run folder is claimed. The CLI and auglocal.train share them."""
+
+from __future__ import annotations
+
+import argparse
+
+from auglocal.engine.config import RunConfig, UsageError, build_network
+from auglocal.launch.run import resume_flags
+from auglocal.launch.run.transport_choice import check_possible, elastic_transport, one_host_transport
+
+
+def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
+    """Print the per-layer table and, unless --sequential, the worker partition and its prediction."""
+    from auglocal.engine.planning import format_plan_table, layer_costs
+
+    model, aux = build_network(cfg, data)
+    print(f"model {cfg.model} (L = {model.num_layers}), rule {cfg.rule}, d = {cfg.d}, tau = {cfg.tau}, "
+          f"strategy {cfg.strategy}, {cfg.num_classes} classes, input {cfg.input_size}x{cfg.input_size}")
+    print(format_plan_table(model, layer_costs(model, aux, macs=args.macs), macs=args.macs))
+    if not args.sequential:
+        from auglocal.launch.run.pipeline import plan_pipeline
+
+        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args), measure=False, network=(model, aux))
+        print()
+        print(plan.format())
+        from auglocal.engine.planning.simulator import dry_run_line
+        from auglocal.launch.run.hosts import describe_hosts, gpu_sharing
+
+        print(dry_run_line(cfg, data, plan, cpu_workers=not placement.devices[0].startswith("cuda"),
+                           shared=gpu_sharing(placement.devices), network=(model, aux)))
+        print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
+        print(describe_hosts(placement.hosts, placement.devices))
+    from auglocal.engine.feed import FeedShape, format_feed
+
+    shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
+                      cfg.max_steps, getattr(args, "checkpoint_every", 0))
+    print("\nfeed plan (the order both trainers follow), first events:")
+    print(format_feed(shape))
+    return 0
+
+
+def pipeline_options(args: argparse.Namespace):
+    """--workers/--gpus/--balance/--worker-threads/--trace as PipelineOptions; CPU when CUDA is absent."""
+    from auglocal.launch.run.devices import parse_gpus
+    from auglocal.launch.run.pipeline import PipelineOptions
+
+    gpus_text = args.gpus   # args keeps what was asked: runtime.json records that, not this machine's GPUs
+    if gpus_text is None:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus_text = ",".join(str(i) for i in range(torch.cuda.device_count()))
+        else:
+            print("auglocal-launch: no CUDA device found; workers run on CPU cores (--gpus cpu)")
+    from auglocal.workers.runtime.faults import fault_from_env, parse_fault
+
+    try:
+        fault = parse_fault(args.inject_fault) if args.inject_fault else fault_from_env()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    resume_flags.validate_runtime(args)
+    transport = link_transport(args, gpus_text)
+    if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
+        raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
+                         f"got {args.replay_log_mb}")
+    gpus = parse_gpus(gpus_text)
+    from auglocal.launch.run.hosts import resolve_kind
+
+    resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
+    return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,
+                           threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
+                           heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
+                           malloc=args.worker_malloc, tensorboard=not args.no_tensorboard, recovery=args.recovery,
+                           replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
+                           transport=transport, worker_kind=args.worker_kind,
+                           workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu)
+
+
+def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:
+    """--transport checked against the workers' devices and resolved for this launcher (exit 2 if impossible)."""
+    import torch
+    from auglocal.launch.run.devices import parse_gpus
+
+    try:
+        devices = parse_gpus(gpus_text)
+    except ValueError:
+        devices = []   # pipeline_options reports a bad --gpus itself
+    try:
+        check_possible(args.transport, devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        if getattr(args, "elastic", False):
+            return elastic_transport(args.transport)
+        return one_host_transport(args.transport)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
