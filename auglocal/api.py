@@ -126,8 +126,14 @@ def train(model, train_data=None, test_data=None, *, augment: str | None = None,
     augment: None or "cifar" (seeded pad-4 reflect crop and flip) for train_data. options: the CLI's flags by
     their Python names (rule, d, tau, workers, sequential, threads, epochs, batch_size, lr, seed, out, resume, ...).
     Bad values raise ValueError (UsageError) with the CLI's message; a run that fails raises RuntimeError."""
+    from auglocal.engine.models.imports import loading_script
     from auglocal.launch.cli import run, stop_signals
 
+    script = loading_script()
+    if script is not None:
+        raise RuntimeError(f"auglocal.train was called while {script} was loaded to import its model function (a "
+                           "worker does that): put the script's training call under "
+                           "`if __name__ == \"__main__\":` so that loading it only defines functions")
     argv = to_argv(model_spec(model), options)
     args = _parser().parse_args(argv)
     data = None

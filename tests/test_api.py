@@ -273,3 +273,34 @@ def test_user_data_and_a_dataset_option_exclude_each_other():
         auglocal.train("resnet20", Pixels(8, 0))
     with pytest.raises(ValueError, match="augment applies to train_data"):
         auglocal.train("resnet20", augment="cifar", dry_run=True)
+
+
+UNGUARDED = USER_NETS + """
+import auglocal
+
+auglocal.train(tiny_cnn, dataset="mnist5k", {options})
+"""
+
+
+def test_a_script_that_trains_unguarded_is_told_to_guard_it_in_a_file_spec(tmp_path):
+    from auglocal.engine.models import build_model
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(options="epochs=1"))
+    with pytest.raises(ValueError, match='if __name__ == "__main__"'):
+        build_model(f"{script}:tiny_cnn", 10, 28)
+
+
+def test_a_script_that_trains_unguarded_is_told_to_guard_it_in_a_worker(tmp_path):
+    """multiprocessing runs the parent's script again in each new worker (as __mp_main__): the second train call
+    must not start a run inside the worker, and the user must read why the workers died."""
+    import subprocess
+
+    script = tmp_path / "unguarded.py"
+    options = ", ".join(f"{k}={v!r}" for k, v in {**SMALL, "workers": 2, "worker_kind": "process",
+                                                  "max_restarts": 0, "out": str(tmp_path / "run")}.items())
+    script.write_text(UNGUARDED.format(options=options))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode != 0
+    assert 'put the script\'s training call under `if __name__ == "__main__":`' in done.stderr
+    assert "RuntimeError: training failed" in done.stderr

@@ -23,6 +23,28 @@ from auglocal.engine.models.base import LayeredModel
 MAIN_NAMES = ("__main__", "__mp_main__")
 #: prefix of the private module name a script file is loaded under
 PRIVATE_PREFIX = "_auglocal_user_"
+#: the script file whose top level this process is running to find a model function, while it runs
+_loading: list[str] = []
+
+
+#: multiprocessing's functions that run the parent's script as `__mp_main__` in a new worker process
+_MAIN_FIXUPS = ("_fixup_main_from_path", "_fixup_main_from_name")
+
+
+def loading_script() -> str | None:
+    """The script this process is running only to import functions from it, if any: a worker loading the user's
+    script for its model function, or multiprocessing re-running the parent's script in a new worker. A training
+    call made from such a script's top level (no `if __name__ == "__main__":` guard) would start a second run
+    inside a worker, so auglocal.train refuses it."""
+    if _loading:
+        return _loading[-1]
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name in _MAIN_FIXUPS and "multiprocessing" in frame.f_code.co_filename:
+            main = sys.modules.get("__mp_main__") or sys.modules.get("__main__")
+            return getattr(main, "__file__", None) or "the main script"
+        frame = frame.f_back
+    return None
 
 
 def is_spec(name: str) -> bool:
@@ -68,11 +90,14 @@ def _load_file(spec: str, path: str):
         raise ValueError(f"model spec {spec!r}: cannot load {path} as a Python module")
     module = importlib.util.module_from_spec(file_spec)
     sys.modules[name] = module
+    _loading.append(path)
     try:
         file_spec.loader.exec_module(module)
     except BaseException as err:
         del sys.modules[name]
         raise ValueError(f"model spec {spec!r}: running {path} failed: {type(err).__name__}: {err}") from err
+    finally:
+        _loading.pop()
     return module
 
 
