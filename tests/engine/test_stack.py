@@ -195,3 +195,15 @@ def test_the_dry_run_table_counts_copies_like_their_blocks(meta):
     assert costs[3].primary_macs == 16 * 16 * 16 * 8 * 9          # out positions x out ch x in ch x 3x3
     table = format_plan_table(model, costs)
     assert "16C-16R-AP-10FC" in table and "cnn: 6 local layers at input 32x32, 3 with an aux net" in table
+
+
+def test_a_stack_of_vectors_trains_with_auglocal_and_the_baselines_say_why_not():
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU())]
+    blocks += [nn.Sequential(nn.Linear(16, 16), nn.ReLU()) for _ in range(3)]
+    model = from_blocks(blocks, nn.Linear(16, 10), num_classes=10, input_size=8, name="mlp")
+    assert [(i.width, i.spatial, i.layout) for i in model.info] == [(16, 1, "vector")] * 4
+    nets = build_aux_nets(model, "auglocal", d=2)
+    assert [a.notation for a in nets] == ["16S-10FC", "16S-10FC"]
+    with pytest.raises(ValueError, match=r"rule 'dgl' has no aux net for layer 0 of mlp, which emits vector"):
+        build_aux_nets(model, "dgl")
