@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model and learning rule")
     m.add_argument("--model", default="resnet32",
                    help="primary network: resnet20/32/56/110 (CIFAR), vgg19, vgg13, resnet34, resnet101, "
-                        "mobilenetv2, efficientnet_b0, regnetx_400mf (default resnet32), or your own: "
+                        "mobilenetv2, efficientnet_b0, regnetx_400mf, vit_tiny (a CPU-sized ViT), vit_b_16, vit_b_32, "
+                        "vit_l_16 (default resnet32), or your own: "
                         "package.module:function or path/file.py:function, a function returning a LayeredModel "
                         "or (blocks, head) (docs/api.md)")
     m.add_argument("--rule", default="auglocal", help="bp, auglocal, dgl, predsim or infopro (default auglocal)")

@@ -30,3 +30,17 @@ def test_the_rendering_does_not_depend_on_the_terminal_width(monkeypatch):
     assert render() == narrow
     monkeypatch.delenv("COLUMNS")
     assert render() == narrow
+
+
+def test_every_registered_model_is_named_in_the_model_help():
+    """A network registered without a word in --help is one a user cannot find (resnetN: the resnet20/32/56/110
+    group names the CIFAR depths)."""
+    from auglocal.engine.models import model_names
+
+    parser = build_parsers()["auglocal-launch"]
+    text = next(a.help for a in parser._actions if "--model" in a.option_strings)
+    cifar = re.search(r"resnet([\d/]+) \(CIFAR\)", text)
+    depths = cifar.group(1).split("/") if cifar else []
+    missing = [name for name in model_names()
+               if not re.search(re.escape(name) + r"(?![\w])", text) and name.removeprefix("resnet") not in depths]
+    assert missing == [], "registered models missing from --model's help"
