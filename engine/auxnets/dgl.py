@@ -15,6 +15,15 @@ from torch import nn
 DGL_POOLS = ("dgl", "auglocal")
 
 
+def fc_part(width: int, num_classes: int) -> nn.Sequential:
+    """DGL's classifier after its last pool: 2 x [FC width->width, BN1d, ReLU] -> FC to the classes."""
+    return nn.Sequential(
+        nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+        nn.Linear(width, num_classes),
+    )
+
+
 class DGLAux(AuxNet):
     """AP to ceil(S/4) -> 3 x [1x1 conv C->C, BN, ReLU] -> AP to m x m -> 2 x [FC, BN1d, ReLU] -> FC.
 
@@ -37,11 +46,7 @@ class DGLAux(AuxNet):
         super().__init__(layer, "-".join(parts))
         self.features = nn.Sequential(AdaptiveAvgPool2d(first), *convs, AdaptiveAvgPool2d(m),
                                       nn.Flatten())
-        self.classifier = nn.Sequential(
-            nn.Linear(flat, flat, bias=False), nn.BatchNorm1d(flat), nn.ReLU(inplace=True),
-            nn.Linear(flat, flat, bias=False), nn.BatchNorm1d(flat), nn.ReLU(inplace=True),
-            nn.Linear(flat, num_classes),
-        )
+        self.classifier = fc_part(flat, num_classes)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(h))
@@ -68,14 +73,9 @@ class TokenDGLAux(AuxNet):
         for _ in range(3):
             mixers += [nn.Linear(dim, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*mixers, TokenMean())
-        self.classifier = nn.Sequential(
-            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, num_classes),
-        )
+        self.classifier = fc_part(dim, num_classes)
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(h))
+    logits = DGLAux.logits
 
 
 def require_layout(model: LayeredModel, n: int, rule: str, allowed: tuple[str, ...], why: str) -> None:
