@@ -154,8 +154,7 @@ def train(model, train_data=None, test_data=None, *, augment: str | None = None,
 
 def load(run_dir):
     """The trained primary network of a finished run folder, as an nn.Module in eval mode (weights: model.pt)."""
-    import torch
-
+    from auglocal.engine.atomic import read_torch_state
     from auglocal.engine.config import RunConfig
     from auglocal.engine.models import build_model
 
@@ -163,11 +162,25 @@ def load(run_dir):
     if not (path / "config.json").is_file():
         raise ValueError(f"{run_dir} is not a run folder (no config.json)")
     summary = path / "summary.json"
-    finished = summary.is_file() and "stopped" not in json.loads(summary.read_bytes())
+    finished = summary.is_file() and "stopped" not in _read_json(summary)
     if not finished or not (path / "model.pt").is_file():
         raise ValueError(f"{run_dir}: the run has not finished (no summary.json and model.pt of a completed run); "
                          "resume it first")
-    cfg = RunConfig.from_dict(json.loads((path / "config.json").read_bytes()))
+    cfg = RunConfig.from_dict(_read_json(path / "config.json"))
     network = build_model(cfg.model, cfg.num_classes, cfg.input_size)
-    network.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    try:
+        network.load_state_dict(read_torch_state(path / "model.pt"))
+    except (RuntimeError, KeyError) as err:
+        raise ValueError(f"{path / 'model.pt'} does not fit {cfg.model} as config.json describes it: {err}") from err
     return network.eval()
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object the run wrote; a damaged one is named (the engine writes them whole, atomically)."""
+    try:
+        value = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged (not the JSON the run wrote: {err})") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is damaged (a JSON {type(value).__name__}, not the object the run wrote)")
+    return value

@@ -92,3 +92,24 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+class DamagedFileError(ValueError):
+    """A file the engine wrote that no longer reads back (truncated, overwritten, not a torch file)."""
+
+
+def read_torch_state(path: Path) -> Any:
+    """`torch.load` of a saved state dict (tensors only), with a damaged file reported by name instead of the
+    torch reader's bare 'Invalid argument' or zip error. Files are written atomically (atomic_torch_save), so a
+    damaged one was changed after the engine wrote it: a disk fault, a copy cut short, an edit."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise DamagedFileError(f"{path} is damaged ({path.stat().st_size} bytes that torch cannot read: "
+                               f"{type(err).__name__}: {err}); it was complete when written, so it changed since "
+                               "(a cut-short copy, a disk fault): copy it again, or retrain") from err

@@ -304,3 +304,22 @@ def test_a_script_that_trains_unguarded_is_told_to_guard_it_in_a_worker(tmp_path
     assert done.returncode != 0
     assert 'put the script\'s training call under `if __name__ == "__main__":`' in done.stderr
     assert "RuntimeError: training failed" in done.stderr
+
+
+def test_load_names_a_damaged_file_of_a_finished_run(user_module, tmp_path):
+    """The files are written whole; damage after the run (a copy cut short, an edit) must be named, not surface
+    as torch's bare 'Invalid argument' or a JSON decoder's position."""
+    from auglocal.engine.atomic import DamagedFileError
+
+    run = auglocal.train("mynets:tiny_cnn", Pixels(24, 0), Pixels(8, 1), sequential=True, threads=1,
+                         out=str(tmp_path / "run"), **SMALL).run_dir
+    assert auglocal.load(run)(Pixels(2, 5).images).shape == (2, 4)
+    whole = (run / "model.pt").read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"not a torch file"):
+        (run / "model.pt").write_bytes(damaged)
+        with pytest.raises(DamagedFileError, match="model.pt is damaged"):
+            auglocal.load(run)
+    (run / "model.pt").write_bytes(whole)
+    (run / "summary.json").write_text('{"best_accuracy": 5')
+    with pytest.raises(ValueError, match="summary.json is damaged"):
+        auglocal.load(run)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from auglocal.engine.analysis import global_pool, head_logits, layer_outputs, linear_cka, probe_layers
 from auglocal.engine.analysis.features import test_examples, train_examples
-from auglocal.engine.atomic import atomic_write_bytes
+from auglocal.engine.atomic import DamagedFileError, atomic_write_bytes, read_torch_state
 from auglocal.engine.config import RunConfig, UsageError, build_data, build_network, resolve, validate
 from auglocal.engine.models.base import LayeredModel
 
@@ -87,7 +87,9 @@ def load_run(run_dir: Path, cfg: RunConfig, data, device: str) -> LoadedRun:
     if not path.is_file():
         raise UsageError(f"{run_dir} has no trained network: {path} is missing")
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(read_torch_state(path))
+    except DamagedFileError as err:
+        raise UsageError(str(err)) from err
     except (RuntimeError, KeyError) as err:
         raise UsageError(f"{path} does not fit {cfg.model} as configured in config.json: {err}") from err
     return LoadedRun(run_dir, cfg, model.to(device))
