@@ -22,13 +22,15 @@ from tqdm import tqdm
 
 def save_networks(run: RunDir, model, aux_nets) -> None:
     """model.pt: the bare primary network's state_dict; aux.pt: {layer index: aux net state_dict};
-    for models cut from torchvision also torchvision.pt, which loads into the torchvision model itself."""
-    from auglocal.engine.models.torchvision_cuts import TorchvisionCut, to_torchvision_state_dict
+    for models cut from torchvision also torchvision.pt, which loads into the torchvision model itself.
 
+    Such a model was built through auglocal.engine.models.torchvision_cuts, so where that module was never
+    imported the model is no cut: a CIFAR ResNet run does not import torchvision (seconds) only to ask."""
     run.save_state("model.pt", model.state_dict())
     run.save_state("aux.pt", {int(a.layer): a.state_dict() for a in aux_nets})
-    if isinstance(model, TorchvisionCut):
-        run.save_state("torchvision.pt", to_torchvision_state_dict(model))
+    cuts = sys.modules.get("auglocal.engine.models.torchvision_cuts")
+    if cuts is not None and isinstance(model, cuts.TorchvisionCut):
+        run.save_state("torchvision.pt", cuts.to_torchvision_state_dict(model))
 
 
 def peak_rss_mb() -> float | None:

@@ -7,8 +7,10 @@ wheel step (benchmarks/gpu_deps.py): it installs only what the machine lacks and
 
 import base64
 import hashlib
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -80,13 +82,39 @@ def test_dry_run_runs_the_cpu_steps_and_the_reruns_select_their_tests(tmp_path):
     commands = assert_plan_and_summary(proc, out, QUICK)
     assert_cpu_steps(out, gpu_tests_ran_at_least=1)
     env = {**os.environ, "AUGLOCAL_GPU_TEST_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    collected = collect_only({step: commands[step] for step in RERUNS}, env)
+    assert list(collected) == list(RERUNS)
     for step, count in RERUNS.items():
-        cmd = commands[step].removeprefix("env -u TORCH_CUDA_SANITIZER ")
-        collected = subprocess.run(f"{cmd} --collect-only", shell=True, cwd=REPO, env=env, capture_output=True,
-                                   text=True, timeout=120)
-        assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-2000:]
-        assert re.search(rf"^{count}/\d+ tests? collected|^{count} tests? collected", collected.stdout, flags=re.M), \
-            collected.stdout[-2000:]
+        assert re.search(rf"^{count}/\d+ tests? collected|^{count} tests? collected", collected[step], flags=re.M), \
+            (step, collected[step][-2000:])
+
+
+PYTEST = ["python3", "-m", "pytest"]
+
+
+def collect_only(commands: dict[str, str], env: dict) -> dict[str, str]:
+    """Each plan command (`[env -u VAR] python3 -m pytest ARGS`) with --collect-only, all in one Python (one torch
+    import, not one per command): per step, its output; each pytest must exit 0."""
+    runs = {}
+    for step, command in commands.items():
+        words = shlex.split(command.removeprefix("env -u TORCH_CUDA_SANITIZER "))
+        assert words[:3] == PYTEST, command          # the rest is what the step's own pytest would read
+        runs[step] = [*words[3:], "--collect-only"]
+    script = ("import contextlib, io, json, sys, pytest\n"
+              "out = {}\n"
+              "for step, args in json.loads(sys.argv[1]).items():\n"
+              "    buf = io.StringIO()\n"
+              "    with contextlib.redirect_stdout(buf):\n"
+              "        code = int(pytest.main(args))\n"
+              "    out[step] = [code, buf.getvalue()]\n"
+              "print(json.dumps(out))\n")
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(runs)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    for step, (code, text) in results.items():
+        assert code == 0, (step, text[-3000:])
+    return {step: text for step, (_, text) in results.items()}
 
 
 @pytest.mark.slow

@@ -49,11 +49,12 @@ def test_an_evaluation_pass_longer_than_the_heartbeat_timeout_is_not_a_hang(tmp_
 
 
 def test_a_send_blocked_longer_than_the_heartbeat_timeout_is_not_a_hang(tmp_path):
-    """Worker 1 takes 2.5 s per step (alive); worker 0 waits on its full link longer than the 2 s timeout."""
-    cfg, data = short_run()
+    """Worker 1 takes 2.5 s per step (alive); worker 0 waits on its full link longer than the 2 s timeout. One
+    test batch (test_size 8): the delay applies to test batches too, and the blocked sends are the training's."""
+    cfg, data = short_run(test_size=8)
     summary = run(cfg, data, tmp_path / "run", "slow:worker=1:delay=2.5", "2", timeout=2.0)
     assert summary["restarts"] == [] and summary["max_in_flight"]["1"] == 2
-    assert_same_weights(sequential(*short_run()), tmp_path / "run")
+    assert_same_weights(sequential(*short_run(test_size=8)), tmp_path / "run")
     assert_no_orphan_workers()
 
 

@@ -89,8 +89,11 @@ def test_imagenet_model_run_also_saves_a_torchvision_state_dict(tmp_path, capsys
     import torchvision
 
     out_dir = tmp_path / "run"
+    # 64 training and 64 test images: the one step and the one evaluation pass the run makes need no more (the
+    # synthetic set's default 2048 + 512 cost seconds to make and evaluate through ResNet-34)
     code, _, _ = run_cli(["--model", "resnet34", "--rule", "auglocal", "--d", "3", "--dataset", "synthetic",
                           "--input-size", "32", "--epochs", "1", "--max-steps", "1", "--batch-size", "64",
+                          "--train-size", "64", "--test-size", "64",
                           "--out", str(out_dir), "--no-progress", "--sequential"], capsys)
     assert code == 0
     tv = torchvision.models.resnet34(weights=None, num_classes=10)
