@@ -180,3 +180,49 @@ def model_spec_of(function: Callable) -> str:
                              "cannot import it: put it in a module or script file")
         return f"{os.path.realpath(file)}:{qualname}"
     return f"{module_name}:{qualname}"
+
+
+#: top-level packages whose code is versioned with the install: their classes' counts and times stay valid
+#: until the cache file's own format changes, so their cache keys carry no fingerprint (and stay as they were)
+VERSIONED_PACKAGES = ("torch", "torchvision", "auglocal")
+
+
+#: (path, mtime, size) -> digest: a dry run asks for the same few files once per counted block
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: str) -> str:
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        if key not in _DIGESTS:
+            with open(path, "rb") as f:
+                _DIGESTS[key] = hashlib.sha256(f.read()).hexdigest()[:16]
+        return _DIGESTS[key]
+    except OSError:
+        return "unreadable"
+
+
+def code_fingerprint(objects) -> str | None:
+    """A digest of the source files defining `objects` (classes or functions) that come from the user's code, None
+    when all of them come from torch, torchvision or auglocal.
+
+    The MAC and timing caches key a block by its class name and repr, and a network by its spec; neither changes
+    when the user edits a block's forward or the function building the network, so without this the caches
+    would serve the old network's counts and times (a wrong dry-run table, a worse balance)."""
+    files = set()
+    for obj in objects:
+        module_name = getattr(obj, "__module__", "") or ""
+        if module_name.split(".")[0] in VERSIONED_PACKAGES:
+            continue
+        module = sys.modules.get(module_name)
+        files.add(getattr(module, "__file__", None) or f"<{module_name}>")
+    if not files:
+        return None
+    joined = ";".join(f"{path}={_file_digest(path)}" for path in sorted(files))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def spec_fingerprint(spec: str) -> str | None:
+    """code_fingerprint of the function a model spec names (None for registered names)."""
+    return code_fingerprint([resolve_spec(spec)]) if is_spec(spec) else None

@@ -143,9 +143,14 @@ def _architecture(module: nn.Module) -> str:
 
 def _memo_key(module: nn.Module, args: tuple, batch: int, macs: str = ENGINE, method: str = "forward") -> str:
     """The engine's counts of `forward` keep the key they had before conventions existed (so do the cached ones)."""
+    from auglocal.engine.models.imports import code_fingerprint
+
     cls = type(module)
     what = "" if (macs, method) == (ENGINE, "forward") else f"{macs}.{method}|"
-    return f"{what}{cls.__module__}.{cls.__qualname__}|{_architecture(module)}|{[_shape(a) for a in args]}|{batch}"
+    code = code_fingerprint({type(m) for m in module.modules()})     # None for the engine's and torch's blocks
+    tail = "" if code is None else f"|code={code}"
+    return (f"{what}{cls.__module__}.{cls.__qualname__}|{_architecture(module)}|{[_shape(a) for a in args]}|{batch}"
+            f"{tail}")
 
 
 def _remembered(key: str) -> mac_cache.Count | None:

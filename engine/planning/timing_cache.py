@@ -84,8 +84,12 @@ class CostKey:
     @classmethod
     def of(cls, cfg: Any) -> CostKey:
         """The key of a resolved RunConfig (or anything with these attributes)."""
+        from auglocal.engine.models.imports import spec_fingerprint
+
         kernels = Kernels.from_config(cfg)
-        return cls(cfg.model, cfg.rule, int(cfg.d), cfg.tau, cfg.strategy, cfg.convention, int(cfg.input_size),
+        code = spec_fingerprint(cfg.model)       # a user's network: its source, so that an edit measures again
+        model = cfg.model if code is None else f"{cfg.model}#{code}"
+        return cls(model, cfg.rule, int(cfg.d), cfg.tau, cfg.strategy, cfg.convention, int(cfg.input_size),
                    int(cfg.num_classes), int(cfg.batch_size), kernels.memory_format, kernels.precision)
 
 
