@@ -130,6 +130,13 @@ def main() -> None:
     b = Bench(args.device, args.model, args.d, args.input_size)
     if b.on_gpu and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (or --device cpu, the smoke path)")
+    if not b.on_gpu and (args.workers or args.streams):
+        # the smoke path's figures are no measurements: start the forkserver (its torch, torch._dynamo and stage
+        # imports, seconds) now, beside the sequential rows, instead of before the first pipeline row. On a GPU
+        # it starts there, so that nothing competes with the timed sequential steps.
+        from auglocal.launch.backends.registry import BY_NAME, ONE_HOST
+
+        BY_NAME[ONE_HOST].start_warming_up()
     name = torch.cuda.get_device_name(b.device) if b.on_gpu else "CPU smoke path (not a GPU figure)"
     lines = [f"# GPU: {name}, {args.model}, d={args.d}, synthetic {args.input_size}x{args.input_size}", "",
              "| batch | configuration | images/s | peak GPU memory (GB) |", "|---:|---|---:|---:|"]

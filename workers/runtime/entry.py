@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from auglocal.workers.runtime import forkserver_exit
 from auglocal.workers.runtime.liveness import coordinator_watch
 from auglocal.workers.runtime.process_setup import set_up_process
 from auglocal.workers.runtime.spec import POLL_MS, CoordinatorGone, WorkerError, WorkerSpec
@@ -16,6 +17,8 @@ from auglocal.workers.runtime.worker import Worker
 from auglocal.workers.runtime.worker_links import WorkerLinks, open_links
 from auglocal.workers.wire.messages import Codec, Kind, Message
 from auglocal.workers.wire.protocol import ErrorMeta
+
+forkserver_exit.install()     # a no-op except in the one-host launcher's forkserver, which preloads this module
 
 
 def report_crash(links: WorkerLinks, name: str, err: BaseException) -> None:
