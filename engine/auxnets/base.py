@@ -56,3 +56,20 @@ def head_notation(head: nn.Module) -> str:
         elif isinstance(m, nn.Linear):
             parts.append(f"{m.out_features}FC")
     return "-".join(parts)
+
+
+class TokenMean(nn.Module):
+    """(B, N, D) tokens -> (B, D): the average pooling of a token sequence, which has no 2-D layout to pool in
+    (DGL's and PredSim's token forms)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mean(dim=1)
+
+
+def require_layout(model, n: int, rule: str, allowed: tuple[str, ...], why: str) -> None:
+    """ValueError naming the rule and the first of layers 0..n-1 whose output layout (LayerInfo.layout: map,
+    tokens, vector) the rule has no aux net for."""
+    for info in model.info[:n]:
+        if info.layout not in allowed:
+            raise ValueError(f"rule {rule!r} has no aux net for layer {info.index} of {model.name}, which emits "
+                             f"{info.layout} (width {info.width}, size {info.spatial}): {why}")

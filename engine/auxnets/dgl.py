@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from auglocal.engine.auxnets.base import AuxNet
+from auglocal.engine.auxnets.base import AuxNet, TokenMean, require_layout
 from auglocal.engine.auxnets.deterministic import AdaptiveAvgPool2d
 from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
 from auglocal.engine.models.base import LayeredModel
@@ -52,13 +52,6 @@ class DGLAux(AuxNet):
         return self.classifier(self.features(h))
 
 
-class TokenMean(nn.Module):
-    """(B, N, D) tokens -> (B, D): the average pooling of a token sequence (no 2-D layout to pool in)."""
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h.mean(dim=1)
-
-
 class TokenDGLAux(AuxNet):
     """DGL on (N, D) tokens (docs/method.md, "Stacks of blocks"): 3 x [token-wise Linear D->D, LayerNorm, ReLU]
     -> mean over tokens -> 2 x [FC D->D, BN1d, ReLU] -> FC.
@@ -76,14 +69,6 @@ class TokenDGLAux(AuxNet):
         self.classifier = fc_part(dim, num_classes)
 
     logits = DGLAux.logits
-
-
-def require_layout(model: LayeredModel, n: int, rule: str, allowed: tuple[str, ...], why: str) -> None:
-    """ValueError naming the rule and the first of layers 0..n-1 whose output layout the rule has no aux net for."""
-    for info in model.info[:n]:
-        if info.layout not in allowed:
-            raise ValueError(f"rule {rule!r} has no aux net for layer {info.index} of {model.name}, which emits "
-                             f"{info.layout} (width {info.width}, size {info.spatial}): {why}")
 
 
 def pool_sizes(model: LayeredModel, dgl_pool: str) -> list[int]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from auglocal.engine.auxnets.base import AuxNet
+from auglocal.engine.auxnets.base import AuxNet, require_layout
 from auglocal.engine.auxnets.deterministic import deterministic_on, interpolate_bilinear
-from auglocal.engine.auxnets.dgl import require_layout
 from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
 from auglocal.engine.models.base import LayeredModel
 from torch import nn

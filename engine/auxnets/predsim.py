@@ -6,8 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from auglocal.engine.auxnets.base import AuxNet
-from auglocal.engine.auxnets.dgl import TokenMean, require_layout
+from auglocal.engine.auxnets.base import AuxNet, TokenMean, require_layout
 from auglocal.engine.auxnets.rule import AuxSpec, Rule, all_but_last, initialised
 from auglocal.engine.models.base import LayeredModel
 from torch import nn

@@ -79,9 +79,10 @@ def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, .
     return x.sub(m).div_(s)
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and population std of uint8 images scaled to [0, 1] (data-derived normalisation)."""
-    x = images.to(torch.float64) / 255.0
+def channel_stats(images: torch.Tensor, scale: float = 255.0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std of images divided by `scale` (uint8 pixels to [0, 1]; 1.0 for float
+    images as they are), the data-derived normalisation."""
+    x = images.to(torch.float64) / scale
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3), unbiased=False)
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)

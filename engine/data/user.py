@@ -13,7 +13,7 @@ from __future__ import annotations
 import numbers
 
 import torch
-from auglocal.engine.data.augment import CropFlip
+from auglocal.engine.data.augment import CropFlip, channel_stats, normalise
 from auglocal.engine.data.seeding import AUGMENT_STREAM, seeded_generator
 from auglocal.engine.data.source import DataSource, evenly_spaced
 from torch.utils.data import IterableDataset
@@ -75,15 +75,6 @@ def _read(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
-def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and population std over the training images (a constant channel gets std 1)."""
-    x = images.to(torch.float64)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3), unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 class DatasetSource(DataSource):
     """Training and test Datasets of (image (3, S, S) float, int label), normalised by the training set's
     channel statistics; `augment` names one of AUGMENTATIONS (None: no augmentation)."""
@@ -110,18 +101,17 @@ class DatasetSource(DataSource):
         test = evenly_spaced(len(test_labels), test_size, "test_size")
         self.train_images, self.train_labels = train_images[train].contiguous(), train_labels[train]
         self.test_images, self.test_labels = test_images[test].contiguous(), test_labels[test]
-        mean, std = _channel_stats(self.train_images)
+        mean, std = channel_stats(self.train_images, scale=1.0)
+        std = tuple(v if v > 0 else 1.0 for v in std)      # a constant channel: nothing to scale
         self.augment = augment
         self.augmentation = AUGMENTATIONS.get(augment) if augment else None
         name = USER_PREFIX + type(train_data).__name__ + (f"+{augment}" if augment else "")   # what trained
         super().__init__(name=name, num_classes=classes, input_size=size,
                          mean=mean, std=std, train_size=len(train), test_size=len(test),
                          default_batch_size=DEFAULT_BATCH, default_lr=DEFAULT_LR)
-        self._mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        self._std = torch.tensor(self.std).view(1, -1, 1, 1)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return ((images - self._mean) / self._std).to(torch.float32)
+        return normalise(images, self.mean, self.std)      # float32 images are taken as they are
 
     def _train_examples(self, indices: torch.Tensor, seed: int, epoch: int, step: int,
                         batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
