@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a worker fails: one = restart only that worker (the others keep running; its "
                         "upstream resends its replay log), falling back to all where that cannot work; all = "
                         "restart every worker from the last committed checkpoint (default one)")
+    f.add_argument("--spares", type=int, default=1,
+                   help="warm spare worker processes started with the run (process workers on one host, "
+                        "--recovery one): a spare has its process set up and the network built, and takes a "
+                        "failed worker's place, so that recovery is loading its layer files and replaying; "
+                        "another is started once the pipeline has caught up. 0 = start each replacement cold "
+                        "(default 1)")
     f.add_argument("--replay-log-mb", type=float, default=256.0,
                    help="memory bound of each worker's replay log in MiB; past it the log spills to files "
                         "(default 256)")

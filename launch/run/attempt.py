@@ -54,6 +54,7 @@ class AttemptOptions:
     replay_log_mb: float = 256.0         # memory bound of each worker's replay log; past it, it spills to files
     spill_dir: str | None = None         # where replay logs spill (None: the attempt's private temp folder)
     transport: str = "ipc"               # links: 'ipc' sockets in the attempt's folder or loopback 'tcp' ports
+    spares: int = 1                      # warm spare processes for one-worker recovery (--recovery one only)
 
 
 @dataclass

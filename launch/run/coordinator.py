@@ -34,6 +34,7 @@ from auglocal.engine.precision import activation_dtype
 from auglocal.launch.backends.base import WorkerHandle
 from auglocal.launch.backends.one_host.processes import WorkerProcess, forkserver_context
 from auglocal.launch.backends.one_host.sockets import make_socket_dir, remove_socket_dir
+from auglocal.launch.backends.one_host.spares import SparePool
 from auglocal.launch.run import stop_request
 from auglocal.launch.run.attempt import AttemptOptions, Placement, RunCounters, WorkerFailed
 from auglocal.launch.run.checkpoints import CheckpointStore
@@ -177,7 +178,8 @@ class Coordinator:
             results.allowed.allow(key)
         ctx = forkserver_context()
         if self.placement.hosts is None:    # before the specs: they say whether workers wait for their release
-            self.recovery.enable(lambda spec: WorkerProcess(spec, ctx))
+            spares = self.opts.spares if self.opts.recovery == "one" else 0
+            self.recovery.enable(lambda spec: WorkerProcess(spec, ctx), SparePool(ctx, spares) if spares else None)
         workers = []
         specs = self.specs()
         try:
@@ -190,6 +192,7 @@ class Coordinator:
         finally:
             self.attach(results, self.inboxes[0].sender(self.codec, curve=self.curve), workers)
         self.wait_ready()
+        self.recovery.warm(specs[0])
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

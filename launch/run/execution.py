@@ -64,6 +64,8 @@ def pipeline_options(args: argparse.Namespace):
     if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
                          f"got {args.replay_log_mb}")
+    if args.spares < 0:
+        raise UsageError(f"--spares must be a whole number >= 0 (0: every replacement starts cold), got {args.spares}")
     gpus = parse_gpus(gpus_text)
     from auglocal.launch.run.hosts import resolve_kind
 
@@ -74,7 +76,8 @@ def pipeline_options(args: argparse.Namespace):
                            malloc=args.worker_malloc, tensorboard=not args.no_tensorboard, recovery=args.recovery,
                            replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
                            transport=transport, worker_kind=args.worker_kind,
-                           workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu)
+                           workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu,
+                           spares=args.spares)
 
 
 def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:

@@ -5,7 +5,10 @@ on the activations that reach it and on its own state. When worker r dies, hangs
 message, the coordinator (`OneWorkerRecovery.recover`)
 
 1. stops worker r only and starts a new one from r's layers in the last committed checkpoint, on fresh
-   socket addresses (nothing of the old links survives, credits included);
+   socket addresses (nothing of the old links survives, credits included): a warm spare where one waits
+   (`--spares`, launch/backends/one_host/spares.py), which has its process and the network built already and
+   loads its layer files during the short grace in which the coordinator looks for other workers that died
+   with r;
 2. tells worker r+1 to expect a replay from the new worker (`expect_replay`): r+1 drops the messages it has
    already handled (sequence number <= its last) and handles the rest;
 3. tells worker r-1 to open a fresh link to the new worker and resend its replay log from the checkpoint's
@@ -130,6 +133,7 @@ class OneWorkerRecovery:
         self.recovering = False
         self.stopping = False
         self.launch: Callable | None = None    # spec -> worker handle; None: recovery unavailable
+        self.spares = None                     # the warm spares' pool (launch/backends/one_host/spares.py), if any
         self.controls: dict[int, object] = {}
         self._deferred: list[tuple[int, int]] = []
         self._pins: dict[int, tuple[int, int]] = {}   # restarted rank -> (oldest checkpoint it needs, unpin at ack)
@@ -141,9 +145,17 @@ class OneWorkerRecovery:
     def inbox_link(self, rank: int) -> Link:
         return self.c.link(f"w{rank}.{self.incarnations[rank]}", self.c.opts.window, owner=rank)
 
-    def enable(self, launch: Callable) -> None:
-        """Real worker processes with control inboxes: recovery is possible (start() calls this)."""
-        self.launch = launch
+    def enable(self, launch: Callable, spares=None) -> None:
+        """Real worker processes with control inboxes: recovery is possible (start() calls this). With `spares`
+        (a pool with `launch`, `fill` and `close`), a replacement is a warm spare where one is waiting."""
+        self.launch = spares.launch if spares is not None else launch
+        self.spares = spares
+
+    def warm(self, template) -> None:
+        """The workers are ready: start the spares now (they would slow the workers' own start), from the
+        settings of `template`, one worker's spec."""
+        if self.spares is not None:
+            self.spares.fill(template)
 
     @property
     def holds_after_stop(self) -> bool:
@@ -181,6 +193,8 @@ class OneWorkerRecovery:
         for end in self.controls.values():
             end.close()
         self.controls.clear()
+        if self.spares is not None:
+            self.spares.close()
 
     # --- sequence numbers and the coordinator's own log ----------------------------------------------------
     def next_seq(self) -> int:
@@ -222,6 +236,8 @@ class OneWorkerRecovery:
         for rec in self.recoveries:
             if rec.first_step is not None and rec.first_step_done_at is None and rec.first_step not in pending:
                 rec.first_step_done_at = time.perf_counter()
+                if self.spares is not None:
+                    self.spares.fill()     # caught up: the next spare no longer slows this recovery down
 
     def _pin(self, rank: int, oldest: int | None, until: int) -> None:
         """Keep checkpoints from `oldest` on until worker `rank` acknowledges `until`: it loads the first and
@@ -264,14 +280,21 @@ class OneWorkerRecovery:
             return "another failure during a one-worker recovery"
         if r in self.recovered:
             return f"worker {r} failed again"
-        time.sleep(DEATH_GRACE_S)   # processes that died together show it milliseconds apart: let them all show
-        down = [q for q, w in enumerate(c.workers) if q != r and not w.is_alive()]
+        return self._checkpoint_problem()
+
+    def others_down(self, r: int, since: float) -> str | None:
+        """Why worker r cannot be restarted alone because others died with it (None: they all run), asked once
+        DEATH_GRACE_S has passed `since` (time.monotonic()): processes that died together show it milliseconds
+        apart, so let them all show. `_restart` asks it after starting the replacement, which gets ready
+        meanwhile (a warm spare loads its layer files in that time)."""
+        time.sleep(max(0.0, since + DEATH_GRACE_S - time.monotonic()))
+        down = [q for q, w in enumerate(self.c.workers) if q != r and not w.is_alive()]
         adjacent = [q for q in down if abs(q - r) == 1]
         if adjacent:
             return f"two adjacent workers down ({min(r, adjacent[0])} and {max(r, adjacent[0])})"
         if down:
             return f"workers {sorted([r, *down])} down"
-        return self._checkpoint_problem()
+        return None
 
     def _checkpoint_problem(self) -> str | None:
         """Why the checkpoint a restarted worker would load cannot be used (None: intact, or the attempt's
@@ -300,7 +323,7 @@ class OneWorkerRecovery:
         try:
             self._restart(err, r)
         except Exception as nested:
-            if hasattr(nested, "fallback"):
+            if hasattr(nested, "fallback") and nested is not err:
                 nested.fallback = f"another failure during the recovery of worker {r}"
             raise
         finally:
@@ -316,14 +339,10 @@ class OneWorkerRecovery:
         c = self.c
         # the resume point is fixed now: a checkpoint that commits while we wait does not move it
         from_seq, from_dir, events = self.committed_seq, self.committed_dir, list(self.sent)
-        self._pin(r, self.committed_id, c.next_ckpt - 1)
+        since = time.monotonic()
         old = c.workers[r]
-        rec = Recovery(r, err.layers, str(err), self.committed_id, err.detected_at, getattr(old, "pid", None),
-                       after_stop=self.stopping)
-        self.recoveries.append(rec)
-        self.recovered.add(r)
         old.stop()
-        rec.stopped_at = time.perf_counter()
+        stopped_at = time.perf_counter()
         self.stale.add(worker_name(r, self.incarnations[r]))
         c.ranks.pop(worker_name(r, self.incarnations[r]), None)
         self.incarnations[r] += 1
@@ -336,14 +355,25 @@ class OneWorkerRecovery:
         f = c.opts.fault
         spec = replace(spec, resume_dir=from_dir, resume_seq=from_seq,
                        incarnation=self.incarnations[r], fault=spec.fault if (f and f.always) else None)
+        new = self.launch(spec)           # it gets ready while the grace for other deaths runs
+        down = self.others_down(r, since)
+        if down is not None:
+            new.stop()
+            err.fallback = down
+            raise err
+        self._pin(r, self.committed_id, c.next_ckpt - 1)
+        rec = Recovery(r, err.layers, str(err), self.committed_id, err.detected_at, getattr(old, "pid", None),
+                       after_stop=self.stopping, stopped_at=stopped_at)
+        self.recoveries.append(rec)
+        self.recovered.add(r)
         c.ranks[spec.name] = r
         c.ready.discard(r)
         c.stopped.discard(r)             # the new worker passes the stop marker again (if it was fed)
         c.waiting[r] = None
         if r + 1 < c.k:
             self._must_tell(r + 1, Kind.EXPECT_REPLAY, ExpectReplayMeta(spec.name))
-        c.workers[r] = self.launch(spec)
-        rec.pid_after = getattr(c.workers[r], "pid", None)
+        c.workers[r] = new
+        rec.pid_after = getattr(new, "pid", None)
         c.pids.setdefault(r, []).append(rec.pid_after)
         deadline = time.monotonic() + c.ready_timeout_s
         while r not in c.ready:

@@ -41,9 +41,9 @@ def flush_reports(links: WorkerLinks) -> None:
         pass
 
 
-def worker_main(spec: WorkerSpec) -> None:
+def worker_main(spec: WorkerSpec, stage=None) -> None:
     """Process entry point: the one process set-up (workers/runtime/process_setup.py: signals, allocator, threads,
-    determinism, the worker's GPU), then open the links and serve."""
+    determinism, the worker's GPU), then open the links and serve; `stage`: one a warm spare built already."""
     set_up_process(spec.threads, spec.malloc, spec.device)
     codec = Codec(spec.run_id, spec.secret)
     try:
@@ -53,15 +53,15 @@ def worker_main(spec: WorkerSpec) -> None:
         if ipc and not os.path.isdir(os.path.dirname(spec.inbox.address.removeprefix("ipc://"))):
             os._exit(0)      # the attempt ended while this worker started (its socket folder is gone): nothing to do
         raise
-    serve(spec, links, coordinator_watch(spec.coordinator_pid))
+    serve(spec, links, coordinator_watch(spec.coordinator_pid), stage)
 
 
-def serve(spec: WorkerSpec, links: WorkerLinks, coordinator_alive: Callable[[], bool]) -> bool:
+def serve(spec: WorkerSpec, links: WorkerLinks, coordinator_alive: Callable[[], bool], stage=None) -> bool:
     """Run a worker on opened links until it stops; False when its coordinator went away first. A worker that
     cannot go on exits with code 3 once the coordinator has read why."""
     worker = None
     try:
-        worker = Worker(spec, links, coordinator_alive=coordinator_alive)
+        worker = Worker(spec, links, stage, coordinator_alive=coordinator_alive)
         worker.run()
         return True
     except CoordinatorGone:

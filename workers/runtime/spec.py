@@ -84,17 +84,28 @@ class _Stats:
     std: list
 
 
-def build_stage(spec: WorkerSpec):
-    """Rebuild the run's network from its config (same seed, so the same initial weights) and keep a slice."""
-    from auglocal.engine.config import RunConfig, build_network, optim_and_schedule
+def build_modules(config: dict, data_stats: dict) -> list:
+    """Every local module of the run's network, rebuilt from its config (same seed, so the same initial weights).
+
+    Apart from `build_stage` so a warm spare (workers/runtime/spare.py) can build them before it knows its rank."""
+    from auglocal.engine.config import RunConfig, build_network
     from auglocal.engine.local_module import build_local_modules
+
+    stats = _Stats(**data_stats) if data_stats else None
+    model, aux = build_network(RunConfig.from_dict(config), stats)
+    return build_local_modules(model, aux)
+
+
+def build_stage(spec: WorkerSpec, modules: list | None = None):
+    """The worker's slice of the run's network as a stage; `modules` are the run's local modules if already built
+    (from this spec's config and data statistics), else they are built here."""
+    from auglocal.engine.config import RunConfig, optim_and_schedule
     from auglocal.engine.precision import Kernels
     from auglocal.engine.stage import Stage
 
     cfg = RunConfig.from_dict(spec.config)
-    stats = _Stats(**spec.data_stats) if spec.data_stats else None
-    model, aux = build_network(cfg, stats)
-    modules = build_local_modules(model, aux)
+    if modules is None:
+        modules = build_modules(spec.config, spec.data_stats)
     optim, schedule = optim_and_schedule(cfg)
     mine = [modules[i] for i in spec.modules]
     return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg),

@@ -21,7 +21,7 @@ def forkserver_context() -> mp.context.BaseContext:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["torch", "torch._dynamo", "auglocal.engine.stage", "auglocal.engine.auxnets",
                                 "auglocal.engine.models", "auglocal.workers.runtime.entry",
-                                "auglocal.workers.runtime.host"])
+                                "auglocal.workers.runtime.host", "auglocal.workers.runtime.spare"])
     return ctx
 
 
@@ -41,15 +41,19 @@ class WorkerProcess:
     If the forkserver dies, multiprocessing reports its children as exited (code 255) although they run on,
     reparented to init: `orphaned` tells that case apart and `stop` ends them through their pid."""
 
-    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext, hosted: list[WorkerSpec] | None = None):
-        if hosted:
+    def __init__(self, spec: WorkerSpec, ctx: mp.context.BaseContext | None = None,
+                 hosted: list[WorkerSpec] | None = None, started: mp.process.BaseProcess | None = None):
+        if started is not None:             # a warm spare that became this worker (launch/backends/one_host/spares.py)
+            self.process = started
+        elif hosted:
             from auglocal.workers.runtime.host import host_main
 
             self.process = ctx.Process(target=host_main, args=(hosted,), daemon=True,
                                        name=f"host-{hosted[0].name}-{hosted[-1].name}")
         else:
             self.process = ctx.Process(target=worker_main, args=(spec,), name=spec.name, daemon=True)
-        self.process.start()
+        if started is None:
+            self.process.start()
         self._ps = psutil.Process(self.process.pid)
 
     @property
