@@ -102,6 +102,7 @@ class Recovery:
     first_step: tuple[int, int] | None = None     # the new worker's first step that had not been reported
     first_step_done_at: float | None = None
     after_stop: bool = False                      # detected after the coordinator fed the stop marker
+    spare: bool = False                           # the replacement was a warm spare (else a cold start)
 
     def to_dict(self, attempt: int) -> dict:
         done = self.first_step_done_at or self.ready_at
@@ -112,7 +113,7 @@ class Recovery:
         return {"attempt": attempt, "worker": self.worker, "layers": self.layers, "error": self.error,
                 "restart_from": self.restart_from, "path": "one", "pid_before": self.pid_before,
                 "pid_after": self.pid_after, "recovery_s": since(done), "stopped_s": since(self.stopped_at),
-                "ready_s": since(self.ready_at), "after_stop": self.after_stop}
+                "ready_s": since(self.ready_at), "after_stop": self.after_stop, "spare": self.spare}
 
 
 class OneWorkerRecovery:
@@ -355,6 +356,7 @@ class OneWorkerRecovery:
         f = c.opts.fault
         spec = replace(spec, resume_dir=from_dir, resume_seq=from_seq,
                        incarnation=self.incarnations[r], fault=spec.fault if (f and f.always) else None)
+        used = self.spares.used if self.spares is not None else 0
         new = self.launch(spec)           # it gets ready while the grace for other deaths runs
         down = self.others_down(r, since)
         if down is not None:
@@ -363,7 +365,8 @@ class OneWorkerRecovery:
             raise err
         self._pin(r, self.committed_id, c.next_ckpt - 1)
         rec = Recovery(r, err.layers, str(err), self.committed_id, err.detected_at, getattr(old, "pid", None),
-                       after_stop=self.stopping, stopped_at=stopped_at)
+                       after_stop=self.stopping, stopped_at=stopped_at,
+                       spare=self.spares is not None and self.spares.used > used)
         self.recoveries.append(rec)
         self.recovered.add(r)
         c.ranks[spec.name] = r

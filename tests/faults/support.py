@@ -76,15 +76,17 @@ def sequential_reference(max_steps: int | None = None) -> Reference:
 def run_in_process(out: Path, fault: str | None = None, *, workers: str = "2", max_restarts: int = 3,
                    heartbeat_timeout: float = 120.0, checkpoint_every: int = CHECKPOINT_EVERY,
                    recovery: str = "all", replay_log_mb: float = 256.0, transport: str = "ipc",
-                   worker_kind: str = "process", workers_per_host: int = 0) -> int:
+                   worker_kind: str = "process", workers_per_host: int = 0, spares: int = 1) -> int:
     """train_pipeline on the small run with one injected fault; returns its exit code. `recovery` is 'all'
     (every worker restarts) unless a test asks for one-worker recovery; `worker_kind` 'thread' runs the
-    workers as threads of host processes (at most `workers_per_host` each, 0: all in one)."""
+    workers as threads of host processes (at most `workers_per_host` each, 0: all in one); `spares` warm spares
+    wait for a one-worker recovery (0: its replacement starts cold)."""
     cfg, data = small_run()
     opts = PipelineOptions(workers=workers, balance="flops", threads=1, checkpoint_every=checkpoint_every,
                            heartbeat_timeout=heartbeat_timeout, max_restarts=max_restarts,
                            fault=parse_fault(fault), recovery=recovery, replay_log_mb=replay_log_mb,
-                           transport=transport, worker_kind=worker_kind, workers_per_host=workers_per_host)
+                           transport=transport, worker_kind=worker_kind, workers_per_host=workers_per_host,
+                           spares=spares)
     return train_pipeline(cfg, data, opts, out=str(out), progress=False)
 
 

@@ -50,6 +50,13 @@ def run_one(reference, tmp_path, fault: str, workers: str, failed: list[int], **
 def test_one_worker_restarts_alone(fault, failed, reference, tmp_path):
     s = run_one(reference, tmp_path, fault, "3", failed)
     assert "died with exit code -9" in s["restarts"][0]["error"]
+    assert s["restarts"][0]["spare"] is True        # the warm spare took the worker's place
+
+
+def test_without_spares_the_replacement_starts_cold(reference, tmp_path):
+    """--spares 0: the replacement is a new process that builds its stage itself; the same weights."""
+    s = run_one(reference, tmp_path, "kill:worker=1:step=8", "3", [1], spares=0)
+    assert s["restarts"][0]["spare"] is False
 
 
 @slow

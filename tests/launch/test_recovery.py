@@ -45,6 +45,16 @@ def test_flags_choose_the_recovery_path():
     opts = pipeline_options(build_parser().parse_args(
         [*base, "--recovery", "all", "--replay-log-mb", "8", "--replay-spill-dir", "/scratch"]))
     assert (opts.recovery, opts.replay_log_mb, opts.replay_spill_dir) == ("all", 8.0, "/scratch")
+    assert pipeline_options(build_parser().parse_args(base)).spares == 1
+    assert pipeline_options(build_parser().parse_args([*base, "--spares", "0"])).spares == 0
+
+
+def test_a_negative_number_of_spares_is_refused():
+    from auglocal.engine.config import UsageError
+    from auglocal.launch.cli import build_parser, pipeline_options
+
+    with pytest.raises(UsageError, match="--spares must be a whole number >= 0"):
+        pipeline_options(build_parser().parse_args(["--gpus", "cpu", "--dataset", "synthetic", "--spares", "-1"]))
 
 
 def test_a_coordinator_without_control_links_falls_back(tmp_path):
