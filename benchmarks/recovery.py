@@ -100,10 +100,10 @@ def kill_when(probe: Probe, run_dir: Path, after_steps: int, rank: int, killed: 
 
 
 def one_run(model: str, workers: str, steps: int, every: int, kill_after: int | None, rank: int,
-            recovery: str, log_mb: float) -> dict:
+            recovery: str, log_mb: float, spares: int = 1) -> dict:
     cfg, data = config(model, steps)
     opts = PipelineOptions(workers=workers, balance="flops", threads=1, checkpoint_every=every, recovery=recovery,
-                           replay_log_mb=log_mb)
+                           replay_log_mb=log_mb, spares=spares)
     probe = Probe()
     killed: dict = {}
     with tempfile.TemporaryDirectory() as tmp, probe.installed():
@@ -145,7 +145,7 @@ def one_run(model: str, workers: str, steps: int, every: int, kill_after: int | 
         restart_from = coord.recovery.recoveries[0].restart_from
     row.update(detect_s=detected - killed["at"], ready_s=ready - detected, first_s=first - detected,
                caught_up_s=caught_up - detected, done_at_kill=killed["steps_done"], restart_from=restart_from,
-               error=restart["error"], after_stop=restart.get("after_stop", False))
+               error=restart["error"], after_stop=restart.get("after_stop", False), spare=restart.get("spare", False))
     return row
 
 
@@ -165,7 +165,8 @@ def table(rows: list[dict]) -> list[str]:
 
 def medians(rows: list[dict]) -> list[str]:
     out = ["| model | K | median caught up, one (s) | median caught up, all (s) | one / all | "
-           "median first step, one / all (s) |", "|---|---:|---:|---:|---:|---|"]
+           "median first step, one / all (s) | median total, one / all (s) | total one / all |",
+           "|---|---:|---:|---:|---:|---|---|---:|"]
     for key in sorted({(r["model"], r["k"]) for r in rows if "detect_s" in r}):
         by = {rec: [r for r in rows if (r["model"], r["k"]) == key and r["recovery"] == rec and "detect_s" in r]
               for rec in ("one", "all")}
@@ -175,7 +176,10 @@ def medians(rows: list[dict]) -> list[str]:
         whole = statistics.median(r["caught_up_s"] for r in by["all"])
         f1 = statistics.median(r["first_s"] for r in by["one"])
         fa = statistics.median(r["first_s"] for r in by["all"])
-        out.append(f"| {key[0]} | {key[1]} | {one:.2f} | {whole:.2f} | {one / whole:.2f} | {f1:.2f} / {fa:.2f} |")
+        t1 = statistics.median(r["total_s"] for r in by["one"])
+        ta = statistics.median(r["total_s"] for r in by["all"])
+        out.append(f"| {key[0]} | {key[1]} | {one:.2f} | {whole:.2f} | **{one / whole:.2f}** | {f1:.2f} / {fa:.2f} "
+                   f"| {t1:.2f} / {ta:.2f} | {t1 / ta:.2f} |")
     return out
 
 
@@ -189,6 +193,7 @@ def main() -> None:
     p.add_argument("--kill-after", type=int, default=6, help="kill once this many minibatches are done")
     p.add_argument("--kill-rank", type=int, default=None, help="worker to kill (default: K // 2, a middle one)")
     p.add_argument("--replay-log-mb", type=float, default=256.0)
+    p.add_argument("--spares", type=int, default=1, help="warm spares of the one-worker path (0: a cold start)")
     p.add_argument("--paths", nargs="+", choices=("one", "all"), default=["one", "all"],
                    help="recovery paths to measure")
     p.add_argument("--clean-runs", type=int, default=1, help="runs without a fault, for the total time")
@@ -201,7 +206,7 @@ def main() -> None:
         k_guess = int(workers) if workers.isdigit() else None
         for i in range(args.clean_runs):
             row = one_run(args.model, workers, args.steps, args.checkpoint_every, None, 0, "one",
-                          args.replay_log_mb)
+                          args.replay_log_mb, args.spares)
             rows.append({**row, "model": args.model, "recovery": "-", "run": f"no fault {i + 1}"})
             k_guess = row["k"]
         if k_guess is None and args.kill_rank is None:
@@ -210,7 +215,7 @@ def main() -> None:
         for i in range(args.repeats):
             for recovery in args.paths:
                 row = one_run(args.model, workers, args.steps, args.checkpoint_every, args.kill_after, rank,
-                              recovery, args.replay_log_mb)
+                              recovery, args.replay_log_mb, args.spares)
                 tail = " (after the stop marker)" if row.get("after_stop") else ""
                 rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}{tail}"})
                 print(table(rows)[-1], flush=True)
@@ -228,7 +233,7 @@ def main() -> None:
         f"- Command: `python -m benchmarks.recovery --model {args.model} --workers {' '.join(args.workers)} "
         f"--repeats {args.repeats} --steps {args.steps} --checkpoint-every {args.checkpoint_every} --kill-after "
         f"{args.kill_after}{'' if args.kill_rank is None else f' --kill-rank {args.kill_rank}'} "
-        f"--clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --paths "
+        f"--clean-runs {args.clean_runs} --replay-log-mb {args.replay_log_mb:g} --spares {args.spares} --paths "
         f"{' '.join(args.paths)}`",
         "",
         *table(rows),
@@ -236,6 +241,8 @@ def main() -> None:
         *medians(rows),
         "",
         "Failure: " + (faulted[0]["error"] if faulted else "-") + ".",
+        f"One-worker replacements that were warm spares: {sum(r['spare'] for r in faulted if r['recovery'] == 'one')}"
+        f" of {sum(r['recovery'] == 'one' for r in faulted)} (--spares {args.spares}).",
     ]
     if max(load[0], load_after[0]) > (os.cpu_count() or 1):
         lines.append("Other jobs shared this machine while it ran (load average above the core count): "

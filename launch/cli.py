@@ -159,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "encryption: loopback, or private networks only), curve (tcp + CurveZMQ, fresh keys per "
                         "attempt); gloo, nccl and cuda-ipc links are wired by --elastic only; cuda-ipc and nccl "
                         "need GPU workers (exit 2 otherwise)")
+    x.add_argument("--cuda-graphs", action="store_true",
+                   help="GPU workers capture their train step (forward, aux forward/backward, optimizer step) as "
+                        "CUDA graphs once its shapes are static and replay it; a step that cannot be captured "
+                        "(another shape, such as the last partial minibatch, random ops, fp16/bf16, an op that "
+                        "fails to capture) runs eagerly, said in one line. Same results; off by default until "
+                        "measured on a GPU. Needs --gpus (exit 2 on CPU workers or with --sequential)")
     x.add_argument("--trace", action="store_true",
                    help="write per-worker spans (trace_worker*.jsonl) and a Gantt chart gantt.png")
     e = p.add_argument_group("experiment presets")
@@ -342,6 +348,8 @@ def run(args: argparse.Namespace, argv: list[str] | None, data=None) -> int:
     resume_flags.adopt_data(cfg, data, args.resume)     # a user's Dataset: recorded in, or checked against, cfg
     validate(cfg)
     resume_flags.validate_runtime(args)
+    if args.sequential and args.cuda_graphs:
+        raise UsageError("--cuda-graphs captures pipeline workers' steps; it does not combine with --sequential")
     if args.dry_run:
         data = build_data(cfg) if data is None else data
         resolve(cfg, data)

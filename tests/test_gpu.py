@@ -258,3 +258,41 @@ def test_cuda_ipc_workers_equal_sequential_on_one_gpu(tmp_path):
     data = build_data(cfg)
     model, aux = sequential_on_device(resolve(cfg, data), data)
     assert_equals_networks(out, model, aux)
+
+
+@cuda_only
+def test_cuda_graph_steps_equal_eager_steps_on_the_gpu():
+    """--cuda-graphs (engine/graphed_step.py) on a real CUDA graph: a first and a top stage, two epochs (a new
+    learning rate: a second capture) with a partial minibatch (eager), bitwise the eager stage's weights,
+    buffers, momentum, outputs and losses, with graphs replayed for most steps."""
+    from auglocal.engine.graphed_step import GraphedStep
+
+    def stages():
+        torch.manual_seed(0)
+        model = build_model("resnet20", num_classes=10)
+        modules = build_local_modules(model, build_aux_nets(model, "auglocal", d=3, tau=0.5))
+        sched = LRSchedule("cosine", 0.05, 2, 0)
+        return [Stage(part, OptimConfig(0.05), sched, device=DEVICE) for part in (modules[:3], modules[3:])]
+
+    lines: list[str] = []
+    eager, graphed = stages(), stages()
+    helpers = [GraphedStep.install(s, say=lines.append) for s in graphed]
+    gen = torch.Generator().manual_seed(1)
+    with deterministic():
+        for step, (epoch, n) in enumerate([(0, 16)] * 5 + [(0, 9)] + [(1, 16)] * 4):
+            x, y = torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
+            outs = []
+            for pair in (eager, graphed):
+                h = x
+                for s in pair:
+                    if s.epoch != epoch:
+                        s.set_epoch(epoch)
+                    r = s.train_step(h, y, step=step)
+                    h = r.output
+                    outs.append((r.output.cpu(), r.loss_values()))
+            for (a, la), (b, lb) in zip(outs[:2], outs[2:], strict=True):
+                assert torch.equal(a, b) and la == lb, f"step {step}"
+    for a, b in zip(eager, graphed, strict=True):
+        for p, q in zip(a.modules.state_dict().values(), b.modules.state_dict().values(), strict=True):
+            assert torch.equal(p.cpu(), q.cpu())
+    assert all(h.replays == 3 + 2 for h in helpers) and not any(h.disabled for h in helpers), lines

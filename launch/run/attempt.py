@@ -55,6 +55,7 @@ class AttemptOptions:
     spill_dir: str | None = None         # where replay logs spill (None: the attempt's private temp folder)
     transport: str = "ipc"               # links: 'ipc' sockets in the attempt's folder or loopback 'tcp' ports
     spares: int = 1                      # warm spare processes for one-worker recovery (--recovery one only)
+    cuda_graphs: bool = False            # workers capture and replay their train step (engine/graphed_step.py)
 
 
 @dataclass

@@ -158,7 +158,8 @@ class Coordinator:
                 malloc=self.opts.malloc, control=self.specs_control[r],
                 curve=self.keys.workers[r] if self.keys else None, admit=self.keys.admitted() if self.keys else (),
                 replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp,
-                replay_log=self.placement.hosts is None, hold_after_stop=self.recovery.holds_after_stop))
+                replay_log=self.placement.hosts is None, hold_after_stop=self.recovery.holds_after_stop,
+                cuda_graphs=self.opts.cuda_graphs))
         return out
 
     def attach(self, results, feed, workers: list[WorkerHandle]) -> None:

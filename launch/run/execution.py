@@ -64,9 +64,10 @@ def pipeline_options(args: argparse.Namespace):
     if not args.replay_log_mb >= 0 or args.replay_log_mb == float("inf"):
         raise UsageError(f"--replay-log-mb must be a finite number >= 0 (0: every logged message goes to a file), "
                          f"got {args.replay_log_mb}")
-    if args.spares < 0:
-        raise UsageError(f"--spares must be a whole number >= 0 (0: every replacement starts cold), got {args.spares}")
     gpus = parse_gpus(gpus_text)
+    if args.cuda_graphs and not gpus:
+        raise UsageError("--cuda-graphs captures GPU workers' steps as CUDA graphs; these workers run on the CPU "
+                         "(give --gpus with CUDA devices, or leave --cuda-graphs out)")
     from auglocal.launch.run.hosts import resolve_kind
 
     resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
@@ -77,7 +78,7 @@ def pipeline_options(args: argparse.Namespace):
                            replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
                            transport=transport, worker_kind=args.worker_kind,
                            workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu,
-                           spares=args.spares)
+                           spares=args.spares, cuda_graphs=args.cuda_graphs)
 
 
 def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:

@@ -63,6 +63,7 @@ class PipelineOptions:
     workers_per_host: int = 0      # thread workers: at most this many per host process (0: all of one device)
     streams_per_gpu: int = 0       # thread workers per GPU, each on its own CUDA stream (0: one worker per GPU)
     spares: int = 1                # warm spare worker processes a one-worker recovery takes over (--spares)
+    cuda_graphs: bool = False      # GPU workers capture their train step as CUDA graphs (--cuda-graphs)
 
 
 def number_of_workers(spec: str, num_modules: int, gpus: list[str], streams_per_gpu: int = 0) -> int:
@@ -277,7 +278,7 @@ def run_attempts(p: PreparedRun) -> Outcome:
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
             resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc,
             recovery=opts.recovery, replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir,
-            transport=opts.transport, spares=opts.spares)
+            transport=opts.transport, spares=opts.spares, cuda_graphs=opts.cuda_graphs)
         coord = make_coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
                                  store=store, tracker=tracker, start=start,
                                  next_checkpoint_id=(latest[0] + 1) if latest else 1, counters=counters,

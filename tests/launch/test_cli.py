@@ -25,6 +25,10 @@ def run_cli(args, capsys):
     (["--model", "resnet20", "--d", "10"], "d"),
     (["--tau", "1.5"], "--tau must lie in [0, 1]"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--gpus", "cpu", "--cuda-graphs"], "--cuda-graphs captures GPU workers' steps as CUDA graphs; these workers "
+                                         "run on the CPU"),
+    (["--sequential", "--cuda-graphs"], "--cuda-graphs captures pipeline workers' steps; it does not combine"),
+    (["--spares", "-1"], "--spares must be >= 0, got -1"),
 ])
 def test_bad_input_exits_2_with_message(args, expected, capsys):
     code, _, err = run_cli(args + ["--dry-run"], capsys)

@@ -53,7 +53,7 @@ def test_a_negative_number_of_spares_is_refused():
     from auglocal.engine.config import UsageError
     from auglocal.launch.cli import build_parser, pipeline_options
 
-    with pytest.raises(UsageError, match="--spares must be a whole number >= 0"):
+    with pytest.raises(UsageError, match="--spares must be >= 0, got -1"):
         pipeline_options(build_parser().parse_args(["--gpus", "cpu", "--dataset", "synthetic", "--spares", "-1"]))
 
 

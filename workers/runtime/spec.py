@@ -56,6 +56,7 @@ class WorkerSpec:
     hold_after_stop: bool = False  # after reporting stopped, keep process, links and replay log until the
                                    # coordinator's RELEASE: a neighbour failing in the run's tail can still be
                                    # recovered alone (launch/run/recovery.py)
+    cuda_graphs: bool = False     # capture the train step as CUDA graphs and replay it (engine/graphed_step.py)
 
     @property
     def name(self) -> str:
@@ -108,5 +109,10 @@ def build_stage(spec: WorkerSpec, modules: list | None = None):
         modules = build_modules(spec.config, spec.data_stats)
     optim, schedule = optim_and_schedule(cfg)
     mine = [modules[i] for i in spec.modules]
-    return Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg),
-                 nonfinite=cfg.nonfinite)
+    stage = Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg),
+                  nonfinite=cfg.nonfinite)
+    if spec.cuda_graphs:
+        from auglocal.engine.graphed_step import GraphedStep
+
+        GraphedStep.install(stage, say=lambda line: print(f"auglocal-launch: {spec.name}: {line}", flush=True))
+    return stage
