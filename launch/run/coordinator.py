@@ -193,7 +193,7 @@ class Coordinator:
         finally:
             self.attach(results, self.inboxes[0].sender(self.codec, curve=self.curve), workers)
         self.wait_ready()
-        self.recovery.warm(specs[0])
+        self.recovery.warm(specs)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

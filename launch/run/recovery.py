@@ -152,11 +152,11 @@ class OneWorkerRecovery:
         self.launch = spares.launch if spares is not None else launch
         self.spares = spares
 
-    def warm(self, template) -> None:
-        """The workers are ready: start the spares now (they would slow the workers' own start), from the
-        settings of `template`, one worker's spec."""
+    def warm(self, specs: list) -> None:
+        """The workers are ready: start the spares now (they would slow the workers' own start), with the run
+        settings of the workers' `specs`."""
         if self.spares is not None:
-            self.spares.fill(template)
+            self.spares.fill(specs)
 
     @property
     def holds_after_stop(self) -> bool:

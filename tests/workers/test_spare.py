@@ -100,14 +100,14 @@ def test_the_pool_starts_spares_ends_them_and_falls_back_to_a_cold_start(coordin
     pool = SparePool(ctx, 2)
     pool.fill()                                  # no template yet: nothing to start
     assert pool.waiting == []
-    pool.fill(template)
+    pool.fill([template, replace(template, rank=0)])
     spares = [s.process for s in pool.waiting]
-    assert len(spares) == 2 and all(p.is_alive() for p in spares)
+    assert len(spares) == 2 and all(p.is_alive() for p in spares) and pool.device == "cpu"
     pool.close()
     assert all(_gone_within(p, 10) for p in spares) and pool.waiting == []
 
     empty = SparePool(ctx, 0)
-    empty.fill(template)
+    empty.fill([template])
     started = []
     import auglocal.launch.backends.one_host.spares as spares_module
 
@@ -124,7 +124,7 @@ def test_a_spare_dies_with_its_coordinator(coordinator_standin):
     from auglocal.launch.backends.one_host.spares import SparePool
 
     pool = SparePool(forkserver_context(), 1)
-    pool.fill(small_spec(coordinator_pid=coordinator_standin.pid))
+    pool.fill([small_spec(coordinator_pid=coordinator_standin.pid)])
     (spare,) = [s.process for s in pool.waiting]
     time.sleep(0.5)
     assert spare.is_alive()
@@ -133,3 +133,13 @@ def test_a_spare_dies_with_its_coordinator(coordinator_standin):
     assert _gone_within(spare, 10), "a spare outlived its coordinator"
     assert spare.exitcode == 0
     pool.close()
+
+
+def test_spares_hold_a_cuda_context_only_where_every_worker_shares_one_gpu():
+    from auglocal.launch.backends.one_host.spares import SparePool
+
+    pool = SparePool(None, 0)          # no spare started: only the choice of device
+    pool.fill([small_spec(device="cuda:0"), small_spec(rank=0, device="cuda:0")])
+    assert pool.device == "cuda:0"
+    pool.fill([small_spec(device="cuda:0"), small_spec(rank=0, device="cuda:1")])
+    assert pool.device == "cpu"

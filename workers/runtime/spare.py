@@ -53,9 +53,16 @@ class Prebuilt:
         return build_stage(spec, self.modules if same else None)
 
 
-def spare_main(conn, config: dict, data_stats: dict, threads: int, malloc: str, coordinator_pid: int) -> None:
-    """Process entry point of a spare: set up, prebuild, wait for a spec, then serve as that worker."""
-    set_up_process(threads, malloc)
+def spare_main(conn, config: dict, data_stats: dict, threads: int, malloc: str, coordinator_pid: int,
+               device: str = "cpu") -> None:
+    """Process entry point of a spare: set up, prebuild, wait for a spec, then serve as that worker. With a CUDA
+    `device` (every worker of the host on that GPU) it creates its CUDA context there now: a second or more
+    that a replacement would otherwise spend first."""
+    set_up_process(threads, malloc, device)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.zeros(1, device=device)
     prebuilt = Prebuilt(config, data_stats)
     spec = wait_for_spec(conn, coordinator_watch(coordinator_pid))
     conn.close()

@@ -22,11 +22,11 @@ STOP_TIMEOUT_S = 5.0
 class Spare:
     """One waiting spare process and the sending end of its pipe."""
 
-    def __init__(self, ctx: mp.context.BaseContext, template: WorkerSpec):
+    def __init__(self, ctx: mp.context.BaseContext, template: WorkerSpec, device: str = "cpu"):
         reader, self.conn = ctx.Pipe(duplex=False)
         self.process = ctx.Process(target=spare_main, name="spare", daemon=True,
                                    args=(reader, template.config, template.data_stats, template.threads,
-                                         template.malloc, template.coordinator_pid))
+                                         template.malloc, template.coordinator_pid, device))
         try:
             self.process.start()
         finally:
@@ -59,16 +59,22 @@ class SparePool:
     def __init__(self, ctx: mp.context.BaseContext, count: int):
         self.ctx, self.count = ctx, count
         self.template: WorkerSpec | None = None
+        self.device = "cpu"      # where spares set up: the workers' GPU when they all share one, else the CPU
         self.waiting: list[Spare] = []
         self.used = 0            # spares that became workers
         self.cold = 0            # replacements started cold (no spare was waiting)
 
-    def fill(self, template: WorkerSpec | None = None) -> None:
-        """Start spares until `count` wait, with `template`'s run settings (the first call must give one)."""
-        self.template = template or self.template
+    def fill(self, specs: list[WorkerSpec] | None = None) -> None:
+        """Start spares until `count` wait, with the run settings of the workers' `specs` (the first call must
+        give them). A spare holds a CUDA context only where every worker's GPU is the same: one on another GPU
+        would cost that GPU's memory for nothing."""
+        if specs:
+            self.template = specs[0]
+            devices = {s.device for s in specs}
+            self.device = devices.pop() if len(devices) == 1 else "cpu"
         self.waiting = [s for s in self.waiting if s.process.is_alive()]
         while self.template is not None and len(self.waiting) < self.count:
-            self.waiting.append(Spare(self.ctx, self.template))
+            self.waiting.append(Spare(self.ctx, self.template, self.device))
 
     def launch(self, spec: WorkerSpec) -> WorkerProcess:
         while self.waiting:
