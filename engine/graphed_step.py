@@ -125,6 +125,7 @@ class GraphedStep:
     # --- capture ---------------------------------------------------------------------------------------------
     def _capture(self, h, y, x, key) -> None:
         st, s = self.stage, {}
+        st.modules.train()     # a capture records the kernels of the mode it runs in: an eval step may precede it
         s["h"] = torch.empty_like(h, device=st.device)
         s["y"] = torch.empty_like(y, device=st.device)
         s["x"] = torch.empty_like(x, device=st.device) if x is not None else None

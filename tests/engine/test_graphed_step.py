@@ -86,7 +86,11 @@ def test_the_graphed_step_is_bitwise_the_eager_one(picked):
             res = stage.train_step(h, y, x if stage.needs_input else None, step=step,
                                    emit=lambda t, name=name: sent[name].append(t.clone()))
             stage._last = res
+            if step in (1, 9):            # test batches between steps: eval mode right before a capture
+                stage._eval = stage.eval_step(h)
         a, b = eager._last, graphed._last
+        if step in (1, 9):
+            assert torch.equal(eager._eval, graphed._eval)
         assert torch.equal(a.output, b.output)
         assert a.loss_values() == b.loss_values()
         assert (a.correct is None) == (b.correct is None) and (a.correct is None or int(a.correct) == int(b.correct))
