@@ -9,7 +9,9 @@
 #   gpu_tests  (140 s) pytest -m gpu over tests/ (deterministic algorithms): tests/test_gpu.py's parity of stream
 #                      workers, of two process workers sharing the GPU and of cuda-ipc worker ranks (a one-node
 #                      torchrun) with the sequential trainer on the same GPU, every tensor of model.pt and aux.pt;
-#                      the cuda-ipc rows of the transport contract; GPU-only unit checks (OUT_DIR/gpu_tests.xml)
+#                      the cuda-ipc rows of the transport contract; GPU-only unit checks, among them --cuda-graphs'
+#                      replayed steps against eager ones (no row of its own: the budgets already add up to
+#                      480 s) (OUT_DIR/gpu_tests.xml)
 #   streams    (140 s) one GPU, ResNet-110 d=4, batch 128, 8 timed steps: sequential BP, sequential AugLocal,
 #                      the pipeline with 1, 2, 4, 8 stream workers in one process: images/s, max_memory_allocated
 #                      and the ratios over sequential AugLocal, in one run (OUT_DIR/gpu_streams.md)

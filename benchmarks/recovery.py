@@ -2,9 +2,10 @@
 
 Each repetition runs the real pipeline (coordinator in this process, worker processes) on one epoch of
 `--steps` minibatches (AugLocal d = 4, synthetic 32x32 data, batch 64) with a checkpoint every
-`--checkpoint-every`. A watcher thread SIGKILLs one worker once `--kill-after` minibatches have finished (so
-the kill lands in the middle of a step, at a moment the runtime does not choose), once with
-`--recovery one` and once with `--recovery all`. Per repetition:
+`--checkpoint-every`. One-worker recovery's replacement is a warm spare (`--spares`, default 1; 0: a cold
+start, the way to measure what the spare saves). A watcher thread SIGKILLs one worker once `--kill-after`
+minibatches have finished (so the kill lands in the middle of a step, at a moment the runtime does not choose),
+once with `--recovery one` and once with `--recovery all`. Per repetition:
 
 - detect: from the kill to the coordinator's failure detection,
 - ready: from the detection to the restarted worker(s) reporting ready (stop + fork + build + load),
@@ -13,7 +14,8 @@ the kill lands in the middle of a step, at a moment the runtime does not choose)
 - caught up: from the detection to the completion of the first minibatch that was not complete when the
   failure was detected: the pipeline is back where it was (summary.json `recovery_s` of a one-worker
   recovery),
-- total: wall time of the run; and the replay logs' cost: the most bytes one worker logged in one checkpoint
+- total: wall time of the run (the medians give one-worker recovery's over the whole restart's, which must
+  not exceed 1); and the replay logs' cost: the most bytes one worker logged in one checkpoint
   interval, and its peaks in memory and on disk (`--replay-log-mb` bounds the memory part).
 
     python -m benchmarks.recovery --model resnet32 --workers 2 4     # prints the table
@@ -216,7 +218,8 @@ def main() -> None:
             for recovery in args.paths:
                 row = one_run(args.model, workers, args.steps, args.checkpoint_every, args.kill_after, rank,
                               recovery, args.replay_log_mb, args.spares)
-                tail = " (after the stop marker)" if row.get("after_stop") else ""
+                tail = (" (after the stop marker)" if row.get("after_stop") else "") + (
+                    ", warm spare" if row.get("spare") else "")
                 rows.append({**row, "model": args.model, "recovery": recovery, "run": f"kill w{rank} {i + 1}{tail}"})
                 print(table(rows)[-1], flush=True)
     load_after = os.getloadavg()
