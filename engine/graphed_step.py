@@ -113,7 +113,8 @@ class GraphedStep:
             try:
                 self._capture(h, y, x, key)
             except Exception as err:     # an op that cannot be captured: eager from now on
-                self.disabled = f"capture failed ({type(err).__name__}: {str(err)[:200]})"
+                why = " ".join(str(err).split())[:200]      # CUDA errors span lines: the report is one
+                self.disabled = f"capture failed ({type(err).__name__}: {why})"
                 self.graphs, self.key = None, None
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
