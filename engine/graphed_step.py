@@ -29,6 +29,7 @@ double that records the captured functions and runs them on replay.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -117,7 +118,8 @@ class GraphedStep:
                 self.disabled = f"capture failed ({type(err).__name__}: {why})"
                 self.graphs, self.key = None, None
                 if torch.cuda.is_available():
-                    torch.cuda.synchronize()
+                    with contextlib.suppress(RuntimeError):   # a sticky CUDA error shows in the eager step
+                        torch.cuda.synchronize()
                 self._say(f"off: {self.disabled}; eager steps")
                 return self.eager(h, y, x, step=step, emit=emit)
         self.seen, self.streak = None, 0     # a replay ends any other shape's run of steps
