@@ -31,6 +31,10 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
                            shared=gpu_sharing(placement.devices), network=(model, aux)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
         print(describe_hosts(placement.hosts, placement.devices))
+    from auglocal.launch.run.replicas import describe_replicas, resolve_replicas
+
+    if (replicas := resolve_replicas(args)) > 1:
+        print(describe_replicas(replicas, cfg.batch_size, None if args.sequential else len(plan.groups)))
     from auglocal.engine.feed import FeedShape, format_feed
 
     shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
@@ -66,6 +70,7 @@ def pipeline_options(args: argparse.Namespace):
                          f"got {args.replay_log_mb}")
     gpus = parse_gpus(gpus_text)
     from auglocal.launch.run.hosts import resolve_kind
+    from auglocal.launch.run.replicas import resolve_replicas
 
     resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
     return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,
@@ -74,7 +79,8 @@ def pipeline_options(args: argparse.Namespace):
                            malloc=args.worker_malloc, tensorboard=not args.no_tensorboard, recovery=args.recovery,
                            replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
                            transport=transport, worker_kind=args.worker_kind,
-                           workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu)
+                           workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu,
+                           replicas=resolve_replicas(args))
 
 
 def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:
