@@ -40,7 +40,7 @@ from auglocal.launch.run.checkpoints import CheckpointStore
 from auglocal.launch.run.divergence import Divergence, settle
 from auglocal.launch.run.progress import EpochTracker
 from auglocal.launch.run.recovery import OneWorkerRecovery
-from auglocal.launch.run.replicas import ShardedFeed, replica_info
+from auglocal.launch.run.replicas import ShardedFeed, blame_dead_peer, replica_info
 from auglocal.launch.run.transport_choice import OneHostKeys, link_address
 from auglocal.workers.links.link import Link
 from auglocal.workers.links.registry import BY_NAME
@@ -309,6 +309,8 @@ class Coordinator:
             raise self._fail(self.ranks[msg.sender], f"sent a bad layer file: {err}") from err
 
     def _on_error(self, msg: Message) -> None:
+        if self.placement.replicas > 1:
+            blame_dead_peer(self)     # a replica's reduction fails when a peer dies: the dead one is to blame
         raise self._fail(self.ranks[msg.sender], f"stopped: {msg.meta.detail}", msg.meta.restartable)
 
     def _on_diverged(self, msg: Message) -> None:

@@ -152,3 +152,17 @@ def describe_replicas(replicas: int, batch_size: int, stages: int | None) -> str
         if stages else "sequential oracle; "
     return (f"replicas: {replicas}, {workers}each minibatch of {batch_size} in {replicas} shards of "
             f"{'/'.join(map(str, sizes))} images, gradients averaged per local module over the replicas")
+
+
+def blame_dead_peer(coord, grace_s: float = 2.0) -> None:
+    """Before an error report of a replica worker is believed: when a worker dies, its stage's peers fail in
+    their next reduction (gloo: connection reset) and may report that before the death shows. Wait up to
+    `grace_s` for a dead worker; check_workers then raises WorkerFailed naming it."""
+    import time
+
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if any(not w.is_alive() for w in coord.workers):
+            break
+        time.sleep(0.05)
+    coord.check_workers()
