@@ -1,6 +1,6 @@
 """Data-parallel replicas of a stage: the shard rule, the reducer interface, and the oracle's shard loop.
 
-With `--replicas R` every minibatch of B images is cut into R shards (docs/method.md 6.3). Each replica of a
+With `--replicas R` every minibatch of B images is cut into R shards (docs/method.md 6.1). Each replica of a
 stage computes its modules' gradients on its own shard; after each module's backward the replicas sum
 `n_r * (gradients, loss)` and `n_r`, and divide by the summed count, so every replica holds the gradient of
 the whole minibatch's mean loss and takes the same optimizer step. The arithmetic lives here, once, so the
