@@ -107,3 +107,24 @@ def test_resume_with_another_r_continues_from_replica_zeros_files(tmp_path):
     assert_same_weights(expected, out)
     assert summary(out)["replicas"] == 1
     assert_no_orphan_workers()
+
+
+def test_nonfinite_skip_with_replicas_ends_equal_to_the_shard_oracle(tmp_path, capsys):
+    """--lr 1e6 diverges: every replica reads the minibatch's reduced loss and gradients, so all of them skip the
+    same module updates (and keep replica 0's buffers) as the sequential shard oracle does."""
+    import json
+
+    from auglocal.launch.cli import main
+
+    from tests.faults.support import small_flags
+    from tests.faults.test_divergence import DIVERGE, assert_bitwise_equal
+
+    pipe, seq = tmp_path / "pipe", tmp_path / "seq"
+    skip = ("--nonfinite", "skip", "--replicas", "2")
+    assert main(small_flags(pipe, *DIVERGE, *skip, "--workers", "2")) == 0
+    assert main(small_flags(seq, *DIVERGE, *skip, "--sequential", "--threads", "1")) == 0
+    capsys.readouterr()
+    skipped = json.loads((pipe / "summary.json").read_text())["skipped"]
+    assert skipped and skipped == json.loads((seq / "summary.json").read_text())["skipped"]
+    assert_bitwise_equal(pipe, seq)
+    assert_no_orphan_workers()

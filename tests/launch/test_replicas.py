@@ -28,7 +28,7 @@ def oracle(cfg, data, replicas: int):
 
 
 def run_replicas(cfg, data, tmp_path, replicas: int, workers: int, kind: str | None = None, **extra):
-    out = tmp_path / f"run-r{replicas}-k{workers}-{kind}"
+    out = tmp_path / f"run-r{replicas}-k{workers}-{kind}-{extra.get('workers_per_host', 0)}"
     opts = PipelineOptions(workers=str(workers), balance="flops", threads=1, replicas=replicas, worker_kind=kind,
                            **extra)
     assert train_pipeline(cfg, data, opts, out=str(out), progress=False) == 0
@@ -43,12 +43,16 @@ def max_difference(model, aux, out) -> float:
     return max(float((a.double() - b.double()).abs().max()) for a, b in pairs if a.is_floating_point())
 
 
-@pytest.mark.parametrize("workers, kind", [(1, None), (2, None), (2, "thread")])
-def test_two_replicas_equal_the_sequential_shard_mode_bitwise(workers, kind, tmp_path):
+@pytest.mark.parametrize("workers, kind, per_host", [
+    (1, None, 0), (2, None, 0),
+    (2, "thread", 0),       # one host holds both replicas: thread reducer
+    (2, "thread", 2),       # a host per replica: thread links within, a gloo reducer between the hosts
+])
+def test_two_replicas_equal_the_sequential_shard_mode_bitwise(workers, kind, per_host, tmp_path):
     """36 images, batch 12: three steps, one epoch; the test set of 10 gives shards of 5 (and eval sums)."""
     cfg, data = small_run("auglocal", epochs=1)
     model, aux, history, updates = oracle(cfg, data, 2)
-    out = run_replicas(cfg, data, tmp_path, 2, workers, kind)
+    out = run_replicas(cfg, data, tmp_path, 2, workers, kind, workers_per_host=per_host)
     assert_same_weights(model, aux, out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if r["kind"] == "epoch"]
