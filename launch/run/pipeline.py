@@ -32,7 +32,7 @@ from auglocal.launch.run.coordinator import (
 from auglocal.launch.run.devices import one_host_devices
 from auglocal.launch.run.hosts import describe_hosts, host_groups, resolve_kind
 from auglocal.launch.run.progress import EpochTracker, PipelineStats, TrackerState, epoch_line
-from auglocal.launch.run.replicas import replicas_summary, replicate
+from auglocal.launch.run.replicas import describe_replicas, replicas_summary, replicate
 from auglocal.launch.run.run_dir import RunDir, default_run_dir
 from auglocal.launch.run.sequential import save_networks
 from auglocal.workers.runtime.faults import Fault, check_target
@@ -216,6 +216,8 @@ def prepare_run(cfg: RunConfig, data, opts: PipelineOptions, out: str | None, pr
                                   "hosts": placement.hosts})
     print(plan.format())
     print(describe_hosts(placement.hosts, placement.devices))
+    if placement.replicas > 1:
+        print(describe_replicas(placement.replicas, cfg.batch_size, placement.stages))
     return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, store, progress, tb, resume_from)
 
 
