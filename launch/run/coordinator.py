@@ -40,7 +40,7 @@ from auglocal.launch.run.checkpoints import CheckpointStore
 from auglocal.launch.run.divergence import Divergence, settle
 from auglocal.launch.run.progress import EpochTracker
 from auglocal.launch.run.recovery import OneWorkerRecovery
-from auglocal.launch.run.replicas import ShardedFeed, blame_dead_peer, replica_info
+from auglocal.launch.run.replicas import blame_dead_peer, feed_link, replica_info
 from auglocal.launch.run.transport_choice import OneHostKeys, link_address
 from auglocal.workers.links.link import Link
 from auglocal.workers.links.registry import BY_NAME
@@ -162,7 +162,8 @@ class Coordinator:
                 malloc=self.opts.malloc, control=self.specs_control[r],
                 curve=self.keys.workers[r] if self.keys else None, admit=self.keys.admitted() if self.keys else (),
                 replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp,
-                replay_log=self.placement.hosts is None, hold_after_stop=self.recovery.holds_after_stop,
+                replay_log=self.placement.hosts is None and self.placement.replicas == 1,   # none replays them
+                hold_after_stop=self.recovery.holds_after_stop,
                 replica=replica_info(self.placement, r, self.tmp, self.run_id, self.opts.heartbeat_timeout)))
         return out
 
@@ -194,14 +195,8 @@ class Coordinator:
                 host = WorkerProcess(specs[group[0]], ctx, hosted=[specs[r] for r in group])
                 workers.extend([host] * len(group))
         finally:
-            self.attach(results, self._feed_link(), workers)
+            self.attach(results, feed_link(self), workers)
         self.wait_ready()
-
-    def _feed_link(self):
-        """The link into worker 0; with replicas, into the first worker of every replica, as one feed."""
-        heads = [self.inboxes[r * self.stages].sender(self.codec, curve=self.curve)
-                 for r in range(self.placement.replicas)]
-        return heads[0] if len(heads) == 1 else ShardedFeed(heads)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

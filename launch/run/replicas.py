@@ -91,6 +91,13 @@ def replica_info(placement: Placement, rank: int, folder: str, run_id: str, time
     return ReplicaInfo(index, placement.replicas, stage, kind, group, timeout_s).to_dict()
 
 
+def feed_link(coord):
+    """The coordinator's link into worker 0; with replicas, into the first worker of every replica, as one."""
+    heads = [coord.inboxes[r * coord.stages].sender(coord.codec, curve=coord.curve)
+             for r in range(coord.placement.replicas)]
+    return heads[0] if len(heads) == 1 else ShardedFeed(heads)
+
+
 class ShardedFeed:
     """The coordinator's feed link to R replica pipelines, used as one link: a training or test batch goes out
     as R shards, one per replica; markers go to every replica unchanged. A send that times out on one link
