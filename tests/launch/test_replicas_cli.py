@@ -46,12 +46,13 @@ def test_dry_run_shows_the_replicas(capsys):
 
 def test_sequential_replicas_is_the_shard_oracle(tmp_path, capsys):
     out = tmp_path / "seq"
-    assert main([*SMALL, "--sequential", "--replicas", "2", "--out", str(out)]) == 0
+    assert main([*SMALL, "--sequential", "--replicas", "2", "--max-steps", "4", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["replicas"] == 2
-    cfg, data = small_run()
+    cfg, data = small_run(max_steps=4)
     model, aux = build_network(cfg, data)
     optim, schedule = optim_and_schedule(cfg)
-    SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, replicas=2).fit(data, cfg.epochs, cfg.batch_size)
+    SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, replicas=2).fit(data, cfg.epochs, cfg.batch_size,
+                                                                                 max_steps=4)
     state = torch.load(out / "model.pt", weights_only=True)
     for name, value in model.state_dict().items():
         assert torch.equal(state[name], value), name
