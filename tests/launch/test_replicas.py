@@ -43,14 +43,15 @@ def max_difference(model, aux, out) -> float:
     return max(float((a.double() - b.double()).abs().max()) for a, b in pairs if a.is_floating_point())
 
 
-@pytest.mark.parametrize("workers, kind, per_host", [
-    (1, None, 0), (2, None, 0),
-    (2, "thread", 0),       # one host holds both replicas: thread reducer
-    (2, "thread", 2),       # a host per replica: thread links within, a gloo reducer between the hosts
+@pytest.mark.parametrize("workers, kind, per_host, precision", [
+    (1, None, 0, "fp32"), (2, None, 0, "fp32"),
+    (2, "thread", 0, "fp32"),       # one host holds both replicas: thread reducer
+    (2, "thread", 2, "fp32"),       # a host per replica: thread links within, a gloo reducer between the hosts
+    (2, None, 0, "bf16"),           # autocast: the reduced vectors stay float32
 ])
-def test_two_replicas_equal_the_sequential_shard_mode_bitwise(workers, kind, per_host, tmp_path):
+def test_two_replicas_equal_the_sequential_shard_mode_bitwise(workers, kind, per_host, precision, tmp_path):
     """36 images, batch 12: three steps, one epoch; the test set of 10 gives shards of 5 (and eval sums)."""
-    cfg, data = small_run("auglocal", epochs=1)
+    cfg, data = small_run("auglocal", epochs=1, precision=precision)
     model, aux, history, updates = oracle(cfg, data, 2)
     out = run_replicas(cfg, data, tmp_path, 2, workers, kind, workers_per_host=per_host)
     assert_same_weights(model, aux, out)
