@@ -164,7 +164,7 @@ class Coordinator:
                 replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp,
                 replay_log=self.placement.hosts is None and self.placement.replicas == 1,   # none replays them
                 hold_after_stop=self.recovery.holds_after_stop,
-                replica=replica_info(self.placement, r, self.tmp, self.run_id, self.opts.heartbeat_timeout)))
+                replica=replica_info(self.placement, r, self.tmp, self.run_id, 2 * self.opts.heartbeat_timeout + 30)))
         return out
 
     def attach(self, results, feed, workers: list[WorkerHandle]) -> None:

@@ -128,3 +128,18 @@ def test_nonfinite_skip_with_replicas_ends_equal_to_the_shard_oracle(tmp_path, c
     assert skipped and skipped == json.loads((seq / "summary.json").read_text())["skipped"]
     assert_bitwise_equal(pipe, seq)
     assert_no_orphan_workers()
+
+
+@pytest.mark.slow
+def test_hung_replica_worker_is_blamed_not_its_waiting_peer(two_shards, tmp_path):
+    """Worker 3 hangs: its peer (worker 1) waits in the stage's reduction, silent too; the reduction's own
+    timeout is longer than the heartbeat timeout, so the coordinator names the hung worker first."""
+    cfg, data = small_run()
+    out = tmp_path / "run"
+    opts = PipelineOptions(workers="2", balance="flops", threads=1, checkpoint_every=CHECKPOINT_EVERY,
+                           heartbeat_timeout=4.0, fault=parse_fault("hang:worker=3:step=8"), recovery="all",
+                           replicas=2)
+    assert train_pipeline(cfg, data, opts, out=str(out), progress=False) == 0
+    s = assert_complete(two_shards, out, restarts=1)
+    assert s["restarts"][0]["worker"] == 3 and "hung" in s["restarts"][0]["error"]
+    assert_no_orphan_workers()
