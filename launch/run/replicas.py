@@ -58,6 +58,15 @@ def check_replicas(cfg: RunConfig, data, replicas: int, *, elastic: bool = False
                                  f"{what} images) cannot give every replica a shard; use at most --replicas {n}")
 
 
+def check_fault(fault, stages: int, replicas: int) -> None:
+    """A fault on the outgoing link of a replica's last worker could never fire: exit 2, as for the last worker."""
+    if replicas > 1 and fault is not None and fault.info.target == "worker" and fault.info.on_link \
+            and fault.worker % stages == stages - 1:
+        raise UsageError(f"--inject-fault {fault.kind}: worker {fault.worker} is the last one of replica "
+                         f"{fault.worker // stages} and has no outgoing link; choose a worker r*{stages}+k with "
+                         f"k < {stages - 1}")
+
+
 def replicate(placement: Placement, replicas: int, devices: list[str], hosts: list[list[int]] | None) -> Placement:
     """The placement of R copies of a K-worker placement: rank r * K + k runs stage k of replica r on
     `devices[r * K + k]`. `hosts`: the host groups of thread workers over all R * K ranks (None: processes)."""

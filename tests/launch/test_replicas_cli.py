@@ -29,6 +29,7 @@ def test_bad_replicas_exit_2_naming_the_flag(value, expected, capsys):
 @pytest.mark.parametrize("extra, expected", [
     (["--replicas", "9"], "--replicas 9: a training batch of 8 image(s)"),          # batch 8
     (["--replicas", "2", "--precision", "fp16"], "--replicas 2: --precision fp16"),
+    (["--replicas", "2", "--inject-fault", "truncated:worker=1:step=3"], "worker 1 is the last one of replica 0"),
 ])
 def test_replicas_the_run_cannot_give_a_shard_each_exit_2_before_the_folder(extra, expected, tmp_path, capsys):
     out = tmp_path / "run"
