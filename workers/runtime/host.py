@@ -66,7 +66,7 @@ def host_links(specs: list[WorkerSpec], codec: Codec) -> list[WorkerLinks]:
 
 def check_consecutive(specs: list[WorkerSpec]) -> None:
     """A host holds a run of consecutive ranks: worker i's outbox is worker i+1's inbox, except where one
-    replica's pipeline ends and the next one's begins (--replicas: workers/runtime/grad_reducer.py)."""
+    replica's pipeline ends and the next one's begins (--replicas: launch/run/replicas.py)."""
     for a, b in zip(specs, specs[1:], strict=False):
         chain_end = a.outbox is None and b.is_first
         if b.rank != a.rank + 1 or (a.outbox != b.inbox and not chain_end):
