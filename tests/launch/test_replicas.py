@@ -82,3 +82,11 @@ def test_three_thread_replicas_sum_in_the_oracles_order(tmp_path):
     model, aux, _, _ = oracle(cfg, data, 3)
     out = run_replicas(cfg, data, tmp_path, 3, 1, "thread")
     assert_same_weights(model, aux, out)
+
+
+def test_two_replicas_over_curve_links_equal_the_oracle(tmp_path):
+    """CURVE: the coordinator's feed into each replica's first worker admits the attempt's keys like worker 0's."""
+    cfg, data = small_run("auglocal", epochs=1, max_steps=2)
+    model, aux, _, _ = oracle(cfg, data, 2)
+    out = run_replicas(cfg, data, tmp_path, 2, 2, transport="curve")
+    assert_same_weights(model, aux, out)
