@@ -356,7 +356,7 @@ def run(args: argparse.Namespace, argv: list[str] | None, data=None) -> int:
     data = preflight(args, cfg, opts, data)     # the socket root, the data, --workers, --out: before the claim
     from auglocal.launch.run.replicas import check_replicas, resolve_replicas
 
-    check_replicas(cfg, data, resolve_replicas(args), elastic=bool(args.elastic))
+    check_replicas(cfg, data, resolve_replicas(args))
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
         resume_flags.record_runtime(args, overrides)
         record_data(args.out, cfg, data)

@@ -39,13 +39,10 @@ def resolve_replicas(args: argparse.Namespace) -> int:
     return value
 
 
-def check_replicas(cfg: RunConfig, data, replicas: int, *, elastic: bool = False) -> None:
-    """Refuse what R replicas cannot run (exit 2): an empty shard, fp16, torchrun."""
+def check_replicas(cfg: RunConfig, data, replicas: int) -> None:
+    """Refuse what R replicas cannot run (exit 2): an empty shard, fp16."""
     if replicas == 1:
         return
-    if elastic:
-        raise UsageError(f"--replicas {replicas}: replicas run on one host only for now; leave --elastic out or use "
-                         "--replicas 1")
     if cfg.precision == "fp16":
         raise UsageError(f"--replicas {replicas}: --precision fp16 keeps a loss scale per module and replica, which "
                          "replicas would have to agree on; use --precision fp32 or bf16")
@@ -105,6 +102,17 @@ def feed_link(coord):
     heads = [coord.inboxes[r * coord.stages].sender(coord.codec, curve=coord.curve)
              for r in range(coord.placement.replicas)]
     return heads[0] if len(heads) == 1 else ShardedFeed(heads)
+
+
+def store_replica(info: dict | None) -> dict | None:
+    """Under torchrun the workers share no folder: a stage group rendezvouses in rank 0's store instead
+    (workers/runtime/grad_reducer.py `STORE_PREFIX`), and replicas are processes (gloo or NCCL)."""
+    if info is None:
+        return None
+    from auglocal.workers.runtime.grad_reducer import STORE_PREFIX
+
+    kind = info["kind"] if info["kind"] != "thread" else "gloo"
+    return {**info, "kind": kind, "group": f"{STORE_PREFIX}{os.path.basename(info['group'])}"}
 
 
 class ShardedFeed:

@@ -58,12 +58,3 @@ def test_sequential_replicas_is_the_shard_oracle(tmp_path, capsys):
     for name, value in model.state_dict().items():
         assert torch.equal(state[name], value), name
 
-
-def test_replicas_under_torchrun_are_refused_for_now():
-    from auglocal.engine.config import UsageError
-    from auglocal.launch.run.replicas import check_replicas
-
-    cfg, data = small_run()
-    check_replicas(cfg, data, 2)
-    with pytest.raises(UsageError, match="--replicas 2: replicas run on one host only"):
-        check_replicas(cfg, data, 2, elastic=True)

@@ -3,7 +3,7 @@
 Only the R replicas of one stage talk to each other, so each stage has a group of its own and no stage ever
 waits for another stage's reduction. Which one a replica gets is decided by the coordinator (`ReplicaInfo.kind`):
 `thread` when every replica of the stage is a thread of the same host process, else `gloo` (CPU) or `nccl` (GPU)
-over a per-stage FileStore in the attempt's private folder.
+over a per-stage FileStore in the attempt's private folder (one host), or over rank 0's store (torchrun).
 """
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ import torch
 from auglocal.engine.replicas import Done
 
 REDUCER_KINDS = ("thread", "gloo", "nccl")
+#: a group named so rendezvouses in the store given to `use_store` (rank 0's, under torchrun), not in a FileStore
+STORE_PREFIX = "store:"
+_SHARED: dict[str, object] = {}
+
+
+def use_store(store) -> None:
+    """The torch.distributed Store that groups named STORE_PREFIX... rendezvous in (a torchrun worker's)."""
+    _SHARED["store"] = store
 
 
 @dataclass
@@ -105,7 +113,12 @@ class DistReducer:
         if self._pg is None:
             import torch.distributed as dist
 
-            store = dist.FileStore(self.info.group, self.info.count)
+            if self.info.group.startswith(STORE_PREFIX):
+                if "store" not in _SHARED:
+                    raise RuntimeError(f"replica group {self.info.group!r} needs a shared store (use_store)")
+                store = dist.PrefixStore(f"replicas/{self.info.group}", _SHARED["store"])
+            else:
+                store = dist.FileStore(self.info.group, self.info.count)
             timeout = timedelta(seconds=self.info.timeout_s)
             if self.info.kind == "nccl":
                 self._pg = dist.ProcessGroupNCCL(store, self.info.index, self.info.count, timeout=timeout)
