@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="R copies of the K-worker pipeline (R x K workers; also with --sequential, as its "
                         "oracle): each minibatch is split into R shards (the batch size stays --batch-size), each "
                         "local module's gradients are averaged over its R replicas after its backward, then every "
-                        "replica steps (docs/method.md 6.1); default 1; auto is reserved for the planner")
+                        "replica steps (docs/method.md 6.1); --workers auto then gives each replica its share of the "
+                        "GPUs or cores; default 1; auto is reserved for the planner")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
     x.add_argument("--worker-kind", choices=("process", "thread", "auto"), default=None,
                    help="default: thread with --streams-per-gpu above 1 (stream workers of one GPU share a host), "

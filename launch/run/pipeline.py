@@ -111,6 +111,8 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
     k = number_of_workers(opts.workers, len(modules), gpus, opts.streams_per_gpu)
+    if opts.workers == "auto" and opts.replicas > 1:      # the devices are shared by R pipelines
+        k = max(1, k // opts.replicas)
     kind = resolve_kind(opts.worker_kind, gpus, opts.streams_per_gpu, k)
     # only timing needs a real training batch; FLOPs need the input's shape and dtype, which raw test pixels have
     # (augmenting and normalising import torchvision: seconds a dry run should not spend)
