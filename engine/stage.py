@@ -11,6 +11,7 @@ import torch
 from auglocal.engine.local_module import LocalModule
 from auglocal.engine.nonfinite import DIVERGED_SCALE, POLICIES, BufferSnapshot, NonFiniteLoss, drop_update, folded_loss
 from auglocal.engine.precision import Kernels, LossScaler
+from auglocal.engine.replicas import Reducer, ReplicaStep
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from torch import nn
 
@@ -22,11 +23,12 @@ def _draws_random(layer: nn.Module) -> bool:
     return isinstance(layer, nn.modules.dropout._DropoutNd) or type(layer).__name__ == "StochasticDepth"
 
 
-def step_seed(seed: int, epoch: int, step: int, layer: int) -> int:
+def step_seed(seed: int, epoch: int, step: int, layer: int, *shard: int) -> int:
     """Seed of the torch RNG for one module at one step: dropout in any layer is reproducible no matter
-    which process runs the layer, so a pipelined run draws exactly the masks the sequential one draws."""
+    which process runs the layer, so a pipelined run draws exactly the masks the sequential one draws.
+    `shard` (replicas 1.., engine/replicas.py) gives every shard of a minibatch masks of its own."""
     h = seed & _MASK64
-    for v in (epoch, step, layer):
+    for v in (epoch, step, layer, *shard):
         h = (h * 6364136223846793005 + v + 1442695040888963407) & _MASK64
     return h
 
@@ -94,6 +96,8 @@ class Stage:
         # per process, so a module that draws random numbers seeds and runs under it; the others skip the seed.
         self.rng_lock: AbstractContextManager | None = None
         self._random = [any(_draws_random(m) for m in module.modules()) for module in modules]
+        self.reducer: Reducer | None = None   # a pipeline replica's peers (engine/replicas.py); None: alone
+        self.shard = 0                        # which shard of each minibatch this replica trains on
 
     @property
     def layer_ids(self) -> list[int]:
@@ -112,16 +116,29 @@ class Stage:
 
     def train_step(self, h: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None, *, step: int = 0,
                    emit: Callable[[torch.Tensor], None] | None = None) -> StepResult:
-        """One minibatch through every module of the stage, then one optimizer step."""
+        """One minibatch through every module of the stage, then one optimizer step. A replica (`reducer` set,
+        engine/replicas.py) averages each module's gradients with its peers right after that module's backward."""
         self.modules.train()
         self.optimizer.zero_grad(set_to_none=True)
+        replica = ReplicaStep(self.reducer, int(y.shape[0])) if self.reducer is not None else None
+        result, snapshots = self.passes(h, y, x, step=step, emit=emit, shard=self.shard,
+                                        after_backward=replica.after_backward if replica else None)
+        if replica is not None:
+            replica.finish(result.losses)
+        return self.finish_step(result, snapshots, step)
+
+    def passes(self, h: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None, *, step: int = 0,
+               emit: Callable[[torch.Tensor], None] | None = None, shard: int = 0,
+               after_backward: Callable[[LocalModule, int, torch.Tensor], None] | None = None
+               ) -> tuple[StepResult, list[BufferSnapshot]]:
+        """Forward, loss and backward of every module (docs/method.md 4.1), without the optimizer step."""
+        self.modules.train()
         kernels = self.kernels
         h = h.to(self.device, non_blocking=True).detach()
         y = y.to(self.device, non_blocking=True)
         x = kernels.layout(x.to(self.device, non_blocking=True)) if x is not None else None
         result = StepResult(output=h, batch_size=int(y.shape[0]))
         last = len(self.modules) - 1
-        checked: list[torch.Tensor] = []
         snapshots: list[BufferSnapshot] = []
         for i, module in enumerate(self.modules):
             if self.nonfinite == "skip":
@@ -129,7 +146,8 @@ class Stage:
             locked = self.rng_lock is not None and self._random[i]
             with self.rng_lock if locked else nullcontext():
                 if self.rng_lock is None or locked:
-                    torch.manual_seed(step_seed(self.seed, self.epoch, step, module.layer_ids[0]))
+                    torch.manual_seed(step_seed(self.seed, self.epoch, step, module.layer_ids[0],
+                                                *((shard,) if shard else ())))
                 h = kernels.layout(h)
                 with kernels.autocast(self.device):
                     out = module(h)
@@ -146,18 +164,24 @@ class Stage:
                 scaler.backward(loss)
                 scaler.unscale(list(module.parameters()))
             result.losses[module.layer_ids[0]] = loss.detach()
-            if self.nonfinite is not None:
-                checked.append(folded_loss(loss, list(module.parameters()), check_grads=self.scalers is None))
+            if after_backward is not None:
+                after_backward(module, module.layer_ids[0], loss)
             if module.is_top:
                 result.correct = (out.detach().argmax(1) == y).sum()
             h = handoff
+        result.output = h
+        return result, snapshots
+
+    def finish_step(self, result: StepResult, snapshots: list[BufferSnapshot], step: int) -> StepResult:
+        """The non-finite check of every module's (loss, gradients), then the optimizer step."""
         if self.nonfinite is not None:
+            checked = [folded_loss(result.losses[m.layer_ids[0]], list(m.parameters()),
+                                   check_grads=self.scalers is None) for m in self.modules]
             self._check(result, checked, snapshots, step)
         self.optimizer.step()
         for i in self.update_counts:
             self.update_counts[i] += 1
         self.last_applied = (self.epoch, step)
-        result.output = h
         return result
 
     def _check(self, result: StepResult, checked: list[torch.Tensor], snapshots: list[BufferSnapshot],

@@ -16,6 +16,7 @@ from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.models.base import LayeredModel
 from auglocal.engine.nonfinite import add_skips, skipped_layers
 from auglocal.engine.precision import Kernels
+from auglocal.engine.replicas import eval_hits, train_shards
 from auglocal.engine.schedule import LRSchedule, OptimConfig
 from auglocal.engine.stage import Stage, StepResult
 from torch import nn
@@ -66,8 +67,9 @@ class SequentialTrainer:
 
     def __init__(self, model: LayeredModel, aux_nets: list[nn.Module], optim: OptimConfig,
                  schedule: LRSchedule, seed: int = 0, device: torch.device | str = "cpu",
-                 kernels: Kernels | None = None, nonfinite: str | None = "stop"):
+                 kernels: Kernels | None = None, nonfinite: str | None = "stop", replicas: int = 1):
         self.model = model
+        self.replicas = replicas   # > 1: the oracle of --replicas R (engine/replicas.py train_shards)
         self.aux_nets = nn.ModuleList(aux_nets)
         self.device = torch.device(device)
         self.stage = Stage(build_local_modules(model, list(aux_nets)), optim, schedule, seed, self.device, kernels,
@@ -76,6 +78,8 @@ class SequentialTrainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> StepResult:
         if self.stage.epoch != epoch:
             self.stage.set_epoch(epoch)
+        if self.replicas > 1:
+            return train_shards(self.stage, x, y, x if self.stage.needs_input else None, step, self.replicas)
         return self.stage.train_step(x, y, x if self.stage.needs_input else None, step=step)
 
     def fit(self, data, epochs: int, batch_size: int, *, max_steps: int | None = None,
@@ -111,8 +115,10 @@ class SequentialTrainer:
                                        n / (time.perf_counter() - t0), losses, n))
             elif isinstance(event, EvalBatch):
                 x, y = data.test_batch(event.index, batch_size)
-                logits = self.stage.eval_step(x)
-                hits += int((logits.argmax(1).cpu() == y).sum())
+                if self.replicas > 1:
+                    hits += eval_hits(self.stage, x, y, self.replicas)
+                else:
+                    hits += int((self.stage.eval_step(x).argmax(1).cpu() == y).sum())
                 tested += int(y.shape[0])
             elif isinstance(event, EpochEnd):
                 acc = 100.0 * hits / max(tested, 1)

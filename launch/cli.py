@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "times in ~/.cache/auglocal/ for this machine); flops = forward+backward FLOPs "
                         "(instant); auto (default) = the cached times of an earlier run on this machine, "
                         "else measure them for a training run and use FLOPs for a --dry-run")
+    x.add_argument("--replicas", default="1", metavar="R",
+                   help="R copies of the K-worker pipeline (R x K workers; also with --sequential, as its "
+                        "oracle): each minibatch is split into R shards (the batch size stays --batch-size), each "
+                        "local module's gradients are averaged over its R replicas after its backward, then every "
+                        "replica steps (docs/method.md 6.1); --workers auto then gives each replica its share of the "
+                        "GPUs or cores; default 1; auto is reserved for the planner")
     x.add_argument("--worker-threads", type=int, default=1, help="torch threads per CPU worker (default 1)")
     x.add_argument("--worker-kind", choices=("process", "thread", "auto"), default=None,
                    help="default: thread with --streams-per-gpu above 1 (stream workers of one GPU share a host), "
@@ -363,6 +369,9 @@ def run(args: argparse.Namespace, argv: list[str] | None, data=None) -> int:
     from auglocal.launch.run.preflight import preflight
 
     data = preflight(args, cfg, opts, data)     # the socket root, the data, --workers, --out: before the claim
+    from auglocal.launch.run.replicas import check_replicas, resolve_replicas
+
+    check_replicas(cfg, data, resolve_replicas(args))
     with claim_run_folder(args.out, resume=bool(args.resume), overwrite=args.overwrite):
         resume_flags.record_runtime(args, overrides)
         record_data(args.out, cfg, data)
@@ -377,7 +386,8 @@ def run(args: argparse.Namespace, argv: list[str] | None, data=None) -> int:
             cfg.device = sequential_device(args.gpus)
 
             return train_sequential(cfg, data, out=args.out, progress=not args.no_progress, threads=args.threads,
-                                    malloc=args.worker_malloc, tensorboard=not args.no_tensorboard)
+                                    malloc=args.worker_malloc, tensorboard=not args.no_tensorboard,
+                                    replicas=resolve_replicas(args))
         cleanup(quiet=True)
         return run_pipeline(args, cfg, data, opts)
 

@@ -37,6 +37,12 @@ class Placement:
     threads: list[int]
     input_shapes: list[tuple[int, ...]] | None = None   # per worker: one input activation's shape (no batch)
     hosts: list[list[int]] | None = None                # thread workers: the ranks of each host process
+    replicas: int = 1                                   # --replicas R: R copies of the pipeline, rank r * K + k
+
+    @property
+    def stages(self) -> int:
+        """K, the workers of one pipeline (all of them without replicas)."""
+        return len(self.groups) // self.replicas
 
 
 @dataclass

@@ -41,6 +41,7 @@ from auglocal.launch.run.checkpoints import CheckpointStore
 from auglocal.launch.run.divergence import Divergence, settle
 from auglocal.launch.run.progress import EpochTracker
 from auglocal.launch.run.recovery import OneWorkerRecovery
+from auglocal.launch.run.replicas import blame_dead_peer, feed_link, replica_info
 from auglocal.launch.run.transport_choice import OneHostKeys, link_address
 from auglocal.workers.links.link import Link
 from auglocal.workers.links.registry import BY_NAME
@@ -74,7 +75,8 @@ class Coordinator:
         self.run_id = uuid.uuid4().hex[:12]
         self.codec = Codec(self.run_id, secrets.token_hex(16))
         self.tmp = make_socket_dir(self.run_id)   # launch/backends/one_host/sockets.py: found, removed if we die
-        self.k = len(placement.groups)
+        self.k = len(placement.groups)               # every worker: R replicas x K stages (launch/run/replicas.py)
+        self.stages = placement.stages
         try:                                         # shutdown() removes the folder; without a coordinator, here
             self.keys = OneHostKeys.generate(self.k) if BY_NAME[opts.transport].curve else None
             self.inboxes = [self.link(f"w{r}", opts.window, owner=r) for r in range(self.k)]
@@ -136,7 +138,7 @@ class Coordinator:
             return None
         size = self.cfg.input_size
         image = activation_spec((3, size, size))
-        if rank == 0:                       # worker 0's input is the image itself, float32 at any precision
+        if rank % self.stages == 0:         # worker 0's input is the image itself, float32 at any precision
             return InboxSchema(activation=image, image=image)
         dtype = str(activation_dtype(self.cfg.precision)).removeprefix("torch.")
         return InboxSchema(activation=activation_spec(self.placement.input_shapes[rank], dtype), image=image)
@@ -145,12 +147,15 @@ class Coordinator:
         stats = {"mean": list(self.data.mean), "std": list(self.data.std)}
         heartbeat_s = min(1.0, self.opts.heartbeat_timeout / 8)
         out = []
+        ends = self.stages
         for r, group in enumerate(self.placement.groups):
-            later_needs_x = any(self.needs_input[j] for g in self.placement.groups[r + 1:] for j in g)
+            last = r % ends == ends - 1         # the last stage of its replica's pipeline
+            later = self.placement.groups[r + 1:(r // ends + 1) * ends]
+            later_needs_x = any(self.needs_input[j] for g in later for j in g)
             trace = os.path.join(self.opts.trace_dir, f"trace_worker{r}.jsonl") if self.opts.trace_dir else None
             out.append(WorkerSpec(
                 rank=r, modules=list(group), config=self.cfg.to_dict(),
-                inbox=self.inboxes[r], outbox=self.inboxes[r + 1] if r + 1 < self.k else None,
+                inbox=self.inboxes[r], outbox=None if last else self.inboxes[r + 1],
                 results=self.results_link, run_id=self.run_id, secret=self.codec.secret, out_dir=self.run_dir,
                 coordinator_pid=os.getpid(), schema=self._schema(r), threads=self.placement.threads[r],
                 device=self.placement.devices[r], send_input=later_needs_x, trace_path=trace, data_stats=stats,
@@ -158,8 +163,9 @@ class Coordinator:
                 malloc=self.opts.malloc, control=self.specs_control[r],
                 curve=self.keys.workers[r] if self.keys else None, admit=self.keys.admitted() if self.keys else (),
                 replay_log_bytes=int(self.opts.replay_log_mb * (1 << 20)), spill_dir=self.opts.spill_dir or self.tmp,
-                replay_log=self.placement.hosts is None, hold_after_stop=self.recovery.holds_after_stop,
-                cuda_graphs=self.opts.cuda_graphs))
+                replay_log=self.placement.hosts is None and self.placement.replicas == 1,   # none replays them
+                hold_after_stop=self.recovery.holds_after_stop, cuda_graphs=self.opts.cuda_graphs,
+                replica=replica_info(self.placement, r, self.tmp, self.run_id, 2 * self.opts.heartbeat_timeout + 30)))
         return out
 
     def attach(self, results, feed, workers: list[WorkerHandle]) -> None:
@@ -191,7 +197,7 @@ class Coordinator:
                 host = WorkerProcess(specs[group[0]], ctx, hosted=[specs[r] for r in group])
                 workers.extend([host] * len(group))
         finally:
-            self.attach(results, self.inboxes[0].sender(self.codec, curve=self.curve), workers)
+            self.attach(results, feed_link(self), workers)
         self.wait_ready()
         self.recovery.warm(specs)
 
@@ -285,9 +291,10 @@ class Coordinator:
             self.recovery.after_metrics(self.tracker.pending)
 
     def _on_eval_result(self, msg: Message) -> None:
-        if self.ranks[msg.sender] != self.k - 1:
-            raise self._fail(self.ranks[msg.sender], "reported a test result although it is not the last worker")
-        if self.recovery.dedupe.fresh(self.k - 1, "eval", msg.epoch, msg.step):
+        rank = self.ranks[msg.sender]
+        if rank % self.stages != self.stages - 1:
+            raise self._fail(rank, "reported a test result although it is not the last worker")
+        if self.recovery.dedupe.fresh(rank, "eval", msg.epoch, msg.step):
             self.tracker.eval_result(msg.epoch, msg.meta)
 
     def _on_rejected(self, msg: Message) -> None:
@@ -300,6 +307,8 @@ class Coordinator:
             raise self._fail(self.ranks[msg.sender], f"sent a bad layer file: {err}") from err
 
     def _on_error(self, msg: Message) -> None:
+        if self.placement.replicas > 1:
+            blame_dead_peer(self)     # a replica's reduction fails when a peer dies: the dead one is to blame
         raise self._fail(self.ranks[msg.sender], f"stopped: {msg.meta.detail}", msg.meta.restartable)
 
     def _on_diverged(self, msg: Message) -> None:
@@ -316,7 +325,7 @@ class Coordinator:
         self.stats.gpu_peak_bytes[rank] = msg.meta.gpu_peak_bytes
         if msg.meta.replay_log:
             self.stats.replay_log[rank] = msg.meta.replay_log
-        if rank + 1 < self.k:
+        if (rank + 1) % self.stages:
             self.stats.max_in_flight[rank + 1] = msg.meta.max_in_flight
 
     def _on_checkpoint_ack(self, msg: Message) -> None:

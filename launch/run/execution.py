@@ -31,6 +31,10 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
                            shared=gpu_sharing(placement.devices), network=(model, aux)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
         print(describe_hosts(placement.hosts, placement.devices))
+    from auglocal.launch.run.replicas import describe_replicas, resolve_replicas
+
+    if (replicas := resolve_replicas(args)) > 1:
+        print(describe_replicas(replicas, cfg.batch_size, None if args.sequential else len(plan.groups)))
     from auglocal.engine.feed import FeedShape, format_feed
 
     shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
@@ -69,8 +73,13 @@ def pipeline_options(args: argparse.Namespace):
         raise UsageError("--cuda-graphs captures GPU workers' steps as CUDA graphs; these workers run on the CPU "
                          "(give --gpus with CUDA devices, or leave --cuda-graphs out)")
     from auglocal.launch.run.hosts import resolve_kind
+    from auglocal.launch.run.replicas import resolve_replicas
 
     resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
+    replicas = resolve_replicas(args)
+    if args.cuda_graphs and replicas > 1:
+        raise UsageError(f"--cuda-graphs with --replicas {replicas}: the gradient all-reduce between a module's "
+                         "backward and its optimizer step is not captured; leave one of them out")
     return PipelineOptions(workers=args.workers, gpus=gpus, balance=args.balance,
                            threads=args.worker_threads, trace=args.trace, checkpoint_every=args.checkpoint_every,
                            heartbeat_timeout=args.heartbeat_timeout, max_restarts=args.max_restarts, fault=fault,
@@ -78,7 +87,7 @@ def pipeline_options(args: argparse.Namespace):
                            replay_log_mb=args.replay_log_mb, replay_spill_dir=args.replay_spill_dir,
                            transport=transport, worker_kind=args.worker_kind,
                            workers_per_host=args.workers_per_host, streams_per_gpu=args.streams_per_gpu,
-                           spares=args.spares, cuda_graphs=args.cuda_graphs)
+                           spares=args.spares, cuda_graphs=args.cuda_graphs, replicas=replicas)
 
 
 def link_transport(args: argparse.Namespace, gpus_text: str | None) -> str:

@@ -32,6 +32,7 @@ from auglocal.launch.run.coordinator import (
 from auglocal.launch.run.devices import one_host_devices
 from auglocal.launch.run.hosts import describe_hosts, host_groups, resolve_kind
 from auglocal.launch.run.progress import EpochTracker, PipelineStats, TrackerState, epoch_line
+from auglocal.launch.run.replicas import describe_replicas, replicas_summary, replicate
 from auglocal.launch.run.run_dir import RunDir, default_run_dir
 from auglocal.launch.run.sequential import save_networks
 from auglocal.workers.runtime.faults import Fault, check_target
@@ -64,6 +65,7 @@ class PipelineOptions:
     streams_per_gpu: int = 0       # thread workers per GPU, each on its own CUDA stream (0: one worker per GPU)
     spares: int = 1                # warm spare worker processes a one-worker recovery takes over (--spares)
     cuda_graphs: bool = False      # GPU workers capture their train step as CUDA graphs (--cuda-graphs)
+    replicas: int = 1              # R copies of the K-worker pipeline, each minibatch in R shards (replicas.py)
 
 
 def number_of_workers(spec: str, num_modules: int, gpus: list[str], streams_per_gpu: int = 0) -> int:
@@ -111,6 +113,8 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     model, aux = network or build_network(cfg, data)
     modules = build_local_modules(model, aux)
     k = number_of_workers(opts.workers, len(modules), gpus, opts.streams_per_gpu)
+    if opts.workers == "auto" and opts.replicas > 1:      # the devices are shared by R pipelines
+        k = max(1, k // opts.replicas)
     kind = resolve_kind(opts.worker_kind, gpus, opts.streams_per_gpu, k)
     # only timing needs a real training batch; FLOPs need the input's shape and dtype, which raw test pixels have
     # (augmenting and normalising import torchvision: seconds a dry run should not spend)
@@ -126,6 +130,9 @@ def plan_pipeline(cfg: RunConfig, data, opts: PipelineOptions, measure: bool = T
     placement = Placement(groups=plan.groups, layer_ids=plan.layer_ids, devices=devices,
                           threads=[opts.threads] * k, input_shapes=inputs,
                           hosts=host_groups(devices, kind, opts.workers_per_host))
+    if opts.replicas > 1:
+        every = one_host_devices(k * opts.replicas, gpus, opts.streams_per_gpu)
+        placement = replicate(placement, opts.replicas, every, host_groups(every, kind, opts.workers_per_host))
     return plan, placement, [m.needs_input for m in modules]
 
 
@@ -213,6 +220,8 @@ def prepare_run(cfg: RunConfig, data, opts: PipelineOptions, out: str | None, pr
                                   "hosts": placement.hosts})
     print(plan.format())
     print(describe_hosts(placement.hosts, placement.devices))
+    if placement.replicas > 1:
+        print(describe_replicas(placement.replicas, cfg.batch_size, placement.stages))
     return PreparedRun(cfg, data, opts, plan, placement, needs_input, run, store, progress, tb, resume_from)
 
 
@@ -271,13 +280,15 @@ def run_attempts(p: PreparedRun) -> Outcome:
         stats = PipelineStats()
         on_step, on_epoch = _attempt_callbacks(p, bar, stats)
         tracker = EpochTracker(cfg, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
-                               len(p.placement.groups), on_step, on_epoch, lambda: run.lines, state, stats)
+                               len(p.placement.groups), on_step, on_epoch, lambda: run.lines, state, stats,
+                               replicas=p.placement.replicas)
         attempt_opts = AttemptOptions(
             window=opts.window, trace_dir=str(run.path) if opts.trace else None,
             checkpoint_every=opts.checkpoint_every, heartbeat_timeout=opts.heartbeat_timeout,
             fault=opts.fault if (attempt == 0 or (opts.fault and opts.fault.always)) else None,
             resume_dir=str(store.dir_for(latest[0])) if latest else None, malloc=opts.malloc,
-            recovery=opts.recovery, replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir,
+            recovery=opts.recovery if p.placement.replicas == 1 else "all",   # replicas: whole restarts only
+            replay_log_mb=opts.replay_log_mb, spill_dir=opts.replay_spill_dir,
             transport=opts.transport, spares=opts.spares, cuda_graphs=opts.cuda_graphs)
         coord = make_coordinator(cfg, data, p.placement, str(run.path), needs_input=p.needs_input, opts=attempt_opts,
                                  store=store, tracker=tracker, start=start,
@@ -344,7 +355,7 @@ def report_success(p: PreparedRun, outcome: Outcome) -> int:
         "expected_updates": expected, "max_in_flight": stats.max_in_flight, "window": opts.window,
         "gpu_peak_bytes": stats.gpu_peak_bytes, "rejected_messages": outcome.counters.rejected,
         "restarts": outcome.restarts, "worker_pids": outcome.pids, "replay_log": stats.replay_log,
-        "nonfinite": cfg.nonfinite, "skipped": outcome.tracker.skipped_totals(),
+        "nonfinite": cfg.nonfinite, "skipped": outcome.tracker.skipped_totals(), **replicas_summary(p),
         "plan": p.plan.to_dict()})
     history = outcome.tracker.history
     run.close()

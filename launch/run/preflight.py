@@ -64,4 +64,7 @@ def check_workers(cfg: RunConfig, data, opts) -> None:
     model, aux = build_network(cfg, data)
     k = number_of_workers(opts.workers, len(build_local_modules(model, aux)), opts.gpus or [],
                           opts.streams_per_gpu)
-    check_fault_target(opts.fault, k)
+    check_fault_target(opts.fault, k * opts.replicas)     # --replicas R: R x K workers
+    from auglocal.launch.run.replicas import check_fault
+
+    check_fault(opts.fault, k, opts.replicas)

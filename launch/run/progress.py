@@ -88,11 +88,12 @@ class EpochTracker:
     def __init__(self, cfg: RunConfig, steps: int, n_test: int, num_workers: int,
                  on_step: Callable[[StepRecord], None], on_epoch: Callable[[EpochRecord], None],
                  lines: Callable[[], int], state: TrackerState | None = None,
-                 stats: PipelineStats | None = None):
+                 stats: PipelineStats | None = None, replicas: int = 1):
         self.cfg, self.steps, self.n_test = cfg, steps, n_test
+        self.replicas = replicas           # each replica's last worker reports its shard's hits and test result
+        self.stages = num_workers // replicas
         self.on_step, self.on_epoch, self.lines = on_step, on_epoch, lines
         self.num_workers = num_workers
-        self.last_rank = num_workers - 1
         self.schedule = optim_and_schedule(cfg)[1]
         self.stats = stats or PipelineStats()
         self.pending: dict[tuple[int, int], _PendingStep] = {}
@@ -145,8 +146,9 @@ class EpochTracker:
         entry = self.pending.setdefault((epoch, step), _PendingStep())
         entry.losses.update({int(k): v for k, v in meta.losses.items()})
         entry.reports += 1
-        if rank == self.last_rank:
-            entry.n, entry.correct = meta.n, meta.correct
+        if rank % self.stages == self.stages - 1:     # a last worker: its shard's images and hits
+            entry.n += meta.n
+            entry.correct = (entry.correct or 0) + (meta.correct or 0)
         if entry.reports == self.num_workers:
             del self.pending[(epoch, step)]
             self._step_done(epoch, step, entry)
@@ -177,7 +179,7 @@ class EpochTracker:
 
     def _maybe_close(self, epoch: int) -> None:
         fed = self.fed.get(epoch)
-        if fed is None or self.done_train[epoch] < fed or self.test[epoch][2] < self.n_test:
+        if fed is None or self.done_train[epoch] < fed or self.test[epoch][2] < self.n_test * self.replicas:
             return
         if any(r.epoch == epoch for r in self.history):
             return

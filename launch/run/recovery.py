@@ -267,6 +267,8 @@ class OneWorkerRecovery:
     def why_not(self, err) -> str | None:
         """Why one-worker recovery cannot handle `err` (None: it can)."""
         c, r = self.c, err.rank
+        if c.placement.replicas > 1:     # launch/run/replicas.py: the peers would have to repeat steps in lockstep
+            return "--replicas > 1: every failure restarts all workers"
         if c.opts.recovery != "one":
             return "--recovery all"
         if c.placement.hosts is not None:

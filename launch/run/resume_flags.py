@@ -21,7 +21,7 @@ RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in I
 #: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
 RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_kind", "workers_per_host", "streams_per_gpu",
                  "worker_malloc", "trace", "checkpoint_every", "heartbeat_timeout", "max_restarts", "recovery",
-                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport", "no_progress", "spares")
+                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport", "no_progress", "spares", "replicas")
 # not --cuda-graphs: a store-true flag cannot be given off again, and a resume on CPU workers would then exit 2;
 # left out, it changes nothing a resume computes
 RUNTIME_FILE = "runtime.json"
@@ -37,6 +37,9 @@ def validate_runtime(args: argparse.Namespace) -> None:
     check_number("--workers-per-host", args.workers_per_host, low=0)
     check_number("--streams-per-gpu", args.streams_per_gpu, low=0)
     check_number("--spares", args.spares, low=0)
+    from auglocal.launch.run.replicas import resolve_replicas
+
+    resolve_replicas(args)
     from auglocal.engine.planning.mac_conventions import MAC_CONVENTIONS
 
     if args.macs not in MAC_CONVENTIONS:

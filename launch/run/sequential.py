@@ -54,7 +54,8 @@ def sequential_device(gpus: str | None) -> str:
 
 
 def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: bool = True,
-                     threads: int | None = None, malloc: str = "keep", tensorboard: bool = True) -> int:
+                     threads: int | None = None, malloc: str = "keep", tensorboard: bool = True,
+                     replicas: int = 1) -> int:
     """Train with the sequential trainer and write the run folder; returns the exit code."""
     if malloc == "return":
         return_freed_memory()
@@ -64,7 +65,7 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
     model, aux = build_network(cfg, data)
     optim, schedule = optim_and_schedule(cfg)
     trainer = SequentialTrainer(model, aux, optim, schedule, seed=cfg.seed, device=cfg.device,
-                                kernels=Kernels.from_config(cfg), nonfinite=cfg.nonfinite)
+                                kernels=Kernels.from_config(cfg), nonfinite=cfg.nonfinite, replicas=replicas)
     run = RunDir(out or default_run_dir(cfg.model, cfg.rule))
     run.truncate_metrics(0)          # a fresh run: records of an earlier, interrupted one in this folder go
     run.write_json("config.json", {**cfg.to_dict(), "trainer": "sequential"})
@@ -113,7 +114,8 @@ def train_sequential(cfg: RunConfig, data, out: str | None = None, progress: boo
         "images_per_s": images[0] / max(train_s[0], 1e-9), "train_s": train_s[0],
         "wall_s": time.perf_counter() - t0,
         "peak_rss_mb": peak_rss_mb(), "updates": trainer.stage.update_counts, "nonfinite": cfg.nonfinite,
-        "skipped": skipped, **({"stopped": "nonfinite", "divergence": diverged.to_dict()} if diverged else {})})
+        "skipped": skipped, "replicas": replicas,
+        **({"stopped": "nonfinite", "divergence": diverged.to_dict()} if diverged else {})})
     run.close()
     if diverged is not None:
         tb.close()

@@ -50,10 +50,11 @@ def host_links(specs: list[WorkerSpec], codec: Codec) -> list[WorkerLinks]:
     CURVE keys) everywhere else."""
     inboxes: list = []
     for i, spec in enumerate(specs):
-        inboxes.append(ThreadLink(codec, spec.name, spec.inbox.window) if i > 0 else bind_inbox(spec, codec))
+        fed_here = i > 0 and specs[i - 1].outbox == spec.inbox    # its upstream is a thread of this host
+        inboxes.append(ThreadLink(codec, spec.name, spec.inbox.window) if fed_here else bind_inbox(spec, codec))
     links = []
     for i, spec in enumerate(specs):
-        if i + 1 < len(specs):
+        if i + 1 < len(specs) and spec.outbox == specs[i + 1].inbox:
             outbox = inboxes[i + 1].sender()
         else:
             outbox = spec.outbox.sender(codec, curve=spec.curve) if spec.outbox else None
@@ -64,9 +65,11 @@ def host_links(specs: list[WorkerSpec], codec: Codec) -> list[WorkerLinks]:
 
 
 def check_consecutive(specs: list[WorkerSpec]) -> None:
-    """A host holds a run of consecutive ranks: worker i's outbox is worker i+1's inbox."""
+    """A host holds a run of consecutive ranks: worker i's outbox is worker i+1's inbox, except where one
+    replica's pipeline ends and the next one's begins (--replicas: launch/run/replicas.py)."""
     for a, b in zip(specs, specs[1:], strict=False):
-        if b.rank != a.rank + 1 or a.outbox != b.inbox:
+        chain_end = a.outbox is None and b.is_first
+        if b.rank != a.rank + 1 or (a.outbox != b.inbox and not chain_end):
             raise ValueError(f"a host process holds consecutive workers; got ranks {[s.rank for s in specs]}")
 
 

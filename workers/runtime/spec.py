@@ -57,10 +57,21 @@ class WorkerSpec:
                                    # coordinator's RELEASE: a neighbour failing in the run's tail can still be
                                    # recovered alone (launch/run/recovery.py)
     cuda_graphs: bool = False     # capture the train step as CUDA graphs and replay it (engine/graphed_step.py)
+    replica: dict | None = None   # --replicas > 1: workers/runtime/grad_reducer.py ReplicaInfo as a dict
 
     @property
     def name(self) -> str:
         return worker_name(self.rank, self.incarnation)
+
+    @property
+    def is_first(self) -> bool:
+        """The first worker of its pipeline (of its replica's, with --replicas): its input is the image."""
+        return (self.replica["stage"] if self.replica else self.rank) == 0
+
+    @property
+    def writes_layers(self) -> bool:
+        """Replicas are identical after every step, so replica 0 alone writes checkpoints and final layers."""
+        return self.replica is None or self.replica["index"] == 0
 
 
 def worker_name(rank: int, incarnation: int = 0) -> str:
@@ -111,6 +122,10 @@ def build_stage(spec: WorkerSpec, modules: list | None = None):
     mine = [modules[i] for i in spec.modules]
     stage = Stage(mine, optim, schedule, seed=cfg.seed, device=spec.device, kernels=Kernels.from_config(cfg),
                   nonfinite=cfg.nonfinite)
+    if spec.replica is not None:
+        from auglocal.workers.runtime.grad_reducer import make_reducer
+
+        stage.reducer, stage.shard = make_reducer(spec.replica), spec.replica["index"]
     if spec.cuda_graphs:
         from auglocal.engine.graphed_step import GraphedStep
 

@@ -267,7 +267,7 @@ class Worker(RecoveryControl):
         the step's metrics."""
         self._admit(msg)
         h, y = msg.tensors["h"], msg.tensors["y"]
-        x = msg.tensors.get("x", h if self.spec.rank == 0 else None)   # worker 0's input is the image
+        x = msg.tensors.get("x", h if self.spec.is_first else None)   # worker 0's input is the image
         t0, c0 = time.perf_counter(), time.thread_time()
         sent: dict[str, float] = {}
         emit = None if self.is_last else self._emitter(msg, y, x, t0, sent)
@@ -346,6 +346,8 @@ class Worker(RecoveryControl):
         """Write this worker's layer files into `directory`, or ship them there when it is another machine's."""
         from auglocal.workers.runtime.layer_files import save_stage_layers
 
+        if not self.spec.writes_layers:
+            return      # a replica other than 0: replica 0 writes the stage's (identical) layers
         try:
             if not self.spec.ship_layers:
                 save_stage_layers(self.stage, directory, before_each)

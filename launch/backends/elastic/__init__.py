@@ -163,12 +163,16 @@ def train_elastic(rank: ElasticRank, cfg: RunConfig, data, opts, out: str, progr
 
     if coordinator_gpu_asked():
         select_device("cuda:0")                      # rank 0 keeps GPU 0 of its node (launch/run/devices.py)
-    k = rank.env.world_size - 1
+    k, replicas = rank.env.world_size - 1, opts.replicas
+    if k % replicas:
+        raise UsageError(f"--replicas {replicas}: this torchrun group has {k} worker rank(s) (WORLD_SIZE - 1), not a "
+                         f"multiple of {replicas}")
+    k //= replicas                                   # workers of one pipeline; R x K ranks in all
     if opts.workers == "auto":
         opts.workers = str(k)
     elif opts.workers != str(k):
-        raise UsageError(f"--workers {opts.workers}: this torchrun group has {k} worker rank(s) (WORLD_SIZE - 1); "
-                         f"give --workers {k} or leave it auto")
+        raise UsageError(f"--workers {opts.workers}: this torchrun group has {k * replicas} worker rank(s) "
+                         f"(WORLD_SIZE - 1) for {replicas} replica(s); give --workers {k} or leave it auto")
     opts.recovery, opts.max_restarts = "all", 0      # restarts are torchrun's (--max-restarts)
     if rank.restarts > 0 and opts.fault is not None and not opts.fault.always:
         opts.fault = None                            # a fault fires in the first attempt only

@@ -30,6 +30,7 @@ from auglocal.launch.backends.elastic.links import (
     publish_key,
 )
 from auglocal.launch.run.coordinator import READY_TIMEOUT_S, Coordinator
+from auglocal.launch.run.replicas import ShardedFeed, store_replica
 from auglocal.workers.links.link import Link
 from auglocal.workers.runtime.layer_files import head_file, layer_file
 from auglocal.workers.runtime.worker import WorkerSpec
@@ -108,14 +109,15 @@ class ElasticCoordinator(Coordinator):
         self.plan: LinkPlan | None = None
 
     def specs(self) -> list[WorkerSpec]:
-        return [dataclasses.replace(s, ship_layers=True) for s in super().specs()]
+        """As on one host, shipping layer files; replicas reduce over rank 0's store (no shared folder)."""
+        return [dataclasses.replace(s, ship_layers=True, replica=store_replica(s.replica)) for s in super().specs()]
 
     def _resume_files(self, rank: int) -> dict[str, Path]:
         """The checkpoint files worker `rank` loads: its layers, and the head for the last worker."""
         if not self.opts.resume_dir:
             return {}
         paths = [layer_file(self.opts.resume_dir, layer) for layer in self.placement.layer_ids[rank]]
-        if rank == self.k - 1:
+        if rank % self.stages == self.stages - 1:      # the last worker (of its replica)
             paths.append(head_file(self.opts.resume_dir))
         return {p.name: p for p in paths}
 
@@ -148,7 +150,8 @@ class ElasticCoordinator(Coordinator):
         self.run_store.timeout_s = READY_TIMEOUT_S
         keys = publish_key(self.run_store, 0, self.node_addr)
         hosts = self._peers()
-        self.plan = plan = LinkPlan.resolve(self.transport, [self.node_addr, *hosts], self.placement.devices)
+        self.plan = plan = LinkPlan.resolve(self.transport, [self.node_addr, *hosts], self.placement.devices,
+                                            self.stages if self.placement.replicas > 1 else 0)
         print(f"auglocal-launch: links into workers 0-{self.k - 1}: {', '.join(plan.inbox)}; results: {plan.results}"
               + (f"; process group: {plan.group}" if plan.group else ""), flush=True)
         link = Link(f"tcp://{self.node_addr}:0", RESULTS_WINDOW, plan.results)
@@ -159,13 +162,16 @@ class ElasticCoordinator(Coordinator):
             self.publish_specs(plan)
             if plan.group:
                 init_group(self.run_store, 0, self.k + 1, plan.group, READY_TIMEOUT_S, self.node_addr)
-            try:
-                first = connect(self.run_store, "inbox/0", self.codec, keys, plan.inbox[0], self.opts.window,
-                                src_rank=0, dst_rank=1)
-            except TimeoutError as err:
-                raise self._fail(0, f"did not publish its inbox: {err}") from None
-            except EndpointRecordError as err:
-                raise self._fail(0, f"has an inbox record in the store that was refused: {err}") from None
+            heads = []
+            for h in range(0, self.k, self.stages):      # worker 0, or the first worker of every replica
+                try:
+                    heads.append(connect(self.run_store, f"inbox/{h}", self.codec, keys, plan.inbox[h],
+                                         self.opts.window, src_rank=0, dst_rank=h + 1))
+                except TimeoutError as err:
+                    raise self._fail(h, f"did not publish its inbox: {err}") from None
+                except EndpointRecordError as err:
+                    raise self._fail(h, f"has an inbox record in the store that was refused: {err}") from None
+            first = heads[0] if len(heads) == 1 else ShardedFeed(heads)
         except BaseException:
             results.close()
             raise

@@ -49,33 +49,41 @@ class LinkPlan:
     inbox: tuple[str, ...]
     results: str
     group: str | None
+    stages: int = 0            # --replicas: workers per replica pipeline (0: one pipeline of every worker)
+
+    def upstream(self, r: int) -> int:
+        """The global rank that feeds worker r: rank 0 for the first worker of each replica, else worker r-1."""
+        return 0 if r % (self.stages or len(self.inbox)) == 0 else r
 
     @classmethod
-    def resolve(cls, asked: str, hosts: list[str], devices: list[str]) -> LinkPlan:
+    def resolve(cls, asked: str, hosts: list[str], devices: list[str], stages: int = 0) -> LinkPlan:
         """`hosts[g]` is global rank g's node address, `devices[r]` worker r's device (rank 0 feeds from CPU)."""
         places = [Place(hosts[0], CPU), *(Place(h, d) for h, d in zip(hosts[1:], devices, strict=True))]
         zmq_link = auto_pick(CPU, ACROSS_HOSTS)   # CPU ends across hosts: the ZeroMQ link auto picks (curve)
+        k = stages or len(devices)
+        heads = [r % k == 0 for r in range(len(devices))]
         if asked == "auto":                      # a pair on one node may get a one-host-only link: not here
-            picked = [pick_for_pair(places[g], places[g + 1]) for g in range(len(places) - 1)]
+            picked = [pick_for_pair(places[0 if heads[r] else r], places[r + 1]) for r in range(len(devices))]
             inbox = tuple(t if BY_NAME[t].under_torchrun else zmq_link for t in picked)
-        elif BY_NAME[asked].device == CUDA:      # rank 0 feeds images from host memory: its link stays ZeroMQ
-            inbox = (zmq_link,) + (asked,) * (len(places) - 2)
+        elif BY_NAME[asked].device == CUDA:      # rank 0 feeds images from host memory: its links stay ZeroMQ
+            inbox = tuple(zmq_link if head else asked for head in heads)
         else:
-            inbox = (asked,) * (len(places) - 1)
+            inbox = (asked,) * len(devices)
         group = group_backend_for(inbox)
         results = asked if asked in ZMQ_ONLY else zmq_link   # results are small: ZeroMQ, as asked if it is
-        return cls(inbox, results, group)
+        return cls(inbox, results, group, stages)
 
     def outbox(self, r: int) -> str | None:
-        """The transport of worker r's link to worker r+1 (None for the last worker)."""
-        return self.inbox[r + 1] if r + 1 < len(self.inbox) else None
+        """The transport of worker r's link to worker r+1 (None for the last worker of its pipeline)."""
+        k = self.stages or len(self.inbox)
+        return self.inbox[r + 1] if r + 1 < len(self.inbox) and (r + 1) % k else None
 
     def to_wire(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_wire(cls, raw: dict) -> LinkPlan:
-        return cls(tuple(raw["inbox"]), str(raw["results"]), raw["group"])
+        return cls(tuple(raw["inbox"]), str(raw["results"]), raw["group"], int(raw.get("stages", 0)))
 
 
 def publish_key(store, rank: int, node_addr: str) -> CurveKeyPair:
@@ -118,8 +126,9 @@ def connect(store, name: str, codec: Codec, keys: CurveKeyPair, transport: str, 
 
 
 def inbox_link(host: str, plan: LinkPlan, r: int, window: int) -> Link:
-    """The link into worker r (global rank r+1), bound on `host`, from global rank r."""
-    return Link(f"tcp://{host}:0", window, plan.inbox[r], src_rank=r, dst_rank=r + 1, tag=r + 1)
+    """The link into worker r (global rank r+1), bound on `host`, from global rank r (rank 0 into the first
+    worker of each replica)."""
+    return Link(f"tcp://{host}:0", window, plan.inbox[r], src_rank=plan.upstream(r), dst_rank=r + 1, tag=r + 1)
 
 
 def interface_of(address: str) -> str | None:

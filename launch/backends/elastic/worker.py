@@ -35,6 +35,7 @@ from auglocal.launch.backends.elastic.links import (
 from auglocal.launch.backends.elastic.store import RunStore, TorchrunEnv
 from auglocal.launch.run.devices import coordinator_gpu_asked, torchrun_device
 from auglocal.workers.runtime.entry import serve
+from auglocal.workers.runtime.grad_reducer import use_store
 from auglocal.workers.runtime.process_setup import set_up_process
 from auglocal.workers.runtime.worker import WorkerLinks
 from auglocal.workers.wire.endpoint_record import EndpointRecordError
@@ -97,7 +98,9 @@ def _serve(env: TorchrunEnv, store: RunStore, node_addr: str, r: int, secret: st
     try:
         if plan.group:
             init_group(store, env.rank, env.world_size, plan.group, store.timeout_s, node_addr)
-        inbox = bind_inbox(store, inbox_link(node_addr, plan, r, window), codec, spec.name, keys, [env.rank - 1],
+        if spec.replica is not None:        # replicas of a stage rendezvous in rank 0's store, under this attempt
+            use_store(torch.distributed.PrefixStore(f"{store.token}/replicas", store.store))
+        inbox = bind_inbox(store, inbox_link(node_addr, plan, r, window), codec, spec.name, keys, [plan.upstream(r)],
                            max_frame=inbox_bound(spec.schema, spec.config))
         store.put(f"pid/{r}", str(os.getpid()).encode())      # for summary.json's worker_pids (on its node)
         publish_inbox(store, f"inbox/{r}", inbox, keys)
