@@ -21,7 +21,8 @@ RUN_IDENTITY = tuple("warmup_epochs" if name == "warmup" else name for name in I
 #: how a run was run (not what it computes): saved in runtime.json, restored by --resume unless given again
 RUNTIME_FLAGS = ("workers", "gpus", "balance", "worker_threads", "worker_kind", "workers_per_host", "streams_per_gpu",
                  "worker_malloc", "trace", "checkpoint_every", "heartbeat_timeout", "max_restarts", "recovery",
-                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport", "no_progress", "spares", "replicas")
+                 "replay_log_mb", "replay_spill_dir", "no_tensorboard", "transport", "no_progress", "spares",
+                 "replicas")
 # not --cuda-graphs: a store-true flag cannot be given off again, and a resume on CPU workers would then exit 2;
 # left out, it changes nothing a resume computes
 RUNTIME_FILE = "runtime.json"
