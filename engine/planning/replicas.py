@@ -32,14 +32,14 @@ class Network:
 
     `times`: seconds per batch of `batch` images (primary forward and the rest); `param_bytes`: the bytes of
     the module's trainable parameters (layers, aux net, head), in their gradients' dtype: what its all-reduce
-    moves; `out_bytes`: activation bytes per image it sends downstream; `notation`: the aux nets' notation."""
+    moves; `out_bytes`: activation bytes per image it sends downstream; `params`: its parameter count."""
 
     times: Sequence[ModuleTime]
     param_bytes: Sequence[int]
     out_bytes: Sequence[int]
     batch: int
     layer_ids: Sequence[Sequence[int]] = ()
-    notation: Sequence[str] = ()
+    params: Sequence[int] = ()
 
     def __post_init__(self) -> None:
         n = len(self.times)
@@ -62,7 +62,7 @@ class Layout:
     stage_compute_s: list[float]
     images_per_s: float
     layer_ids: list[list[int]] = field(default_factory=list)
-    notation: list[str] = field(default_factory=list)
+    stage_params: list[int] = field(default_factory=list)
 
     @property
     def k(self) -> int:
@@ -119,8 +119,7 @@ def simulate_layout(net: Network, groups: Sequence[Sequence[int]], replicas: int
                   stage_param_bytes=[sum(int(net.param_bytes[i]) for i in g) for g in groups],
                   stage_reduce_s=stage_red, stage_compute_s=compute, images_per_s=rate,
                   layer_ids=[[j for i in g for j in net.layer_ids[i]] for g in groups] if net.layer_ids else [],
-                  notation=[" ".join(dict.fromkeys(net.notation[i] for i in g if net.notation[i]))
-                            for g in groups] if net.notation else [])
+                  stage_params=[sum(net.params[i] for i in g) for g in groups] if net.params else [])
 
 
 @dataclass
@@ -160,15 +159,16 @@ def _bytes(n: float) -> str:
 
 
 def format_layout(layout: Layout, label: str = "") -> str:
-    """Per stage of one layout: modules, layers, aux nets, parameters to reduce, reduction and compute time."""
+    """Per stage of one layout: modules, layers, parameters (layers + aux nets), the bytes and seconds of their
+    all-reduce, and the stage's compute at the shard batch."""
     lines = [f"replicas x workers {layout.name} (R x K = {layout.devices} devices), shard batch "
              f"{layout.shard_batch:g}" + (f"; {label}" if label else ""),
-             f"{'stage':>5}  {'modules':<9} {'layers':<10} {'aux nets':<12} {'reduce bytes':>12} "
+             f"{'stage':>5}  {'modules':<9} {'layers':<10} {'params':>10} {'reduce bytes':>12} "
              f"{'reduce ms':>9} {'compute ms':>10}"]
     for s, g in enumerate(layout.groups):
         ids = format_ids(layout.layer_ids[s]) if layout.layer_ids else ""
-        note = layout.notation[s] if layout.notation else ""
-        lines.append(f"{s:>5}  {format_ids(g):<9} {ids:<10} {note[:12]:<12} "
+        params = f"{layout.stage_params[s]:,}" if layout.stage_params else ""
+        lines.append(f"{s:>5}  {format_ids(g):<9} {ids:<10} {params:>10} "
                      f"{_bytes(layout.stage_param_bytes[s]):>12} {layout.stage_reduce_s[s] * 1e3:>9.3f} "
                      f"{layout.stage_compute_s[s] * 1e3:>10.3f}")
     lines.append(f"predicted step {layout.step_s * 1e3:.3f} ms per global batch: "
@@ -208,4 +208,4 @@ def network_of(modules, x, costs: Sequence[float], unit: str, batch: int, macs_p
     return Network(times=[ModuleTime(s * f, s * (1 - f)) for s, f in zip(seconds, shares, strict=True)],
                    param_bytes=[param_bytes(m) for m in modules], out_bytes=list(out_bytes), batch=batch,
                    layer_ids=[list(m.layer_ids) for m in modules],
-                   notation=[str(getattr(m.aux, "notation", "")) if m.aux is not None else "" for m in modules])
+                   params=[sum(p.numel() for p in m.parameters() if p.requires_grad) for m in modules])

@@ -31,6 +31,11 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
                            shared=gpu_sharing(placement.devices), network=(model, aux)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
         print(describe_hosts(placement.hosts, placement.devices))
+        from auglocal.launch.run.layout_choice import dry_run_table
+
+        table = dry_run_table(cfg, data, args, plan, placement, (model, aux))   # None unless --replicas R > 1 / auto
+        if table:
+            print(table)
     from auglocal.engine.feed import FeedShape, format_feed
 
     shape = FeedShape(cfg.epochs, data.steps_per_epoch(cfg.batch_size), data.num_test_batches(cfg.batch_size),
