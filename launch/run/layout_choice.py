@@ -89,30 +89,3 @@ def dry_run_table(cfg: RunConfig, data, args: argparse.Namespace, plan, placemen
         lines += [format_candidates(choice), f"chosen: {choice.best.name} (R x K)"]
     lines.append(format_layout(choice.best))
     return "\n".join(lines)
-
-
-def choose_replicas(args: argparse.Namespace, devices: int | None = None, cfg: RunConfig | None = None,
-                    data=None) -> tuple[int, int]:
-    """(R, K) for `--replicas auto`: the layout of R x K <= `devices` with the most predicted images/s (K fixed
-    when --workers is a number). `devices`: GPUs of --gpus, else CPU cores. Plans without timing anything
-    new (as a dry run does: cached module times, else MACs)."""
-    from auglocal.engine.config import build_data, build_network, resolve
-    from auglocal.engine.local_module import build_local_modules
-    from auglocal.launch.run import resume_flags
-    from auglocal.launch.run.execution import pipeline_options
-    from auglocal.launch.run.pipeline import plan_pipeline
-
-    if cfg is None:
-        cfg = resume_flags.config_from_args(args)
-    if data is None:
-        data = build_data(cfg)
-        resolve(cfg, data)
-    network = build_network(cfg, data)
-    opts = pipeline_options(args)
-    plan, placement, _ = plan_pipeline(cfg, data, opts, measure=False, network=network)
-    on_gpu = placement.devices[0].startswith("cuda")
-    if devices is None:
-        devices = len(opts.gpus) if opts.gpus else (os.cpu_count() or 1)
-    fixed_k = plan.k if str(args.workers) != "auto" else None
-    choice, _ = layout_choice(cfg, data, plan, build_local_modules(*network), devices, on_gpu, "auto", fixed_k)
-    return choice.best.replicas, choice.best.k

@@ -11,7 +11,8 @@ from auglocal.engine.config import RunConfig, UsageError, build_data, build_netw
 from auglocal.engine.local_module import build_local_modules
 from auglocal.engine.planning.replicas import param_bytes
 from auglocal.launch.cli import build_parser, run
-from auglocal.launch.run.layout_choice import choose_replicas, replicas_asked
+from auglocal.launch.run.execution import choose_replicas
+from auglocal.launch.run.layout_choice import replicas_asked
 
 FLAGS = ["--model", "resnet20", "--d", "3", "--dataset", "synthetic", "--input-size", "16", "--num-classes", "4",
          "--train-size", "16", "--test-size", "8", "--batch-size", "8", "--gpus", "cpu", "--dry-run"]
