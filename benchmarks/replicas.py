@@ -198,6 +198,20 @@ def measured(steps: int, repeats: int) -> tuple[list[str], dict]:
     return lines, {"loads": loads, "rates": rates}
 
 
+def allreduce_table(repeats: int) -> list[str]:
+    """Measure gloo's all-reduce here now (2 processes x 1 thread) and cache it: the CPU predictions use it."""
+    from auglocal.engine.planning.allreduce_timing import measure_and_cache
+
+    table = measure_and_cache(2, repeats)
+    lines = ["## 0. The all-reduce the CPU predictions use, measured now", "",
+             f"gloo all_reduce of float32 tensors, 2 processes x 1 thread, median of {repeats} after a warm-up "
+             f"(`python -m auglocal.engine.planning.allreduce_timing`; load average {os.getloadavg()[0]:.2f}).", "",
+             "| bytes | ms | GB/s |", "|---:|---:|---:|"]
+    lines += [f"| {b:,} | {s * 1e3:.3f} | {b / s / 1e9:.2f} |" for b, s in zip(table.nbytes, table.seconds_at,
+                                                                             strict=True)]
+    return lines + [""]
+
+
 def main(argv: list[str] | None = None) -> None:
     from benchmarks.replicas_predict import cpu_prediction, gpu_prediction
 
@@ -213,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["# More devices than layers: DDP BP vs AugLocal x replicas", "",
              f"Machine: {machine()}. Started {started}, load average {os.getloadavg()[0]:.2f} at the start.",
              f"Command: `python -m benchmarks.replicas {' '.join(argv if argv is not None else sys.argv[1:])}`", ""]
+    lines += allreduce_table(2 if args.quick else 5)
     if not args.predict_only:
         table, info = measured(steps, repeats)
         lines += ["## 1. Measured here, side by side, global batch 128, ResNet-32", "",
