@@ -92,3 +92,30 @@ def test_bad_replicas_values_are_usage_errors():
         args.replicas = bad
         with pytest.raises(UsageError, match="--replicas"):
             replicas_asked(args)
+
+
+def test_a_gpu_placement_plans_with_the_assumed_nccl_ring():
+    """No GPU is needed to plan for GPUs: the table of a placement on 4 GPUs, reductions by the ring model."""
+    import argparse
+    from types import SimpleNamespace
+
+    from auglocal.engine.planning import make_plan, module_costs_flops
+    from auglocal.engine.planning.allreduce import NCCL_NVLINK_H200
+    from auglocal.launch.run.layout_choice import dry_run_table
+
+    cfg = RunConfig(model="resnet20", d=3, dataset="synthetic", input_size=16, num_classes=4, train_size=16,
+                    test_size=8, batch_size=8)
+    data = build_data(cfg)
+    resolve(cfg, data)
+    network = build_network(cfg, data)
+    mods = build_local_modules(*network)
+    x, y = data.shape_batch(2)
+    plan = make_plan(mods, 2, 8, module_costs_flops(mods, x, y), unit="MAC")
+    placement = SimpleNamespace(devices=[f"cuda:{i}" for i in range(4)])
+    out = dry_run_table(cfg, data, argparse.Namespace(replicas=2, workers="2"), plan, placement, network)
+    assert "replicas x workers 2 x 2 (R x K = 4 devices)" in out and "NCCL ring, H200 NVLink" in out
+    assert "assumed" in out                   # MACs at an assumed rate, and the ring's figures
+    for row, group in zip(stage_rows(out), plan.groups, strict=True):
+        # one all-reduce per local module, each 20 us + 2(2-1)/2 x its bytes / 350 GB/s
+        seconds = sum(NCCL_NVLINK_H200.seconds(param_bytes(mods[i]), 2) for i in group)
+        assert float(row[6]) == pytest.approx(seconds * 1e3, abs=6e-4)
