@@ -101,7 +101,7 @@ SIZES = tuple(1024 * 4**i for i in range(9))
 DEFAULT_GLOO_CPU = MeasuredAllReduce(
     nbytes=SIZES,
     seconds_at=(0.256e-3, 0.245e-3, 0.247e-3, 0.258e-3, 0.834e-3, 0.763e-3, 4.09e-3, 11.9e-3, 62.1e-3),
-    label="gloo, 2 processes, measured on this project's 2-core VM, not on this machine")
+    label="gloo, 2 processes: the project's table (measured on its 2-core VM), not measured on this machine yet")
 
 #: ASSUMPTIONS, not measured: an H200 HGX node, 8 GPUs on NVLink 4 (900 GB/s per GPU in both directions);
 #: NCCL's ring all-reduce reaches a bus bandwidth of about 350 GB/s there (its nccl-tests report ~40 % of the
