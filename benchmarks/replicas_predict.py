@@ -33,17 +33,16 @@ def _modules(model: str, rule: str, d: int, batch: int):
 def cpu_prediction(model: str = "resnet32", d: int = 4, batch: int = 128, cores: int | None = None) -> list[str]:
     """The measured rows' layouts as the simulator predicts them on this machine's cores, from module times
     measured at one thread (or cached by an earlier plan here)."""
-    from auglocal.engine.planning.balance import choose_module_costs
     from auglocal.engine.planning.timing import module_costs_timed
-    from auglocal.engine.planning.timing_cache import CostKey
 
     cores = cores or os.cpu_count() or 1
-    modules, x, y, cfg = _modules(model, "auglocal", d, batch)
-    costs = choose_module_costs(modules, x, y, "auto", CostKey.of(cfg), 2, measure=True)
-    net = network_of(modules, x[:2], costs.costs, costs.unit, batch, 1e10)
-    reduce = cpu_model_of_allreduce()
+    modules, x, y, _ = _modules(model, "auglocal", d, batch)
     bp_modules, bx, by, _ = _modules(model, "bp", d, batch)
-    bp = module_costs_timed(bp_modules, bx, by, steps=2)[0]
+    # both timed now, one after the other (a cached time from another hour of a shared machine would not compare)
+    bp = module_costs_timed(bp_modules, bx, by, steps=3)[0]
+    times = module_costs_timed(modules, x, y, steps=3)
+    net = network_of(modules, x[:2], times, "s", batch)
+    reduce = cpu_model_of_allreduce()
     ddp = predict_ddp(2, batch, bp / 3, 2 * bp / 3, param_bytes(bp_modules[0]), reduce)
     from auglocal.engine.planning.partition import partition
 
@@ -55,8 +54,9 @@ def cpu_prediction(model: str = "resnet32", d: int = 4, batch: int = 128, cores:
                                                       DEFAULT_CPU_LINK, cores=cores).images_per_s)]
     best = best_layout(2, net, reduce, EVENTS, DEFAULT_CPU_LINK, cores=cores).best
     lines = [f"## 2. Predicted (simulator, not measured): the same rows on {cores} CPU cores", "",
-             f"{model}, d = {d}, batch {batch}; module times: {costs.source}; BP's step measured the same way "
-             f"({bp * 1e3:.0f} ms at batch {batch}, one third forward); all-reduce: {reduce.label}. DDP BP: "
+             f"{model}, d = {d}, batch {batch}; AugLocal's module times and BP's step (the whole network, one "
+             f"third forward: {bp * 1e3:.0f} ms at batch {batch}) timed now at one thread, medians of 3 "
+             f"(load average {os.getloadavg()[0]:.2f}); all-reduce: {reduce.label}. DDP BP: "
              "buckets of 1 MB then 25 MB, each reduced once backward has filled it.", "",
              "| layout | predicted images/s | / DDP BP |", "|---|---:|---:|"]
     lines += [f"| {name} | {rate:.1f} | {rate / ddp.images_per_s:.2f} |" for name, rate in rows]
