@@ -90,7 +90,8 @@ def gpu_prediction(gpus=(8, 16, 64), models=("resnet110", "resnet32"), per_gpu=(
              f"{gpu_model(8).label} up to 8 GPUs, {gpu_model(16).label} beyond; 40 train steps (fill excluded). "
              "Global batch = GPUs x per-GPU batch for both; DDP BP: every GPU on its share, buckets of 1 MB "
              "then 25 MB reduced beside the backward; AugLocal: the chooser's best R x K <= GPUs, each replica "
-             "on B/R, each module's gradients reduced after its backward, blocking (not overlapped).", "",
+             "on B/R, each module's gradients reduced after its backward beside the stage's later modules, "
+             "the stage's step waiting for them all (as the runtime does).", "",
              "| model | per-GPU batch | GPUs | best R x K | AugLocal images/s | K = 1, R = N | DDP BP images/s | "
              "best / DDP BP | DDP's exposed all-reduce ms |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]

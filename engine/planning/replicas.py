@@ -7,11 +7,14 @@ stage's reduction lengthens that stage's own step only. Hence the step of a layo
 simulator's replay, engine/planning/simulator.py) with module times at the shard batch and each module's
 reduction added after its backward, and a layout's images/s = B / that step.
 
-Two assumptions, stated wherever a figure is shown: module time is proportional to the batch (a GPU at a
-small shard is less efficient than this says, a CPU about as efficient), and with `overlap` a module's
-reduction runs beside the stage's later work (the worker waits only for the last module's, and for the
-stage's reductions in all when they outlast its compute); without it (the default, a blocking all_reduce
-before each step) every reduction is on the worker's critical path.
+Two assumptions, stated wherever a figure is shown. Module time is proportional to the batch (a GPU at a
+small shard is less efficient than this says, a CPU about as efficient). And, with `overlap` (the default:
+what the runtime does, workers/runtime/grad_reducer.py), a module's all-reduce starts after its backward
+and runs beside the stage's later modules, and the stage's one optimizer step waits for all of them: the
+worker waits for its last module's reduction, and for the stage's reductions in all when they outlast its
+compute (one process group per stage, so they run one after another). Without it, a blocking all_reduce
+after each module's backward puts every reduction on the worker's critical path. The runtime also
+broadcasts replica 0's batch-norm buffers per module; those bytes (two floats per channel) are not counted.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ def module_reduce_s(net: Network, replicas: int, reduce) -> list[float]:
 
 
 def simulate_layout(net: Network, groups: Sequence[Sequence[int]], replicas: int, reduce, events: Sequence[Event],
-                    link: LinkCost = FREE_LINK, cores: float | None = None, overlap: bool = False,
+                    link: LinkCost = FREE_LINK, cores: float | None = None, overlap: bool = True,
                     window: int = 2) -> Layout:
     """Predict `replicas` copies of the pipeline `groups` (see the module docstring). `cores`: CPU cores all
     R x K processes share (None: a device each); each replica's pipeline then gets cores / R of them."""
@@ -129,7 +132,7 @@ class LayoutChoice:
 
 
 def best_layout(devices: int, net: Network, reduce, events: Sequence[Event], link: LinkCost = FREE_LINK,
-                cores: float | None = None, overlap: bool = False, replicas: Sequence[int] | None = None,
+                cores: float | None = None, overlap: bool = True, replicas: Sequence[int] | None = None,
                 ks: Sequence[int] | None = None) -> LayoutChoice:
     """The R x K layout (R x K <= `devices`, K <= the modules, R <= the batch) with the most predicted images/s,
     and every candidate tried, best first. Ties go to fewer devices, then to fewer replicas (less traffic).

@@ -71,8 +71,8 @@ def test_replicas_halve_the_work_and_add_each_modules_reduction():
     net = four_modules()
     one = simulate_layout(net, [[0, 1, 2, 3]], 1, RING, EVENTS)
     assert one.images_per_s == pytest.approx(64 / 1.2)
-    two = simulate_layout(net, [[0, 1, 2, 3]], 2, RING, EVENTS)
-    # shard 32: 0.6 s of compute, and per module 1 ms + 1000 B / 1 MB/s = 2 ms, four of them
+    two = simulate_layout(net, [[0, 1, 2, 3]], 2, RING, EVENTS, overlap=False)
+    # shard 32: 0.6 s of compute, and per module 1 ms + 1000 B / 1 MB/s = 2 ms, four of them, blocking
     assert two.stage_reduce_s == pytest.approx([0.008])
     assert two.step_s == pytest.approx(0.608)
     assert two.images_per_s == pytest.approx(64 / 0.608)
@@ -80,16 +80,16 @@ def test_replicas_halve_the_work_and_add_each_modules_reduction():
 
 
 def test_overlap_leaves_only_each_stages_last_reduction_on_the_path():
-    two = simulate_layout(four_modules(), [[0, 1, 2, 3]], 2, RING, EVENTS, overlap=True)
+    two = simulate_layout(four_modules(), [[0, 1, 2, 3]], 2, RING, EVENTS)    # the default: as the runtime does
     assert two.step_s == pytest.approx(0.602)
     # reductions longer than the compute bound the step by their sum
-    slow = simulate_layout(four_modules(param_bytes=400_000), [[0, 1, 2, 3]], 2, RING, EVENTS, overlap=True)
+    slow = simulate_layout(four_modules(param_bytes=400_000), [[0, 1, 2, 3]], 2, RING, EVENTS)
     assert slow.step_s == pytest.approx(4 * 0.401)
 
 
 def test_stages_pace_the_layout_by_the_slowest_one_with_its_reduction():
     net = Network(times=[ModuleTime(0.1, 0.2)] * 2, param_bytes=[1000, 9000], out_bytes=[0, 0], batch=64)
-    lay = simulate_layout(net, [[0], [1]], 2, RING, EVENTS)
+    lay = simulate_layout(net, [[0], [1]], 2, RING, EVENTS)     # one module a stage: its reduction is the last
     assert lay.stage_reduce_s == pytest.approx([0.002, 0.010])
     assert lay.step_s == pytest.approx(0.15 + 0.010)         # stage 1: 0.15 s at shard 32, then its 10 ms
 
