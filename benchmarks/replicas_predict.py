@@ -122,7 +122,7 @@ def slow_network_sweep(gpus: int, model: str = "resnet110", per_gpu: int = 32, d
              f"{per_gpu}, {gpus} GPUs, 50 us per all-reduce, bandwidth swept):", "",
              "| all-reduce bandwidth | best R x K | AugLocal images/s | DDP BP images/s | best / DDP BP |",
              "|---:|---|---:|---:|---:|"]
-    for bw in (40e9, 4e9, 1e9, 0.25e9):
+    for bw in (40e9, 4e9, 1e9, 0.5e9, 0.25e9):
         r = gpu_rows(model, d, per_gpu, gpus, RingModel(50e-6, bw, f"{bw / 1e9:g} GB/s"))
         lines.append(f"| {bw / 1e9:g} GB/s | {r['best'].name} | {r['best'].images_per_s:,.0f} | "
                      f"{r['ddp'].images_per_s:,.0f} | {r['best'].images_per_s / r['ddp'].images_per_s:.2f} |")
