@@ -64,7 +64,8 @@ def choose_replicas(args: argparse.Namespace, devices: int | None = None, cfg: R
         data = build_data(cfg)
         resolve(cfg, data)
     network = build_network(cfg, data)
-    opts = pipeline_options(args)
+    # the pipeline options of one replica: pipeline_options resolves --replicas, which for auto calls this
+    opts = pipeline_options(argparse.Namespace(**{**vars(args), "replicas": 1}))
     plan, placement, _ = plan_pipeline(cfg, data, opts, measure=False, network=network)
     on_gpu = placement.devices[0].startswith("cuda")
     if devices is None:
