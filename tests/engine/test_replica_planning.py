@@ -144,3 +144,26 @@ def test_ddp_buckets_and_overlap():
     assert two.step_s == pytest.approx(0.2 + 4.0 + 1.0)
     assert predict_ddp(1, 64, 0.4, 0.8, net, RING).step_s == pytest.approx(1.2)
     assert predict_ddp(2, 64, 0.4, 8.0, net, RingModel(0.0, 2**20), overlap=False).step_s == pytest.approx(6.2)
+
+
+def test_network_of_turns_mac_costs_into_seconds_and_counts_gradient_bytes():
+    from auglocal.engine.config import RunConfig, build_data, build_network, resolve
+    from auglocal.engine.local_module import build_local_modules
+    from auglocal.engine.planning import module_costs_flops
+    from auglocal.engine.planning.replicas import network_of
+
+    cfg = RunConfig(model="resnet20", d=3, dataset="synthetic", input_size=16, num_classes=4, train_size=16,
+                    test_size=8, batch_size=8)
+    data = build_data(cfg)
+    resolve(cfg, data)
+    mods = build_local_modules(*build_network(cfg, data))
+    x, y = data.shape_batch(2)
+    macs = module_costs_flops(mods, x, y)
+    net = network_of(mods, x, macs, "MAC", 8, macs_per_s=1e9)
+    assert [t.total_s for t in net.times] == pytest.approx([m * 8 / 1e9 for m in macs])
+    assert net.param_bytes == [4 * sum(p.numel() for p in m.parameters()) for m in mods]   # fp32 gradients
+    assert all(0 < t.forward_s < t.total_s for t in net.times)
+    mods[0].layers[0].requires_grad_(False)          # frozen parameters have no gradient to reduce
+    assert network_of(mods, x, macs, "MAC", 8, 1e9).param_bytes[0] < net.param_bytes[0]
+    with pytest.raises(ValueError, match="MAC rate"):
+        network_of(mods, x, macs, "MAC", 8)
