@@ -14,6 +14,7 @@ from auglocal.engine.planning.costs import (
 )
 from auglocal.engine.planning.partition import group_costs, partition
 from auglocal.engine.planning.plan import PipelinePlan, format_ids, make_plan
+from auglocal.engine.planning.replicas import Layout, LayoutChoice, Network, best_layout, simulate_layout
 from auglocal.engine.planning.simulator import (
     LinkCost,
     ModuleTime,
@@ -33,10 +34,14 @@ __all__ = [
     "MachineKey",
     "ModuleCosts",
     "TimingCache",
+    "best_layout",
     "cache_path",
     "choose_module_costs",
     "CostTotals",
     "HeadCost",
+    "Layout",
+    "LayoutChoice",
+    "Network",
     "LayerCost",
     "LinkCost",
     "ModuleTime",
@@ -57,5 +62,6 @@ __all__ = [
     "partition",
     "run_events",
     "simulate",
+    "simulate_layout",
     "worker_loads",
 ]

@@ -21,7 +21,8 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
     if not args.sequential:
         from auglocal.launch.run.pipeline import plan_pipeline
 
-        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(args), measure=False, network=(model, aux))
+        resolved = argparse.Namespace(**vars(args))   # --replicas auto resolved here; `args` keeps "auto" for the table
+        plan, placement, _ = plan_pipeline(cfg, data, pipeline_options(resolved), measure=False, network=(model, aux))
         print()
         print(plan.format())
         from auglocal.engine.planning.simulator import dry_run_line
@@ -31,9 +32,14 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
                            shared=gpu_sharing(placement.devices), network=(model, aux)))
         print("devices: " + ", ".join(f"worker {r}: {d}" for r, d in enumerate(placement.devices)))
         print(describe_hosts(placement.hosts, placement.devices))
+        from auglocal.launch.run.layout_choice import dry_run_table
+
+        table = dry_run_table(cfg, data, args, plan, placement, (model, aux))   # None unless --replicas R > 1 / auto
+        if table:
+            print(table)
     from auglocal.launch.run.replicas import describe_replicas, resolve_replicas
 
-    if (replicas := resolve_replicas(args)) > 1:
+    if (replicas := resolve_replicas(args if args.sequential else resolved)) > 1:
         print(describe_replicas(replicas, cfg.batch_size, None if args.sequential else len(plan.groups)))
     from auglocal.engine.feed import FeedShape, format_feed
 
@@ -42,6 +48,36 @@ def dry_run(cfg: RunConfig, data, args: argparse.Namespace) -> int:
     print("\nfeed plan (the order both trainers follow), first events:")
     print(format_feed(shape))
     return 0
+
+
+def choose_replicas(args: argparse.Namespace, devices: int | None = None, cfg: RunConfig | None = None,
+                    data=None) -> tuple[int, int]:
+    """(R, K) for `--replicas auto`: the layout of R x K <= `devices` with the most predicted images/s (K fixed
+    when --workers is a number). `devices`: GPUs of --gpus, else CPU cores. Plans without timing anything
+    new (as a dry run does: cached module times, else MACs)."""
+    import os
+
+    from auglocal.engine.config import build_data, resolve
+    from auglocal.engine.local_module import build_local_modules
+    from auglocal.launch.run import resume_flags
+    from auglocal.launch.run.layout_choice import layout_choice
+    from auglocal.launch.run.pipeline import plan_pipeline
+
+    if cfg is None:
+        cfg = resume_flags.config_from_args(args)
+    if data is None:
+        data = build_data(cfg)
+        resolve(cfg, data)
+    network = build_network(cfg, data)
+    # the pipeline options of one replica: pipeline_options resolves --replicas, which for auto calls this
+    opts = pipeline_options(argparse.Namespace(**{**vars(args), "replicas": 1}))
+    plan, placement, _ = plan_pipeline(cfg, data, opts, measure=False, network=network)
+    on_gpu = placement.devices[0].startswith("cuda")
+    if devices is None:
+        devices = len(opts.gpus) if opts.gpus else (os.cpu_count() or 1)
+    fixed_k = plan.k if str(args.workers) != "auto" else None
+    choice, _ = layout_choice(cfg, data, plan, build_local_modules(*network), devices, on_gpu, "auto", fixed_k)
+    return choice.best.replicas, choice.best.k
 
 
 def pipeline_options(args: argparse.Namespace):

@@ -24,12 +24,20 @@ from auglocal.workers.wire.messages import Kind, Message
 def resolve_replicas(args: argparse.Namespace) -> int:
     """--replicas as a number of replicas (int >= 1).
 
-    `auto` (choose R and K for the devices by predicted throughput) is the planner's: wired where the planning
-    work lands; until then it is refused here, in this one place."""
+    `auto` asks the planner (launch/run/execution.py choose_replicas) for the R x K layout with the most
+    predicted images/s on this machine's devices; the choice is written back into `args` (--replicas R, and
+    --workers K where that was auto too), so the run, its runtime.json and a later --resume use what ran."""
     text = str(getattr(args, "replicas", 1))
     if text == "auto":
-        raise UsageError("--replicas auto: choosing R from the planner is not available in this build; give a "
-                         "number >= 1 (e.g. --replicas 2)")
+        from auglocal.launch.run.execution import choose_replicas
+
+        replicas, k = choose_replicas(args)
+        args.replicas = str(replicas)
+        if str(getattr(args, "workers", "auto")) == "auto":
+            args.workers = str(k)
+        print(f"auglocal-launch: --replicas auto: {replicas} replica(s) of a {k}-worker pipeline (the planner's "
+              "best predicted layout; --dry-run --replicas auto shows the candidates)", flush=True)
+        return replicas
     try:
         value = int(text)
     except ValueError:

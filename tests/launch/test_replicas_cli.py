@@ -18,7 +18,6 @@ SMALL = [*SMALL_FLAGS, "--workers", "2"]
     ("0", "--replicas must be >= 1"),
     ("-2", "--replicas must be >= 1"),
     ("x", "--replicas 'x': expected a number >= 1 or auto"),
-    ("auto", "--replicas auto: "),
 ])
 def test_bad_replicas_exit_2_naming_the_flag(value, expected, capsys):
     assert main([*SMALL, "--replicas", value, "--dry-run"]) == 2
@@ -36,6 +35,26 @@ def test_replicas_the_run_cannot_give_a_shard_each_exit_2_before_the_folder(extr
     assert main([*SMALL, *extra, "--out", str(out)]) == 2
     assert expected in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_replicas_auto_runs_the_planners_layout_and_records_it(tmp_path, capsys):
+    """auto resolves once, to choose_replicas' (R, K); the run, summary.json and runtime.json say what ran."""
+    import re
+
+    from auglocal.launch.cli import build_parser
+    from auglocal.launch.run.execution import choose_replicas
+
+    flags = [*SMALL_FLAGS, "--replicas", "auto", "--max-steps", "2"]
+    expected = choose_replicas(build_parser().parse_args(flags))
+    capsys.readouterr()
+    out = tmp_path / "auto"
+    assert main([*flags, "--out", str(out)]) == 0
+    said = re.search(r"--replicas auto: (\d+) replica\(s\) of a (\d+)-worker pipeline", capsys.readouterr().out)
+    assert said and (int(said[1]), int(said[2])) == expected
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["replicas"] == expected[0]
+    runtime = json.loads((out / "runtime.json").read_text())["flags"]
+    assert str(runtime["replicas"]) == str(expected[0]) and str(runtime["workers"]) == str(expected[1])
 
 
 def test_dry_run_shows_the_replicas(capsys):
