@@ -121,12 +121,18 @@ def report(runs: dict, argv: list[str]) -> str:
                      f"{_median([h['link_us'] for h in hops]):.1f} | {_median(ratios):.2f} "
                      f"({', '.join(f'{r:.2f}' for r in ratios)}) |")
     lines += ["", "## Replay-log append of one 8 MB message against one 8 MB copy (into an allocated buffer)", "",
-              "| tree | append (us) | copy (us) | append / copy |", "|---|---:|---:|---:|"]
+              "Append: the worker's `_log` call; copy: one 8 MB `copy_` into an allocated tensor, right after it; "
+              "thread: how long the log's background thread (where a tree has one) still worked on the entry "
+              "after the copy (its checksum, on another core: not on the step's path).", "",
+              "| tree | append (us) | copy (us) | append / copy | thread after the copy (us) |",
+              "|---|---:|---:|---:|---:|"]
     for tree in trees:
         logs = runs["log"][tree]
         ratios = [g["append_us"] / g["copy_us"] for g in logs]
+        thread = _median([g.get("thread_us", 0) for g in logs])
         lines.append(f"| {labels[tree]} | {_median([g['append_us'] for g in logs]):.0f} | "
-                     f"{_median([g['copy_us'] for g in logs]):.0f} | {_median(ratios):.3f} |")
+                     f"{_median([g['copy_us'] for g in logs]):.0f} | {_median(ratios):.3f} "
+                     f"({', '.join(f'{r:.3f}' for r in ratios)}) | {thread:.0f} |")
     if runs["breakdown"]:
         lines += ["", "## Where a worker's step goes (one instrumented run; inclusive us per step, timers "
                   "included; 'receive' includes the wait for input)", ""]

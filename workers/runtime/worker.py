@@ -166,7 +166,7 @@ class Worker(RecoveryControl):
         downstream = end is self.links.outbox
         while True:
             try:
-                (self.links.outbox if downstream else end).send(message, self.poll_ms)
+                frames = (self.links.outbox if downstream else end).send(message, self.poll_ms)
                 break
             except TimeoutError:
                 self._check_coordinator()
@@ -174,16 +174,18 @@ class Worker(RecoveryControl):
                 if downstream:
                     self._poll_control()
         if downstream and log:
-            self._log(message)
+            self._log(message, frames if isinstance(frames, list) else None)
         if end is self.links.results:
             self._last_report = self.clock()
 
-    def _log(self, message: Message) -> None:
-        """Keep a sent message for replay. Device tensors are not encoded here: the log queues their copy to
-        pinned host memory on a side stream and encodes them once it is done (workers/runtime/device_log.py), so no
-        host round trip waits for the GPU on the step's path."""
+    def _log(self, message: Message, frames: list | None = None) -> None:
+        """Keep a sent message for replay: by reference, the frames its send used where the link returns them
+        (ZeroMQ links), so nothing is encoded or copied twice (workers/runtime/replay_log.py `keep`). Device
+        tensors are not encoded here: the log queues their copy to pinned host memory on a side stream and
+        encodes them once it is done (workers/runtime/device_log.py), so no host round trip waits for the GPU
+        on the step's path."""
         if self.log is not None and message.kind in SEQUENCED and message.meta.seq >= 0:
-            self.log.append(message.meta.seq, message)
+            self.log.append(message.meta.seq, message, frames)
 
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
         self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
