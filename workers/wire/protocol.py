@@ -302,7 +302,21 @@ def validate(message: Message, route: Route, schema: InboxSchema | None = None) 
     `schema` where given). Also used by senders (`typed`) so nothing leaves that a receiver would refuse.
     The wire checks (framing, secret, run id, header fields, tensor frames) are `Codec.decode`'s, made
     before this on every receive path but the thread link's by-reference messages, which have no wire form.
+
+    One pass of checks compiled per (kind, route, schema) the first time they meet (`_compiled`): a message
+    that passes them all is accepted there; one that fails any goes through the table's general checks
+    (`_validate_slowly`), which raise the error that names what is wrong. So both accept the same messages.
     """
+    table = _COMPILED.get(route if schema is None else (route, id(schema)))
+    check = table.get(message.kind) if table is not None else None
+    if check is None:
+        check = _compile(message.kind, route, schema)
+    if check is False or not check(message):
+        return _validate_slowly(message, route, schema)
+    return message
+
+
+def _validate_slowly(message: Message, route: Route, schema: InboxSchema | None) -> Message:
     mtype = PROTOCOL.get(message.kind)
     if mtype is None or mtype.route is not route:
         raise MessageError(message.sender, "kind", f"{message.kind.value!r} does not travel {route.value}; "
@@ -310,6 +324,102 @@ def validate(message: Message, route: Route, schema: InboxSchema | None = None) 
     message.meta = _typed_meta(message, mtype.meta)
     _check_tensors(message, mtype, schema)
     return message
+
+
+# --- the compiled checks ------------------------------------------------------------------------------------
+#: route (no schema) or (route, id(schema)) -> kind -> its check (False: the kind does not travel there)
+_COMPILED: dict[Any, dict[Kind, Any]] = {}
+_SCHEMAS: list[InboxSchema] = []     # every schema compiled for stays alive, so its id is never reused
+
+
+def _value_check(annotation: Any) -> Callable[[Any], bool]:
+    """`_conforms(value, annotation)` as one closure, built once per meta field."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = [_value_check(a) for a in typing.get_args(annotation)]
+        return lambda v: any(check(v) for check in options)
+    if origin is dict:
+        key_check, value_check = (_value_check(a) for a in typing.get_args(annotation))
+        return lambda v: isinstance(v, dict) and all(key_check(k) and value_check(x) for k, x in v.items())
+    if annotation is type(None):
+        return lambda v: v is None
+    if annotation is float:
+        return lambda v: type(v) is float or type(v) is int
+    return lambda v: type(v) is annotation
+
+
+def _compile(kind: Kind, route: Route, schema: InboxSchema | None):
+    """Build (and keep) the one-pass check of `kind` arriving on `route` with `schema`."""
+    if schema is not None and not any(schema is known for known in _SCHEMAS):
+        _SCHEMAS.append(schema)
+    table = _COMPILED.setdefault(route if schema is None else (route, id(schema)), {})
+    mtype = PROTOCOL.get(kind)
+    if mtype is None or mtype.route is not route:
+        table[kind] = False
+        return False
+    record = mtype.meta
+    hints = _hints(record)
+    names = frozenset(f.name for f in fields(record))
+    required = frozenset(f.name for f in fields(record) if f.default is MISSING and f.default_factory is MISSING)
+    defaults = {f.name: f.default for f in fields(record) if f.default is not MISSING}
+    factories = tuple((f.name, f.default_factory) for f in fields(record) if f.default_factory is not MISSING)
+    checks = {name: _value_check(hints[name]) for name in names}
+    slots = frozenset(t.name for t in mtype.tensors)
+    needed = frozenset(t.name for t in mtype.tensors if not t.optional)
+    specs = None if schema is None else {
+        t.name: (DTYPES[schema.spec(t.role).dtype], schema.spec(t.role).shape) for t in mtype.tensors}
+    new = object.__new__
+    plain = not hasattr(record, "__post_init__") and not hasattr(record, "__slots__")
+
+    def check(message: Message) -> bool:
+        raw = message.meta
+        if type(raw) is record:
+            pass
+        elif type(raw) is dict:
+            keys = raw.keys()
+            if not (required <= keys and keys <= names):
+                return False
+            for name, value in raw.items():
+                if not checks[name](value):
+                    return False
+            if plain:                  # a frozen record without __post_init__: its fields set directly
+                typed = new(record)
+                values = typed.__dict__
+                values.update(defaults)
+                for name, factory in factories:
+                    if name not in raw:
+                        values[name] = factory()
+                values.update(raw)
+            else:
+                typed = record(**raw)
+            message.meta = typed
+        else:
+            return False
+        tensors = message.tensors
+        if not tensors:
+            return not needed
+        keys = tensors.keys()
+        if not (needed <= keys and keys <= slots):
+            return False
+        if specs is None:
+            return True
+        batch = None
+        for name, tensor in tensors.items():
+            dtype, expected = specs[name]
+            shape = tensor.shape
+            if tensor.dtype is not dtype or len(shape) != len(expected) or not shape:
+                return False
+            for dim, want in zip(shape, expected, strict=True):
+                if want is not None and want != dim:
+                    return False
+            if batch is None:
+                batch = shape[0]
+            elif shape[0] != batch:
+                return False
+        return True
+
+    table[kind] = check
+    return check
 
 
 def format_table() -> str:
