@@ -140,10 +140,18 @@ def _worker_process(spec, breakdown: str | None) -> None:
 
 
 def _reported_steps(message) -> int:
-    """Steps a report accounts for: one per METRICS message, or the batch's count where a tree batches them."""
+    """Steps a report accounts for: one per METRICS message, plus its `later` rows where a tree batches them."""
     meta = message.meta if isinstance(message.meta, dict) else vars(message.meta)
-    steps = meta.get("steps")
-    return len(steps) if isinstance(steps, list) else 1
+    later = meta.get("later")
+    return 1 + (len(later) if isinstance(later, list) else 0)
+
+
+def _main_thread_cpu(process, pid: int) -> float:
+    """CPU seconds of the process's main thread (the worker loop), without ZeroMQ's I/O and other threads."""
+    for thread in process.threads():
+        if thread.id == pid:
+            return thread.user_time + thread.system_time
+    return 0.0
 
 
 def run_pipeline(k: int, steps: int, warmup: int, breakdown: bool) -> dict:
@@ -185,7 +193,10 @@ def run_pipeline(k: int, steps: int, warmup: int, breakdown: bool) -> dict:
         me = psutil.Process()
         fed = reported = 0
         marks: dict = {}
+        give_up = time.monotonic() + WAIT_MS / 1000 + total * 0.01
         while reported < total * k:
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"only {reported} of {total * k} step reports arrived")
             if fed < total:
                 try:
                     feed.send(Message(Kind.TRAIN, "coordinator", 0, fed, tensors={"h": h, "y": y},
@@ -204,9 +215,11 @@ def run_pipeline(k: int, steps: int, warmup: int, breakdown: bool) -> dict:
             if "t0" not in marks and reported >= warmup * k:
                 marks["t0"] = time.perf_counter()
                 marks["cpu0"] = [sum(x.cpu_times()[:2]) for x in handles]
+                marks["main0"] = [_main_thread_cpu(x, p.pid) for x, p in zip(handles, procs, strict=True)]
                 marks["me0"] = sum(me.cpu_times()[:2])
         wall = time.perf_counter() - marks["t0"]
         cpu = [sum(x.cpu_times()[:2]) - c for x, c in zip(handles, marks["cpu0"], strict=True)]
+        main = [_main_thread_cpu(x, p.pid) - c for x, p, c in zip(handles, procs, marks["main0"], strict=True)]
         driver = sum(me.cpu_times()[:2]) - marks["me0"]
         feed.send(Message(Kind.STOP, "coordinator", 0, total, meta=SeqMeta(total)), WAIT_MS)
         stopped = 0
@@ -222,7 +235,8 @@ def run_pipeline(k: int, steps: int, warmup: int, breakdown: bool) -> dict:
                 p.kill()
         results.close()
     out = {"k": k, "steps": steps, "step_us": wall / steps * 1e6,
-           "worker_cpu_us": [c / steps * 1e6 for c in cpu], "driver_cpu_us": driver / steps * 1e6}
+           "worker_cpu_us": [c / steps * 1e6 for c in cpu], "driver_cpu_us": driver / steps * 1e6,
+           "worker_main_thread_cpu_us": [c / steps * 1e6 for c in main]}
     if breakdown:
         parts = []
         for name in files:

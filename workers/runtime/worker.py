@@ -20,6 +20,7 @@ from auglocal.workers.runtime.device_log import DeferredLog
 from auglocal.workers.runtime.faults import FAULT_ACTIONS, Fault, die
 from auglocal.workers.runtime.liveness import coordinator_watch  # noqa: F401 - importers of it here still work
 from auglocal.workers.runtime.replay_log import ReplayLog
+from auglocal.workers.runtime.reports import MetricsBatch
 from auglocal.workers.runtime.spec import (  # noqa: F401 - the spec's names, where importers look for them
     CONTROL_POLL_MS,
     HEARTBEAT_S,
@@ -76,6 +77,7 @@ class Worker(RecoveryControl):
         self.clock = clock
         self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000, CONTROL_POLL_MS if links.control else poll_ms)
         self._last_report = clock()
+        self.metrics = MetricsBatch(spec.name, time.monotonic)   # step reports not sent yet (runtime/reports.py)
         self.stopped = False
         self.released = False
         self.diverged = False        # a module's loss went non-finite under --nonfinite stop (_report_diverged)
@@ -109,6 +111,9 @@ class Worker(RecoveryControl):
     def _maybe_heartbeat(self, waiting: str) -> None:
         if self.clock() - self._last_report < self.spec.heartbeat_s:
             return
+        if self.metrics:              # held step reports prove liveness as well as a heartbeat
+            self._flush_metrics()
+            return
         try:
             self.links.results.send(Message(Kind.HEARTBEAT, self.spec.name, meta=HeartbeatMeta(waiting)), 0)
             self._last_report = self.clock()
@@ -119,12 +124,15 @@ class Worker(RecoveryControl):
         """Next message of this run, validated against the table; a peer's malformed message ends the worker.
         None once the coordinator has released this (stopped) worker."""
         while True:
+            if self.metrics.due():
+                self._flush_metrics()
             self._maybe_heartbeat("recv")
             self._poll_control()
             if self.released:
                 return None
             try:
-                msg = protocol.validate(self.links.inbox.recv(self.poll_ms), Route.DOWN, self.spec.schema)
+                wait_ms = self.metrics.wait_ms(self.poll_ms)      # held reports go when due, idle or not
+                msg = protocol.validate(self.links.inbox.recv(wait_ms), Route.DOWN, self.spec.schema)
             except TimeoutError:
                 self._check_coordinator()
                 continue
@@ -188,7 +196,14 @@ class Worker(RecoveryControl):
             self.log.append(message.meta.seq, message, frames)
 
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
+        if self.metrics:                 # reports keep their order: held step reports first
+            self._flush_metrics()
         self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
+
+    def _flush_metrics(self) -> None:
+        self._send(self.links.results, self.metrics.take())
+
+
 
     def _report_rejected(self, err: MessageError) -> None:
         try:
@@ -207,6 +222,8 @@ class Worker(RecoveryControl):
 
     def _fail(self, detail: str, restartable: bool = True) -> None:
         try:
+            if self.metrics:
+                self.links.results.send(self.metrics.take(), self.poll_ms)
             self.links.results.send(Message(Kind.ERROR, self.spec.name,
                                             meta=ErrorMeta(detail[:2000], restartable)), self.poll_ms)
         except TimeoutError:
@@ -325,10 +342,11 @@ class Worker(RecoveryControl):
         busy = (t1 - t0) - (sent["t"] - sent["t_emit"] if sent else 0.0)
         cpu = (c1 - c0) - (sent["c"] - sent["c_emit"] if sent else 0.0)
         correct = int(result.correct) if result.correct is not None else None
-        self._report(Kind.METRICS, MetricsMeta(busy, result.batch_size,
-                                               {str(k): v for k, v in result.loss_values().items()}, correct,
-                                               cpu=cpu),
-                     msg.epoch, msg.step)
+        self.metrics.add(msg.epoch, msg.step, MetricsMeta(busy, result.batch_size,
+                                                          {str(k): v for k, v in result.loss_values().items()},
+                                                          correct, cpu=cpu, done=t1))
+        if self.metrics.due() or not hasattr(self.links.inbox, "ready"):
+            self._flush_metrics()       # (in-memory inboxes: every step at once, as tests expect)
 
     def _eval(self, msg: Message) -> None:
         out = self.stage.eval_step(msg.tensors["h"])

@@ -16,10 +16,11 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Union
 
+from auglocal.workers.wire.compiled import one_pass_check
 from auglocal.workers.wire.messages import DTYPES, Kind, Message, MessageError, TensorSpec, check_expected
 
 
@@ -87,6 +88,10 @@ class MetricsMeta:
     correct: int | None         # top-1 hits of the top module; None on other workers
     cpu: float = 0.0            # CPU seconds of this step's compute on the worker's thread, send excluded
                                 # (busy is wall time: on cores shared by time-slicing it counts the waits)
+    done: float = 0.0           # the worker's clock (perf_counter) when the step ended: rates between one
+                                # worker's steps, however late or batched its reports arrive
+    later: list[dict[str, Any]] = field(default_factory=list)   # later steps' figures, one row each: epoch,
+                                # step and the fields above (workers/runtime/reports.py; read with metrics_rows)
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
     MessageType(Kind.HEARTBEAT, Route.REPORT, HeartbeatMeta, (),
                 "alive while waiting (sent on a timer inside every receive and send wait)"),
     MessageType(Kind.METRICS, Route.REPORT, MetricsMeta, (),
-                "one training step done: losses, hits, busy (wall) and CPU time"),
+                "training step(s) done: losses, hits, busy (wall) and CPU time; a busy worker's later steps in later"),
     MessageType(Kind.EVAL_RESULT, Route.REPORT, EvalResultMeta, (), "the last worker's hits on one test batch"),
     MessageType(Kind.CHECKPOINT_ACK, Route.REPORT, CheckpointAckMeta, (), "this worker's layer files are written"),
     MessageType(Kind.STOPPED, Route.REPORT, StoppedMeta, (), "final layers saved; update counters and link stats"),
@@ -227,7 +232,12 @@ class InboxSchema:
 
 
 def _conforms(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
     origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_t,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_conforms(v, item_t) for v in value)
     if origin in (Union, types.UnionType):
         return any(_conforms(value, a) for a in typing.get_args(annotation))
     if origin is dict:
@@ -332,22 +342,6 @@ _COMPILED: dict[Any, dict[Kind, Any]] = {}
 _SCHEMAS: list[InboxSchema] = []     # every schema compiled for stays alive, so its id is never reused
 
 
-def _value_check(annotation: Any) -> Callable[[Any], bool]:
-    """`_conforms(value, annotation)` as one closure, built once per meta field."""
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        options = [_value_check(a) for a in typing.get_args(annotation)]
-        return lambda v: any(check(v) for check in options)
-    if origin is dict:
-        key_check, value_check = (_value_check(a) for a in typing.get_args(annotation))
-        return lambda v: isinstance(v, dict) and all(key_check(k) and value_check(x) for k, x in v.items())
-    if annotation is type(None):
-        return lambda v: v is None
-    if annotation is float:
-        return lambda v: type(v) is float or type(v) is int
-    return lambda v: type(v) is annotation
-
-
 def _compile(kind: Kind, route: Route, schema: InboxSchema | None):
     """Build (and keep) the one-pass check of `kind` arriving on `route` with `schema`."""
     if schema is not None and not any(schema is known for known in _SCHEMAS):
@@ -357,69 +351,29 @@ def _compile(kind: Kind, route: Route, schema: InboxSchema | None):
     if mtype is None or mtype.route is not route:
         table[kind] = False
         return False
-    record = mtype.meta
-    hints = _hints(record)
-    names = frozenset(f.name for f in fields(record))
-    required = frozenset(f.name for f in fields(record) if f.default is MISSING and f.default_factory is MISSING)
-    defaults = {f.name: f.default for f in fields(record) if f.default is not MISSING}
-    factories = tuple((f.name, f.default_factory) for f in fields(record) if f.default_factory is not MISSING)
-    checks = {name: _value_check(hints[name]) for name in names}
-    slots = frozenset(t.name for t in mtype.tensors)
-    needed = frozenset(t.name for t in mtype.tensors if not t.optional)
     specs = None if schema is None else {
         t.name: (DTYPES[schema.spec(t.role).dtype], schema.spec(t.role).shape) for t in mtype.tensors}
-    new = object.__new__
-    plain = not hasattr(record, "__post_init__") and not hasattr(record, "__slots__")
-
-    def check(message: Message) -> bool:
-        raw = message.meta
-        if type(raw) is record:
-            pass
-        elif type(raw) is dict:
-            keys = raw.keys()
-            if not (required <= keys and keys <= names):
-                return False
-            for name, value in raw.items():
-                if not checks[name](value):
-                    return False
-            if plain:                  # a frozen record without __post_init__: its fields set directly
-                typed = new(record)
-                values = typed.__dict__
-                values.update(defaults)
-                for name, factory in factories:
-                    if name not in raw:
-                        values[name] = factory()
-                values.update(raw)
-            else:
-                typed = record(**raw)
-            message.meta = typed
-        else:
-            return False
-        tensors = message.tensors
-        if not tensors:
-            return not needed
-        keys = tensors.keys()
-        if not (needed <= keys and keys <= slots):
-            return False
-        if specs is None:
-            return True
-        batch = None
-        for name, tensor in tensors.items():
-            dtype, expected = specs[name]
-            shape = tensor.shape
-            if tensor.dtype is not dtype or len(shape) != len(expected) or not shape:
-                return False
-            for dim, want in zip(shape, expected, strict=True):
-                if want is not None and want != dim:
-                    return False
-            if batch is None:
-                batch = shape[0]
-            elif shape[0] != batch:
-                return False
-        return True
-
-    table[kind] = check
+    table[kind] = check = one_pass_check(mtype.meta, _hints(mtype.meta), mtype.tensors, specs)
     return check
+
+
+def metrics_rows(message: Message) -> list[tuple[int, int, MetricsMeta]]:
+    """The (epoch, step, figures) of every step a validated METRICS message reports: its own, then each row of
+    `later`, each row checked against MetricsMeta as a message of its own would be (MessageError naming the
+    row otherwise)."""
+    meta = message.meta
+    if not meta.later:
+        return [(message.epoch, message.step, meta)]
+    rows = [(message.epoch, message.step, replace(meta, later=[]))]
+    for index, row in enumerate(meta.later):
+        epoch, step = row.get("epoch"), row.get("step")
+        if type(epoch) is not int or type(step) is not int or "later" in row:
+            raise MessageError(message.sender, f"meta.later[{index}]",
+                               f"a row needs int epoch and step and no rows of its own, got {sorted(row)}")
+        figures = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        one = validate(Message(Kind.METRICS, message.sender, epoch, step, meta=figures), Route.REPORT)
+        rows.append((epoch, step, one.meta))
+    return rows
 
 
 def format_table() -> str:
