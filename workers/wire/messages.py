@@ -28,7 +28,6 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
 from typing import Any
 
 import msgpack
@@ -42,6 +41,7 @@ from auglocal.workers.wire.frames import (  # noqa: F401 - DTYPES and LAYOUTS ar
     _tensor_frame,
     _tensor_from_frame,
 )
+from auglocal.workers.wire.kinds import _KINDS, Kind  # noqa: F401 - Kind is part of the wire's vocabulary here
 
 SCHEMA_VERSION = 3   # 2: typed kinds, secret checked first, tensor specs carry a layout; 3: arrays, not maps
 MAX_HEADER_BYTES = 64 * 1024
@@ -84,32 +84,6 @@ def _pack(value: Any) -> bytes:
     return packer.pack(value)   # the buffer is reset after each call, also when packing fails
 
 
-class Kind(str, Enum):
-    """What a message is for. workers/wire/protocol.py says who sends each kind to whom and what it carries."""
-
-    TRAIN = "train"
-    EVAL = "eval"
-    CHECKPOINT = "checkpoint"
-    STOP = "stop"
-    READY = "ready"
-    METRICS = "metrics"
-    EVAL_RESULT = "eval_result"
-    CHECKPOINT_ACK = "checkpoint_ack"
-    STOPPED = "stopped"
-    ERROR = "error"
-    DIVERGED = "diverged"
-    REJECTED = "rejected"
-    HEARTBEAT = "heartbeat"
-    RELINK = "relink"
-    EXPECT_REPLAY = "expect_replay"
-    COMMITTED = "committed"
-    RELEASE = "release"
-    LAYER_FILE = "layer_file"
-    CREDIT = "credit"  # transport-internal: a receiver returns one per consumed message (see transport.py)
-
-
-# Wire value -> Kind: a dict lookup, where Kind(value) costs an Enum construction per message.
-_KINDS: dict[str, Kind] = {k.value: k for k in Kind}
 
 
 @dataclass
