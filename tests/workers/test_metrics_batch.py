@@ -29,6 +29,11 @@ def figures(step: int) -> MetricsMeta:
                        cpu=0.0005 * step, done=50.0 + step)
 
 
+def row(step: int) -> dict:
+    """The figures as a worker holds them: MetricsMeta's fields but `later`."""
+    return {k: v for k, v in vars(figures(step)).items() if k != "later"}
+
+
 def over_the_wire(message):
     codec = Codec("run", "secret")
     return protocol.validate(codec.decode(codec.encode(message)), Route.REPORT)
@@ -37,7 +42,7 @@ def over_the_wire(message):
 def test_every_held_step_arrives_with_its_figures_in_order():
     batch = MetricsBatch("worker1", Clock(), max_steps=16)
     for step in range(5):
-        batch.add(0, step, figures(step))
+        batch.add(0, step, row(step))
     message = batch.take()
     assert len(batch) == 0 and message.kind is Kind.METRICS and message.sender == "worker1"
     rows = protocol.metrics_rows(over_the_wire(message))
@@ -47,7 +52,7 @@ def test_every_held_step_arrives_with_its_figures_in_order():
 
 def test_one_step_travels_as_before_without_rows():
     batch = MetricsBatch("worker0", Clock())
-    batch.add(2, 7, figures(7))
+    batch.add(2, 7, row(7))
     message = over_the_wire(batch.take())
     assert (message.epoch, message.step, message.meta) == (2, 7, figures(7)) and message.meta.later == []
 
@@ -56,7 +61,7 @@ def test_the_batch_is_due_after_max_steps_or_max_age_and_says_how_long_to_wait()
     clock = Clock()
     batch = MetricsBatch("w", clock, max_steps=3, max_age_s=0.02)
     assert not batch.due() and batch.wait_ms(100) == 100      # nothing held: wait as long as you like
-    batch.add(0, 0, figures(0))
+    batch.add(0, 0, row(0))
     assert not batch.due() and batch.wait_ms(100) == pytest.approx(20)
     clock.now += 0.015
     assert not batch.due() and batch.wait_ms(100) == pytest.approx(5)
@@ -64,7 +69,7 @@ def test_the_batch_is_due_after_max_steps_or_max_age_and_says_how_long_to_wait()
     assert batch.due() and batch.wait_ms(100) == 0
     batch.take()
     for step in range(3):
-        batch.add(0, step, figures(step))
+        batch.add(0, step, row(step))
     assert batch.due()                                         # full, however young
 
 
@@ -82,7 +87,7 @@ def test_a_malformed_row_is_refused_naming_it(row, field):
 
 def _with_rows(rows):
     batch = MetricsBatch("w", Clock())
-    batch.add(0, 0, figures(0))
+    batch.add(0, 0, row(0))
     message = batch.take()
     message.meta = MetricsMeta(**{**vars(message.meta), "later": rows})
     return message

@@ -15,16 +15,12 @@ worker's clock), so per-step images/s do not bunch up (launch/run/progress.py). 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields, replace
 
 from auglocal.workers.wire.messages import Kind, Message
 from auglocal.workers.wire.protocol import MetricsMeta
 
 METRICS_BATCH = 16        # steps one METRICS message carries at most
 METRICS_AGE_S = 0.02      # the oldest step's figures wait at most this long while the worker is busy
-
-_FIELDS = tuple(f.name for f in fields(MetricsMeta) if f.name != "later")
-
 
 class MetricsBatch:
     """The step figures a worker has not sent yet, in step order."""
@@ -33,20 +29,20 @@ class MetricsBatch:
                  max_age_s: float = METRICS_AGE_S):
         self.sender, self.clock = sender, clock
         self.max_steps, self.max_age_s = max_steps, max_age_s
-        self._first: tuple[int, int, MetricsMeta] | None = None
+        self._first: tuple[int, int, dict] | None = None
         self._later: list[dict] = []
         self._since = 0.0
 
     def __len__(self) -> int:
         return 0 if self._first is None else 1 + len(self._later)
 
-    def add(self, epoch: int, step: int, meta: MetricsMeta) -> None:
+    def add(self, epoch: int, step: int, figures: dict) -> None:
+        """Hold one step's figures: MetricsMeta's fields but `later`, as a dict (a row as it travels)."""
         if self._first is None:
-            self._first, self._since = (epoch, step, meta), self.clock()
+            self._first, self._since = (epoch, step, figures), self.clock()
         else:
-            row = {name: getattr(meta, name) for name in _FIELDS}
-            row["epoch"], row["step"] = epoch, step
-            self._later.append(row)
+            figures["epoch"], figures["step"] = epoch, step
+            self._later.append(figures)
 
     def wait_ms(self, longest_ms: float) -> float:
         """How long the worker may wait for input before the held reports are due (`longest_ms` without any)."""
@@ -61,8 +57,7 @@ class MetricsBatch:
 
     def take(self) -> Message:
         """The METRICS message of every step held (the first step's figures, later steps' as rows); empties it."""
-        epoch, step, meta = self._first
-        if self._later:
-            meta = replace(meta, later=self._later)
+        epoch, step, figures = self._first
+        meta = MetricsMeta(**figures, later=self._later)
         self._first, self._later = None, []
         return Message(Kind.METRICS, self.sender, epoch, step, meta=meta)

@@ -50,7 +50,6 @@ from auglocal.workers.wire.protocol import (
     ErrorMeta,
     EvalResultMeta,
     HeartbeatMeta,
-    MetricsMeta,
     NoMeta,
     RejectedMeta,
     Route,
@@ -342,9 +341,9 @@ class Worker(RecoveryControl):
         busy = (t1 - t0) - (sent["t"] - sent["t_emit"] if sent else 0.0)
         cpu = (c1 - c0) - (sent["c"] - sent["c_emit"] if sent else 0.0)
         correct = int(result.correct) if result.correct is not None else None
-        self.metrics.add(msg.epoch, msg.step, MetricsMeta(busy, result.batch_size,
-                                                          {str(k): v for k, v in result.loss_values().items()},
-                                                          correct, cpu=cpu, done=t1))
+        self.metrics.add(msg.epoch, msg.step, {"busy": busy, "n": result.batch_size, "correct": correct, "cpu": cpu,
+                                               "losses": {str(k): v for k, v in result.loss_values().items()},
+                                               "done": t1})
         if self.metrics.due() or not hasattr(self.links.inbox, "ready"):
             self._flush_metrics()       # (in-memory inboxes: every step at once, as tests expect)
 
