@@ -286,9 +286,14 @@ class Coordinator:
 
     def _on_metrics(self, msg: Message) -> None:
         rank = self.ranks[msg.sender]
-        if self.recovery.fresh_metrics(rank, msg.epoch, msg.step):
-            self.tracker.metrics(rank, msg.epoch, msg.step, msg.meta)
-            self.recovery.after_metrics(self.tracker.pending)
+        try:
+            rows = protocol.metrics_rows(msg)       # one step, or a busy worker's batch of them
+        except MessageError as err:
+            raise self._fail(rank, f"sent a malformed report: {err}") from err
+        for epoch, step, meta in rows:
+            if self.recovery.fresh_metrics(rank, epoch, step):
+                self.tracker.metrics(rank, epoch, step, meta)
+                self.recovery.after_metrics(self.tracker.pending)
 
     def _on_eval_result(self, msg: Message) -> None:
         rank = self.ranks[msg.sender]

@@ -74,6 +74,7 @@ class _PendingStep:
     reports: int = 0
     n: int = 0
     correct: int | None = None
+    done: float = 0.0          # the top worker's clock when it finished the step (MetricsMeta.done)
 
 
 class EpochTracker:
@@ -101,6 +102,7 @@ class EpochTracker:
         self.fed: dict[int, int] = {}
         self.epoch_started: dict[int, float] = {}
         self.last_step_t: float | None = None
+        self.last_done = 0.0        # the top worker's clock at the previous step's end (0: not known)
         state = state or TrackerState()
         self.history = [EpochRecord(**h) for h in state.history]
         self.best = state.best
@@ -149,6 +151,8 @@ class EpochTracker:
         if rank % self.stages == self.stages - 1:     # a last worker: its shard's images and hits
             entry.n += meta.n
             entry.correct = (entry.correct or 0) + (meta.correct or 0)
+            if rank == self.stages - 1:               # replica 0's clock times the step (one clock, one host)
+                entry.done = meta.done
         if entry.reports == self.num_workers:
             del self.pending[(epoch, step)]
             self._step_done(epoch, step, entry)
@@ -164,6 +168,12 @@ class EpochTracker:
         self.epoch_started.setdefault(epoch, now)
         prev = self.last_step_t if self.last_step_t is not None else self.stats.started
         self.last_step_t = now
+        # The rate from the top worker's own clock where it said when the step ended (its reports may come
+        # in batches: workers/runtime/reports.py); else from when the step's last report arrived here.
+        since = entry.done - self.last_done if entry.done and self.last_done else now - prev
+        self.last_done = entry.done
+        if since <= 0:
+            since = now - prev
         self.steps_done += 1
         self.stats.steps_done += 1
         self.stats.images_done += n
@@ -173,7 +183,7 @@ class EpochTracker:
         self.done_train[epoch] += 1
         add_skips(self.skipped[epoch], skipped_layers(entry.losses))
         self.on_step(StepRecord(epoch, step, self.steps_done, top, 100.0 * correct / n,
-                                self.schedule(epoch), n / max(now - prev, 1e-9), dict(sorted(entry.losses.items())),
+                                self.schedule(epoch), n / max(since, 1e-9), dict(sorted(entry.losses.items())),
                                 n))
         self._maybe_close(epoch)
 

@@ -75,3 +75,18 @@ def test_a_damaged_or_deleted_spill_falls_back_to_the_whole_restart(how, referen
     assert everyone["restart_from"] == one["restart_from"]  # the last committed checkpoint, as worker 1's
     assert summary(out)["restarts"] == s["restarts"]
     assert_no_orphan_workers()
+
+
+def test_a_log_kept_entirely_in_background_spills_serves_the_one_worker_recovery(reference, tmp_path):
+    """The spill files the log's background thread writes (every message past a 0-byte memory bound) are there,
+    whole, when worker 1 dies and worker 0 must replay them: worker 1 restarts alone and the run ends bitwise
+    equal to the reference, with every step's metrics recorded once."""
+    out, spill = tmp_path / "run", tmp_path / "spill"
+    cfg, data = small_run()
+    opts = PipelineOptions(workers="2", balance="flops", threads=1, checkpoint_every=CHECKPOINT_EVERY,
+                           heartbeat_timeout=120.0, max_restarts=3, fault=parse_fault("kill:worker=1:step=8"),
+                           recovery="one", replay_log_mb=0, replay_spill_dir=str(spill))
+    assert train_pipeline(cfg, data, opts, out=str(out), progress=False) == 0
+    s = assert_complete(reference, out, restarts=1)
+    assert [(r["path"], r["worker"]) for r in s["restarts"]] == [("one", 1)], s["restarts"]
+    assert_no_orphan_workers()

@@ -147,8 +147,9 @@ class Sender(_Endpoint, Strangers):
         """Messages sent whose credit has not been collected yet (an upper bound on those unconsumed)."""
         return self._slots.in_flight
 
-    def send(self, message: Message, timeout_ms: float) -> None:
+    def send(self, message: Message, timeout_ms: float) -> list:
         """Encode and send `message` without copying its tensors; waits for a credit if the window is full.
+        Returns the frames sent (views on the tensors: a replay log keeps them instead of encoding again).
 
         Raises ValueError for a message that cannot be encoded (nothing is sent), TimeoutError when the window
         stays full for `timeout_ms` (the receiver is slow, stuck or dead), MessageError for a forged credit.
@@ -156,6 +157,7 @@ class Sender(_Endpoint, Strangers):
         frames = self._codec.encode(message)
         self._reserve(timeout_ms)
         self._put(frames, timeout_ms)
+        return frames
 
     def _reserve(self, timeout_ms: float) -> None:
         """Wait until the window has room for one more message (TimeoutError after `timeout_ms`)."""

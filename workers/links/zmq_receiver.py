@@ -4,6 +4,8 @@ strangers, and returns one credit per consumed message. See zmq_link.py for the 
 
 from __future__ import annotations
 
+import time
+
 import zmq
 from auglocal.workers.links import curve as _curve
 from auglocal.workers.links import zap as _zap
@@ -138,6 +140,15 @@ class Receiver(_Endpoint, Strangers):
             if self._pipes is None or not self._pipes.give(identity):
                 self._send_credit(identity)
             return message
+
+    def ready(self) -> bool:
+        """Whether something waits to be received, without waiting or raising: a cheap look before `recv(0)`,
+        for a caller that polls an inbox that is empty almost always (a worker's control inbox, once per
+        message; an empty `recv(0)` costs a TimeoutError). It also runs the periodic handshake audit."""
+        now = time.monotonic()
+        if now >= self._audit_at:
+            self._check_handshakes(now)
+        return bool(self._socket.getsockopt(_EVENTS) & _POLLIN)
 
     def _send_credit(self, identity: bytes) -> None:
         """Return a credit as a message on the socket (senders without a credit pipe: tcp, curve, others)."""

@@ -21,11 +21,15 @@ class RecoveryControl:
         """Handle every control message waiting, unless already inside one (a relink's replay)."""
         if self.links.control is None or self._in_control:
             return
+        control = self.links.control
+        ready = getattr(control, "ready", None)     # ZeroMQ inboxes: a look that does not raise when empty
+        if ready is not None and not ready():
+            return
         self._in_control = True
         try:
             while True:
                 try:
-                    raw = self.links.control.recv(0)
+                    raw = control.recv(0)
                 except TimeoutError:
                     return
                 try:

@@ -14,8 +14,9 @@ the rest. Entries keep their order (the ReplayLog requires growing seqs), so a h
 a device one waits for it. GPU memory is not held beyond the copy; host memory of the queued entries is
 bounded by what the side stream has not finished (a step or two).
 
-Host tensors (every CPU run) take the old path: encoded and appended at once. Stream operations go through
-workers/links/streams.py, so tests run this with CPU doubles.
+Host tensors (every CPU run) are kept at once, by reference (`ReplayLog.keep`): the frames the send used when
+the link hands them back (`frames`), else the codec's zero-copy frames of the same tensors. Stream operations
+go through workers/links/streams.py, so tests run this with CPU doubles.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class DeferredLog:
     def __len__(self) -> int:
         return len(self.log) + len(self._pending)
 
-    def append(self, seq: int, message: Message) -> None:
+    def append(self, seq: int, message: Message, frames: list | None = None) -> None:
+        """Keep `message` as entry `seq`; `frames`: what its send put on a host link (the same bytes), if known."""
         ops = streams.active()
         if not any(ops.applies(t.device) for t in message.tensors.values()):
             if not self._pending:
-                self.log.append(seq, self.codec.encode(message))
+                self.log.keep(seq, frames if frames is not None else self.codec.encode(message))
                 return
             self._pending.append((seq, message, ()))
         else:
@@ -87,7 +89,7 @@ class DeferredLog:
                 return
             for event in events:
                 ops.wait_host(event)
-            self.log.append(seq, self.codec.encode(message))
+            self.log.keep(seq, self.codec.encode(message))   # the pinned buffers are the log's own
             self._pending.popleft()
 
     def since(self, seq: int):

@@ -16,6 +16,14 @@ restart (launch/run/recovery.py). Why CRC-32: it detects such damage, and is the
 2.7 ms per 8 MiB on the 2-core test machine, against 1.1 ms for the copy the log makes anyway (BLAKE2b 14 ms,
 SHA-256 5.2 ms). It is no defence against someone forging a spill file on purpose: whoever can write there
 runs as this user, and can change the worker itself.
+
+Two ways in. `append` copies the frames and checksums and spills them in line: for a caller that reuses its
+buffers. `keep` is the worker's (through workers/runtime/device_log.py): it holds the very frames that were
+sent, by reference, since nothing writes to them after the send (the zero-copy contract), and hands their
+checksum and spill file to a background thread (workers/runtime/spiller.py), so keeping an 8 MB message costs
+the step a few microseconds instead of a copy and a checksum (benchmarks/overhead.py measures both). A kept
+entry waits in memory until its file is written; a replay (`since`) and `stats` first wait for the thread, so
+they see every entry settled, and a spill that failed makes the replay refuse the log (LogDamaged).
 """
 
 from __future__ import annotations
@@ -23,14 +31,19 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import threading
 import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from auglocal.workers.runtime.spiller import Spiller
+
 _MAGIC = b"ALRLOG1\n"
 _HEAD = struct.Struct("<QI")       # seq, frame count
 _LENGTH = struct.Struct("<Q")
+#: a kept entry this small is checksummed in line (about a microsecond): cheaper than waking the thread
+INLINE_CRC_BYTES = 4096
 
 #: every LogLost message starts with this: the coordinator (launch/run/recovery.py) reads it in a worker's error
 #: report as "one-worker recovery cannot use this log: restart the whole pipeline"
@@ -52,23 +65,25 @@ class LogDamaged(LogLost):
 class _Entry:
     seq: int
     nbytes: int
-    frames: list[bytes] | None     # in memory, or None when spilled
-    crc: int = 0                   # checksum(seq, frames), computed at append
-    path: str | None = None        # the spill file
+    frames: list | None            # in memory, or None when spilled
+    crc: int | None = 0            # checksum(seq, frames), computed at append (kept: by the thread; None until)
+    path: str | None = None        # the spill file (once written)
     file_bytes: int = 0            # its size as written
+    to_disk: str | None = None     # kept entry past the memory bound: the spill file the thread writes
+    dropped: bool = False          # pruned or closed while the thread may still hold it
 
 
 def checksum(seq: int, frames: list[bytes]) -> int:
     """CRC-32 of an entry: its seq, frame count and lengths, then every frame (see the module docstring)."""
     crc = zlib.crc32(_HEAD.pack(seq, len(frames)))
     for frame in frames:
-        crc = zlib.crc32(_LENGTH.pack(len(frame)), crc)
+        crc = zlib.crc32(_LENGTH.pack(_nbytes(frame)), crc)
     for frame in frames:
         crc = zlib.crc32(frame, crc)
     return crc
 
 
-def _write_frames(path: str, seq: int, frames: list[bytes]) -> int:
+def _write_frames(path: str, seq: int, frames: list) -> int:
     """Write one entry's spill file; returns its size."""
     with open(path, "wb") as f:
         f.write(_MAGIC + _HEAD.pack(seq, len(frames)))
@@ -76,7 +91,11 @@ def _write_frames(path: str, seq: int, frames: list[bytes]) -> int:
             f.write(_LENGTH.pack(len(frame)))
         for frame in frames:
             f.write(frame)
-    return len(_MAGIC) + _HEAD.size + _LENGTH.size * len(frames) + sum(len(f) for f in frames)
+    return len(_MAGIC) + _HEAD.size + _LENGTH.size * len(frames) + sum(_nbytes(f) for f in frames)
+
+
+def _nbytes(frame) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
 
 
 def _read_frames(entry: _Entry) -> list[bytes]:
@@ -115,6 +134,13 @@ def _check(entry: _Entry, frames: list[bytes]) -> None:
         raise LogDamaged(f"entry seq {entry.seq}{where} fails its checksum (damaged)")
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 class ReplayLog:
     """Frames sent since the last commit: in memory up to `memory_bytes`, spilled to `spill_dir` past it."""
 
@@ -135,6 +161,8 @@ class ReplayLog:
         self.interval_bytes = 0        # appended since the last prune
         self.max_interval_bytes = 0
         self.intervals = 0
+        self._lock = threading.Lock()  # an entry's move to disk (the thread) against its drop (prune, close)
+        self._spiller = Spiller(self._settle, name)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -166,11 +194,57 @@ class ReplayLog:
             self.disk_bytes += nbytes
             self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
 
+    def keep(self, seq: int, frames: list) -> None:
+        """Hold `frames` (bytes-like, never written to again: the frames a send used) as entry `seq`, by
+        reference; their checksum and, past the memory bound, their spill file come from the background
+        thread. Raises the OSError of an earlier spill that failed (a full disk)."""
+        if self._entries and seq <= self._entries[-1].seq:
+            raise ValueError(f"replay log entries must grow: {seq} after {self._entries[-1].seq}")
+        frames = list(frames)
+        nbytes = 0
+        for frame in frames:
+            nbytes += _nbytes(frame)
+        self.appended_bytes += nbytes
+        self.interval_bytes += nbytes
+        if self.memory_bytes + nbytes <= self.memory_bound:
+            entry = _Entry(seq, nbytes, frames, checksum(seq, frames) if nbytes <= INLINE_CRC_BYTES else None)
+            self._entries.append(entry)
+            self.memory_bytes += nbytes
+            self.peak_memory_bytes = max(self.peak_memory_bytes, self.memory_bytes)
+        else:
+            entry = _Entry(seq, nbytes, frames, None, to_disk=self._spill_path(seq))
+            self._entries.append(entry)
+            self.disk_bytes += nbytes
+            self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
+        if entry.crc is None:
+            self._spiller.put(entry, nbytes)
+
+    def _settle(self, entry: _Entry) -> None:
+        """On the thread: a kept entry's checksum, then its spill file; it leaves memory once the file is written."""
+        if entry.dropped:
+            return
+        entry.crc = checksum(entry.seq, entry.frames)
+        if entry.to_disk is None:
+            return
+        size = _write_frames(entry.to_disk, entry.seq, entry.frames)
+        with self._lock:
+            if entry.dropped:              # pruned meanwhile: nobody will read the file
+                _unlink(entry.to_disk)
+                return
+            entry.path, entry.file_bytes, entry.frames = entry.to_disk, size, None
+
+    def _settled(self) -> None:
+        """Wait for the thread's work on every kept entry; LogDamaged when a spill failed."""
+        self._spiller.drain()
+        if self._spiller.error is not None:
+            raise LogDamaged(f"an entry could not be spilled: {self._spiller.error}")
+
     def since(self, seq: int) -> Iterator[list[bytes]]:
         """The frames of every entry after `seq`, oldest first (spilled ones read back from disk), each checked
         against its checksum before it is yielded. Before the first, every spill file needed is checked to be
         there with its size, so a deleted or cut-short one is found before anything is resent. Raises LogLost
         when the log was pruned past `seq`, LogDamaged (a LogLost) for a damaged or missing entry."""
+        self._settled()
         if seq < self.pruned_to:
             raise LogLost(f"replay from seq {seq} asked, but the log was pruned up to {self.pruned_to}")
         entries = [e for e in self._entries if e.seq > seq]
@@ -204,19 +278,20 @@ class ReplayLog:
         self.intervals += 1
 
     def _drop(self, entry: _Entry) -> None:
-        if entry.frames is not None:
-            self.memory_bytes -= entry.nbytes
-        else:
+        with self._lock:
+            entry.dropped = True
+            if entry.path is None and entry.to_disk is None:
+                self.memory_bytes -= entry.nbytes
+                return
             self.disk_bytes -= entry.nbytes
-            try:
-                os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
+            if entry.path is not None:
+                _unlink(entry.path)
 
     def close(self) -> None:
         """Remove every entry and the spill folder."""
         while self._entries:
             self._drop(self._entries.popleft())
+        self._spiller.close()
         if self._spill_dir is not None:
             try:
                 os.rmdir(self._spill_dir)
@@ -225,6 +300,7 @@ class ReplayLog:
 
     def stats(self) -> dict[str, int]:
         """What the log cost: peaks in memory and on disk, bytes appended, the largest checkpoint interval."""
+        self._spiller.drain()
         return {"peak_memory_bytes": self.peak_memory_bytes, "peak_disk_bytes": self.peak_disk_bytes,
                 "appended_bytes": self.appended_bytes, "intervals": self.intervals,
                 "max_interval_bytes": max(self.max_interval_bytes, self.interval_bytes)}

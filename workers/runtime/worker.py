@@ -20,6 +20,7 @@ from auglocal.workers.runtime.device_log import DeferredLog
 from auglocal.workers.runtime.faults import FAULT_ACTIONS, Fault, die
 from auglocal.workers.runtime.liveness import coordinator_watch  # noqa: F401 - importers of it here still work
 from auglocal.workers.runtime.replay_log import ReplayLog
+from auglocal.workers.runtime.reports import MetricsBatch
 from auglocal.workers.runtime.spec import (  # noqa: F401 - the spec's names, where importers look for them
     CONTROL_POLL_MS,
     HEARTBEAT_S,
@@ -49,7 +50,6 @@ from auglocal.workers.wire.protocol import (
     ErrorMeta,
     EvalResultMeta,
     HeartbeatMeta,
-    MetricsMeta,
     NoMeta,
     RejectedMeta,
     Route,
@@ -76,6 +76,7 @@ class Worker(RecoveryControl):
         self.clock = clock
         self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000, CONTROL_POLL_MS if links.control else poll_ms)
         self._last_report = clock()
+        self.metrics = MetricsBatch(spec.name, time.monotonic)   # step reports not sent yet (runtime/reports.py)
         self.stopped = False
         self.released = False
         self.diverged = False        # a module's loss went non-finite under --nonfinite stop (_report_diverged)
@@ -109,6 +110,9 @@ class Worker(RecoveryControl):
     def _maybe_heartbeat(self, waiting: str) -> None:
         if self.clock() - self._last_report < self.spec.heartbeat_s:
             return
+        if self.metrics:              # held step reports prove liveness as well as a heartbeat
+            self._flush_metrics()
+            return
         try:
             self.links.results.send(Message(Kind.HEARTBEAT, self.spec.name, meta=HeartbeatMeta(waiting)), 0)
             self._last_report = self.clock()
@@ -119,12 +123,15 @@ class Worker(RecoveryControl):
         """Next message of this run, validated against the table; a peer's malformed message ends the worker.
         None once the coordinator has released this (stopped) worker."""
         while True:
+            if self.metrics.due():
+                self._flush_metrics()
             self._maybe_heartbeat("recv")
             self._poll_control()
             if self.released:
                 return None
             try:
-                msg = protocol.validate(self.links.inbox.recv(self.poll_ms), Route.DOWN, self.spec.schema)
+                wait_ms = self.metrics.wait_ms(self.poll_ms)      # held reports go when due, idle or not
+                msg = protocol.validate(self.links.inbox.recv(wait_ms), Route.DOWN, self.spec.schema)
             except TimeoutError:
                 self._check_coordinator()
                 continue
@@ -166,7 +173,7 @@ class Worker(RecoveryControl):
         downstream = end is self.links.outbox
         while True:
             try:
-                (self.links.outbox if downstream else end).send(message, self.poll_ms)
+                frames = (self.links.outbox if downstream else end).send(message, self.poll_ms)
                 break
             except TimeoutError:
                 self._check_coordinator()
@@ -174,19 +181,28 @@ class Worker(RecoveryControl):
                 if downstream:
                     self._poll_control()
         if downstream and log:
-            self._log(message)
+            self._log(message, frames if isinstance(frames, list) else None)
         if end is self.links.results:
             self._last_report = self.clock()
 
-    def _log(self, message: Message) -> None:
-        """Keep a sent message for replay. Device tensors are not encoded here: the log queues their copy to
-        pinned host memory on a side stream and encodes them once it is done (workers/runtime/device_log.py), so no
-        host round trip waits for the GPU on the step's path."""
+    def _log(self, message: Message, frames: list | None = None) -> None:
+        """Keep a sent message for replay: by reference, the frames its send used where the link returns them
+        (ZeroMQ links), so nothing is encoded or copied twice (workers/runtime/replay_log.py `keep`). Device
+        tensors are not encoded here: the log queues their copy to pinned host memory on a side stream and
+        encodes them once it is done (workers/runtime/device_log.py), so no host round trip waits for the GPU
+        on the step's path."""
         if self.log is not None and message.kind in SEQUENCED and message.meta.seq >= 0:
-            self.log.append(message.meta.seq, message)
+            self.log.append(message.meta.seq, message, frames)
 
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
+        if self.metrics:                 # reports keep their order: held step reports first
+            self._flush_metrics()
         self._send(self.links.results, Message(kind, self.spec.name, epoch, step, meta=meta))
+
+    def _flush_metrics(self) -> None:
+        self._send(self.links.results, self.metrics.take())
+
+
 
     def _report_rejected(self, err: MessageError) -> None:
         try:
@@ -205,6 +221,8 @@ class Worker(RecoveryControl):
 
     def _fail(self, detail: str, restartable: bool = True) -> None:
         try:
+            if self.metrics:
+                self.links.results.send(self.metrics.take(), self.poll_ms)
             self.links.results.send(Message(Kind.ERROR, self.spec.name,
                                             meta=ErrorMeta(detail[:2000], restartable)), self.poll_ms)
         except TimeoutError:
@@ -323,10 +341,11 @@ class Worker(RecoveryControl):
         busy = (t1 - t0) - (sent["t"] - sent["t_emit"] if sent else 0.0)
         cpu = (c1 - c0) - (sent["c"] - sent["c_emit"] if sent else 0.0)
         correct = int(result.correct) if result.correct is not None else None
-        self._report(Kind.METRICS, MetricsMeta(busy, result.batch_size,
-                                               {str(k): v for k, v in result.loss_values().items()}, correct,
-                                               cpu=cpu),
-                     msg.epoch, msg.step)
+        self.metrics.add(msg.epoch, msg.step, {"busy": busy, "n": result.batch_size, "correct": correct, "cpu": cpu,
+                                               "losses": {str(k): v for k, v in result.loss_values().items()},
+                                               "done": t1})
+        if self.metrics.due() or not hasattr(self.links.inbox, "ready"):
+            self._flush_metrics()       # (in-memory inboxes: every step at once, as tests expect)
 
     def _eval(self, msg: Message) -> None:
         out = self.stage.eval_step(msg.tensors["h"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 # Wire name -> torch dtype. bfloat16 needs no numpy detour: frames are raw bytes on both ends.
@@ -24,6 +25,8 @@ DTYPES: dict[str, torch.dtype] = {
     "bool": torch.bool,
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+#: the numpy dtype of each wire dtype numpy has (not bfloat16): a received frame is viewed through it
+_NUMPY = {dtype: np.dtype(name) for name, dtype in DTYPES.items() if name != "bfloat16"}
 
 #: memory layouts a tensor frame may be in: row-major, or NHWC order of a 4-D NCHW tensor (channels_last)
 LAYOUTS = ("contiguous", "channels_last")
@@ -75,6 +78,12 @@ def _tensor_from_frame(buffer: memoryview | torch.Tensor, dtype: torch.dtype, sh
                            memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     else:
         source = bytearray(buffer) if buffer.readonly else buffer
+        np_dtype = _NUMPY.get(dtype)
+        if np_dtype is not None and not channels_last:
+            # numpy's view and reshape, then one from_numpy: about half the cost of frombuffer plus view
+            array = np.frombuffer(source, dtype=np_dtype)
+            if array.flags.aligned:
+                return torch.from_numpy(array if len(shape) == 1 else array.reshape(shape))
         flat = torch.frombuffer(source, dtype=dtype)
         if flat.data_ptr() % dtype.itemsize:
             flat = torch.frombuffer(source, dtype=torch.uint8).clone().view(dtype)

@@ -28,7 +28,6 @@ import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from enum import Enum
 from typing import Any
 
 import msgpack
@@ -42,6 +41,7 @@ from auglocal.workers.wire.frames import (  # noqa: F401 - DTYPES and LAYOUTS ar
     _tensor_frame,
     _tensor_from_frame,
 )
+from auglocal.workers.wire.kinds import _KINDS, Kind  # noqa: F401 - Kind is part of the wire's vocabulary here
 
 SCHEMA_VERSION = 3   # 2: typed kinds, secret checked first, tensor specs carry a layout; 3: arrays, not maps
 MAX_HEADER_BYTES = 64 * 1024
@@ -57,6 +57,7 @@ HEADER_FIELDS = ("v", "secret", "run", "sender", "kind", "epoch", "step", "layer
 #: each tensor description's fields, in wire order
 TENSOR_FIELDS = ("name", "dtype", "shape", "nbytes", "layout")
 _N_HEADER_FIELDS = len(HEADER_FIELDS)
+_ARRAY_HEADER = bytes([0x90 | _N_HEADER_FIELDS])   # msgpack fixarray of the header's fields
 _N_TENSOR_FIELDS = len(TENSOR_FIELDS)
 _UNPACK_LIMITS = dict(
     raw=False,
@@ -83,32 +84,6 @@ def _pack(value: Any) -> bytes:
     return packer.pack(value)   # the buffer is reset after each call, also when packing fails
 
 
-class Kind(str, Enum):
-    """What a message is for. workers/wire/protocol.py says who sends each kind to whom and what it carries."""
-
-    TRAIN = "train"
-    EVAL = "eval"
-    CHECKPOINT = "checkpoint"
-    STOP = "stop"
-    READY = "ready"
-    METRICS = "metrics"
-    EVAL_RESULT = "eval_result"
-    CHECKPOINT_ACK = "checkpoint_ack"
-    STOPPED = "stopped"
-    ERROR = "error"
-    DIVERGED = "diverged"
-    REJECTED = "rejected"
-    HEARTBEAT = "heartbeat"
-    RELINK = "relink"
-    EXPECT_REPLAY = "expect_replay"
-    COMMITTED = "committed"
-    RELEASE = "release"
-    LAYER_FILE = "layer_file"
-    CREDIT = "credit"  # transport-internal: a receiver returns one per consumed message (see transport.py)
-
-
-# Wire value -> Kind: a dict lookup, where Kind(value) costs an Enum construction per message.
-_KINDS: dict[str, Kind] = {k.value: k for k in Kind}
 
 
 @dataclass
@@ -188,6 +163,9 @@ class Codec:
         self.secret = secret
         self.max_message_bytes = max_message_bytes
         self._secret_bytes = secret.encode()
+        # The header's first fields are the same in every message of the run: packed once, they open every
+        # header this codec encodes, and a received header that opens with them has proven its secret and run.
+        self._prefix = _ARRAY_HEADER + _pack(SCHEMA_VERSION) + _pack(secret) + _pack(run_id)
 
     def encode(self, message: Message, keep_device: bool = False) -> list[bytes | memoryview]:
         """Frames for `message`: header bytes then one zero-copy view per tensor, in the tensors' order.
@@ -223,10 +201,10 @@ class Codec:
         for key in ("epoch", "step", "layer"):
             if not _is_int(getattr(message, key)):
                 raise ValueError(f"message {key} must be an int, got {getattr(message, key)!r}")
-        header = [SCHEMA_VERSION, self.secret, self.run_id, message.sender, message.kind.value,   # HEADER_FIELDS
-                  message.epoch, message.step, message.layer, specs, _plain_meta(message.meta)]
+        rest = [message.sender, message.kind.value,   # HEADER_FIELDS after v, secret and run (`_prefix`)
+                message.epoch, message.step, message.layer, specs, _plain_meta(message.meta)]
         try:
-            packed = _pack(header)
+            packed = self._prefix + _pack(rest)[1:]   # [1:]: the 7-array's one-byte header; the 10-array's leads
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(
                 f"message meta must hold only plain int/float/str/bool/None/list/dict values: {exc}"
@@ -324,18 +302,24 @@ class Codec:
                 self._refuse_map_header(header, peer)
             raise MessageError(peer, "header", f"expected a msgpack array, got {type(header).__name__}", foreign=True)
         count = len(header)
-        secret = header[1] if count > 1 else None
-        if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), self._secret_bytes):
-            raise MessageError(peer, "secret", "missing or wrong run secret (a stray or stale process?)",
-                               foreign=True)
-        run = header[2] if count > 2 else None
-        if run != self.run_id:
-            raise MessageError(peer, "run_id", f"message belongs to run {run!r}, this is run "
-                               f"{self.run_id!r} (a stale process of an earlier attempt?)", foreign=True)
+        prefix = self._prefix
+        # Version, secret and run exactly as this codec packs them (one constant-time compare of the bytes),
+        # or each checked on its own.
+        packed_alike = count == _N_HEADER_FIELDS and hmac.compare_digest(raw[:len(prefix)], prefix)
+        if not packed_alike:
+            secret = header[1] if count > 1 else None
+            if not isinstance(secret, str) or not hmac.compare_digest(secret.encode(), self._secret_bytes):
+                raise MessageError(peer, "secret", "missing or wrong run secret (a stray or stale process?)",
+                                   foreign=True)
+            run = header[2] if count > 2 else None
+            if run != self.run_id:
+                raise MessageError(peer, "run_id", f"message belongs to run {run!r}, this is run "
+                                   f"{self.run_id!r} (a stale process of an earlier attempt?)", foreign=True)
         sender = header[3] if count > 3 else None
         if not isinstance(sender, str) or not 0 < len(sender) <= MAX_NAME_CHARS:
             raise MessageError(peer, "sender", f"expected a name of 1..{MAX_NAME_CHARS} characters, got {sender!r}")
-        self._check_version(header[0], sender)
+        if not packed_alike:
+            self._check_version(header[0], sender)
         if count != _N_HEADER_FIELDS:
             raise MessageError(sender, "header",
                                f"{count} fields, expected {_N_HEADER_FIELDS}: {', '.join(HEADER_FIELDS)}")

@@ -16,10 +16,11 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Union
 
+from auglocal.workers.wire.compiled import one_pass_check
 from auglocal.workers.wire.messages import DTYPES, Kind, Message, MessageError, TensorSpec, check_expected
 
 
@@ -87,6 +88,10 @@ class MetricsMeta:
     correct: int | None         # top-1 hits of the top module; None on other workers
     cpu: float = 0.0            # CPU seconds of this step's compute on the worker's thread, send excluded
                                 # (busy is wall time: on cores shared by time-slicing it counts the waits)
+    done: float = 0.0           # the worker's clock (perf_counter) when the step ended: rates between one
+                                # worker's steps, however late or batched its reports arrive
+    later: list[dict[str, Any]] = field(default_factory=list)   # later steps' figures, one row each: epoch,
+                                # step and the fields above (workers/runtime/reports.py; read with metrics_rows)
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ PROTOCOL: dict[Kind, MessageType] = {t.kind: t for t in (
     MessageType(Kind.HEARTBEAT, Route.REPORT, HeartbeatMeta, (),
                 "alive while waiting (sent on a timer inside every receive and send wait)"),
     MessageType(Kind.METRICS, Route.REPORT, MetricsMeta, (),
-                "one training step done: losses, hits, busy (wall) and CPU time"),
+                "training step(s) done: losses, hits, busy (wall) and CPU time; a busy worker's later steps in later"),
     MessageType(Kind.EVAL_RESULT, Route.REPORT, EvalResultMeta, (), "the last worker's hits on one test batch"),
     MessageType(Kind.CHECKPOINT_ACK, Route.REPORT, CheckpointAckMeta, (), "this worker's layer files are written"),
     MessageType(Kind.STOPPED, Route.REPORT, StoppedMeta, (), "final layers saved; update counters and link stats"),
@@ -227,7 +232,12 @@ class InboxSchema:
 
 
 def _conforms(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
     origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_t,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_conforms(v, item_t) for v in value)
     if origin in (Union, types.UnionType):
         return any(_conforms(value, a) for a in typing.get_args(annotation))
     if origin is dict:
@@ -302,7 +312,21 @@ def validate(message: Message, route: Route, schema: InboxSchema | None = None) 
     `schema` where given). Also used by senders (`typed`) so nothing leaves that a receiver would refuse.
     The wire checks (framing, secret, run id, header fields, tensor frames) are `Codec.decode`'s, made
     before this on every receive path but the thread link's by-reference messages, which have no wire form.
+
+    One pass of checks compiled per (kind, route, schema) the first time they meet (`_compiled`): a message
+    that passes them all is accepted there; one that fails any goes through the table's general checks
+    (`_validate_slowly`), which raise the error that names what is wrong. So both accept the same messages.
     """
+    table = _COMPILED.get(route if schema is None else (route, id(schema)))
+    check = table.get(message.kind) if table is not None else None
+    if check is None:
+        check = _compile(message.kind, route, schema)
+    if check is False or not check(message):
+        return _validate_slowly(message, route, schema)
+    return message
+
+
+def _validate_slowly(message: Message, route: Route, schema: InboxSchema | None) -> Message:
     mtype = PROTOCOL.get(message.kind)
     if mtype is None or mtype.route is not route:
         raise MessageError(message.sender, "kind", f"{message.kind.value!r} does not travel {route.value}; "
@@ -310,6 +334,46 @@ def validate(message: Message, route: Route, schema: InboxSchema | None = None) 
     message.meta = _typed_meta(message, mtype.meta)
     _check_tensors(message, mtype, schema)
     return message
+
+
+# --- the compiled checks ------------------------------------------------------------------------------------
+#: route (no schema) or (route, id(schema)) -> kind -> its check (False: the kind does not travel there)
+_COMPILED: dict[Any, dict[Kind, Any]] = {}
+_SCHEMAS: list[InboxSchema] = []     # every schema compiled for stays alive, so its id is never reused
+
+
+def _compile(kind: Kind, route: Route, schema: InboxSchema | None):
+    """Build (and keep) the one-pass check of `kind` arriving on `route` with `schema`."""
+    if schema is not None and not any(schema is known for known in _SCHEMAS):
+        _SCHEMAS.append(schema)
+    table = _COMPILED.setdefault(route if schema is None else (route, id(schema)), {})
+    mtype = PROTOCOL.get(kind)
+    if mtype is None or mtype.route is not route:
+        table[kind] = False
+        return False
+    specs = None if schema is None else {
+        t.name: (DTYPES[schema.spec(t.role).dtype], schema.spec(t.role).shape) for t in mtype.tensors}
+    table[kind] = check = one_pass_check(mtype.meta, _hints(mtype.meta), mtype.tensors, specs)
+    return check
+
+
+def metrics_rows(message: Message) -> list[tuple[int, int, MetricsMeta]]:
+    """The (epoch, step, figures) of every step a validated METRICS message reports: its own, then each row of
+    `later`, each row checked against MetricsMeta as a message of its own would be (MessageError naming the
+    row otherwise)."""
+    meta = message.meta
+    if not meta.later:
+        return [(message.epoch, message.step, meta)]
+    rows = [(message.epoch, message.step, replace(meta, later=[]))]
+    for index, row in enumerate(meta.later):
+        epoch, step = row.get("epoch"), row.get("step")
+        if type(epoch) is not int or type(step) is not int or "later" in row:
+            raise MessageError(message.sender, f"meta.later[{index}]",
+                               f"a row needs int epoch and step and no rows of its own, got {sorted(row)}")
+        figures = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        one = validate(Message(Kind.METRICS, message.sender, epoch, step, meta=figures), Route.REPORT)
+        rows.append((epoch, step, one.meta))
+    return rows
 
 
 def format_table() -> str:
