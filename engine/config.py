@@ -13,7 +13,15 @@ from auglocal.engine.data import DATASETS, build_dataset, is_user_dataset
 from auglocal.engine.models import build_model, is_spec, model_names, resolve_spec
 from auglocal.engine.nonfinite import POLICIES as NONFINITE_POLICIES
 from auglocal.engine.precision import MEMORY_FORMATS, PRECISIONS, resolve_memory_format
-from auglocal.engine.schedule import SCHEDULES, SHORT_RUN_EPOCHS, LRSchedule, OptimConfig, default_warmup
+from auglocal.engine.schedule import (
+    ADAMW_LR,
+    OPTIMIZERS,
+    SCHEDULES,
+    SHORT_RUN_EPOCHS,
+    LRSchedule,
+    OptimConfig,
+    default_warmup,
+)
 
 
 class UsageError(ValueError):
@@ -38,7 +46,8 @@ class RunConfig:
     test_size: int | None = None      # likewise for the test set (quick runs, grids)
     epochs: int = 3
     batch_size: int | None = None     # None: the data set's default
-    lr: float | None = None           # None: the data set's default
+    lr: float | None = None           # None: the data set's default (sgd), ADAMW_LR (adamw)
+    optimizer: str = "sgd"            # sgd: the paper's; adamw: for transformers (engine/schedule.py)
     warmup: int | None = None         # None: 10 of 400 epochs, scaled
     schedule: str = "auto"           # auto: the paper's 'cifar' schedule from 50 epochs on, else 'cosine'
     seed: int = 1234
@@ -65,10 +74,10 @@ class RunConfig:
 #: the fields that decide what a run computes: a checkpoint continues only a run with the same values of all
 IDENTITY_FIELDS = ("model", "rule", "d", "tau", "strategy", "convention", "dataset", "num_classes", "input_size",
                    "train_size", "test_size", "schedule", "epochs", "batch_size", "lr", "warmup", "seed",
-                   "max_steps", "memory_format", "precision", "dgl_pool")
+                   "max_steps", "memory_format", "precision", "dgl_pool", "optimizer")
 #: identity fields added after runs were first saved, with the value every earlier run had: the digest leaves such
 #: a field out while it has that value, so an earlier run's checkpoints still verify
-ADDED_IDENTITY = {"dgl_pool": "dgl"}
+ADDED_IDENTITY = {"dgl_pool": "dgl", "optimizer": "sgd"}
 
 
 def config_digest(cfg: RunConfig) -> str:
@@ -115,6 +124,8 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"--tau must lie in [0, 1], got {cfg.tau}")
     if cfg.schedule not in (*SCHEDULES, "auto"):
         raise UsageError(f"--schedule must be auto or one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
     if cfg.convention not in (None, "cifar", "imagenet"):
         raise UsageError(f"--convention must be cifar or imagenet, got {cfg.convention!r}")
     for name in ("epochs", "batch_size", "max_steps", "num_classes", "input_size", "train_size", "test_size"):
@@ -155,7 +166,7 @@ def resolve(cfg: RunConfig, data) -> RunConfig:
     cfg.num_classes = cfg.num_classes or data.num_classes
     cfg.input_size = cfg.input_size or data.input_size
     cfg.batch_size = cfg.batch_size or data.default_batch_size
-    cfg.lr = cfg.lr or data.default_lr
+    cfg.lr = cfg.lr or (ADAMW_LR if cfg.optimizer == "adamw" else data.default_lr)
     if cfg.schedule == "auto":
         cfg.schedule = "cifar" if cfg.epochs >= SHORT_RUN_EPOCHS else "cosine"
     if cfg.warmup is None:
@@ -189,4 +200,4 @@ def build_network(cfg: RunConfig, data=None):
 
 def optim_and_schedule(cfg: RunConfig) -> tuple[OptimConfig, LRSchedule]:
     lr = cfg.lr if cfg.lr is not None else 0.1
-    return OptimConfig(lr=lr), LRSchedule(cfg.schedule, lr, cfg.epochs, cfg.warmup or 0)
+    return OptimConfig(lr=lr, kind=cfg.optimizer), LRSchedule(cfg.schedule, lr, cfg.epochs, cfg.warmup or 0)

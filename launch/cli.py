@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
     t.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: the data set's)")
-    t.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the data set's)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate (default: the data set's with sgd, 0.001 with adamw)")
+    t.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"),
+                   help="sgd (default, the paper's: Nesterov momentum 0.9, weight decay 1e-4) or adamw (betas "
+                        "0.9/0.999, decoupled weight decay 0.05; what transformers are trained with); aux nets "
+                        "always use their layer's")
     t.add_argument("--schedule", default="auto", choices=("auto", "cifar", "cosine", "imagenet", "constant"),
                    help="learning-rate schedule per epoch: cifar = the paper's warm-up + cosine (its last epoch "
                         "runs at lr 0), cosine = cosine from lr0 without reaching 0, imagenet = the same as "

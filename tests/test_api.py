@@ -78,6 +78,7 @@ def cli_error(capsys, argv) -> str:
     ({"d": 1}, ["--d", "1"]),
     ({"workers": "many"}, ["--workers", "many"]),
     ({"tau": 2.0}, ["--tau", "2.0"]),
+    ({"optimizer": "adam"}, ["--optimizer", "adam"]),
 ])
 def test_a_bad_value_raises_the_clis_message(options, argv, capsys, tmp_path):
     expected = cli_error(capsys, [*argv, "--dry-run"])

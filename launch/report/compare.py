@@ -55,7 +55,7 @@ def run_cell(cell: Cell, seed: int, args: argparse.Namespace, folder: Path) -> d
         cmd = [sys.executable, "-m", "auglocal.launch.cli", "--sequential", "--no-progress", "--model", args.model,
                "--rule", cell.rule, "--d", str(cell.d), "--dataset", args.dataset, "--epochs", str(args.epochs),
                "--seed", str(seed), "--out", str(folder), "--threads", str(args.threads),
-               "--worker-malloc", args.malloc]
+               "--worker-malloc", args.malloc, "--optimizer", args.optimizer]
         for flag, value in (("--tau", cell.tau), ("--batch-size", args.batch_size), ("--lr", args.lr),
                             ("--max-steps", args.max_steps), ("--data-dir", args.data_dir),
                             ("--train-size", args.train_size), ("--test-size", args.test_size)):
@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="every run's optimizer (auglocal-launch --optimizer; adamw for the ViT)")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--train-size", type=int, default=None, help="evenly spaced training subset per run")
     p.add_argument("--test-size", type=int, default=None)

@@ -158,7 +158,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
                      convention=args.convention, dataset=args.dataset, data_dir=args.data_dir,
                      num_classes=args.num_classes, input_size=args.input_size, train_size=args.train_size,
                      test_size=args.test_size, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, warmup=args.warmup_epochs, schedule=args.schedule,
-                     seed=args.seed,
+                     batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, warmup=args.warmup_epochs,
+                     schedule=args.schedule, seed=args.seed,
                      max_steps=args.max_steps, memory_format=args.memory_format, precision=args.precision,
                      nonfinite=args.nonfinite, dgl_pool=args.dgl_pool)

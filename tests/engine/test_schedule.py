@@ -1,4 +1,4 @@
-"""The paper's learning-rate schedules (docs/method.md 4.2) and optimiser settings."""
+"""The paper's learning-rate schedules (docs/method.md 4.2) and optimiser settings, and AdamW's."""
 
 import math
 
@@ -66,3 +66,29 @@ def test_short_runs_default_to_a_cosine_that_trains_every_epoch():
     assert (long.schedule, long.warmup) == ("cifar", 10)
     explicit = resolve(RunConfig(dataset="synthetic", epochs=3, schedule="cifar"), data)
     assert explicit.schedule == "cifar"
+
+
+def test_adamw_is_decoupled_with_per_parameter_loops():
+    from auglocal.engine.schedule import ADAMW_WEIGHT_DECAY
+
+    p = [torch.nn.Parameter(torch.ones(3))]
+    opt = OptimConfig(lr=1e-3, kind="adamw").build(p)
+    g = opt.param_groups[0]
+    assert type(opt) is torch.optim.AdamW
+    assert (g["lr"], g["betas"], g["weight_decay"], g["foreach"]) == (1e-3, (0.9, 0.999), ADAMW_WEIGHT_DECAY, False)
+    assert OptimConfig(lr=0.1).build(p).param_groups[0]["foreach"] is False
+
+
+def test_adamw_defaults_to_an_adam_learning_rate_and_an_unknown_optimizer_is_named():
+    from auglocal.engine.config import RunConfig, UsageError, optim_and_schedule, resolve, validate
+    from auglocal.engine.data import build_dataset
+    from auglocal.engine.schedule import ADAMW_LR
+
+    data = build_dataset("synthetic", train_size=8, test_size=4)
+    assert resolve(RunConfig(dataset="synthetic", optimizer="adamw"), data).lr == ADAMW_LR
+    assert resolve(RunConfig(dataset="synthetic"), data).lr == data.default_lr != ADAMW_LR
+    assert resolve(RunConfig(dataset="synthetic", optimizer="adamw", lr=0.01), data).lr == 0.01
+    optim, _ = optim_and_schedule(resolve(RunConfig(dataset="synthetic", optimizer="adamw"), data))
+    assert optim.kind == "adamw"
+    with pytest.raises(UsageError, match="--optimizer must be one of sgd, adamw, got 'adam'"):
+        validate(RunConfig(optimizer="adam"))

@@ -48,6 +48,7 @@ def test_resume_after_coordinator_death_ends_equal(coordinator_killed, workers, 
     ("--d", "4", "3"),
     ("--dataset", "digits", "synthetic"),
     ("--train-size", "64", "48"),
+    ("--optimizer", "adamw", "sgd"),
 ])
 def test_resume_refuses_another_run(coordinator_killed, flag, value, saved):
     err = io.StringIO()

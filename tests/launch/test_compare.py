@@ -37,6 +37,15 @@ def test_tiny_grid_writes_table_and_resumes(tmp_path, capsys):
     assert summary.stat().st_mtime_ns == before
 
 
+def test_the_grids_optimizer_reaches_every_run(tmp_path):
+    args = ["--dataset", "synthetic", "--train-size", "16", "--test-size", "8", "--model", "resnet20", "--cells", "bp",
+            "--seeds", "1", "--epochs", "1", "--max-steps", "1", "--batch-size", "16", "--threads", "1",
+            "--optimizer", "adamw", "--out", str(tmp_path)]
+    assert main(args) == 0
+    config = json.loads((tmp_path / "runs" / "bp-seed1" / "config.json").read_text())
+    assert (config["optimizer"], config["lr"]) == ("adamw", 1e-3)
+
+
 def test_unknown_rule_is_exit_2(tmp_path):
     assert main(["--cells", "hebbian", "--out", str(tmp_path)]) == 2
 

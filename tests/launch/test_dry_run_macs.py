@@ -80,14 +80,16 @@ def test_dgl_pool_auglocal_is_the_auglocal_imagenet_code_for_vgg13():
 
 
 def test_a_run_saved_before_dgl_pool_existed_keeps_its_config_digest():
-    """config_digest leaves dgl_pool out at its earlier value: an older run's checkpoints still verify."""
+    """config_digest leaves dgl_pool and optimizer out at their earlier values: an older run's checkpoints
+    still verify."""
     import hashlib
     import json
 
     from auglocal.engine.config import IDENTITY_FIELDS, config_digest
 
     cfg = RunConfig(rule="dgl")
-    before = {name: getattr(cfg, name) for name in IDENTITY_FIELDS if name != "dgl_pool"}
+    before = {name: getattr(cfg, name) for name in IDENTITY_FIELDS if name not in ("dgl_pool", "optimizer")}
     text = json.dumps(before, sort_keys=True, separators=(",", ":"))
     assert config_digest(cfg) == hashlib.sha256(text.encode()).hexdigest()
     assert config_digest(RunConfig(rule="dgl", dgl_pool="auglocal")) != config_digest(cfg)
+    assert config_digest(RunConfig(rule="dgl", optimizer="adamw")) != config_digest(cfg)

@@ -1,9 +1,11 @@
 """Per-layer state files, keyed by global layer index, so any partition can write them and any can read them.
 
-A file holds one primary layer's weights, its aux net (if the layer has one), the SGD momentum buffers of
-both, how many minibatches the layer has applied and the last one it applied. The classifier head has its
-own file. Checkpoints and the final result use the same format; a checkpoint is a folder of such files plus a
-manifest that the coordinator writes once every worker has acknowledged (see launch/run/checkpoints.py).
+A file holds one primary layer's weights, its aux net (if the layer has one), the optimizer's per-parameter
+state of both (SGD's momentum buffer; AdamW's step and moment estimates: whatever `optimizer.state[p]` holds,
+so a new optimizer needs no new format), how many minibatches the layer has applied and the last one it
+applied. The classifier head has its own file. Checkpoints and the final result use the same format; a
+checkpoint is a folder of such files plus a manifest that the coordinator writes once every worker has
+acknowledged (see launch/run/checkpoints.py).
 
 Each file proves what it holds: it carries a SHA-256 of every tensor in it (name, dtype, shape and bytes;
 the update counter and last minibatch are checked by type and by the consistent-cut rule instead), and a file
@@ -89,21 +91,31 @@ def read_layer_file(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def _momentum(stage: Stage, module: nn.Module | None) -> list[torch.Tensor | None]:
+def _optim_state(stage: Stage, module: nn.Module | None) -> list[dict[str, torch.Tensor]]:
+    """Per parameter of `module`, in order, the optimizer's state (empty before its first update)."""
     if module is None:
         return []
-    return [stage.optimizer.state.get(p, {}).get("momentum_buffer") for p in module.parameters()]
+    return [dict(stage.optimizer.state.get(p, {})) for p in module.parameters()]
 
 
-def _set_momentum(stage: Stage, module: nn.Module | None, buffers: list[torch.Tensor | None]) -> None:
+def _set_optim_state(stage: Stage, module: nn.Module | None, states: list) -> None:
     if module is None:
         return
     params = list(module.parameters())
-    if len(params) != len(buffers):
-        raise ValueError(f"checkpoint holds {len(buffers)} momentum buffers for {len(params)} parameters")
-    for p, buf in zip(params, buffers, strict=True):
-        if buf is not None:
-            stage.optimizer.state[p]["momentum_buffer"] = buf.to(p.device).clone()
+    if len(params) != len(states):
+        raise ValueError(f"checkpoint holds optimizer state for {len(states)} parameters, the module has {len(params)}")
+    for p, state in zip(params, states, strict=True):
+        if isinstance(state, torch.Tensor):      # a file from before the optimizer choice: SGD's momentum buffer
+            state = {"momentum_buffer": state}
+        if state:      # None or {}: the parameter had no update yet
+            # AdamW's step count stays on the CPU, where torch keeps it (not capturable, not fused)
+            stage.optimizer.state[p] = {k: v.to("cpu" if k == "step" else p.device).clone()
+                                        if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _saved_state(state: dict, name: str) -> list:
+    """The per-parameter optimizer state of `name` (layer, aux, head); `<name>_momentum` in older files."""
+    return state[f"{name}_optim"] if f"{name}_optim" in state else state[f"{name}_momentum"]
 
 
 def save_stage_layers(stage: Stage, directory: str | Path,
@@ -118,32 +130,32 @@ def save_stage_layers(stage: Stage, directory: str | Path,
                 before_each(layer_id)
             aux = module.aux if j == 0 else None
             _save({
-                "layer": layer.state_dict(), "layer_momentum": _momentum(stage, layer),
-                "aux": aux.state_dict() if aux is not None else None, "aux_momentum": _momentum(stage, aux),
+                "layer": layer.state_dict(), "layer_optim": _optim_state(stage, layer),
+                "aux": aux.state_dict() if aux is not None else None, "aux_optim": _optim_state(stage, aux),
                 "updates": stage.update_counts[layer_id], "last_applied": list(stage.last_applied or (-1, -1)),
             }, layer_file(directory, layer_id))
         if module.head is not None:
-            _save({"head": module.head.state_dict(), "head_momentum": _momentum(stage, module.head)},
+            _save({"head": module.head.state_dict(), "head_optim": _optim_state(stage, module.head)},
                   head_file(directory))
 
 
 def load_stage_layers(stage: Stage, directory: str | Path) -> None:
-    """Restore weights, momentum, update counters and the last applied minibatch into a freshly built stage."""
+    """Restore weights, optimizer state, update counters and the last applied minibatch into a freshly built stage."""
     last = set()
     for module in stage.modules:
         for j, (layer_id, layer) in enumerate(zip(module.layer_ids, module.layers, strict=True)):
             state = read_layer_file(layer_file(directory, layer_id), stage.device)
             layer.load_state_dict(state["layer"])
-            _set_momentum(stage, layer, state["layer_momentum"])
+            _set_optim_state(stage, layer, _saved_state(state, "layer"))
             if j == 0 and module.aux is not None:
                 module.aux.load_state_dict(state["aux"])
-                _set_momentum(stage, module.aux, state["aux_momentum"])
+                _set_optim_state(stage, module.aux, _saved_state(state, "aux"))
             stage.update_counts[layer_id] = int(state["updates"])
             last.add(tuple(state["last_applied"]))
         if module.head is not None:
             state = read_layer_file(head_file(directory), stage.device)
             module.head.load_state_dict(state["head"])
-            _set_momentum(stage, module.head, state["head_momentum"])
+            _set_optim_state(stage, module.head, _saved_state(state, "head"))
     if len(last) != 1:
         raise ValueError(f"layers in {directory} stopped at different minibatches {sorted(last)}: not a consistent cut")
     position = last.pop()
