@@ -4,6 +4,7 @@ lines, and an installed wheel that exposes `auglocal` and nothing else at the to
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -98,13 +99,14 @@ def test_an_installed_wheel_exposes_auglocal_and_no_top_level_engine_workers_or_
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}   # the wheel's copy, never a checkout's
     installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                               capture_output=True, text=True, timeout=300, cwd=tmp_path, env=clean)
     assert installed.returncode == 0, installed.stderr[-3000:]
     probe = ("import importlib.util as u, auglocal; "
              "print(auglocal.__file__); print([u.find_spec(n) for n in ('engine', 'workers', 'launch')]); "
              "print(u.find_spec('auglocal.launch.cli').origin)")
-    seen = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    seen = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean)
     assert seen.returncode == 0, seen.stderr
     where, missing, cli = seen.stdout.splitlines()
     assert "site-packages" in where and "site-packages" in cli and str(REPO) not in where + cli

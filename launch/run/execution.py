@@ -80,6 +80,17 @@ def choose_replicas(args: argparse.Namespace, devices: int | None = None, cfg: R
     return choice.best.replicas, choice.best.k
 
 
+def choose_layout(args: argparse.Namespace) -> None:
+    """--replicas auto: the planner's (R, K) written back into `args` (--replicas R, and --workers K where that
+    was auto too), so the run, its runtime.json and a later --resume use what ran."""
+    replicas, k = choose_replicas(args)
+    args.replicas = str(replicas)
+    if str(args.workers) == "auto":
+        args.workers = str(k)
+    print(f"auglocal-launch: --replicas auto: {replicas} replica(s) of a {k}-worker pipeline (the planner's best "
+          "predicted layout; --dry-run --replicas auto shows the candidates)", flush=True)
+
+
 def pipeline_options(args: argparse.Namespace):
     """--workers/--gpus/--balance/--worker-threads/--trace as PipelineOptions; CPU when CUDA is absent."""
     from auglocal.launch.run.devices import parse_gpus
@@ -109,9 +120,11 @@ def pipeline_options(args: argparse.Namespace):
         raise UsageError("--cuda-graphs captures GPU workers' steps as CUDA graphs; these workers run on the CPU "
                          "(give --gpus with CUDA devices, or leave --cuda-graphs out)")
     from auglocal.launch.run.hosts import resolve_kind
-    from auglocal.launch.run.replicas import resolve_replicas
+    from auglocal.launch.run.replicas import replicas_value, resolve_replicas
 
     resolve_kind(args.worker_kind, gpus, args.streams_per_gpu)   # bad combinations: exit 2 now
+    if replicas_value(args) == "auto":
+        choose_layout(args)
     replicas = resolve_replicas(args)
     if args.cuda_graphs and replicas > 1:
         raise UsageError(f"--cuda-graphs with --replicas {replicas}: the gradient all-reduce between a module's "

@@ -21,29 +21,30 @@ from auglocal.workers.runtime.grad_reducer import ReplicaInfo
 from auglocal.workers.wire.messages import Kind, Message
 
 
-def resolve_replicas(args: argparse.Namespace) -> int:
-    """--replicas as a number of replicas (int >= 1).
-
-    `auto` asks the planner (launch/run/execution.py choose_replicas) for the R x K layout with the most
-    predicted images/s on this machine's devices; the choice is written back into `args` (--replicas R, and
-    --workers K where that was auto too), so the run, its runtime.json and a later --resume use what ran."""
+def replicas_value(args: argparse.Namespace) -> int | str:
+    """--replicas checked: a number >= 1, or "auto" (exit 2 otherwise)."""
     text = str(getattr(args, "replicas", 1))
     if text == "auto":
-        from auglocal.launch.run.execution import choose_replicas
-
-        replicas, k = choose_replicas(args)
-        args.replicas = str(replicas)
-        if str(getattr(args, "workers", "auto")) == "auto":
-            args.workers = str(k)
-        print(f"auglocal-launch: --replicas auto: {replicas} replica(s) of a {k}-worker pipeline (the planner's "
-              "best predicted layout; --dry-run --replicas auto shows the candidates)", flush=True)
-        return replicas
+        return text
     try:
         value = int(text)
     except ValueError:
         raise UsageError(f"--replicas {text!r}: expected a number >= 1 or auto") from None
     if value < 1:
         raise UsageError(f"--replicas must be >= 1 (1: one pipeline, no data parallelism), got {value}")
+    return value
+
+
+def resolve_replicas(args: argparse.Namespace) -> int:
+    """--replicas as a number of replicas (int >= 1).
+
+    `auto` is resolved for a pipeline by launch/run/execution.py (`pipeline_options` asks the planner for the
+    R x K layout with the most predicted images/s and writes it back into `args`); what is still "auto" here
+    is a sequential run's, which has no devices to plan for."""
+    value = replicas_value(args)
+    if value == "auto":
+        raise UsageError("--sequential --replicas auto: the sequential trainer runs the shard oracle of a given "
+                         "number of replicas; give --replicas R (e.g. 2)")
     return value
 
 

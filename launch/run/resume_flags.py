@@ -38,9 +38,9 @@ def validate_runtime(args: argparse.Namespace) -> None:
     check_number("--workers-per-host", args.workers_per_host, low=0)
     check_number("--streams-per-gpu", args.streams_per_gpu, low=0)
     check_number("--spares", args.spares, low=0)
-    from auglocal.launch.run.replicas import resolve_replicas
+    from auglocal.launch.run.replicas import replicas_value
 
-    resolve_replicas(args)
+    replicas_value(args)
     from auglocal.engine.planning.mac_conventions import MAC_CONVENTIONS
 
     if args.macs not in MAC_CONVENTIONS:
