@@ -174,48 +174,48 @@ class ReplayLog:
             self._spill_dir = tempfile.mkdtemp(prefix=f"replay-{self._name}-", dir=self._spill_root)
         return os.path.join(self._spill_dir, f"{seq:012d}.frames")
 
-    def append(self, seq: int, frames: list) -> None:
-        """Keep a copy of `frames` (bytes-like; copied, so the sender may reuse its tensors) as entry `seq`."""
+    def _admit(self, seq: int, nbytes: int) -> bool:
+        """Check that `seq` grows and count a new entry's bytes as appended; True when it fits in memory."""
         if self._entries and seq <= self._entries[-1].seq:
             raise ValueError(f"replay log entries must grow: {seq} after {self._entries[-1].seq}")
-        data = [bytes(f) for f in frames]
-        nbytes = sum(len(f) for f in data)
-        crc = checksum(seq, data)
         self.appended_bytes += nbytes
         self.interval_bytes += nbytes
-        if self.memory_bytes + nbytes <= self.memory_bound:
-            self._entries.append(_Entry(seq, nbytes, data, crc))
-            self.memory_bytes += nbytes
+        return self.memory_bytes + nbytes <= self.memory_bound
+
+    def _hold(self, entry: _Entry, in_memory: bool) -> None:
+        """Add an admitted entry to the log and to the memory or disk figures."""
+        self._entries.append(entry)
+        if in_memory:
+            self.memory_bytes += entry.nbytes
             self.peak_memory_bytes = max(self.peak_memory_bytes, self.memory_bytes)
         else:
-            path = self._spill_path(seq)
-            size = _write_frames(path, seq, data)
-            self._entries.append(_Entry(seq, nbytes, None, crc, path, size))
-            self.disk_bytes += nbytes
+            self.disk_bytes += entry.nbytes
             self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
+
+    def append(self, seq: int, frames: list) -> None:
+        """Keep a copy of `frames` (bytes-like; copied, so the sender may reuse its tensors) as entry `seq`."""
+        data = [bytes(f) for f in frames]
+        nbytes = sum(len(f) for f in data)
+        in_memory = self._admit(seq, nbytes)
+        crc = checksum(seq, data)
+        if in_memory:
+            self._hold(_Entry(seq, nbytes, data, crc), True)
+        else:
+            path = self._spill_path(seq)
+            self._hold(_Entry(seq, nbytes, None, crc, path, _write_frames(path, seq, data)), False)
 
     def keep(self, seq: int, frames: list) -> None:
         """Hold `frames` (bytes-like, never written to again: the frames a send used) as entry `seq`, by
         reference; their checksum and, past the memory bound, their spill file come from the background
         thread. Raises the OSError of an earlier spill that failed (a full disk)."""
-        if self._entries and seq <= self._entries[-1].seq:
-            raise ValueError(f"replay log entries must grow: {seq} after {self._entries[-1].seq}")
         frames = list(frames)
-        nbytes = 0
-        for frame in frames:
-            nbytes += _nbytes(frame)
-        self.appended_bytes += nbytes
-        self.interval_bytes += nbytes
-        if self.memory_bytes + nbytes <= self.memory_bound:
+        nbytes = sum(_nbytes(frame) for frame in frames)
+        if self._admit(seq, nbytes):
             entry = _Entry(seq, nbytes, frames, checksum(seq, frames) if nbytes <= INLINE_CRC_BYTES else None)
-            self._entries.append(entry)
-            self.memory_bytes += nbytes
-            self.peak_memory_bytes = max(self.peak_memory_bytes, self.memory_bytes)
+            self._hold(entry, True)
         else:
             entry = _Entry(seq, nbytes, frames, None, to_disk=self._spill_path(seq))
-            self._entries.append(entry)
-            self.disk_bytes += nbytes
-            self.peak_disk_bytes = max(self.peak_disk_bytes, self.disk_bytes)
+            self._hold(entry, False)
         if entry.crc is None:
             self._spiller.put(entry, nbytes)
 

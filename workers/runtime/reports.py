@@ -22,6 +22,7 @@ from auglocal.workers.wire.protocol import MetricsMeta
 METRICS_BATCH = 16        # steps one METRICS message carries at most
 METRICS_AGE_S = 0.02      # the oldest step's figures wait at most this long while the worker is busy
 
+
 class MetricsBatch:
     """The step figures a worker has not sent yet, in step order."""
 

@@ -77,6 +77,7 @@ class Worker(RecoveryControl):
         self.poll_ms = min(poll_ms, spec.heartbeat_s * 1000, CONTROL_POLL_MS if links.control else poll_ms)
         self._last_report = clock()
         self.metrics = MetricsBatch(spec.name, time.monotonic)   # step reports not sent yet (runtime/reports.py)
+        self._batch_reports = hasattr(links.inbox, "ready")      # ZeroMQ inboxes; in-memory ones: every step
         self.stopped = False
         self.released = False
         self.diverged = False        # a module's loss went non-finite under --nonfinite stop (_report_diverged)
@@ -201,8 +202,6 @@ class Worker(RecoveryControl):
 
     def _flush_metrics(self) -> None:
         self._send(self.links.results, self.metrics.take())
-
-
 
     def _report_rejected(self, err: MessageError) -> None:
         try:
@@ -344,8 +343,8 @@ class Worker(RecoveryControl):
         self.metrics.add(msg.epoch, msg.step, {"busy": busy, "n": result.batch_size, "correct": correct, "cpu": cpu,
                                                "losses": {str(k): v for k, v in result.loss_values().items()},
                                                "done": t1})
-        if self.metrics.due() or not hasattr(self.links.inbox, "ready"):
-            self._flush_metrics()       # (in-memory inboxes: every step at once, as tests expect)
+        if self.metrics.due() or not self._batch_reports:
+            self._flush_metrics()
 
     def _eval(self, msg: Message) -> None:
         out = self.stage.eval_step(msg.tensors["h"])

@@ -84,8 +84,6 @@ def _pack(value: Any) -> bytes:
     return packer.pack(value)   # the buffer is reset after each call, also when packing fails
 
 
-
-
 @dataclass
 class Message:
     """One unit on the wire: a kind, its position in training, named CPU tensors and plain metadata.
