@@ -128,3 +128,20 @@ def test_full_disk_at_a_commit_and_at_the_final_save(coordinator_killed, referen
     assert main(resume) == 0
     assert_complete(reference, out, restarts=0)
     assert_no_orphan_workers()
+
+
+def test_full_disk_under_the_replay_log_stops_at_once_saying_where(small_disk, tmp_path, capsys):
+    """Every logged message spills (--replay-log-mb 0) onto a disk too small: the worker says which folder is
+    full and what to do, and the run stops without restarting onto the same full disk."""
+    spill = small_disk("256k")
+    out = tmp_path / "run"
+    code = main([*SMALL_FLAGS, "--workers", "2", "--replay-log-mb", "0", "--replay-spill-dir", str(spill),
+                 "--out", str(out)])
+    assert code == 1
+    err = capsys.readouterr().err
+    line = next(line for line in lines_of(err) if "cannot spill its replay log" in line)
+    assert f"into {spill}: No space left on device; free space there" in line, line
+    assert "a restart would fail the same way" in err
+    restarts = json.loads((out / "failure.json").read_text())["restarts"]
+    assert len(restarts) == 1 and restarts[0]["fallback"] == "a restart would fail the same way"   # no new attempt
+    assert_no_orphan_workers()

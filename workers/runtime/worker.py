@@ -10,10 +10,12 @@ sends a heartbeat at least every `heartbeat_s`, so a worker is silent only when 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
 import torch
+from auglocal.engine.atomic import SPACE_ERRNOS
 from auglocal.engine.nonfinite import NonFiniteLoss, value_text
 from auglocal.workers.runtime.control import RecoveryControl
 from auglocal.workers.runtime.device_log import DeferredLog
@@ -193,7 +195,15 @@ class Worker(RecoveryControl):
         encodes them once it is done (workers/runtime/device_log.py), so no host round trip waits for the GPU
         on the step's path."""
         if self.log is not None and message.kind in SEQUENCED and message.meta.seq >= 0:
-            self.log.append(message.meta.seq, message, frames)
+            try:
+                self.log.append(message.meta.seq, message, frames)
+            except OSError as err:          # a spill file (written in line or by the log's thread) failed
+                full = err.errno in SPACE_ERRNOS   # a restart would fill the same disk again
+                self._fail(f"{self.spec.name} cannot spill its replay log into "
+                           f"{self.spec.spill_dir or tempfile.gettempdir()}: "
+                           f"{err.strerror or err}" + ("; free space there, give --replay-spill-dir on a disk with "
+                                                       "room, or raise --replay-log-mb" if full else ""),
+                           restartable=not full)
 
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
         if self.metrics:                 # reports keep their order: held step reports first
