@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from auglocal.engine.atomic import SPACE_ERRNOS
 from auglocal.workers.runtime.spiller import Spiller
 
 _MAGIC = b"ALRLOG1\n"
@@ -132,6 +133,15 @@ def _check(entry: _Entry, frames: list[bytes]) -> None:
     if checksum(entry.seq, frames) != entry.crc:
         where = f" ({entry.path})" if entry.path else " (in memory)"
         raise LogDamaged(f"entry seq {entry.seq}{where} fails its checksum (damaged)")
+
+
+def spill_failure(worker: str, spill_dir: str | None, err: OSError) -> tuple[str, bool]:
+    """A worker's error report for a spill that failed: what to tell the user, and whether a restart could help
+    (not when the disk is full: it would fill the same disk again)."""
+    full = err.errno in SPACE_ERRNOS
+    hint = "; free space there, give --replay-spill-dir on a disk with room, or raise --replay-log-mb" if full else ""
+    return (f"{worker} cannot spill its replay log into {spill_dir or tempfile.gettempdir()}: "
+            f"{err.strerror or err}{hint}", not full)
 
 
 def _unlink(path: str) -> None:

@@ -10,18 +10,16 @@ sends a heartbeat at least every `heartbeat_s`, so a worker is silent only when 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 
 import torch
-from auglocal.engine.atomic import SPACE_ERRNOS
 from auglocal.engine.nonfinite import NonFiniteLoss, value_text
 from auglocal.workers.runtime.control import RecoveryControl
 from auglocal.workers.runtime.device_log import DeferredLog
 from auglocal.workers.runtime.faults import FAULT_ACTIONS, Fault, die
 from auglocal.workers.runtime.liveness import coordinator_watch  # noqa: F401 - importers of it here still work
-from auglocal.workers.runtime.replay_log import ReplayLog
+from auglocal.workers.runtime.replay_log import ReplayLog, spill_failure
 from auglocal.workers.runtime.reports import MetricsBatch
 from auglocal.workers.runtime.spec import (  # noqa: F401 - the spec's names, where importers look for them
     CONTROL_POLL_MS,
@@ -198,12 +196,7 @@ class Worker(RecoveryControl):
             try:
                 self.log.append(message.meta.seq, message, frames)
             except OSError as err:          # a spill file (written in line or by the log's thread) failed
-                full = err.errno in SPACE_ERRNOS   # a restart would fill the same disk again
-                self._fail(f"{self.spec.name} cannot spill its replay log into "
-                           f"{self.spec.spill_dir or tempfile.gettempdir()}: "
-                           f"{err.strerror or err}" + ("; free space there, give --replay-spill-dir on a disk with "
-                                                       "room, or raise --replay-log-mb" if full else ""),
-                           restartable=not full)
+                self._fail(*spill_failure(self.spec.name, self.spec.spill_dir, err))
 
     def _report(self, kind: Kind, meta, epoch: int = 0, step: int = 0) -> None:
         if self.metrics:                 # reports keep their order: held step reports first
